@@ -1,0 +1,129 @@
+"""The objective: named, weighted loss terms combined into one loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from kdistill.capture import Features
+from kdistill.losses.functional import check_temperature, check_unit_interval
+from kdistill.losses.terms import HardCE, LogitKD, Term
+
+__all__ = ["LossOutput", "Objective"]
+
+
+@dataclass
+class LossOutput:
+    """The result of an :class:`Objective`.
+
+    Attributes:
+        total: the weighted sum, a float32 scalar that carries gradients.
+        parts: each term's *unweighted* value, detached, by name (for logging).
+    """
+
+    total: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """A weighted sum of named loss terms: ``loss = Σ weight_i · term_i(student, teacher)``.
+
+    Terms with weight 0 are not computed. Trainable parts of terms (projections) are parameters
+    of the objective: give ``objective.parameters()`` to the optimizer (both training paths do).
+
+    Example:
+        >>> from kdistill.losses import Objective, LogitKD, HardCE
+        >>> objective = Objective({"kd": LogitKD(temperature=4.0), "ce": HardCE()},
+        ...                       weights={"kd": 0.7, "ce": 0.3})
+        >>> objective
+        Objective(loss = 0.7·kd + 0.3·ce
+          kd: LogitKD(temperature=4)
+          ce: HardCE(ignore_index=-100))
+    """
+
+    def __init__(self, terms: Mapping[str, Term], weights: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        if not isinstance(terms, Mapping) or not terms:
+            raise ValueError("an Objective needs at least one term, as a mapping {name: Term}")
+        weights = dict(weights or {})
+        unknown = set(weights) - set(terms)
+        if unknown:
+            raise ValueError(
+                f"weights given for unknown terms {sorted(unknown)}; the terms are {sorted(terms)}"
+            )
+        for name, term in terms.items():
+            if not isinstance(term, Term):
+                raise TypeError(f"term {name!r} must be a kdistill Term, got {type(term).__name__}")
+        self.terms = nn.ModuleDict(dict(terms))
+        self.weights: dict[str, float] = {}
+        for name in terms:
+            weight = weights.get(name, 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"the weight of term {name!r} must be a finite number >= 0, got {weight!r}")
+            self.weights[name] = float(weight)
+        if all(w == 0 for w in self.weights.values()):
+            raise ValueError("every term of the objective has weight 0: nothing would be trained")
+
+    @classmethod
+    def hinton(cls, temperature: float = 4.0, alpha: float = 0.5, ignore_index: int = -100) -> Objective:
+        """Hinton et al.'s mix: ``alpha · soft_kd + (1 - alpha) · hard CE`` (the seed's loss).
+
+        Args:
+            temperature: softening temperature, > 0 (4 is the usual default).
+            alpha: weight of the teacher's soft labels, in [0, 1]; 0.5-0.9 is typical.
+            ignore_index: label value that does not count in the hard loss.
+        """
+        temperature = check_temperature(temperature)
+        alpha = check_unit_interval(alpha, "alpha")
+        return cls(
+            {"kd": LogitKD(temperature), "ce": HardCE(ignore_index)},
+            weights={"kd": alpha, "ce": 1.0 - alpha},
+        )
+
+    @property
+    def active(self) -> list[str]:
+        """Names of the terms that are computed (weight > 0)."""
+        return [name for name, weight in self.weights.items() if weight > 0]
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The :class:`~kdistill.capture.Features` fields some active term reads."""
+        return frozenset().union(*(self.terms[name].needs for name in self.active))
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether an active term needs hard labels."""
+        return any(self.terms[name].needs_labels for name in self.active)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> LossOutput:
+        """Compute every active term and their weighted sum.
+
+        Args:
+            student: the student's features (gradients flow through them).
+            teacher: the teacher's features (treated as constants).
+            labels: hard labels, ``(B,)`` or ``(B, L)``, for terms that need them.
+        """
+        total: Tensor | None = None
+        parts: dict[str, Tensor] = {}
+        for name in self.active:
+            value = self.terms[name](student, teacher, labels).float()
+            parts[name] = value.detach()
+            weighted = self.weights[name] * value
+            total = weighted if total is None else total + weighted
+        assert total is not None  # __init__ guarantees an active term
+        return LossOutput(total=total, parts=parts)
+
+    def formula(self) -> str:
+        """The objective as a formula, e.g. ``0.7·kd + 0.3·ce``."""
+        return " + ".join(f"{self.weights[name]:g}·{name}" for name in self.active)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}(loss = {self.formula()}"]
+        lines += [f"  {name}: {self.terms[name]!r}" for name in self.active]
+        lines[-1] += ")"
+        return "\n".join(lines)
+
+

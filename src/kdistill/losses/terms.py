@@ -1,0 +1,117 @@
+"""Loss terms: small ``nn.Module``s that compare a student's and a teacher's :class:`Features`.
+
+A term declares what it needs from the forward passes (``needs``) so that capture collects
+only that, and whether it needs hard labels (``needs_labels``). Terms own their trainable
+parts (projections, in later terms), so those are optimised and checkpointed with the
+objective and never become part of the exported student.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from kdistill.capture import Features
+from kdistill.losses import functional as LF
+
+__all__ = ["Term", "LogitKD", "HardCE", "ReverseKL", "JSD", "LogitMSE"]
+
+
+class Term(nn.Module):
+    """Base class of a loss term.
+
+    Subclasses implement :meth:`forward` and set ``needs`` (names of :class:`Features` fields
+    they read) and ``needs_labels``.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
+    needs_labels: ClassVar[bool] = False
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        """Return a float32 scalar loss."""
+        raise NotImplementedError
+
+
+def _logits_pair(student: Features, teacher: Features, term: str) -> tuple[Tensor, Tensor]:
+    if student.logits is None or teacher.logits is None:
+        missing = "student" if student.logits is None else "teacher"
+        raise ValueError(f"the {term} term needs logits, but the {missing} produced none")
+    return student.logits, teacher.logits
+
+
+class LogitKD(Term):
+    """Soft-label distillation ``T² · KL(p_teacher ‖ p_student)`` (see :func:`~kdistill.losses.functional.soft_kd`)."""
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.temperature = LF.check_temperature(temperature)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        s, t = _logits_pair(student, teacher, "LogitKD")
+        return LF.soft_kd(s, t, self.temperature, mask=student.position_mask())
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}"
+
+
+class ReverseKL(Term):
+    """Reverse KL ``T² · KL(p_student ‖ p_teacher)`` (see :func:`~kdistill.losses.functional.reverse_kl`)."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = LF.check_temperature(temperature)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        s, t = _logits_pair(student, teacher, "ReverseKL")
+        return LF.reverse_kl(s, t, self.temperature, mask=student.position_mask())
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}"
+
+
+class JSD(Term):
+    """Generalized Jensen–Shannon divergence (see :func:`~kdistill.losses.functional.jsd`)."""
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.beta = LF.check_unit_interval(beta, "beta", open_interval=True)
+        self.temperature = LF.check_temperature(temperature)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        s, t = _logits_pair(student, teacher, "JSD")
+        return LF.jsd(s, t, self.beta, self.temperature, mask=student.position_mask())
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta:g}, temperature={self.temperature:g}"
+
+
+class LogitMSE(Term):
+    """Mean squared error between raw logits (see :func:`~kdistill.losses.functional.logit_mse`)."""
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        s, t = _logits_pair(student, teacher, "LogitMSE")
+        return LF.logit_mse(s, t, mask=student.position_mask())
+
+
+class HardCE(Term):
+    """Cross-entropy of the student against the hard labels (see :func:`~kdistill.losses.functional.hard_ce`)."""
+
+    needs_labels: ClassVar[bool] = True
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        if student.logits is None:
+            raise ValueError("the HardCE term needs the student's logits, but the student produced none")
+        if labels is None:
+            raise ValueError(
+                "the HardCE term needs labels, but the batch has none; give the batch a 'labels' entry "
+                "or set the hard-label weight to 0 (alpha=1.0)"
+            )
+        return LF.hard_ce(student.logits, labels, self.ignore_index, mask=student.position_mask())
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}"

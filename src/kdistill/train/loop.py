@@ -1,0 +1,361 @@
+"""The plain PyTorch distillation loop: a loop you can read top to bottom.
+
+:func:`distill` is the general function; :func:`train_distillation` is the seed's signature on
+top of it. Accelerate places the student and the data on the right device and, when the
+script runs under ``accelerate launch`` or ``torchrun``, wraps the student in PyTorch's DDP and
+shards the data. The teacher is never wrapped: it runs in eval mode under ``no_grad`` on the
+student's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import send_to_device
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from kdistill.batch import split_batch
+from kdistill.capture import Features, attention_mask_of, call_model, features_from_output
+from kdistill.losses.objective import Objective
+
+__all__ = ["History", "distill", "train_distillation", "PRECISIONS"]
+
+logger = logging.getLogger(__name__)
+
+#: values of ``precision``: no autocast, bfloat16 autocast, float16 autocast with loss scaling
+PRECISIONS = ("no", "bf16", "fp16")
+
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+@dataclass
+class History:
+    """What happened during a run, for plots and reports.
+
+    Attributes:
+        steps: one record per optimizer step: ``step``, ``epoch``, ``loss`` (the objective's
+            total), each term's unweighted value by name, and ``lr``.
+        epochs: one record per epoch with the mean of each of those values.
+        evals: one record per evaluation: ``step``, ``epoch`` and what ``eval_fn`` returned.
+    """
+
+    steps: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+    def series(self, key: str) -> list[float]:
+        """The values of ``key`` over the optimizer steps, e.g. ``history.series("kd")``."""
+        return [record[key] for record in self.steps if key in record]
+
+
+def _check_args(
+    teacher: nn.Module,
+    student: nn.Module,
+    epochs: int,
+    max_steps: int | None,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float | None,
+    precision: str,
+    log_every: int,
+    eval_every: int | None,
+) -> None:
+    if not isinstance(teacher, nn.Module) or not isinstance(student, nn.Module):
+        raise TypeError("teacher and student must both be torch.nn.Module instances")
+    if teacher is student:
+        raise ValueError("the teacher and the student are the same module; the student must be a separate model")
+    for name, value, minimum in (
+        ("epochs", epochs, 1),
+        ("gradient_accumulation_steps", gradient_accumulation_steps, 1),
+        ("log_every", log_every, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    for name, value in (("max_steps", max_steps), ("eval_every", eval_every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be None or a number > 0, got {max_grad_norm!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def _prepare_optimizer(
+    optimizer: torch.optim.Optimizer | None, teacher: nn.Module, student: nn.Module, objective: Objective, lr: float
+) -> torch.optim.Optimizer:
+    """Return an optimizer over the student and the objective's trainable parts.
+
+    A user's optimizer is checked (it must not hold teacher weights) and given the objective's
+    parameters (projections) as a group of their own if it lacks them.
+    """
+    objective_params = [p for p in objective.parameters() if p.requires_grad]
+    if optimizer is None:
+        return torch.optim.AdamW([p for p in student.parameters() if p.requires_grad] + objective_params, lr=lr)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if any(id(p) in held for p in teacher.parameters()):
+        raise ValueError(
+            "the optimizer holds teacher parameters; the teacher must stay frozen: build the optimizer over "
+            "student.parameters() only"
+        )
+    missing = [p for p in objective_params if id(p) not in held]
+    if missing:
+        optimizer.add_param_group({"params": missing})
+    return optimizer
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _teacher_features(teacher: nn.Module, inputs: Any) -> Features:
+    with torch.no_grad():
+        output = call_model(teacher, inputs)
+    return features_from_output(output, attention_mask_of(inputs))
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    train_loader: Iterable[Any],
+    *,
+    objective: Objective | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 5e-5,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    scheduler: Any | None = None,
+    gradient_accumulation_steps: int = 1,
+    max_grad_norm: float | None = 1.0,
+    precision: str = "no",
+    eval_fn: EvalFn | None = None,
+    eval_every: int | None = None,
+    log_every: int = 10,
+    progress: bool = True,
+    label_key: str | None = None,
+    accelerator: Accelerator | None = None,
+) -> History:
+    """Train ``student`` to imitate ``teacher`` on ``train_loader``.
+
+    Each step runs the teacher (eval mode, ``no_grad``) and the student on the same batch,
+    turns both outputs into :class:`~kdistill.capture.Features` and minimises ``objective``.
+
+    Args:
+        teacher: any ``nn.Module``; moved to the student's device, put in eval mode, never optimised.
+        student: any ``nn.Module`` whose output is logits, an object with ``.logits`` (Hugging
+            Face) or a tuple starting with the logits.
+        train_loader: batches as dicts (Hugging Face style, labels under ``labels``) or tuples
+            ``(inputs, labels)``; a ``DataLoader`` is sharded across processes under DDP.
+        objective: the loss; default :meth:`Objective.hinton` with T = 4 and alpha = 0.7.
+        optimizer: default AdamW(lr) over the student and the objective's trainable parts.
+        lr: learning rate of the default optimizer.
+        epochs: passes over ``train_loader``.
+        max_steps: stop after this many optimizer steps (overrides ``epochs`` when reached).
+        scheduler: a learning-rate scheduler, stepped once per optimizer step.
+        gradient_accumulation_steps: batches per optimizer step; the update equals that of one
+            batch as large as those batches together.
+        max_grad_norm: clip the gradient norm of the student and the objective; None disables.
+        precision: ``"no"``, ``"bf16"`` or ``"fp16"`` autocast for both forward passes; losses
+            are always computed in float32.
+        eval_fn: called as ``eval_fn(student)`` in eval mode under ``no_grad``; returns metrics.
+        eval_every: evaluate every this many optimizer steps; default: after every epoch.
+        log_every: optimizer steps between history flushes and progress-bar updates (reading
+            losses forces a device sync, so it is not done every step).
+        progress: show a progress bar with the running loss.
+        label_key: key of the labels in dict batches (default ``labels`` or ``label``).
+        accelerator: an ``accelerate.Accelerator`` to use instead of a default one.
+
+    Returns:
+        The :class:`History` of every loss part, the learning rate and the evaluations.
+    """
+    _check_args(teacher, student, epochs, max_steps, gradient_accumulation_steps, max_grad_norm, precision,
+                log_every, eval_every)
+    objective = objective if objective is not None else Objective.hinton(temperature=4.0, alpha=0.7)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
+    accelerator = accelerator or Accelerator()
+    if accelerator.gradient_accumulation_steps != 1:
+        raise ValueError(
+            "pass gradient_accumulation_steps to distill(), not to the Accelerator (it would divide the loss twice)"
+        )
+    device = accelerator.device
+
+    teacher.to(device).eval()
+    objective.to(device)
+    optimizer = _prepare_optimizer(optimizer, teacher, student, objective, lr)
+    student = accelerator.prepare(student)
+    prepared_loader = isinstance(train_loader, DataLoader)
+    if prepared_loader:
+        train_loader = accelerator.prepare(train_loader)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    num_batches = len(train_loader) if hasattr(train_loader, "__len__") else None  # type: ignore[arg-type]
+    if num_batches == 0:
+        raise ValueError("train_loader is empty: there is nothing to train on")
+    steps_per_epoch = math.ceil(num_batches / gradient_accumulation_steps) if num_batches else None
+    total_steps = steps_per_epoch * epochs if steps_per_epoch else None
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps) if total_steps else max_steps
+
+    history = History()
+    pending: list[tuple[int, int, float, dict[str, Tensor], Tensor]] = []
+    bar = tqdm(total=total_steps, desc="distill", unit="step", dynamic_ncols=True,
+               disable=not progress or not accelerator.is_main_process)
+
+    def flush() -> None:
+        """Move pending step records (device tensors) into the history in one sync."""
+        if not pending:
+            return
+        names = list(pending[0][3])
+        values = torch.stack([torch.stack([rec[4]] + [rec[3][n] for n in names]) for rec in pending]).tolist()
+        for (step, epoch, lr_value, _, _), row in zip(pending, values):
+            record = {"step": float(step), "epoch": float(epoch), "loss": row[0], "lr": lr_value}
+            record.update(zip(names, row[1:]))
+            history.steps.append(record)
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{sum(r[0] for r in values) / len(values):.4f}")
+        pending.clear()
+
+    def evaluate(epoch: int) -> None:
+        if eval_fn is None:
+            return
+        model = accelerator.unwrap_model(student)
+        model.eval()
+        with torch.no_grad():
+            metrics = dict(eval_fn(model))
+        model.train()
+        history.evals.append({"step": float(global_step), "epoch": float(epoch), **metrics})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        if accelerator.is_main_process:
+            bar.write(f"eval at step {global_step}: {shown}")
+
+    global_step = 0
+    done = False
+    student.train()
+    optimizer.zero_grad(set_to_none=True)
+    for epoch in range(epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)  # reshuffles per epoch under DDP
+        first_record = len(history.steps)
+        micro_step, group_size = 0, gradient_accumulation_steps
+        group_total: Tensor | None = None
+        group_parts: dict[str, Tensor] = {}
+        for batch_index, batch in enumerate(train_loader):
+            if not prepared_loader:
+                batch = send_to_device(batch, device)
+            if micro_step == 0 and num_batches is not None:
+                # a short last group is averaged over the batches it has
+                group_size = min(gradient_accumulation_steps, num_batches - batch_index)
+            inputs, labels = split_batch(batch, label_key)
+            at_boundary = micro_step + 1 >= group_size
+            # skip DDP's gradient all-reduce until the last batch of an accumulation group
+            sync = contextlib.nullcontext() if at_boundary else accelerator.no_sync(student)
+            with sync:
+                with _autocast(device, precision):
+                    teacher_features = _teacher_features(teacher, inputs)
+                    student_output = call_model(student, inputs)
+                student_features = features_from_output(student_output, attention_mask_of(inputs))
+                result = objective(student_features, teacher_features, labels)
+                loss = result.total / group_size
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                else:
+                    accelerator.backward(loss)
+            group_total = loss.detach() if group_total is None else group_total + loss.detach()
+            for name, value in result.parts.items():
+                scaled = value / group_size
+                group_parts[name] = scaled if name not in group_parts else group_parts[name] + scaled
+            micro_step += 1
+            if not at_boundary:
+                continue
+
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr_value = _current_lr(optimizer)
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            assert group_total is not None
+            pending.append((global_step, epoch, lr_value, group_parts, group_total))
+            micro_step, group_total, group_parts = 0, None, {}
+            if global_step % log_every == 0:
+                flush()
+            if eval_every is not None and global_step % eval_every == 0:
+                flush()
+                evaluate(epoch)
+            if max_steps is not None and global_step >= max_steps:
+                done = True
+                break
+        flush()
+        records = history.steps[first_record:]
+        if records:
+            summary = {"epoch": float(epoch), "step": float(global_step)}
+            for key in records[0]:
+                if key not in ("step", "epoch"):
+                    summary[key] = sum(r[key] for r in records) / len(records)
+            history.epochs.append(summary)
+            if accelerator.is_main_process and progress:
+                bar.write(f"epoch {epoch}: loss = {summary['loss']:.4f}")
+        if eval_fn is not None and eval_every is None:
+            evaluate(epoch)
+        if done:
+            break
+    bar.close()
+    return history
+
+
+def train_distillation(
+    teacher: nn.Module,
+    student: nn.Module,
+    train_loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    epochs: int = 1,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    **kwargs: Any,
+) -> History:
+    """The seed's training loop: ``alpha · T² · KL + (1 − alpha) · CE`` with T = 4 and alpha = 0.7.
+
+    Works as the seed shows (tuple batches ``(inputs, labels)`` and ``student(inputs)``), and
+    also with Hugging Face dict batches; the teacher runs on the student's device. Further
+    keyword arguments go to :func:`distill` (gradient accumulation, clipping, precision,
+    ``eval_fn`` ...).
+
+    Args:
+        teacher: the trained model to imitate.
+        student: the model to train.
+        train_loader: an iterable of batches.
+        optimizer: over ``student.parameters()``; default AdamW(lr=5e-5).
+        epochs: passes over the data.
+        temperature: softening temperature ``T > 0``.
+        alpha: weight of the soft (teacher) loss in [0, 1].
+
+    Returns:
+        The :class:`History` of the run.
+    """
+    objective = Objective.hinton(temperature=temperature, alpha=alpha)
+    return distill(teacher, student, train_loader, objective=objective, optimizer=optimizer, epochs=epochs, **kwargs)

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny models built from a config (no downloads) and small synthetic batches."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+VOCAB = 64
+
+
+def tiny_bert(num_layers: int = 2, hidden: int = 32, heads: int = 4, num_labels: int = 3, seed: int = 0):
+    """A BertForSequenceClassification small enough for unit tests, without dropout (deterministic)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(config)
+
+
+def mlp(in_features: int = 16, hidden: int = 64, classes: int = 4, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def token_batches(num_batches: int = 4, batch_size: int = 8, length: int = 12, num_labels: int = 3, seed: int = 0):
+    """Dict batches like a Hugging Face collator makes: input_ids, attention_mask (with padding), labels."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(num_batches):
+        input_ids = torch.randint(1, VOCAB, (batch_size, length), generator=generator)
+        lengths = torch.randint(length // 2, length + 1, (batch_size,), generator=generator)
+        attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+        input_ids = input_ids * attention_mask
+        labels = torch.randint(0, num_labels, (batch_size,), generator=generator)
+        batches.append({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+    return batches
+
+
+@pytest.fixture
+def bert_pair():
+    """A 4-layer teacher and a 2-layer student sharing vocabulary and labels."""
+    return tiny_bert(num_layers=4, hidden=48, seed=1), tiny_bert(num_layers=2, hidden=32, seed=2)
