@@ -13,7 +13,50 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Features", "attention_mask_of", "call_model", "features_from_output", "logits_from_output"]
+__all__ = [
+    "CaptureRequest",
+    "Features",
+    "attention_mask_of",
+    "call_model",
+    "capture",
+    "features_from_output",
+    "logits_from_output",
+]
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What a loss needs from one model's forward pass.
+
+    Layer indices follow :class:`Features`: 0 is the embedding output, ``i`` the output of layer ``i``.
+    Requests combine with ``|`` (the objective asks for the union of its terms' requests).
+
+    Attributes:
+        logits: the model's logits.
+        hidden_states: layers whose hidden states are needed.
+        attentions: layers whose attention probabilities are needed.
+    """
+
+    logits: bool = True
+    hidden_states: frozenset[int] = frozenset()
+    attentions: frozenset[int] = frozenset()
+
+    def __or__(self, other: CaptureRequest) -> CaptureRequest:
+        return CaptureRequest(
+            logits=self.logits or other.logits,
+            hidden_states=self.hidden_states | other.hidden_states,
+            attentions=self.attentions | other.attentions,
+        )
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing at all is needed: the forward pass can be skipped."""
+        return not self.logits and self.logits_only
+
+    @property
+    def logits_only(self) -> bool:
+        """True when nothing but the logits is needed: a plain forward pass suffices."""
+        return not (self.hidden_states or self.attentions)
 
 
 @dataclass
@@ -27,6 +70,7 @@ class Features:
         attentions: layer index -> ``(B, heads, L, L)`` attention probabilities.
         attention_mask: ``(B, L)``, 1 for real tokens and 0 for padding.
         extras: anything else a custom term asked for, by name.
+        output: the model's raw output (the Trainer returns it from ``compute_loss``).
     """
 
     logits: Tensor | None = None
@@ -34,6 +78,7 @@ class Features:
     attentions: dict[int, Tensor] = field(default_factory=dict)
     attention_mask: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
 
     def position_mask(self) -> Tensor | None:
         """The mask that selects counted positions of ``logits``.
@@ -79,7 +124,7 @@ def logits_from_output(output: Any) -> Tensor:
 
 def features_from_output(output: Any, attention_mask: Tensor | None = None) -> Features:
     """Build :class:`Features` from a model output (logits only; hidden states where present)."""
-    features = Features(logits=logits_from_output(output), attention_mask=attention_mask)
+    features = Features(logits=logits_from_output(output), attention_mask=attention_mask, output=output)
     hidden_states = getattr(output, "hidden_states", None)
     if isinstance(hidden_states, (tuple, list)):
         features.hidden_states = dict(enumerate(hidden_states))
@@ -97,3 +142,34 @@ def attention_mask_of(inputs: Any) -> Tensor | None:
         return mask if isinstance(mask, Tensor) else None
     return None
 
+
+
+def capture(model: nn.Module, inputs: Any, request: CaptureRequest | None = None, *, module: nn.Module | None = None) -> Features:
+    """Run ``model`` on ``inputs`` and collect what ``request`` asks for.
+
+    Args:
+        model: the callable to run (possibly wrapped, e.g. by DDP).
+        inputs: model inputs (see :func:`call_model`).
+        request: what to collect; default: logits only.
+        module: the unwrapped model, for configuration look-ups; default ``model``.
+
+    Returns:
+        :class:`Features` with the requested fields and the attention mask of ``inputs``.
+    """
+    request = request or CaptureRequest()
+    if request.logits_only:
+        return features_from_output(call_model(model, inputs), attention_mask_of(inputs))
+    if not isinstance(inputs, Mapping):
+        raise ValueError(
+            "hidden states and attention maps can only be captured from Hugging Face-style models called "
+            "with keyword inputs (a dict batch)"
+        )
+    output = model(**inputs, output_hidden_states=bool(request.hidden_states), output_attentions=bool(request.attentions))
+    features = features_from_output(output, attention_mask_of(inputs))
+    for kind, layers in (("hidden_states", request.hidden_states), ("attentions", request.attentions)):
+        available = getattr(features, kind)
+        missing = sorted(set(layers) - set(available))
+        if missing:
+            raise ValueError(f"the model returned no {kind} for layers {missing}; it has layers {sorted(available)}")
+        setattr(features, kind, {layer: available[layer] for layer in layers})
+    return features

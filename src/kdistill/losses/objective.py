@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import Tensor, nn
 
-from kdistill.capture import Features
+from kdistill.capture import CaptureRequest, Features
 from kdistill.losses.functional import check_temperature, check_unit_interval
 from kdistill.losses.terms import HardCE, LogitKD, Term
 
@@ -92,6 +93,13 @@ class Objective(nn.Module):
     def needs(self) -> frozenset[str]:
         """The :class:`~kdistill.capture.Features` fields some active term reads."""
         return frozenset().union(*(self.terms[name].needs for name in self.active))
+
+    def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:
+        """The union of what the active terms need from the ``side`` model's forward pass."""
+        request = CaptureRequest(logits=False)
+        for name in self.active:
+            request = request | self.terms[name].request(side)
+        return request
 
     @property
     def needs_labels(self) -> bool:

@@ -8,11 +8,11 @@ objective and never become part of the exported student.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 
-from kdistill.capture import Features
+from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
 
 __all__ = ["Term", "LogitKD", "HardCE", "ReverseKL", "JSD", "LogitMSE"]
@@ -21,12 +21,16 @@ __all__ = ["Term", "LogitKD", "HardCE", "ReverseKL", "JSD", "LogitMSE"]
 class Term(nn.Module):
     """Base class of a loss term.
 
-    Subclasses implement :meth:`forward` and set ``needs`` (names of :class:`Features` fields
-    they read) and ``needs_labels``.
+    Subclasses implement :meth:`forward`, set ``needs`` (names of :class:`Features` fields they
+    read) and ``needs_labels``, and override :meth:`request` when they need layers.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
     needs_labels: ClassVar[bool] = False
+
+    def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:
+        """What this term needs from the ``side`` model's forward pass (default: its logits)."""
+        return CaptureRequest(logits="logits" in self.needs)
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
         """Return a float32 scalar loss."""
@@ -98,6 +102,10 @@ class HardCE(Term):
     """Cross-entropy of the student against the hard labels (see :func:`~kdistill.losses.functional.hard_ce`)."""
 
     needs_labels: ClassVar[bool] = True
+
+    def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:
+        # the teacher is not needed for the hard-label loss
+        return CaptureRequest(logits=side == "student")
 
     def __init__(self, ignore_index: int = -100) -> None:
         super().__init__()

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdistill.batch import split_batch
-from kdistill.capture import Features, attention_mask_of, call_model, features_from_output
+from kdistill.capture import capture
 from kdistill.losses.objective import Objective
+from kdistill.train.teacher import teacher_features
 
 __all__ = ["History", "distill", "train_distillation", "PRECISIONS"]
 
@@ -118,12 +119,6 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _teacher_features(teacher: nn.Module, inputs: Any) -> Features:
-    with torch.no_grad():
-        output = call_model(teacher, inputs)
-    return features_from_output(output, attention_mask_of(inputs))
-
-
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
@@ -202,6 +197,8 @@ def distill(
     if prepared_loader:
         train_loader = accelerator.prepare(train_loader)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    student_request, teacher_request = objective.request("student"), objective.request("teacher")
+    student_module = accelerator.unwrap_model(student)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     num_batches = len(train_loader) if hasattr(train_loader, "__len__") else None  # type: ignore[arg-type]
@@ -267,10 +264,9 @@ def distill(
             sync = contextlib.nullcontext() if at_boundary else accelerator.no_sync(student)
             with sync:
                 with _autocast(device, precision):
-                    teacher_features = _teacher_features(teacher, inputs)
-                    student_output = call_model(student, inputs)
-                student_features = features_from_output(student_output, attention_mask_of(inputs))
-                result = objective(student_features, teacher_features, labels)
+                    teacher_side = teacher_features(teacher, inputs, teacher_request)
+                    student_side = capture(student, inputs, student_request, module=student_module)
+                result = objective(student_side, teacher_side, labels)
                 loss = result.total / group_size
                 if scaler is not None:
                     scaler.scale(loss).backward()

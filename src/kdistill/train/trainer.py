@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer
 
-from kdistill.capture import Features, attention_mask_of, call_model, features_from_output
+from kdistill.capture import Features, attention_mask_of, capture
 from kdistill.losses.objective import Objective
+from kdistill.train.teacher import teacher_features
 
 __all__ = ["DistillationTrainer"]
 
@@ -100,9 +101,8 @@ class DistillationTrainer(Trainer):
         if next(self.teacher.parameters(), torch.empty(0)).device != device:
             self.teacher.to(device)
         self.teacher.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            output = call_model(self.teacher, inputs)
-        return features_from_output(output, attention_mask_of(inputs))
+        with self.accelerator.autocast():
+            return teacher_features(self.teacher, inputs, self.objective.request("teacher"))
 
     def compute_loss(
         self,
@@ -122,17 +122,19 @@ class DistillationTrainer(Trainer):
             if name in inputs:
                 labels = inputs.pop(name)
                 break
-        student_outputs = model(**inputs)
+        student_side = capture(
+            model, inputs, self.objective.request("student"), module=self.accelerator.unwrap_model(model)
+        )
         mask = attention_mask_of(inputs)
         device = mask.device if mask is not None else next(model.parameters()).device
-        teacher_features = self._teacher_features(inputs, device)
-        result = self.objective(features_from_output(student_outputs, mask), teacher_features, labels)
+        teacher_side = self._teacher_features(inputs, device)
+        result = self.objective(student_side, teacher_side, labels)
         if model.training:
             for name, value in result.parts.items():
                 # summed on the device; read once per logging step to avoid a sync per batch
                 self._part_sums[name] = value if name not in self._part_sums else self._part_sums[name] + value
             self._part_count += 1
-        return (result.total, student_outputs) if return_outputs else result.total
+        return (result.total, student_side.output) if return_outputs else result.total
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add each loss part's mean since the last log to training logs."""
