@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-from torch import nn
-
+# Tiny test models gain nothing from several threads, and OpenMP threads that spin-wait slow
+# everything down badly when the cores are shared. Set before torch loads; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+torch.set_num_threads(1)
 
 VOCAB = 64
 
