@@ -3,15 +3,28 @@
 A :class:`Features` record is the common currency between models and loss terms: the
 training paths run a model, turn its output into ``Features`` and hand the teacher's and the
 student's records to the :class:`~kdistill.losses.objective.Objective`.
+
+:func:`capture` collects only what a :class:`CaptureRequest` asks for, from two sources:
+
+* Hugging Face outputs: logits, and hidden states by layer index (``output_hidden_states``);
+* forward hooks: the output of any submodule by its dotted path (``"layer2"``,
+  ``"bert.encoder.layer.3.output"``), so any ``nn.Module`` can be distilled, and the query/key/value
+  projections of the layers whose attention is needed, from which :mod:`kdistill.attention`
+  recomputes the attention maps while the model keeps its SDPA attention.
+
+Hooks live only for the one forward pass and are removed even when it raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+
+from kdistill import attention as attn
 
 __all__ = [
     "CaptureRequest",
@@ -24,28 +37,59 @@ __all__ = [
 ]
 
 
+def _layer_set(value: Iterable[int], name: str, minimum: int) -> frozenset[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"CaptureRequest.{name} must be a set of layer indices, got {value!r}")
+    layers = frozenset(value)
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < minimum:
+            raise ValueError(f"CaptureRequest.{name} holds {layer!r}; layer indices are integers >= {minimum}")
+    return layers
+
+
 @dataclass(frozen=True)
 class CaptureRequest:
     """What a loss needs from one model's forward pass.
 
-    Layer indices follow :class:`Features`: 0 is the embedding output, ``i`` the output of layer ``i``.
-    Requests combine with ``|`` (the objective asks for the union of its terms' requests).
+    Layer indices follow :class:`Features`: 0 is the embedding output, ``i`` the output of layer ``i``
+    (attention layers start at 1). Requests combine with ``|`` (the objective asks for the union of
+    its terms' requests). Any iterable given for a set field is stored as a ``frozenset``.
 
     Attributes:
         logits: the model's logits.
-        hidden_states: layers whose hidden states are needed.
+        hidden_states: layers whose hidden states are needed (Hugging Face models).
         attentions: layers whose attention probabilities are needed.
+        attention_scores: layers whose pre-softmax attention scores ``Q Kᵀ/√d`` are needed.
+        qkv: layers whose query, key and value projections are needed (relation losses).
+        modules: dotted paths of submodules whose outputs are needed (any ``nn.Module``).
     """
 
     logits: bool = True
     hidden_states: frozenset[int] = frozenset()
     attentions: frozenset[int] = frozenset()
+    attention_scores: frozenset[int] = frozenset()
+    qkv: frozenset[int] = frozenset()
+    modules: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_states", _layer_set(self.hidden_states, "hidden_states", 0))
+        for name in ("attentions", "attention_scores", "qkv"):
+            object.__setattr__(self, name, _layer_set(getattr(self, name), name, 1))
+        if isinstance(self.modules, str) or not isinstance(self.modules, Iterable):
+            raise TypeError(f"CaptureRequest.modules must be a set of module paths, got {self.modules!r}")
+        modules = frozenset(self.modules)
+        if any(not isinstance(path, str) or not path for path in modules):
+            raise ValueError(f"CaptureRequest.modules must hold dotted module paths such as 'layer2', got {sorted(map(repr, modules))}")
+        object.__setattr__(self, "modules", modules)
 
     def __or__(self, other: CaptureRequest) -> CaptureRequest:
         return CaptureRequest(
             logits=self.logits or other.logits,
             hidden_states=self.hidden_states | other.hidden_states,
             attentions=self.attentions | other.attentions,
+            attention_scores=self.attention_scores | other.attention_scores,
+            qkv=self.qkv | other.qkv,
+            modules=self.modules | other.modules,
         )
 
     @property
@@ -56,7 +100,12 @@ class CaptureRequest:
     @property
     def logits_only(self) -> bool:
         """True when nothing but the logits is needed: a plain forward pass suffices."""
-        return not (self.hidden_states or self.attentions)
+        return not (self.hidden_states or self.attentions or self.attention_scores or self.qkv or self.modules)
+
+    @property
+    def attention_layers(self) -> frozenset[int]:
+        """Layers whose query/key projections must be hooked."""
+        return self.attentions | self.attention_scores | self.qkv
 
 
 @dataclass
@@ -67,7 +116,13 @@ class Features:
         logits: ``(B, C)`` for sequence/image classification or ``(B, L, V)`` per token.
         hidden_states: layer index -> ``(B, L, H)``; index 0 is the embedding output and
             ``i`` the output of layer ``i`` (Hugging Face's ``hidden_states`` convention).
-        attentions: layer index -> ``(B, heads, L, L)`` attention probabilities.
+        attentions: layer index -> ``(B, heads, L, L)`` attention probabilities (float32).
+        attention_scores: layer index -> ``(B, heads, L, L)`` pre-softmax scores ``Q Kᵀ/√d``,
+            without the padding mask (float32).
+        queries: layer index -> ``(B, heads, L, d)`` query projections.
+        keys: layer index -> ``(B, heads, L, d)`` key projections.
+        values: layer index -> ``(B, heads, L, d)`` value projections.
+        modules: module path -> that module's output (its first tensor).
         attention_mask: ``(B, L)``, 1 for real tokens and 0 for padding.
         extras: anything else a custom term asked for, by name.
         output: the model's raw output (the Trainer returns it from ``compute_loss``).
@@ -76,6 +131,11 @@ class Features:
     logits: Tensor | None = None
     hidden_states: dict[int, Tensor] = field(default_factory=dict)
     attentions: dict[int, Tensor] = field(default_factory=dict)
+    attention_scores: dict[int, Tensor] = field(default_factory=dict)
+    queries: dict[int, Tensor] = field(default_factory=dict)
+    keys: dict[int, Tensor] = field(default_factory=dict)
+    values: dict[int, Tensor] = field(default_factory=dict)
+    modules: dict[str, Tensor] = field(default_factory=dict)
     attention_mask: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     output: Any = None
@@ -91,14 +151,26 @@ class Features:
         return self.attention_mask
 
 
-def call_model(model: nn.Module, inputs: Any) -> Any:
+def call_model(model: nn.Module, inputs: Any, **kwargs: Any) -> Any:
     """Run ``model`` on ``inputs``: a mapping as keyword arguments (Hugging Face style), a
-    tuple or list as positional arguments, anything else as the single argument."""
+    tuple or list as positional arguments, anything else as the single argument. ``kwargs``
+    (such as ``output_hidden_states=True``) are passed on as keyword arguments."""
     if isinstance(inputs, Mapping):
-        return model(**inputs)
+        return model(**inputs, **kwargs)
     if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+        return model(*inputs, **kwargs)
+    return model(inputs, **kwargs)
+
+
+def _find_logits(output: Any) -> Tensor | None:
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, Sequence) and len(output) > 0 and isinstance(output[0], Tensor):
+        logits = output[0]
+    return logits if isinstance(logits, Tensor) else None
 
 
 def logits_from_output(output: Any) -> Tensor:
@@ -107,14 +179,8 @@ def logits_from_output(output: Any) -> Tensor:
     Accepts a tensor, a Hugging Face ``ModelOutput`` or mapping with ``logits``, or a tuple
     whose first element is the logits.
     """
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, Mapping):
-        logits = output.get("logits")
-    if logits is None and isinstance(output, Sequence) and len(output) > 0 and isinstance(output[0], Tensor):
-        logits = output[0]
-    if not isinstance(logits, Tensor):
+    logits = _find_logits(output)
+    if logits is None:
         raise TypeError(
             f"cannot find logits in a model output of type {type(output).__name__}: a model must return a "
             "tensor, an object with a .logits attribute (Hugging Face), or a tuple whose first item is the logits"
@@ -143,33 +209,199 @@ def attention_mask_of(inputs: Any) -> Tensor | None:
     return None
 
 
+# ---------------------------------------------------------------------------
+# hooks
+# ---------------------------------------------------------------------------
+
+
+def _first_tensor(output: Any, path: str) -> Tensor:
+    """The tensor a module produced: itself, the first tensor of a tuple, or ``last_hidden_state``."""
+    if isinstance(output, Tensor):
+        return output
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, Tensor):
+        return hidden
+    values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) else ()
+    for value in values:
+        if isinstance(value, Tensor):
+            return value
+    raise TypeError(f"module {path!r} returned {type(output).__name__}, which holds no tensor to compare")
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        top = [name for name, _ in module.named_children()]
+        raise ValueError(
+            f"{type(module).__name__} has no submodule {path!r}; its top-level modules are {top}. "
+            "Module paths are dotted names as in model.named_modules(), e.g. 'layer2' or 'bert.encoder.layer.3'"
+        ) from None
+
+
+@contextmanager
+def _hooked(targets: Mapping[str, tuple[nn.Module, str]]) -> Iterator[dict[str, Any]]:
+    """Record the output of each target module under its key for one forward pass."""
+    recorded: dict[str, Any] = {}
+    handles = []
+
+    def make_hook(key: str, description: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if key in recorded:
+                raise RuntimeError(
+                    f"{description} ran more than once in one forward pass (shared weights?); kdistill takes one "
+                    "output per module: name a module that runs once"
+                )
+            recorded[key] = output
+
+        return hook
+
+    try:
+        for key, (module, description) in targets.items():
+            handles.append(module.register_forward_hook(make_hook(key, description)))
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ---------------------------------------------------------------------------
+# capture
+# ---------------------------------------------------------------------------
+
+
+def _is_hf(module: nn.Module) -> bool:
+    return attn.model_type_of(module) is not None
+
+
+def _eager_attention(module: nn.Module) -> bool:
+    config = getattr(module, "config", None)
+    return getattr(config, "_attn_implementation", None) == "eager"
+
 
 def capture(model: nn.Module, inputs: Any, request: CaptureRequest | None = None, *, module: nn.Module | None = None) -> Features:
     """Run ``model`` on ``inputs`` and collect what ``request`` asks for.
+
+    Hidden states by index come from the Hugging Face output (``output_hidden_states=True``);
+    module outputs and attention projections come from forward hooks on ``module``. Attention
+    probabilities and scores of the requested layers are recomputed from the hooked query and key
+    projections and the attention mask (see :mod:`kdistill.attention`), so the model keeps its SDPA
+    attention. For an architecture kdistill does not know, attention probabilities come from
+    ``output_attentions`` if the model runs eager attention.
 
     Args:
         model: the callable to run (possibly wrapped, e.g. by DDP).
         inputs: model inputs (see :func:`call_model`).
         request: what to collect; default: logits only.
-        module: the unwrapped model, for configuration look-ups; default ``model``.
+        module: the unwrapped model, on which hooks are registered; default ``model``.
 
     Returns:
         :class:`Features` with the requested fields and the attention mask of ``inputs``.
+
+    Raises:
+        ValueError: a requested layer or module does not exist, or the architecture's attention
+            cannot be recomputed (the message names the ``attn_implementation="eager"`` fallback).
     """
     request = request or CaptureRequest()
     if request.logits_only:
         return features_from_output(call_model(model, inputs), attention_mask_of(inputs))
-    if not isinstance(inputs, Mapping):
-        raise ValueError(
-            "hidden states and attention maps can only be captured from Hugging Face-style models called "
-            "with keyword inputs (a dict batch)"
-        )
-    output = model(**inputs, output_hidden_states=bool(request.hidden_states), output_attentions=bool(request.attentions))
-    features = features_from_output(output, attention_mask_of(inputs))
-    for kind, layers in (("hidden_states", request.hidden_states), ("attentions", request.attentions)):
-        available = getattr(features, kind)
-        missing = sorted(set(layers) - set(available))
-        if missing:
-            raise ValueError(f"the model returned no {kind} for layers {missing}; it has layers {sorted(available)}")
-        setattr(features, kind, {layer: available[layer] for layer in layers})
+    module = model if module is None else module
+    attention_mask = attention_mask_of(inputs)
+
+    call_kwargs: dict[str, Any] = {}
+    if request.hidden_states:
+        if not _is_hf(module):
+            raise ValueError(
+                f"hidden states by layer index need a Hugging Face model; {type(module).__name__} is not one. "
+                "Name the modules whose outputs to compare instead (e.g. {'layer2': 'layer3'})"
+            )
+        call_kwargs["output_hidden_states"] = True
+
+    targets: dict[str, tuple[nn.Module, str]] = {
+        f"module:{path}": (_submodule(module, path), f"module {path!r}") for path in sorted(request.modules)
+    }
+    layer_specs: dict[int, attn.LayerAttention] = {}
+    if request.attention_layers:
+        if attn.attention_layout(module) is not None:
+            layer_specs = attn.layer_attention(module, request.attention_layers)
+        elif request.attention_scores or request.qkv or not _eager_attention(module):
+            what = "attention scores or query/key/value projections" if request.attention_scores or request.qkv else "attention maps"
+            message = attn._unsupported_message(module, what)
+            if request.attention_scores or request.qkv:
+                message += (
+                    "; note that eager attention yields probabilities only: compare probabilities "
+                    "(e.g. AttentionMSE(..., on='probs')) for such a model"
+                )
+            raise attn.UnsupportedArchitectureError(message)
+        else:
+            call_kwargs["output_attentions"] = True
+        for layer, spec in layer_specs.items():
+            targets[f"query:{layer}"] = (spec.query, f"the query projection of layer {layer}")
+            targets[f"key:{layer}"] = (spec.key, f"the key projection of layer {layer}")
+            if layer in request.qkv:
+                targets[f"value:{layer}"] = (spec.value, f"the value projection of layer {layer}")
+
+    with _hooked(targets) as recorded:
+        output = call_model(model, inputs, **call_kwargs)
+
+    features = Features(logits=_find_logits(output), attention_mask=attention_mask, output=output)
+    if request.logits and features.logits is None:
+        logits_from_output(output)  # raises the explanatory error
+    for path in request.modules:
+        if f"module:{path}" not in recorded:
+            raise ValueError(f"module {path!r} did not run during the forward pass, so it has no output to compare")
+        features.modules[path] = _first_tensor(recorded[f"module:{path}"], path)
+    if request.hidden_states:
+        features.hidden_states = _select_layers(output, "hidden_states", request.hidden_states, offset=0)
+    if call_kwargs.get("output_attentions"):
+        features.attentions = _select_layers(output, "attentions", request.attentions, offset=1)
+    if layer_specs:
+        _recompute_attention(features, recorded, layer_specs, request, attention_mask)
     return features
+
+
+def _select_layers(output: Any, kind: str, layers: frozenset[int], offset: int) -> dict[int, Tensor]:
+    found = getattr(output, kind, None)
+    if not isinstance(found, (tuple, list)) or not found:
+        raise ValueError(
+            f"the model returned no {kind}; kdistill asked for them with output_{kind}=True, which this model "
+            "ignores: name the modules to compare by path instead"
+        )
+    available = range(offset, len(found) + offset)
+    missing = sorted(layer for layer in layers if layer not in available)
+    if missing:
+        kind_name = "hidden states" if kind == "hidden_states" else "attention maps"
+        raise ValueError(
+            f"the model has no {kind_name} for layers {missing}: valid layers are {available.start}.."
+            f"{available.stop - 1}" + (" (0 is the embedding output)" if offset == 0 else "")
+        )
+    return {layer: found[layer - offset] for layer in sorted(layers)}
+
+
+def _recompute_attention(
+    features: Features,
+    recorded: Mapping[str, Any],
+    layer_specs: Mapping[int, attn.LayerAttention],
+    request: CaptureRequest,
+    attention_mask: Tensor | None,
+) -> None:
+    masks: dict[bool, Tensor | None] = {}
+    for layer, spec in sorted(layer_specs.items()):
+        if f"query:{layer}" not in recorded or f"key:{layer}" not in recorded:
+            raise ValueError(f"the attention projections of layer {layer} did not run during the forward pass")
+        query = attn.split_heads(recorded[f"query:{layer}"], spec.num_heads)
+        key = attn.split_heads(recorded[f"key:{layer}"], spec.num_heads)
+        scores = None
+        if layer in request.attention_scores:
+            scores = attn.attention_scores(query, key, spec.scaling)
+            features.attention_scores[layer] = scores
+        if layer in request.attentions:
+            if spec.causal not in masks:
+                masks[spec.causal] = attn.additive_mask(
+                    attention_mask, query.shape[2], causal=spec.causal, device=query.device
+                )
+            features.attentions[layer] = attn.attention_probs(query, key, spec.scaling, masks[spec.causal], scores)
+        if layer in request.qkv:
+            features.queries[layer] = query
+            features.keys[layer] = key
+            features.values[layer] = attn.split_heads(recorded[f"value:{layer}"], spec.num_heads)
