@@ -1,6 +1,6 @@
-"""Pure loss functions on logits: the loss contract of kdistill.
+"""Pure loss functions: the loss contract of kdistill.
 
-Every function here:
+Every logit loss here:
 
 * accepts logits of shape ``(B, C)`` (one prediction per example) or ``(B, L, C)``
   (one prediction per token), and an optional ``mask`` of shape ``logits.shape[:-1]``
@@ -13,6 +13,11 @@ Every function here:
 
 A mask that selects no position gives a loss of zero (with a gradient of zero), not NaN,
 so that a batch made only of padding cannot poison a run.
+
+The intermediate-layer losses (:func:`hidden_mse`, :func:`hidden_cosine`, :func:`attention_mse`,
+:func:`attention_kl`, :func:`relation_kl`) follow the same rules with a ``(B, L)`` padding mask:
+padded positions contribute nothing and do not count in the mean, so padding a batch further
+never changes a loss.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ __all__ = [
     "reverse_kl",
     "jsd",
     "logit_mse",
+    "hidden_mse",
+    "hidden_cosine",
+    "align_heads",
+    "attention_mse",
+    "attention_kl",
+    "relation_log_probs",
+    "relation_kl",
+    "HEAD_MODES",
     "check_temperature",
     "check_unit_interval",
 ]
@@ -278,3 +291,280 @@ def hard_ce(
     ).reshape(labels.shape)
     counted = valid.float() if weights is None else valid.float() * weights
     return (per_position * counted).sum() / counted.sum().clamp_min(1.0)
+
+
+# ---------------------------------------------------------------------------
+# intermediate layers: hidden states, attention maps, relations
+# ---------------------------------------------------------------------------
+
+#: how attention maps with different head counts are compared
+HEAD_MODES = ("auto", "per_head", "average_teacher", "average_both")
+
+
+def _check_states(student: Tensor, teacher: Tensor, what: str) -> None:
+    for name, value in (("student", student), ("teacher", teacher)):
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name} {what} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() not in (2, 3):
+            raise ValueError(f"{name} {what} must have shape (B, L, H) or (B, H), got {tuple(value.shape)}")
+    if student.shape != teacher.shape:
+        hint = ""
+        if student.shape[:-1] == teacher.shape[:-1]:
+            hint = " (the widths differ: project the student to the teacher's width, e.g. HiddenMSE(..., student_dim=, teacher_dim=))"
+        raise ValueError(
+            f"student and teacher {what} must have the same shape, got student {tuple(student.shape)} and "
+            f"teacher {tuple(teacher.shape)}{hint}"
+        )
+
+
+def _token_weights(states: Tensor, mask: Tensor | None) -> Tensor | None:
+    """A float32 weight per position ``states.shape[:-1]`` from a ``(B, L)`` mask, or None."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.shape != states.shape[:-1]:
+        raise ValueError(
+            f"mask must have shape {tuple(states.shape[:-1])} (batch and sequence of the states), got {tuple(mask.shape)}"
+        )
+    return mask.to(device=states.device, dtype=torch.float32)
+
+
+def hidden_mse(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared error between hidden states, over the positions that count.
+
+    Without a mask this equals ``F.mse_loss(student_hidden, teacher_hidden)``; with one, padded
+    positions contribute nothing and do not count in the mean, so padding a batch further does
+    not change the loss.
+
+    Args:
+        student_hidden: ``(B, L, H)`` or ``(B, H)``, already projected to the teacher's width.
+        teacher_hidden: same shape; treated as a constant target.
+        mask: optional ``(B, L)`` (or ``(B,)``), 1 for real tokens and 0 for padding.
+
+    Returns:
+        A float32 scalar: squared error averaged over the width and the counted positions.
+    """
+    _check_states(student_hidden, teacher_hidden, "hidden states")
+    weights = _token_weights(student_hidden, mask)
+    per_position = (student_hidden.float() - teacher_hidden.detach().float()).pow(2).mean(dim=-1)
+    return _reduce(per_position, weights)
+
+
+def hidden_cosine(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``1 − cos(student, teacher)`` per position, averaged over the positions that count.
+
+    Compares directions only, so it is blind to the scale of the hidden states (DistilBERT's
+    cosine embedding loss). Shapes and ``mask`` as in :func:`hidden_mse`.
+
+    Returns:
+        A float32 scalar in [0, 2]; 0 when every counted position points the same way.
+    """
+    _check_states(student_hidden, teacher_hidden, "hidden states")
+    weights = _token_weights(student_hidden, mask)
+    cosine = F.cosine_similarity(student_hidden.float(), teacher_hidden.detach().float(), dim=-1, eps=1e-8)
+    return _reduce(1.0 - cosine, weights)
+
+
+def _check_maps(student: Tensor, teacher: Tensor, what: str) -> None:
+    for name, value in (("student", student), ("teacher", teacher)):
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name} {what} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() != 4 or value.shape[-1] != value.shape[-2]:
+            raise ValueError(f"{name} {what} must have shape (B, heads, L, L), got {tuple(value.shape)}")
+    if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
+        raise ValueError(
+            f"student and teacher {what} must share batch and sequence sizes, got student {tuple(student.shape)} "
+            f"and teacher {tuple(teacher.shape)}"
+        )
+
+
+def align_heads(student_maps: Tensor, teacher_maps: Tensor, heads: str = "auto") -> tuple[Tensor, Tensor]:
+    """Make two stacks of per-head maps comparable.
+
+    Args:
+        student_maps: ``(B, Hs, L, L)``.
+        teacher_maps: ``(B, Ht, L, L)``.
+        heads: ``"per_head"`` compares head ``h`` with head ``h`` (needs ``Hs == Ht``);
+            ``"average_teacher"`` compares every student head with the teacher's head average
+            (the seed's way); ``"average_both"`` compares the two head averages; ``"auto"`` is
+            ``"per_head"`` when the counts agree and ``"average_teacher"`` otherwise.
+
+    Returns:
+        ``(student, teacher)`` that broadcast against each other: ``(B, Hs, L, L)`` and
+        ``(B, Ht or 1, L, L)``, or both ``(B, 1, L, L)``.
+    """
+    if heads not in HEAD_MODES:
+        raise ValueError(f"heads must be one of {', '.join(HEAD_MODES)}, got {heads!r}")
+    same = student_maps.shape[1] == teacher_maps.shape[1]
+    if heads == "auto":
+        heads = "per_head" if same else "average_teacher"
+    if heads == "per_head":
+        if not same:
+            raise ValueError(
+                f"heads='per_head' needs equal head counts, got {student_maps.shape[1]} student and "
+                f"{teacher_maps.shape[1]} teacher heads; use heads='average_teacher' or 'average_both'"
+            )
+        return student_maps, teacher_maps
+    teacher_maps = teacher_maps.mean(dim=1, keepdim=True)
+    if heads == "average_both":
+        student_maps = student_maps.mean(dim=1, keepdim=True)
+    return student_maps, teacher_maps
+
+
+def _pair_weights(maps: Tensor, mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """``(pair, rows)``: ``(B, 1, L, L)`` real-query × real-key weights and ``(B, 1, L)`` real-query weights."""
+    if mask is None:
+        return None, None
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    batch, length = maps.shape[0], maps.shape[-1]
+    if mask.shape != (batch, length):
+        raise ValueError(f"mask must have shape ({batch}, {length}) to match maps of shape {tuple(maps.shape)}, got {tuple(mask.shape)}")
+    real = mask.to(device=maps.device, dtype=torch.float32)
+    return real[:, None, :, None] * real[:, None, None, :], real[:, None, :]
+
+
+def attention_mse(
+    student_maps: Tensor, teacher_maps: Tensor, mask: Tensor | None = None, heads: str = "auto"
+) -> Tensor:
+    """Mean squared error between attention maps (probabilities or pre-softmax scores).
+
+    Only pairs of a real query and a real key count: padded rows and columns contribute nothing
+    and do not count in the mean (TinyBERT's attention loss, without the padding the seed
+    averaged over).
+
+    Args:
+        student_maps: ``(B, Hs, L, L)``.
+        teacher_maps: ``(B, Ht, L, L)``; a constant target.
+        mask: optional ``(B, L)``, 1 for real tokens and 0 for padding.
+        heads: how head counts are matched, see :func:`align_heads`.
+
+    Returns:
+        A float32 scalar: squared error averaged over heads and counted (query, key) pairs.
+    """
+    _check_maps(student_maps, teacher_maps, "attention maps")
+    pair, _ = _pair_weights(student_maps, mask)
+    student, teacher = align_heads(student_maps.float(), teacher_maps.detach().float(), heads)
+    diff = student - teacher
+    if pair is None:
+        return diff.pow(2).mean()
+    # the count is B·L² pairs at most, exact in float32 far beyond realistic sizes
+    return (diff * pair).pow(2).sum() / (diff.shape[1] * pair.sum()).clamp_min(1.0)
+
+
+def _kl_rows(student_log_probs: Tensor, teacher_probs: Tensor, rows: Tensor | None, pair: Tensor | None) -> Tensor:
+    """Σ_keys p_t (log p_t − log p_s) per row, averaged over heads and counted rows."""
+    teacher_log = teacher_probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+    terms = teacher_probs * (teacher_log - student_log_probs)
+    if pair is not None:
+        terms = terms * pair
+    per_row = terms.sum(dim=-1)  # (B, H, L)
+    if rows is None:
+        return per_row.mean()
+    return (per_row * rows).sum() / (per_row.shape[1] * rows.sum()).clamp_min(1.0)
+
+
+def attention_kl(
+    student_probs: Tensor, teacher_probs: Tensor, mask: Tensor | None = None, heads: str = "auto"
+) -> Tensor:
+    """``KL(teacher ‖ student)`` between attention distributions, per query row.
+
+    Rows are the attention distributions of each query over the keys; the KL is summed over
+    keys and averaged over heads and real queries (MiniLM's attention transfer).
+
+    Args:
+        student_probs: ``(B, Hs, L, L)`` attention probabilities (rows sum to 1).
+        teacher_probs: ``(B, Ht, L, L)``; a constant target.
+        mask: optional ``(B, L)``; padded queries and keys do not count.
+        heads: how head counts are matched, see :func:`align_heads` (head averages of
+            distributions are distributions).
+
+    Returns:
+        A float32 scalar; 0 when the distributions agree on every counted row.
+    """
+    _check_maps(student_probs, teacher_probs, "attention probabilities")
+    pair, rows = _pair_weights(student_probs, mask)
+    student, teacher = align_heads(student_probs.float(), teacher_probs.detach().float(), heads)
+    student_log = student.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return _kl_rows(student_log, teacher, rows, pair)
+
+
+def _as_relation_heads(states: Tensor, relation_heads: int | None, name: str) -> Tensor:
+    """``(B, H, L, d)`` states regrouped into ``relation_heads`` heads (None keeps the model's heads)."""
+    if not isinstance(states, Tensor) or states.dim() not in (3, 4):
+        shape = tuple(states.shape) if isinstance(states, Tensor) else type(states).__name__
+        raise ValueError(f"{name} must have shape (B, heads, L, d) or (B, L, width), got {shape}")
+    if states.dim() == 4:
+        if relation_heads is None:
+            return states
+        batch, heads, length, dim = states.shape
+        states = states.transpose(1, 2).reshape(batch, length, heads * dim)
+    elif relation_heads is None:
+        return states[:, None]
+    batch, length, width = states.shape
+    if isinstance(relation_heads, bool) or not isinstance(relation_heads, int) or relation_heads < 1:
+        raise ValueError(f"relation_heads must be a positive integer, got {relation_heads!r}")
+    if width % relation_heads:
+        raise ValueError(
+            f"{name} has width {width}, which does not split into {relation_heads} relation heads; "
+            "choose a relation head count that divides both models' widths"
+        )
+    return states.view(batch, length, relation_heads, width // relation_heads).transpose(1, 2)
+
+
+def relation_log_probs(states: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Self-attention relations of a set of vectors: ``log_softmax(X Xᵀ / √d)`` over keys.
+
+    Args:
+        states: ``(B, H, L, d)`` queries, keys or values split into heads.
+        mask: optional ``(B, L)``; padded keys get no probability.
+
+    Returns:
+        ``(B, H, L, L)`` float32 log-probabilities.
+    """
+    states = states.float()
+    logits = torch.matmul(states, states.transpose(-1, -2)) * states.shape[-1] ** -0.5
+    if mask is not None:
+        keep = mask.to(device=states.device, dtype=torch.bool)[:, None, None, :]
+        logits = logits.masked_fill(~keep, torch.finfo(torch.float32).min)
+    return logits.log_softmax(dim=-1)
+
+
+def relation_kl(
+    student_states: Tensor,
+    teacher_states: Tensor,
+    mask: Tensor | None = None,
+    relation_heads: int | None = None,
+    heads: str = "auto",
+) -> Tensor:
+    """MiniLM's self-attention relation loss: ``KL(R_teacher ‖ R_student)`` with
+    ``R = softmax(X Xᵀ / √d)`` per head, summed over keys, averaged over heads and real queries.
+
+    Args:
+        student_states: ``(B, Hs, L, d_s)`` (split into the model's heads) or ``(B, L, width_s)``.
+        teacher_states: ``(B, Ht, L, d_t)`` or ``(B, L, width_t)``; a constant target.
+        mask: optional ``(B, L)``; padded queries and keys do not count.
+        relation_heads: regroup both sides into this many heads first (MiniLM v2: independent of
+            the models' head counts, so any widths that it divides work); None keeps the models'
+            heads (MiniLM v1's value relation).
+        heads: with ``relation_heads=None`` and different head counts, how heads are matched
+            (see :func:`align_heads`).
+
+    Returns:
+        A float32 scalar; 0 for identical states.
+    """
+    student = _as_relation_heads(student_states, relation_heads, "student_states")
+    teacher = _as_relation_heads(teacher_states.detach(), relation_heads, "teacher_states")
+    if student.shape[0] != teacher.shape[0] or student.shape[2] != teacher.shape[2]:
+        raise ValueError(
+            f"student and teacher states must share batch and sequence sizes, got {tuple(student_states.shape)} "
+            f"and {tuple(teacher_states.shape)}"
+        )
+    student_log = relation_log_probs(student, mask)
+    pair, rows = _pair_weights(student_log, mask)
+    teacher_probs = relation_log_probs(teacher, mask).exp()
+    if student.shape[1] != teacher.shape[1] or heads not in ("auto", "per_head"):
+        student_probs, teacher_probs = align_heads(student_log.exp(), teacher_probs, heads)
+        student_log = student_probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+    return _kl_rows(student_log, teacher_probs, rows, pair)

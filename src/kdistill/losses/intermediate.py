@@ -1,0 +1,478 @@
+"""Intermediate-layer terms: hidden states, embeddings, attention maps and MiniLM relations.
+
+Each term compares layers chosen by a layer map ``{student_layer: teacher_layer}`` (see
+:mod:`kdistill.mapping`) and asks :func:`~kdistill.capture.capture` for exactly those layers.
+Where the student is narrower than the teacher, a term owns learned projections (student width
+-> teacher width); they are parameters of the :class:`~kdistill.losses.objective.Objective`, so
+they are optimised and checkpointed with it and never become part of the exported student.
+
+Every term averages over its layer pairs and never counts padded positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.attention import model_dims
+from kdistill.capture import CaptureRequest, Features
+from kdistill.losses import functional as LF
+from kdistill.losses.terms import Term
+from kdistill.mapping import LayerKey, LayerMap, check_layer_map, num_layers, resolve_layer_map, validate_layer_map
+
+__all__ = [
+    "AttentionKL",
+    "AttentionMSE",
+    "EmbeddingMSE",
+    "HiddenCosine",
+    "HiddenMSE",
+    "MiniLMv1",
+    "MiniLMv2",
+]
+
+Side = Literal["student", "teacher"]
+Dims = int | Mapping[LayerKey, int] | None
+
+
+def _mask(student: Features, teacher: Features) -> Tensor | None:
+    return student.attention_mask if student.attention_mask is not None else teacher.attention_mask
+
+
+def _as_tokens(states: Tensor) -> Tensor:
+    """Hidden states as ``(B, L, H)``: a conv feature map ``(B, C, H, W)`` becomes ``(B, H·W, C)``."""
+    if states.dim() == 4:
+        return states.flatten(2).transpose(1, 2)
+    return states
+
+
+def _request(keys: list[LayerKey]) -> CaptureRequest:
+    return CaptureRequest(
+        logits=False,
+        hidden_states=frozenset(k for k in keys if isinstance(k, int)),
+        modules=frozenset(k for k in keys if isinstance(k, str)),
+    )
+
+
+def _lookup(features: Features, key: LayerKey, side: str) -> Tensor:
+    source = features.modules if isinstance(key, str) else features.hidden_states
+    if key not in source:
+        what = f"module {key!r}" if isinstance(key, str) else f"hidden state {key}"
+        raise ValueError(f"the {side}'s features lack {what}; capture it with the term's request()")
+    return _as_tokens(source[key])
+
+
+def _dim_for(dims: Dims, key: LayerKey, side: str) -> int | None:
+    if dims is None:
+        return None
+    if isinstance(dims, Mapping):
+        value = dims.get(key)
+    else:
+        value = dims
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"the {side} width for layer {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _projection_name(student_key: LayerKey, teacher_key: LayerKey) -> str:
+    # ModuleDict keys may not contain dots, which module paths do
+    return f"{student_key}_to_{teacher_key}".replace(".", "_")
+
+
+class HiddenMSE(Term):
+    """Mean squared error between mapped hidden states (TinyBERT's hidden-state loss).
+
+    Args:
+        layer_map: ``{student_layer: teacher_layer}``; layer indices (0 = embeddings) for Hugging
+            Face models, or module paths (``{"layer2": "layer3"}``) for any model. Conv feature
+            maps ``(B, C, H, W)`` are compared per spatial position over channels.
+        student_dim: the student's width (an int, or ``{student_layer: width}``).
+        teacher_dim: the teacher's width (an int, or ``{teacher_layer: width}``). Where the two
+            widths are given and differ, a learned ``nn.Linear(student_dim, teacher_dim)``
+            projects the student first.
+        shared_projection: one projection for every pair (TinyBERT's single ``W_h``) instead of
+            one per pair.
+
+    :meth:`from_models` reads the depths and widths from the two models.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"hidden_states"})
+
+    def __init__(
+        self,
+        layer_map: Mapping[LayerKey, LayerKey],
+        student_dim: Dims = None,
+        teacher_dim: Dims = None,
+        *,
+        shared_projection: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layer_map: LayerMap = check_layer_map(layer_map)
+        self.shared_projection = bool(shared_projection)
+        self.projections = nn.ModuleDict()
+        self.projection: nn.Linear | None = None
+        shapes = set()
+        for student_key, teacher_key in self.layer_map.items():
+            width_in = _dim_for(student_dim, student_key, "student")
+            width_out = _dim_for(teacher_dim, teacher_key, "teacher")
+            if width_in is None or width_out is None or width_in == width_out:
+                continue
+            shapes.add((width_in, width_out))
+            if not self.shared_projection:
+                self.projections[_projection_name(student_key, teacher_key)] = nn.Linear(width_in, width_out)
+        if self.shared_projection and shapes:
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"shared_projection=True needs the same widths for every pair, got {sorted(shapes)}; "
+                    "use one projection per pair (shared_projection=False)"
+                )
+            self.projection = nn.Linear(*shapes.pop())
+
+    @classmethod
+    def from_models(
+        cls,
+        student: nn.Module,
+        teacher: nn.Module,
+        layer_map: Mapping[LayerKey, LayerKey] | str | None = None,
+        **kwargs: object,
+    ) -> HiddenMSE:
+        """Build the term for two Hugging Face models, with the map validated against their depths
+        and projections sized from their widths.
+
+        Args:
+            student: the student model.
+            teacher: the teacher model.
+            layer_map: an explicit map, or ``"uniform"`` (default), ``"every-K"``, ``"last-K"``.
+            **kwargs: further constructor arguments (``shared_projection``; widths override the models').
+        """
+        checked = resolve_layer_map(layer_map, student, teacher)
+        for side, model, key in (("student", student, "student_dim"), ("teacher", teacher, "teacher_dim")):
+            if key not in kwargs and num_layers(model) is not None:
+                kwargs[key] = model_dims(model).hidden_size
+        return cls(checked, **kwargs)  # type: ignore[arg-type]
+
+    def request(self, side: Side) -> CaptureRequest:
+        return _request(list(self.layer_map) if side == "student" else list(self.layer_map.values()))
+
+    def _project(self, student_key: LayerKey, teacher_key: LayerKey, hidden: Tensor) -> Tensor:
+        name = _projection_name(student_key, teacher_key)
+        layer = self.projection if self.shared_projection else (self.projections[name] if name in self.projections else None)
+        if layer is None:
+            return hidden
+        if hidden.shape[-1] != layer.in_features:
+            raise ValueError(
+                f"student layer {student_key!r} has width {hidden.shape[-1]}, but its projection expects "
+                f"{layer.in_features}; check student_dim"
+            )
+        # projections run in float32, like the losses, even under autocast
+        with torch.autocast(hidden.device.type, enabled=False):
+            return layer(hidden.float())
+
+    @staticmethod
+    def _token_mask(mask: Tensor | None, hidden: Tensor, key: LayerKey) -> Tensor | None:
+        """The padding mask where it describes ``hidden``'s positions.
+
+        A hooked module's output may not be per token (a conv feature map, a pooled vector); then
+        there is no padding to exclude. A hidden state by index always is.
+        """
+        if mask is None or (hidden.dim() == 3 and mask.shape == hidden.shape[:2]):
+            return mask
+        if isinstance(key, int):
+            raise ValueError(
+                f"the attention mask {tuple(mask.shape)} does not match the hidden states of layer {key}, "
+                f"{tuple(hidden.shape)}"
+            )
+        return None
+
+    def compare(self, student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None) -> Tensor:
+        """The loss of one layer pair; subclasses change the distance."""
+        return LF.hidden_mse(student_hidden, teacher_hidden, mask)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        mask = _mask(student, teacher)
+        total: Tensor | None = None
+        for student_key, teacher_key in self.layer_map.items():
+            student_hidden = self._project(student_key, teacher_key, _lookup(student, student_key, "student"))
+            teacher_hidden = _lookup(teacher, teacher_key, "teacher")
+            loss = self.compare(student_hidden, teacher_hidden, self._token_mask(mask, student_hidden, student_key))
+            total = loss if total is None else total + loss
+        assert total is not None
+        return total / len(self.layer_map)
+
+    def extra_repr(self) -> str:
+        shared = ", shared_projection=True" if self.shared_projection else ""
+        return f"layer_map={self.layer_map}{shared}"
+
+
+class HiddenCosine(HiddenMSE):
+    """``1 − cosine`` between mapped hidden states (DistilBERT's cosine loss); arguments as :class:`HiddenMSE`."""
+
+    def compare(self, student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None) -> Tensor:
+        return LF.hidden_cosine(student_hidden, teacher_hidden, mask)
+
+
+class EmbeddingMSE(HiddenMSE):
+    """Mean squared error between the embedding outputs (hidden state 0), with a learned projection
+    where the widths differ (TinyBERT's embedding loss).
+
+    Args:
+        student_dim: the student's embedding width.
+        teacher_dim: the teacher's embedding width.
+    """
+
+    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None) -> None:
+        super().__init__({0: 0}, student_dim, teacher_dim)
+
+    @classmethod
+    def from_models(cls, student: nn.Module, teacher: nn.Module, layer_map: object = None, **kwargs: object) -> EmbeddingMSE:
+        """Build the term with widths read from the two Hugging Face models."""
+        if layer_map is not None:
+            raise ValueError("EmbeddingMSE always compares the embedding outputs (layer 0); use HiddenMSE for other layers")
+        return cls(
+            student_dim=kwargs.get("student_dim", model_dims(student).hidden_size),  # type: ignore[arg-type]
+            teacher_dim=kwargs.get("teacher_dim", model_dims(teacher).hidden_size),  # type: ignore[arg-type]
+        )
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+ATTENTION_INPUTS = ("probs", "scores")
+
+
+class AttentionMSE(Term):
+    """Mean squared error between mapped attention maps (TinyBERT's attention loss).
+
+    Args:
+        layer_map: ``{student_layer: teacher_layer}`` of attention layers (1..depth).
+        on: ``"probs"`` compares attention probabilities; ``"scores"`` the pre-softmax scores
+            ``Q Kᵀ/√d`` (as TinyBERT does; needs an architecture kdistill recomputes).
+        heads: how different head counts are matched: ``"auto"``, ``"per_head"``,
+            ``"average_teacher"`` (the seed's way) or ``"average_both"``
+            (see :func:`~kdistill.losses.functional.align_heads`).
+    """
+
+    def __init__(self, layer_map: Mapping[int, int], on: str = "probs", heads: str = "auto") -> None:
+        super().__init__()
+        self.layer_map = self._check_map(layer_map)
+        if on not in ATTENTION_INPUTS:
+            raise ValueError(f"on must be 'probs' or 'scores', got {on!r}")
+        if heads not in LF.HEAD_MODES:
+            raise ValueError(f"heads must be one of {', '.join(LF.HEAD_MODES)}, got {heads!r}")
+        self.on = on
+        self.heads = heads
+
+    @staticmethod
+    def _check_map(layer_map: Mapping[int, int]) -> dict[int, int]:
+        checked = check_layer_map(layer_map, attention=True)
+        paths = [key for pair in checked.items() for key in pair if isinstance(key, str)]
+        if paths:
+            raise TypeError(
+                f"attention maps are selected by layer index (1..depth), not module path; got {paths}"
+            )
+        return checked  # type: ignore[return-value]
+
+    @classmethod
+    def from_models(
+        cls, student: nn.Module, teacher: nn.Module, layer_map: Mapping[int, int] | str | None = None, **kwargs: str
+    ) -> AttentionMSE:
+        """Build the term with the map (default uniform) validated against the two models' depths."""
+        return cls(resolve_layer_map(layer_map, student, teacher, attention=True), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def _field(self) -> str:
+        return "attention_scores" if self.on == "scores" else "attentions"
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({self._field})
+
+    def request(self, side: Side) -> CaptureRequest:
+        layers = frozenset(self.layer_map) if side == "student" else frozenset(self.layer_map.values())
+        return CaptureRequest(logits=False, **{self._field: layers})
+
+    def _maps(self, features: Features, layer: int, side: str) -> Tensor:
+        maps = getattr(features, self._field)
+        if layer not in maps:
+            raise ValueError(f"the {side}'s features lack the attention {self.on} of layer {layer}")
+        return maps[layer]
+
+    def compare(self, student_maps: Tensor, teacher_maps: Tensor, mask: Tensor | None) -> Tensor:
+        """The loss of one layer pair."""
+        return LF.attention_mse(student_maps, teacher_maps, mask, self.heads)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        mask = _mask(student, teacher)
+        total: Tensor | None = None
+        for student_layer, teacher_layer in self.layer_map.items():
+            loss = self.compare(
+                self._maps(student, student_layer, "student"), self._maps(teacher, teacher_layer, "teacher"), mask
+            )
+            total = loss if total is None else total + loss
+        assert total is not None
+        return total / len(self.layer_map)
+
+    def extra_repr(self) -> str:
+        return f"layer_map={self.layer_map}, on={self.on!r}, heads={self.heads!r}"
+
+
+class AttentionKL(AttentionMSE):
+    """``KL(teacher ‖ student)`` between mapped attention distributions, per query.
+
+    Args:
+        layer_map: ``{student_layer: teacher_layer}`` of attention layers (1..depth).
+        heads: how different head counts are matched (see :class:`AttentionMSE`).
+    """
+
+    def __init__(self, layer_map: Mapping[int, int], heads: str = "auto") -> None:
+        super().__init__(layer_map, on="probs", heads=heads)
+
+    def compare(self, student_maps: Tensor, teacher_maps: Tensor, mask: Tensor | None) -> Tensor:
+        return LF.attention_kl(student_maps, teacher_maps, mask, self.heads)
+
+    def extra_repr(self) -> str:
+        return f"layer_map={self.layer_map}, heads={self.heads!r}"
+
+
+def _check_layer(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an attention layer index >= 1, got {value!r}")
+    return value
+
+
+def _last_layers(student: nn.Module, teacher: nn.Module, student_layer: int | None, teacher_layer: int | None) -> tuple[int, int]:
+    student_layer = model_dims(student).num_layers if student_layer is None else student_layer
+    teacher_layer = model_dims(teacher).num_layers if teacher_layer is None else teacher_layer
+    validate_layer_map({student_layer: teacher_layer}, student, teacher, attention=True)
+    return student_layer, teacher_layer
+
+
+class MiniLMv1(Term):
+    """MiniLM (Wang et al., 2020): attention-distribution KL plus value-relation KL, from one
+    teacher layer (the last) to the student's last layer.
+
+    ``loss = KL(A_t ‖ A_s) + KL(VR_t ‖ VR_s)`` with ``VR = softmax(V Vᵀ/√d)`` per head.
+
+    Args:
+        student_layer: the student's layer (its last, for MiniLM).
+        teacher_layer: the teacher's layer (its last, for MiniLM v1).
+        heads: how different head counts are matched (MiniLM v1 assumes equal counts; see
+            :class:`AttentionMSE`).
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"attentions", "values"})
+
+    def __init__(self, student_layer: int, teacher_layer: int, heads: str = "auto") -> None:
+        super().__init__()
+        self.student_layer = _check_layer(student_layer, "student_layer")
+        self.teacher_layer = _check_layer(teacher_layer, "teacher_layer")
+        if heads not in LF.HEAD_MODES:
+            raise ValueError(f"heads must be one of {', '.join(LF.HEAD_MODES)}, got {heads!r}")
+        self.heads = heads
+
+    @classmethod
+    def from_models(
+        cls, student: nn.Module, teacher: nn.Module, student_layer: int | None = None,
+        teacher_layer: int | None = None, heads: str = "auto",
+    ) -> MiniLMv1:
+        """Build the term for two Hugging Face models: by default the teacher's last layer to the student's last."""
+        return cls(*_last_layers(student, teacher, student_layer, teacher_layer), heads=heads)
+
+    def request(self, side: Side) -> CaptureRequest:
+        layer = frozenset({self.student_layer if side == "student" else self.teacher_layer})
+        return CaptureRequest(logits=False, attentions=layer, qkv=layer)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        mask = _mask(student, teacher)
+        s, t = self.student_layer, self.teacher_layer
+        attention = LF.attention_kl(student.attentions[s], teacher.attentions[t], mask, self.heads)
+        value = LF.relation_kl(student.values[s], teacher.values[t], mask, heads=self.heads)
+        return attention + value
+
+    def extra_repr(self) -> str:
+        return f"student_layer={self.student_layer}, teacher_layer={self.teacher_layer}, heads={self.heads!r}"
+
+
+RELATIONS = ("query", "key", "value")
+
+
+class MiniLMv2(Term):
+    """MiniLM v2 (Wang et al., 2021): multi-head self-attention relation distillation.
+
+    For each of Q, K and V, the relations ``softmax(X Xᵀ/√d_r)`` are computed with
+    ``relation_heads`` heads, regrouped from the full projection width, so the count is
+    independent of either model's head count; the loss is the sum over Q-Q, K-K and V-V of
+    ``KL(R_teacher ‖ R_student)``. Any teacher layer can teach the student's last layer.
+
+    Args:
+        student_layer: the student's layer (its last, for MiniLM v2).
+        teacher_layer: the teacher's layer (for large teachers, an upper-middle layer works best).
+        relation_heads: heads of the relations; must divide both models' projection widths.
+        relations: which relations to use, from ``("query", "key", "value")``.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"queries", "keys", "values"})
+
+    def __init__(
+        self, student_layer: int, teacher_layer: int, relation_heads: int,
+        relations: tuple[str, ...] = RELATIONS,
+    ) -> None:
+        super().__init__()
+        self.student_layer = _check_layer(student_layer, "student_layer")
+        self.teacher_layer = _check_layer(teacher_layer, "teacher_layer")
+        if isinstance(relation_heads, bool) or not isinstance(relation_heads, int) or relation_heads < 1:
+            raise ValueError(f"relation_heads must be a positive integer, got {relation_heads!r}")
+        self.relation_heads = relation_heads
+        relations = tuple(relations)
+        if not relations or any(r not in RELATIONS for r in relations):
+            raise ValueError(f"relations must be a non-empty subset of {RELATIONS}, got {relations!r}")
+        self.relations = relations
+
+    @classmethod
+    def from_models(
+        cls, student: nn.Module, teacher: nn.Module, student_layer: int | None = None,
+        teacher_layer: int | None = None, relation_heads: int | None = None,
+        relations: tuple[str, ...] = RELATIONS,
+    ) -> MiniLMv2:
+        """Build the term for two Hugging Face models.
+
+        By default the teacher's last layer teaches the student's last, with as many relation
+        heads as the teacher has attention heads.
+        """
+        student_layer, teacher_layer = _last_layers(student, teacher, student_layer, teacher_layer)
+        if relation_heads is None:
+            relation_heads = model_dims(teacher).num_heads
+        student_width, teacher_width = model_dims(student).hidden_size, model_dims(teacher).hidden_size
+        if relation_heads is None or student_width % relation_heads or teacher_width % relation_heads:
+            raise ValueError(
+                f"relation_heads={relation_heads} must divide both widths (student {student_width}, teacher "
+                f"{teacher_width}); pass relation_heads= explicitly"
+            )
+        return cls(student_layer, teacher_layer, relation_heads, relations)
+
+    def request(self, side: Side) -> CaptureRequest:
+        layer = frozenset({self.student_layer if side == "student" else self.teacher_layer})
+        return CaptureRequest(logits=False, qkv=layer)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        mask = _mask(student, teacher)
+        total: Tensor | None = None
+        for relation in self.relations:
+            field = f"{relation}s" if relation != "query" else "queries"
+            loss = LF.relation_kl(
+                getattr(student, field)[self.student_layer],
+                getattr(teacher, field)[self.teacher_layer],
+                mask,
+                relation_heads=self.relation_heads,
+            )
+            total = loss if total is None else total + loss
+        assert total is not None
+        return total
+
+    def extra_repr(self) -> str:
+        return (
+            f"student_layer={self.student_layer}, teacher_layer={self.teacher_layer}, "
+            f"relation_heads={self.relation_heads}, relations={self.relations}"
+        )
