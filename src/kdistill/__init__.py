@@ -5,10 +5,13 @@ The public API:
 * losses: :class:`DistillationLoss` (the seed's), :class:`Objective` and its terms, and the
   pure functions in :mod:`kdistill.losses.functional`;
 * training: :func:`distill` / :func:`train_distillation` (plain loop) and
-  :class:`DistillationTrainer` (``transformers.Trainer``).
+  :class:`DistillationTrainer` (``transformers.Trainer``);
+* offline distillation: :class:`TeacherCache` and :func:`with_example_index`.
 """
 
 from kdistill._version import __version__
+from kdistill.batch import with_example_index
+from kdistill.cache import CacheSpec, TeacherCache
 from kdistill.capture import Features
 from kdistill.losses import (
     JSD,
@@ -25,6 +28,7 @@ from kdistill.train import DistillationTrainer, History, distill, train_distilla
 
 __all__ = [
     "JSD",
+    "CacheSpec",
     "DistillationLoss",
     "DistillationTrainer",
     "Features",
@@ -35,8 +39,10 @@ __all__ = [
     "LossOutput",
     "Objective",
     "ReverseKL",
+    "TeacherCache",
     "Term",
     "__version__",
     "distill",
     "train_distillation",
+    "with_example_index",
 ]

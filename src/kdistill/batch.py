@@ -2,15 +2,72 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
-__all__ = ["LABEL_KEYS", "split_batch", "batch_size_of"]
+__all__ = [
+    "INDEX_KEY",
+    "IndexedExample",
+    "LABEL_KEYS",
+    "batch_size_of",
+    "example_indices",
+    "is_indexed",
+    "split_batch",
+    "with_example_index",
+]
 
 #: keys that hold hard labels in a dict batch, in the order they are looked up
 LABEL_KEYS = ("labels", "label")
+
+#: key of the example indices in a dict batch (added by ``with_example_index``; never fed to a model)
+INDEX_KEY = "kd_index"
+
+
+def _indexed_tuple(size: int) -> type:
+    # named tuples: PyTorch's default collate and Accelerate's device transfer keep their type
+    # (plain tuple subclasses come back as lists), so split_batch can tell the index from labels
+    fields = [f"item{i}" for i in range(size)] + [INDEX_KEY]
+    cls = namedtuple(f"IndexedExample{size}", fields)  # type: ignore[misc]
+    cls.__module__ = __name__
+    return cls
+
+
+# defined at module level so that DataLoader workers can pickle them
+IndexedExample1 = _indexed_tuple(1)
+IndexedExample2 = _indexed_tuple(2)
+IndexedExample3 = _indexed_tuple(3)
+IndexedExample4 = _indexed_tuple(4)
+_INDEXED = {1: IndexedExample1, 2: IndexedExample2, 3: IndexedExample3, 4: IndexedExample4}
+
+
+def IndexedExample(items: tuple[Any, ...]) -> tuple:  # noqa: N802 - reads as the type it builds
+    """A tuple example ``(*items, index)`` whose last item is the example index (see ``with_example_index``)."""
+    if not 2 <= len(items) <= 5:
+        raise ValueError(f"indexed tuple examples hold 1 to 4 items plus the index, got {len(items) - 1} items")
+    return _INDEXED[len(items) - 1](*items)
+
+
+def is_indexed(batch: Any) -> bool:
+    """True for a tuple example or batch made by :func:`IndexedExample`."""
+    return isinstance(batch, tuple) and getattr(type(batch), "_fields", ())[-1:] == (INDEX_KEY,)
+
+
+def example_indices(batch: Any) -> Tensor | None:
+    """The example indices a batch carries, ``(B,)``, or None."""
+    if isinstance(batch, Mapping):
+        index = batch.get(INDEX_KEY)
+    elif is_indexed(batch):
+        index = batch[-1]
+    else:
+        return None
+    if index is None:
+        return None
+    return index if isinstance(index, Tensor) else torch.as_tensor(index)
 
 
 def split_batch(batch: Any, label_key: str | None = None) -> tuple[Any, Tensor | None]:
@@ -21,11 +78,16 @@ def split_batch(batch: Any, label_key: str | None = None) -> tuple[Any, Tensor |
     * a tuple or list ``(inputs, labels)``; with more items, all but the last are positional
       model inputs and the last is the labels; a 1-tuple has no labels;
     * a tensor: the model input, no labels.
+
+    Example indices (:data:`INDEX_KEY` or an :class:`IndexedExample`'s last item) are never
+    part of the model inputs.
     """
+    if is_indexed(batch):
+        batch = tuple(batch[:-1])
     if isinstance(batch, Mapping):
         keys = (label_key,) if label_key else LABEL_KEYS
         found = next((key for key in keys if key in batch), None)
-        inputs = {key: value for key, value in batch.items() if key != found}
+        inputs = {key: value for key, value in batch.items() if key not in (found, INDEX_KEY)}
         if not inputs:
             raise ValueError(f"the batch holds only labels ({found!r}) and nothing to feed the model")
         return inputs, (batch[found] if found else None)
@@ -54,3 +116,38 @@ def batch_size_of(inputs: Any) -> int:
         if isinstance(value, Tensor) and value.dim() > 0:
             return int(value.shape[0])
     raise ValueError("cannot tell the batch size: the batch holds no tensor")
+
+
+class _IndexedDataset(Dataset):
+    """A map-style dataset whose examples carry their own index."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        example = self.dataset[index]
+        if isinstance(example, Mapping):
+            return {**example, INDEX_KEY: index}
+        if isinstance(example, (tuple, list)):
+            return IndexedExample((*example, index))
+        return IndexedExample((example, index))
+
+
+def with_example_index(dataset: Any) -> Any:
+    """Return ``dataset`` with each example's index attached, so a teacher cache can serve its batches.
+
+    Dict examples get a ``kd_index`` entry; tuple examples ``(inputs, labels)`` become
+    :class:`IndexedExample` ``(inputs, labels, index)``; a Hugging Face ``datasets.Dataset``
+    gets a ``kd_index`` column. The index is never passed to a model, and shuffling,
+    sharding and gradient accumulation keep it with its example.
+    """
+    if hasattr(dataset, "add_column") and hasattr(dataset, "column_names"):
+        if INDEX_KEY in dataset.column_names:
+            return dataset
+        return dataset.add_column(INDEX_KEY, list(range(len(dataset))))
+    if isinstance(dataset, _IndexedDataset):
+        return dataset
+    return _IndexedDataset(dataset)

@@ -29,6 +29,7 @@ from kdistill import attention as attn
 __all__ = [
     "CaptureRequest",
     "Features",
+    "TopKLogProbs",
     "attention_mask_of",
     "call_model",
     "capture",
@@ -109,6 +110,23 @@ class CaptureRequest:
 
 
 @dataclass
+class TopKLogProbs:
+    """A teacher's distribution kept as its k most probable entries plus the rest of the mass.
+
+    Attributes:
+        log_probs: ``(..., k)`` log-probabilities at ``temperature`` of the top-k entries.
+        indices: ``(..., k)`` their class or vocabulary ids.
+        rest: ``(...)`` log of the probability mass outside the top k (``-inf`` when none).
+        temperature: the temperature the log-probabilities were computed at.
+    """
+
+    log_probs: Tensor
+    indices: Tensor
+    rest: Tensor
+    temperature: float
+
+
+@dataclass
 class Features:
     """Tensors captured from one forward pass.
 
@@ -126,6 +144,7 @@ class Features:
         attention_mask: ``(B, L)``, 1 for real tokens and 0 for padding.
         extras: anything else a custom term asked for, by name.
         output: the model's raw output (the Trainer returns it from ``compute_loss``).
+        topk: a teacher's top-k distribution read from a cache, in place of ``logits``.
     """
 
     logits: Tensor | None = None
@@ -139,6 +158,7 @@ class Features:
     attention_mask: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     output: Any = None
+    topk: TopKLogProbs | None = None
 
     def position_mask(self) -> Tensor | None:
         """The mask that selects counted positions of ``logits``.

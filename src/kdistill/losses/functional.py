@@ -30,6 +30,7 @@ from torch import Tensor
 
 __all__ = [
     "soft_kd",
+    "soft_kd_topk",
     "hard_ce",
     "reverse_kl",
     "jsd",
@@ -171,6 +172,59 @@ def soft_kd(
     log_student = _log_probs(student_logits, temperature)
     per_position = _kl_per_position(log_teacher, log_student)
     return _reduce(per_position, weights) * temperature**2
+
+
+def soft_kd_topk(
+    student_logits: Tensor,
+    teacher_log_probs: Tensor,
+    teacher_indices: Tensor,
+    teacher_rest: Tensor,
+    temperature: float = 4.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`soft_kd` against a teacher kept as its top-k entries plus the rest of its mass.
+
+    The teacher's distribution is coarsened to k + 1 buckets: its k most probable entries and
+    one bucket holding all the remaining probability mass. The student's distribution is
+    coarsened the same way (its probabilities at the teacher's top-k ids, and the sum of all
+    others), and the loss is ``T² · KL`` between the two coarsened distributions. The rest
+    bucket keeps the loss a true KL of proper distributions (nothing is renormalised away); it
+    is a lower bound of the full KL and equals it exactly when k covers every class.
+
+    Args:
+        student_logits: ``(B, C)`` or ``(B, L, C)``.
+        teacher_log_probs: ``(B, k)`` / ``(B, L, k)`` teacher log-probabilities at ``temperature``.
+        teacher_indices: same shape, the class ids of those entries.
+        teacher_rest: ``(B,)`` / ``(B, L)`` log of the teacher's mass outside its top k.
+        temperature: the temperature the teacher's log-probabilities were computed at.
+        mask: optional selection of the positions that count.
+    """
+    if not isinstance(student_logits, Tensor) or student_logits.dim() < 2:
+        raise ValueError("student_logits must have shape (B, C) or (B, L, C)")
+    if teacher_log_probs.shape != teacher_indices.shape or teacher_log_probs.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"top-k teacher entries of shape {tuple(teacher_log_probs.shape)} (indices {tuple(teacher_indices.shape)}) "
+            f"do not fit student logits of shape {tuple(student_logits.shape)}"
+        )
+    if teacher_rest.shape != student_logits.shape[:-1]:
+        raise ValueError(f"teacher_rest must have shape {tuple(student_logits.shape[:-1])}, got {tuple(teacher_rest.shape)}")
+    temperature = check_temperature(temperature)
+    weights = _position_weights(student_logits, mask)
+    log_student = _log_probs(student_logits, temperature)
+    indices = teacher_indices.long().to(student_logits.device)
+    log_student_top = log_student.gather(-1, indices)
+    log_teacher_top = teacher_log_probs.float().to(student_logits.device)
+    top_terms = _kl_per_position(log_teacher_top, log_student_top)
+    if indices.shape[-1] >= student_logits.shape[-1]:
+        # k covers every class: there is no rest bucket (a stored rest is rounding noise)
+        return _reduce(top_terms, weights) * temperature**2
+    # the student's rest: logsumexp over every entry but the teacher's top k
+    log_student_rest = torch.logsumexp(log_student.scatter(-1, indices, float("-inf")), dim=-1)
+    rest = teacher_rest.float().to(student_logits.device)
+    has_rest = torch.isfinite(rest)
+    safe_rest = torch.where(has_rest, rest, torch.zeros_like(rest))
+    rest_terms = torch.where(has_rest, safe_rest.exp() * (safe_rest - log_student_rest), torch.zeros_like(rest))
+    return _reduce(top_terms + rest_terms, weights) * temperature**2
 
 
 def reverse_kl(

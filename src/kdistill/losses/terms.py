@@ -38,6 +38,11 @@ class Term(nn.Module):
 
 
 def _logits_pair(student: Features, teacher: Features, term: str) -> tuple[Tensor, Tensor]:
+    if teacher.logits is None and teacher.topk is not None:
+        raise ValueError(
+            f"the {term} term needs the teacher's full logits, but the teacher cache stores top-k only; "
+            "use LogitKD or build the cache with full logits"
+        )
     if student.logits is None or teacher.logits is None:
         missing = "student" if student.logits is None else "teacher"
         raise ValueError(f"the {term} term needs logits, but the {missing} produced none")
@@ -52,6 +57,15 @@ class LogitKD(Term):
         self.temperature = LF.check_temperature(temperature)
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        if teacher.logits is None and teacher.topk is not None and student.logits is not None:
+            topk = teacher.topk
+            if abs(topk.temperature - self.temperature) > 1e-9:
+                raise ValueError(
+                    f"the teacher cache holds top-k probabilities at temperature {topk.temperature:g}, but LogitKD "
+                    f"uses {self.temperature:g}; rebuild the cache with temperature={self.temperature:g}"
+                )
+            return LF.soft_kd_topk(student.logits, topk.log_probs, topk.indices, topk.rest, self.temperature,
+                                   mask=student.position_mask())
         s, t = _logits_pair(student, teacher, "LogitKD")
         return LF.soft_kd(s, t, self.temperature, mask=student.position_mask())
 

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -23,10 +23,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kdistill.batch import split_batch
+from kdistill.batch import example_indices, split_batch
 from kdistill.capture import capture
 from kdistill.losses.objective import Objective
-from kdistill.train.teacher import teacher_features
+from kdistill.train.teacher import check_teacher_source, teacher_features
+
+if TYPE_CHECKING:
+    from kdistill.cache import TeacherCache
 
 __all__ = ["History", "distill", "train_distillation", "PRECISIONS"]
 
@@ -59,7 +62,7 @@ class History:
 
 
 def _check_args(
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     student: nn.Module,
     epochs: int,
     max_steps: int | None,
@@ -69,8 +72,8 @@ def _check_args(
     log_every: int,
     eval_every: int | None,
 ) -> None:
-    if not isinstance(teacher, nn.Module) or not isinstance(student, nn.Module):
-        raise TypeError("teacher and student must both be torch.nn.Module instances")
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"the student must be a torch.nn.Module, got {type(student).__name__}")
     if teacher is student:
         raise ValueError("the teacher and the student are the same module; the student must be a separate model")
     for name, value, minimum in (
@@ -90,7 +93,8 @@ def _check_args(
 
 
 def _prepare_optimizer(
-    optimizer: torch.optim.Optimizer | None, teacher: nn.Module, student: nn.Module, objective: Objective, lr: float
+    optimizer: torch.optim.Optimizer | None, teacher: nn.Module | None, student: nn.Module, objective: Objective,
+    lr: float,
 ) -> torch.optim.Optimizer:
     """Return an optimizer over the student and the objective's trainable parts.
 
@@ -101,7 +105,7 @@ def _prepare_optimizer(
     if optimizer is None:
         return torch.optim.AdamW([p for p in student.parameters() if p.requires_grad] + objective_params, lr=lr)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if any(id(p) in held for p in teacher.parameters()):
+    if teacher is not None and any(id(p) in held for p in teacher.parameters()):
         raise ValueError(
             "the optimizer holds teacher parameters; the teacher must stay frozen: build the optimizer over "
             "student.parameters() only"
@@ -124,7 +128,7 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def distill(
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     student: nn.Module,
     train_loader: Iterable[Any],
     *,
@@ -143,6 +147,7 @@ def distill(
     progress: bool = True,
     label_key: str | None = None,
     accelerator: Accelerator | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> History:
     """Train ``student`` to imitate ``teacher`` on ``train_loader``.
 
@@ -150,7 +155,8 @@ def distill(
     turns both outputs into :class:`~kdistill.capture.Features` and minimises ``objective``.
 
     Args:
-        teacher: any ``nn.Module``; moved to the student's device, put in eval mode, never optimised.
+        teacher: any ``nn.Module``; moved to the student's device, put in eval mode, never
+            optimised. May be None with a ``teacher_cache``.
         student: any ``nn.Module`` whose output is logits, an object with ``.logits`` (Hugging
             Face) or a tuple starting with the logits.
         train_loader: batches as dicts (Hugging Face style, labels under ``labels``) or tuples
@@ -173,6 +179,10 @@ def distill(
         progress: show a progress bar with the running loss.
         label_key: key of the labels in dict batches (default ``labels`` or ``label``).
         accelerator: an ``accelerate.Accelerator`` to use instead of a default one.
+        teacher_cache: a :class:`~kdistill.cache.TeacherCache` of the teacher's outputs over the
+            training set: batches that carry example indices (see
+            :func:`~kdistill.batch.with_example_index`) read the teacher's features from it
+            instead of running the teacher.
 
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
@@ -189,7 +199,8 @@ def distill(
         )
     device = accelerator.device
 
-    teacher.to(device).eval()
+    if teacher is not None:
+        teacher.to(device).eval()
     objective.to(device)
     optimizer = _prepare_optimizer(optimizer, teacher, student, objective, lr)
     student = accelerator.prepare(student)
@@ -198,6 +209,7 @@ def distill(
         train_loader = accelerator.prepare(train_loader)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     student_request, teacher_request = objective.request("student"), objective.request("teacher")
+    check_teacher_source(teacher, teacher_cache, teacher_request)
     student_module = accelerator.unwrap_model(student)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
@@ -264,7 +276,8 @@ def distill(
             sync = contextlib.nullcontext() if at_boundary else accelerator.no_sync(student)
             with sync:
                 with _autocast(device, precision):
-                    teacher_side = teacher_features(teacher, inputs, teacher_request)
+                    teacher_side = teacher_features(teacher, inputs, teacher_request, cache=teacher_cache,
+                                                    indices=example_indices(batch), device=device)
                     student_side = capture(student, inputs, student_request, module=student_module)
                 result = objective(student_side, teacher_side, labels)
                 loss = result.total / group_size

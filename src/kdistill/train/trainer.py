@@ -8,17 +8,26 @@ Trainer's own.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Trainer
 
+from kdistill.batch import INDEX_KEY
 from kdistill.capture import Features, attention_mask_of, capture
 from kdistill.losses.objective import Objective
-from kdistill.train.teacher import teacher_features
+from kdistill.train.teacher import check_teacher_source, teacher_features
 
-__all__ = ["DistillationTrainer"]
+if TYPE_CHECKING:
+    from kdistill.cache import TeacherCache
+
+__all__ = ["DistillationTrainer", "OBJECTIVE_STATE_NAME"]
+
+#: file in a Trainer checkpoint that holds the objective's trainable parts (projections)
+OBJECTIVE_STATE_NAME = "objective.safetensors"
 
 
 class DistillationTrainer(Trainer):
@@ -35,6 +44,10 @@ class DistillationTrainer(Trainer):
         alpha: weight of the soft (teacher) loss in the default objective, in [0, 1].
         objective: a full :class:`~kdistill.losses.objective.Objective`; replaces the default
             ``Objective.hinton(temperature, alpha)``.
+        teacher_cache: a :class:`~kdistill.cache.TeacherCache` over ``train_dataset``: training
+            batches read the teacher's outputs from it (the dataset needs a ``kd_index``
+            column, see :func:`~kdistill.batch.with_example_index`); ``teacher_model`` may
+            then be None, and evaluation batches, which carry no index, use it when given.
         *args, **kwargs: passed on to ``transformers.Trainer`` (``model``, ``args``,
             ``train_dataset``, ...).
 
@@ -55,23 +68,28 @@ class DistillationTrainer(Trainer):
         alpha: float = 0.5,
         *args: Any,
         objective: Objective | None = None,
+        teacher_cache: TeacherCache | None = None,
         **kwargs: Any,
     ) -> None:
-        if teacher_model is None:
-            raise TypeError("DistillationTrainer needs teacher_model=, the trained model to distil from")
-        if not isinstance(teacher_model, nn.Module):
+        if teacher_model is None and teacher_cache is None:
+            raise TypeError("DistillationTrainer needs teacher_model=, the trained model to distil from "
+                            "(or teacher_cache= with its stored outputs)")
+        if teacher_model is not None and not isinstance(teacher_model, nn.Module):
             raise TypeError(f"teacher_model must be a torch.nn.Module, got {type(teacher_model).__name__}")
         if objective is not None and not isinstance(objective, Objective):
             raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
         self.objective = objective if objective is not None else Objective.hinton(temperature, alpha)
+        check_teacher_source(teacher_model, teacher_cache, self.objective.request("teacher"))
+        self.teacher_cache = teacher_cache
         super().__init__(*args, **kwargs)
-        if teacher_model is self.model:
+        if teacher_model is not None and teacher_model is self.model:
             raise ValueError("teacher_model and model are the same module; the student must be a separate model")
         # Transformers < 4.50 reads this flag instead of loss_is_scaled_for_ga
         self.model_accepts_loss_kwargs = False
         self.teacher = teacher_model
-        self.teacher.eval()
-        self.teacher.to(self.args.device)
+        if self.teacher is not None:
+            self.teacher.eval()
+            self.teacher.to(self.args.device)
         self.objective.to(self.args.device)
         self._part_sums: dict[str, Tensor] = {}
         self._part_count = 0
@@ -97,12 +115,43 @@ class DistillationTrainer(Trainer):
             optimizer.add_param_group({"params": params, "weight_decay": 0.0})
         return optimizer
 
-    def _teacher_features(self, inputs: dict[str, Any], device: torch.device) -> Features:
-        if next(self.teacher.parameters(), torch.empty(0)).device != device:
-            self.teacher.to(device)
-        self.teacher.eval()
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Save the optimizer and scheduler, plus the objective's state (its projections) beside them.
+
+        The projections are trained like the optimizer's state and needed to resume; they stay
+        out of the exported student (``save_model``).
+        """
+        super()._save_optimizer_and_scheduler(output_dir)
+        state = self.objective.state_dict()
+        if state and self.args.should_save:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(output_dir, OBJECTIVE_STATE_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Restore the objective's state (projections) with the optimizer when resuming."""
+        if checkpoint is not None and self.objective.state_dict():
+            path = os.path.join(checkpoint, OBJECTIVE_STATE_NAME)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"checkpoint {checkpoint} has no {OBJECTIVE_STATE_NAME}, but the objective has trainable parts "
+                    "(projections) to restore; resume from a checkpoint saved by DistillationTrainer with this objective"
+                )
+            self.objective.load_state_dict(load_file(path, device=str(self.args.device)))
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # keep the example-index column that the teacher cache reads (the model never sees it)
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and INDEX_KEY not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, INDEX_KEY]
+
+    def _teacher_features(self, inputs: dict[str, Any], indices: Tensor | None, device: torch.device) -> Features:
+        if self.teacher is not None:
+            if next(self.teacher.parameters(), torch.empty(0)).device != device:
+                self.teacher.to(device)
+            self.teacher.eval()
         with self.accelerator.autocast():
-            return teacher_features(self.teacher, inputs, self.objective.request("teacher"))
+            return teacher_features(self.teacher, inputs, self.objective.request("teacher"),
+                                    cache=self.teacher_cache, indices=indices, device=device)
 
     def compute_loss(
         self,
@@ -117,6 +166,7 @@ class DistillationTrainer(Trainer):
         batch and the Trainer divides it by the gradient-accumulation steps.
         """
         inputs = dict(inputs)
+        indices = inputs.pop(INDEX_KEY, None)
         labels = None
         for name in self.label_names or ["labels"]:
             if name in inputs:
@@ -127,7 +177,7 @@ class DistillationTrainer(Trainer):
         )
         mask = attention_mask_of(inputs)
         device = mask.device if mask is not None else next(model.parameters()).device
-        teacher_side = self._teacher_features(inputs, device)
+        teacher_side = self._teacher_features(inputs, indices, device)
         result = self.objective(student_side, teacher_side, labels)
         if model.training:
             for name, value in result.parts.items():
