@@ -55,17 +55,38 @@ class AttentionLayout:
     one layout covers renames across Transformers versions.
 
     Attributes:
-        layers: path of the ``nn.ModuleList`` of layers, relative to the base model
-            (``model.base_model`` for a Hugging Face model with a task head).
+        layers: candidate paths of the ``nn.ModuleList`` of layers, relative to the base model
+            (``model.base_model`` for a Hugging Face model with a task head); a single path may be
+            given as a string.
         query: candidate paths of the query ``nn.Linear``, relative to one layer.
         key: candidate paths of the key ``nn.Linear``.
         value: candidate paths of the value ``nn.Linear``.
     """
 
-    layers: str
+    layers: tuple[str, ...]
     query: tuple[str, ...]
     key: tuple[str, ...]
     value: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "query", "key", "value"):
+            paths = getattr(self, name)
+            paths = (paths,) if isinstance(paths, str) else tuple(paths)
+            if not paths or not all(isinstance(path, str) and path for path in paths):
+                raise ValueError(f"AttentionLayout.{name} must be one or more dotted module paths, got {paths!r}")
+            object.__setattr__(self, name, paths)
+
+    def find_layers(self, model: nn.Module) -> nn.ModuleList | None:
+        """The layer list of ``model`` (under its base model), or None where no candidate path fits."""
+        body = base_model(model)
+        for path in self.layers:
+            try:
+                stack = body.get_submodule(path)
+            except AttributeError:
+                continue
+            if isinstance(stack, nn.ModuleList):
+                return stack
+        return None
 
 
 _BERT_LIKE = AttentionLayout(
@@ -75,7 +96,8 @@ _BERT_LIKE = AttentionLayout(
     value=("attention.self.value",),
 )
 _VIT_LIKE = AttentionLayout(
-    layers="encoder.layer",
+    # Transformers 5 moved ViT's layers from encoder.layer to layers
+    layers=("layers", "encoder.layer"),
     # Transformers 5 renamed ViT's projections from attention.attention.{query,key,value}
     query=("attention.q_proj", "attention.attention.query"),
     key=("attention.k_proj", "attention.attention.key"),
@@ -146,11 +168,8 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     layout = attention_layout(model)
     names = {id(module): name for name, module in model.named_modules()}
     if layout is not None:
-        try:
-            stack = base_model(model).get_submodule(layout.layers)
-        except AttributeError:
-            stack = None
-        if isinstance(stack, nn.ModuleList) and id(stack) in names:
+        stack = layout.find_layers(model)
+        if stack is not None and id(stack) in names:
             return names[id(stack)], stack
     try:
         depth = model_dims(model).num_layers
@@ -274,14 +293,10 @@ def layer_attention(model: nn.Module, layers: Iterable[int]) -> dict[int, LayerA
     layout = attention_layout(model)
     if layout is None:
         raise UnsupportedArchitectureError(_unsupported_message(model, "attention maps"))
-    body = base_model(model)
-    try:
-        stack = body.get_submodule(layout.layers)
-    except AttributeError:
-        stack = None
-    if not isinstance(stack, nn.ModuleList):
+    stack = layout.find_layers(model)
+    if stack is None:
         raise UnsupportedArchitectureError(
-            f"{type(model).__name__} has no layer list at {layout.layers!r}, where kdistill's layout for "
+            f"{type(model).__name__} has no layer list at {' or '.join(layout.layers)}, where kdistill's layout for "
             f"{model_type_of(model)!r} expects it; " + _unsupported_message(model, "attention maps")
         )
     config = getattr(model, "config", None)

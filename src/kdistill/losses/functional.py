@@ -507,10 +507,16 @@ def attention_mse(
     return (diff * pair).pow(2).sum() / (diff.shape[1] * pair.sum()).clamp_min(1.0)
 
 
-def _kl_rows(student_log_probs: Tensor, teacher_probs: Tensor, rows: Tensor | None, pair: Tensor | None) -> Tensor:
+def _safe_log(probs: Tensor) -> Tensor:
+    # clamped so that zero probabilities (padded keys) give finite logs and 0 · log = 0
+    return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def _kl_rows(
+    student_log_probs: Tensor, teacher_log_probs: Tensor, rows: Tensor | None, pair: Tensor | None
+) -> Tensor:
     """Σ_keys p_t (log p_t − log p_s) per row, averaged over heads and counted rows."""
-    teacher_log = teacher_probs.clamp_min(torch.finfo(torch.float32).tiny).log()
-    terms = teacher_probs * (teacher_log - student_log_probs)
+    terms = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
     if pair is not None:
         terms = terms * pair
     per_row = terms.sum(dim=-1)  # (B, H, L)
@@ -540,8 +546,7 @@ def attention_kl(
     _check_maps(student_probs, teacher_probs, "attention probabilities")
     pair, rows = _pair_weights(student_probs, mask)
     student, teacher = align_heads(student_probs.float(), teacher_probs.detach().float(), heads)
-    student_log = student.clamp_min(torch.finfo(torch.float32).tiny).log()
-    return _kl_rows(student_log, teacher, rows, pair)
+    return _kl_rows(_safe_log(student), _safe_log(teacher), rows, pair)
 
 
 def _as_relation_heads(states: Tensor, relation_heads: int | None, name: str) -> Tensor:
@@ -616,9 +621,10 @@ def relation_kl(
             f"and {tuple(teacher_states.shape)}"
         )
     student_log = relation_log_probs(student, mask)
+    teacher_log = relation_log_probs(teacher, mask)
     pair, rows = _pair_weights(student_log, mask)
-    teacher_probs = relation_log_probs(teacher, mask).exp()
     if student.shape[1] != teacher.shape[1] or heads not in ("auto", "per_head"):
-        student_probs, teacher_probs = align_heads(student_log.exp(), teacher_probs, heads)
-        student_log = student_probs.clamp_min(torch.finfo(torch.float32).tiny).log()
-    return _kl_rows(student_log, teacher_probs, rows, pair)
+        # head averages are taken over distributions, not over log-probabilities
+        student_probs, teacher_probs = align_heads(student_log.exp(), teacher_log.exp(), heads)
+        student_log, teacher_log = _safe_log(student_probs), _safe_log(teacher_probs)
+    return _kl_rows(student_log, teacher_log, rows, pair)
