@@ -1,34 +1,250 @@
-"""The ``kdistill`` command."""
+"""The ``kdistill`` command: ``distill``, ``eval``, ``inspect`` and ``demo``.
+
+A user error (a :class:`~kdistill.errors.KdistillError`: a bad config, a missing file, a model
+that does not fit) is printed as one line on stderr and the command exits with status 2;
+anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from kdistill._version import __version__
+from kdistill.errors import KdistillError
 
 __all__ = ["build_parser", "main"]
+
+#: the exit status of a user error (as argparse uses for bad arguments)
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+DISTILL_HELP = """\
+Distil a teacher into a student as a YAML config says, into a new run folder.
+
+The config names the teacher, the student, the data, the objective, the training settings and
+the output folder; key.sub=value arguments override it. Everything is checked before any work
+starts: an unknown key, a wrong type or an impossible value is one line and exit status 2.
+The run folder gets config.yaml (resolved), run.log, checkpoints/, student/ (with its
+tokenizer), metrics.json, report.md and training_curves.png.
+"""
+
+DISTILL_EXAMPLES = """\
+examples:
+  kdistill distill examples/sst2_minilm_hinton.yaml
+  kdistill distill my_run.yaml training.epochs=1 training.lr=1.0e-4 output.dir=runs/try
+  kdistill distill my_run.yaml objective.preset=tinybert student.from_teacher.num_layers=3
+
+a minimal config:
+  teacher: {path: models/my-finetuned-bert}
+  student: {from_teacher: {num_layers: 2}}
+  data: {train: data/train.csv, text_column: text, label_column: label}
+  output: {dir: runs/first}
+"""
+
+EVAL_HELP = """\
+Measure a model, or the student of a run folder, on labelled data: accuracy, macro-F1,
+agreement with the teacher, parameters, weights on disk, CPU latency per batch, throughput
+and speed-up against the teacher. Prints a table and writes metrics.json (a run's own, under
+"eval"; else ./metrics.json or --output).
+"""
+
+EVAL_EXAMPLES = """\
+examples:
+  kdistill eval runs/sst2                      # the run's student, teacher and test file
+  kdistill eval runs/sst2 --data ../shared/data/sst2/dev.csv
+  kdistill eval models/student --teacher models/teacher --data test.csv --label-column sentiment
+"""
+
+INSPECT_HELP = """\
+Show each model's layers, widths, heads and parameter counts, and the layer map kdistill would
+propose between them. Without a STUDENT, kdistill proposes one (half the teacher's layers, or
+--num-layers) and shows how much smaller it would be.
+"""
+
+INSPECT_EXAMPLES = """\
+examples:
+  kdistill inspect models/teacher
+  kdistill inspect models/teacher --num-layers 3 --hidden-size 256
+  kdistill inspect models/teacher runs/sst2/student --layer-map last-2
+"""
+
+DEMO_HELP = """\
+Distil a small transformer offline on real data that ships with scikit-learn (1,797 handwritten
+8x8 digits): train a ViT-style teacher, distil a student several times smaller, train the same
+student without the teacher, and print one table. No configuration, no network, about a minute
+on two CPU cores.
+"""
+
+DEMO_EXAMPLES = """\
+examples:
+  kdistill demo
+  kdistill demo --quick          # a shorter run (a smoke test)
+  kdistill demo --seed 3
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``kdistill`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kdistill",
         description="Knowledge distillation for PyTorch and Hugging Face Transformers: "
         "train a small, fast student model to imitate a large teacher.",
-        epilog="Python API: from kdistill import DistillationLoss, DistillationTrainer, train_distillation",
+        epilog="start with:  kdistill demo\n"
+        "Python API: from kdistill import DistillationLoss, DistillationTrainer, train_distillation",
+        formatter_class=_FORMATTER,
     )
     parser.add_argument("--version", action="version", version=f"kdistill {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    distill = commands.add_parser("distill", help="distil a teacher into a student from a YAML config",
+                                  description=DISTILL_HELP, epilog=DISTILL_EXAMPLES, formatter_class=_FORMATTER)
+    distill.add_argument("config", metavar="CONFIG.yaml", help="the run's YAML config")
+    distill.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                         help="override a config value (read as YAML), e.g. training.epochs=2")
+    distill.add_argument("--check", action="store_true",
+                         help="validate the config, load the data and the models, and stop before training")
+    distill.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("eval", help="measure a model or a run's student against its teacher",
+                                   description=EVAL_HELP, epilog=EVAL_EXAMPLES, formatter_class=_FORMATTER)
+    evaluate.add_argument("model", metavar="MODEL_OR_RUN", help="a run folder, a model folder or a hub id")
+    evaluate.add_argument("--data", metavar="FILE", help="labelled CSV/TSV/JSON/JSONL/Parquet (default: a run's test file)")
+    evaluate.add_argument("--teacher", metavar="MODEL", help="the teacher to compare with (default: a run's teacher)")
+    evaluate.add_argument("--text-column", help="column of the texts (default: a run's, else text)")
+    evaluate.add_argument("--text-pair-column", help="column of the second texts, for sentence pairs")
+    evaluate.add_argument("--label-column", help="column of the labels (default: a run's, else label)")
+    evaluate.add_argument("--format", choices=("csv", "tsv", "json", "jsonl", "parquet"), help="default: from the suffix")
+    evaluate.add_argument("--encoding", help="text encoding of the file (default utf-8)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch (default 32)")
+    evaluate.add_argument("--max-length", type=_positive_int, help="tokens per text (default: a run's, else 128)")
+    evaluate.add_argument("--max-examples", type=_positive_int, help="measure on the first N examples only")
+    evaluate.add_argument("--output", metavar="FILE", help="the metrics file (default: the run's metrics.json, else ./metrics.json)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    inspect = commands.add_parser("inspect", help="show models' shapes and the proposed layer map",
+                                  description=INSPECT_HELP, epilog=INSPECT_EXAMPLES, formatter_class=_FORMATTER)
+    inspect.add_argument("teacher", metavar="TEACHER", help="a model folder or hub id")
+    inspect.add_argument("student", metavar="STUDENT", nargs="?", help="a model folder or hub id (optional)")
+    inspect.add_argument("--num-layers", type=_positive_int, help="depth of the proposed student (default: half)")
+    inspect.add_argument("--hidden-size", type=_positive_int, help="width of the proposed student (default: the teacher's)")
+    inspect.add_argument("--layer-map", default=None, help="uniform (default), every-K, last-K")
+
+    demo = commands.add_parser("demo", help="an offline distillation on handwritten digits, in about a minute",
+                               description=DEMO_HELP, epilog=DEMO_EXAMPLES, formatter_class=_FORMATTER)
+    demo.add_argument("--quick", action="store_true", help="fewer epochs: a smoke test of a few seconds")
+    demo.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from kdistill.config import load_config
+    from kdistill.run import prepare_run, run_distill
+
+    config = load_config(args.config, args.overrides)
+    progress = not args.no_progress
+    prepared = prepare_run(config, progress=progress)
+    if args.check:
+        sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes().items())
+        print(f"config OK: {sizes} examples, labels {', '.join(prepared.data.label_names)}; {prepared.student_note}")
+        for stage in prepared.stages:
+            print(f"stage {stage.name}: loss = {stage.objective.formula()}")
+        return 0
+    result = run_distill(config, progress=progress, prepared=prepared)
+    print()
+    print(result.table())
+    print(f"\nrun folder: {result.folder}  (report.md, metrics.json, student/)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from kdistill.evaluate import evaluate, resolve_target
+
+    target = resolve_target(args.model, args.teacher, args.output)
+    updates = {key: value for key, value in (
+        ("text_column", args.text_column), ("text_pair_column", args.text_pair_column),
+        ("label_column", args.label_column), ("format", args.format), ("encoding", args.encoding),
+    ) if value is not None}
+    if updates:
+        from kdistill.config import DataConfig
+        from pydantic import ValidationError
+
+        try:
+            target.data = DataConfig.model_validate({**target.data.model_dump(), **updates})
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            raise KdistillError(f"{'.'.join(map(str, first['loc']))}: {first['msg'].removeprefix('Value error, ')}") from None
+    result = evaluate(target, args.data, batch_size=args.batch_size, max_length=args.max_length,
+                      max_examples=args.max_examples, progress=not args.no_progress)
+    data = result.metrics["data"]
+    print(f"{data['file']}: {data['examples']:,} examples; latency is the median CPU time of a batch of {data['batch_size']}")
+    print(result.table())
+    print(f"\nwritten to {result.metrics_file}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from kdistill.inspection import describe_models
+
+    print(describe_models(args.teacher, args.student, num_layers=args.num_layers, hidden_size=args.hidden_size,
+                          layer_map=args.layer_map))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kdistill.demo import run_demo
+
+    result = run_demo(quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    print(result.table())
+    return 0
+
+
+COMMANDS = {"distill": _distill, "eval": _eval, "inspect": _inspect, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kdistill`` command; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from transformers.utils import logging as hf_logging
+
+    # kdistill draws its own bars; the library's per-file bars (loading, saving weights) are noise here
+    hf_logging.disable_progress_bar()
+    try:
+        return COMMANDS[args.command](args)
+    except KdistillError as error:
+        print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"kdistill {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""Loading teachers, students and tokenizers from folders or the hub, with one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdistill.errors import ModelLoadError
+
+__all__ = ["LoadedModel", "count_parameters", "load_any_model", "load_classifier", "load_tokenizer", "looks_local"]
+
+logger = logging.getLogger(__name__)
+
+
+def looks_local(location: str) -> bool:
+    """Whether ``location`` is meant as a local path rather than a hub id (``org/name``).
+
+    An existing path, an absolute path, or one starting with ``.`` or ``~`` is local.
+    """
+    return (
+        os.path.exists(location)
+        or os.path.isabs(location)
+        or location.startswith((".", "~"))
+        or location.count("/") > 1
+        or "\\" in location
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_location(location: str, role: str, what: str = "a model") -> str:
+    if looks_local(location):
+        path = Path(location).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"{role} {location!r}: no such folder")
+        if not path.is_dir():
+            raise ModelLoadError(f"{role} {location!r} is a file; give the folder that save_pretrained wrote")
+        return str(path)
+    return location
+
+
+@dataclass
+class LoadedModel:
+    """A model and what loading it revealed.
+
+    Attributes:
+        model: the model, in eval mode.
+        location: the folder or hub id it came from.
+        new_weights: names of weights that were not in the checkpoint (a new head).
+    """
+
+    model: nn.Module
+    location: str
+    new_weights: list[str] = field(default_factory=list)
+
+    @property
+    def has_new_head(self) -> bool:
+        """True when some weights were newly initialised rather than loaded."""
+        return bool(self.new_weights)
+
+
+def load_classifier(
+    location: str,
+    role: str,
+    *,
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a sequence-classification model (``AutoModelForSequenceClassification``).
+
+    Args:
+        location: a folder written by ``save_pretrained`` or a hub id.
+        role: ``"teacher"`` or ``"student"``, for messages.
+        num_labels: the number of classes; a head of another size is replaced by a new one.
+        id2label: class names written into the model's config.
+        revision: a hub revision.
+        trust_remote_code: let a hub model run its own code.
+
+    Raises:
+        ModelLoadError: the folder is missing or holds no model, or the hub is unreachable.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    source = _check_location(location, role)
+    if looks_local(location) and not (Path(source) / "config.json").is_file():
+        raise ModelLoadError(f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained")
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if num_labels is not None:
+        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+    if id2label is not None:
+        kwargs.update(id2label=dict(id2label), label2id={name: i for i, name in id2label.items()})
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as error:
+        raise ModelLoadError(f"cannot load {role} {location!r}: {_first_line(error)}") from None
+    new = sorted(set(info.get("missing_keys", [])) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])})
+    model.eval()
+    return LoadedModel(model=model, location=location, new_weights=new)
+
+
+def load_any_model(location: str, role: str = "model", *, trust_remote_code: bool = False) -> nn.Module:
+    """Load a model with the class its checkpoint names (``config.architectures``), else ``AutoModel``."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    source = _check_location(location, role)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        architectures = getattr(config, "architectures", None) or []
+        model_class = getattr(transformers, architectures[0], None) if architectures else None
+        if model_class is None:
+            model_class = AutoModel
+        return model_class.from_pretrained(source, trust_remote_code=trust_remote_code).eval()
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load {role} {location!r}: {_first_line(error)}") from None
+
+
+def load_tokenizer(location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Load a tokenizer (``AutoTokenizer``).
+
+    Raises:
+        ModelLoadError: there is no tokenizer at ``location``.
+    """
+    from transformers import AutoTokenizer
+
+    source = _check_location(location, role, "a tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(
+            f"cannot load the {role}'s tokenizer from {location!r}: {_first_line(error)} "
+            f"(set {role}.tokenizer: to a folder or hub id that has one)"
+        ) from None
+    if isinstance(tokenizer, bool) or not callable(tokenizer):
+        raise ModelLoadError(f"{location!r} holds no tokenizer (set {role}.tokenizer:)")
+    if tokenizer.pad_token_id is None:
+        # batches are padded: a tokenizer without a padding token pads with its end token
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"the {role}'s tokenizer at {location!r} has neither a padding nor an end token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of parameters of ``model`` (shared weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,608 @@
+"""A ``kdistill distill`` run, from a validated config to a run folder.
+
+Everything that can be checked is checked before the run folder is made (config, data files,
+columns, labels, models, tokenizers, the objective against the two models), so a bad input
+leaves nothing behind and never touches an earlier run. Once the run starts, its folder only
+grows: the resolved config and the log first, checkpoints during training, then the student,
+``metrics.json``, ``report.md`` and the curves. A failure part-way is written to the log and
+leaves every file that was already there.
+
+The run folder::
+
+    config.yaml          the resolved config (every default filled in)
+    run.log              the log
+    checkpoints/         the student (and the objective's projections) during training
+    student/             the final student and its tokenizer (plain transformers can load it)
+    teacher/             the fine-tuned teacher, when teacher.finetune is set
+    metrics.json         every number of the report
+    report.md            the summary
+    training_curves.png  every loss part and the validation accuracy
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdistill._version import __version__
+from kdistill.config import RunConfig, dump_config
+from kdistill.data import PaddingCollator, PreparedData, load_splits, make_loader, prepare_data
+from kdistill.errors import ConfigError, KdistillError, ModelLoadError
+from kdistill.loading import LoadedModel, count_parameters, load_classifier, load_tokenizer, looks_local
+from kdistill.losses import HardCE, Objective
+from kdistill.report import (
+    COMPARISON_COLUMNS,
+    agreement,
+    classification_metrics,
+    comparison_rows,
+    format_table,
+    measure_speed,
+    plot_curves,
+    predict,
+    update_metrics_file,
+    weights_size,
+    write_report,
+)
+from kdistill.train.loop import History, distill
+
+__all__ = ["PreparedRun", "RunResult", "Stage", "build_stages", "new_run_folder", "prepare_run", "run_distill"]
+
+logger = logging.getLogger("kdistill.run")
+
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "run.log"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+CURVES_FILE = "training_curves.png"
+STUDENT_DIR = "student"
+TEACHER_DIR = "teacher"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass
+class Stage:
+    """One training stage: an objective trained for some epochs at a learning rate.
+
+    Attributes:
+        name: ``distill``, or the recipe's stage name (``intermediate``, ``prediction``, ``relations``).
+        objective: the loss of the stage.
+        epochs: passes over the training data.
+        lr: peak learning rate.
+    """
+
+    name: str
+    objective: Objective
+    epochs: int
+    lr: float
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, loaded and checked; nothing written yet."""
+
+    config: RunConfig
+    teacher: LoadedModel
+    student: nn.Module
+    tokenizer: Any
+    data: PreparedData
+    stages: list[Stage]
+    student_note: str = ""
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced.
+
+    Attributes:
+        folder: the run folder.
+        metrics: the content of its ``metrics.json``.
+    """
+
+    folder: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """The teacher-versus-student table of the run."""
+        models = {name: self.metrics[name] for name in ("teacher", "student") if name in self.metrics}
+        return format_table(comparison_rows(models), COMPARISON_COLUMNS)
+
+
+class _Routed(nn.Module):
+    """Feeds a model its own token ids when the teacher and the student were tokenised apart.
+
+    The batch holds the student's ``input_ids`` and the teacher's ``teacher_input_ids``; the
+    wrapper picks one side's and drops the other's. Only sequence-level terms are allowed
+    with separate tokens (the config checks it), so nothing looks inside the wrapped model.
+    """
+
+    def __init__(self, model: nn.Module, teacher_side: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.teacher_side = teacher_side
+
+    def forward(self, **inputs: Any) -> Any:
+        from kdistill.report import model_inputs
+
+        return self.model(**model_inputs(inputs, self.teacher_side))
+
+
+# ---------------------------------------------------------------------------
+# building the objective
+# ---------------------------------------------------------------------------
+
+
+def _term(spec: Any, student: nn.Module, teacher: nn.Module) -> Any:
+    from kdistill import losses
+
+    kind = spec.type
+    if kind == "kd":
+        return losses.LogitKD(spec.temperature)
+    if kind == "ce":
+        return losses.HardCE()
+    if kind == "reverse_kl":
+        return losses.ReverseKL(spec.temperature)
+    if kind == "jsd":
+        return losses.JSD(spec.beta, spec.temperature)
+    if kind == "logit_mse":
+        return losses.LogitMSE()
+    if kind in ("hidden_mse", "hidden_cosine"):
+        cls = losses.HiddenMSE if kind == "hidden_mse" else losses.HiddenCosine
+        return cls.from_models(student, teacher, spec.layer_map, shared_projection=spec.shared_projection)
+    if kind == "embedding_mse":
+        return losses.EmbeddingMSE.from_models(student, teacher)
+    if kind == "attention_mse":
+        return losses.AttentionMSE.from_models(student, teacher, spec.layer_map, on=spec.on, heads=spec.heads)
+    if kind == "attention_kl":
+        return losses.AttentionKL.from_models(student, teacher, spec.layer_map, heads=spec.heads)
+    if kind == "minilm_v1":
+        return losses.MiniLMv1.from_models(student, teacher, spec.student_layer, spec.teacher_layer)
+    if kind == "minilm_v2":
+        return losses.MiniLMv2.from_models(student, teacher, spec.student_layer, spec.teacher_layer, spec.relation_heads)
+    raise ConfigError(f"unknown term type {kind!r}")  # the config's tagged union makes this unreachable
+
+
+def build_stages(config: RunConfig, student: nn.Module, teacher: nn.Module) -> list[Stage]:
+    """The training stages of the config's objective, built against the two models.
+
+    ``hinton`` and explicit ``terms`` are one stage; ``tinybert`` is TinyBERT's two stages
+    (intermediate layers, then the prediction layer); ``minilm`` is self-attention relations,
+    then the soft labels.
+
+    Raises:
+        ConfigError: the objective does not fit the models (a layer out of range, widths that
+            a relation head count does not divide ...).
+    """
+    objective = config.objective
+    training = config.training
+    try:
+        if objective.terms is not None:
+            terms = {name: _term(spec, student, teacher) for name, spec in objective.terms.items()}
+            weights = {name: spec.weight for name, spec in objective.terms.items()}
+            return [Stage("distill", Objective(terms, weights), training.epochs, training.lr)]
+        if objective.preset == "hinton":
+            hinton = Objective.hinton(
+                temperature=objective.temperature if objective.temperature is not None else 4.0,
+                alpha=objective.alpha if objective.alpha is not None else 0.5,
+            )
+            return [Stage("distill", hinton, training.epochs, training.lr)]
+        if objective.preset == "tinybert":
+            from kdistill.config import TinyBERTSettings
+            from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
+
+            settings = objective.tinybert or TinyBERTSettings()
+            recipe = TinyBERTDistillation(teacher, student, TinyBERTConfig(
+                layer_map=settings.layer_map,
+                attention_on=settings.attention_on,
+                heads=settings.heads,
+                shared_projection=settings.shared_projection,
+                embedding_weight=settings.embedding_weight,
+                hidden_weight=settings.hidden_weight,
+                attention_weight=settings.attention_weight,
+                temperature=objective.temperature if objective.temperature is not None else 1.0,
+                hard_label_weight=1.0 - (objective.alpha if objective.alpha is not None else 1.0),
+            ))
+            return [
+                Stage("intermediate", recipe.stage_objective(1), settings.intermediate_epochs or training.epochs,
+                      settings.intermediate_lr or training.lr),
+                Stage("prediction", recipe.stage_objective(2), settings.prediction_epochs or training.epochs,
+                      settings.prediction_lr or training.lr),
+            ]
+        if objective.preset == "minilm":
+            from kdistill.config import MiniLMSettings
+            from kdistill.losses import MiniLMv1, MiniLMv2
+
+            settings = objective.minilm or MiniLMSettings()
+            if settings.version == 1:
+                relation = MiniLMv1.from_models(student, teacher, settings.student_layer, settings.teacher_layer)
+            else:
+                relation = MiniLMv2.from_models(
+                    student, teacher, settings.student_layer, settings.teacher_layer, settings.relation_heads
+                )
+            hinton = Objective.hinton(
+                temperature=objective.temperature if objective.temperature is not None else 4.0,
+                alpha=objective.alpha if objective.alpha is not None else 0.5,
+            )
+            return [
+                Stage("relations", Objective({f"minilm_v{settings.version}": relation}),
+                      settings.relation_epochs or training.epochs, settings.relation_lr or training.lr),
+                Stage("prediction", hinton, training.epochs, training.lr),
+            ]
+    except KdistillError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"objective: {error}") from None
+    raise ConfigError(f"objective: unknown preset {objective.preset!r}")
+
+
+# ---------------------------------------------------------------------------
+# preparing: load and check everything, write nothing
+# ---------------------------------------------------------------------------
+
+
+def _build_student(config: RunConfig, teacher: nn.Module, num_labels: int, id2label: dict[int, str]) -> tuple[nn.Module, str]:
+    spec = config.student
+    if spec.from_teacher is not None:
+        from kdistill.student import make_student
+
+        options = spec.from_teacher
+        try:
+            student, report = make_student(
+                teacher,
+                num_layers=options.num_layers,
+                hidden_size=options.hidden_size,
+                num_heads=options.num_heads,
+                intermediate_size=options.intermediate_size,
+                layer_map=options.layer_map if isinstance(options.layer_map, Mapping) else None,
+                init=options.init,
+                seed=options.seed if options.seed is not None else config.training.seed,
+            )
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"student.from_teacher: {error}") from None
+        student.config.id2label = dict(id2label)
+        student.config.label2id = {name: i for i, name in id2label.items()}
+        return student, str(report)
+    loaded = load_classifier(
+        spec.location(), "student", num_labels=num_labels, id2label=id2label, revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+    )
+    note = f"student loaded from {loaded.location}"
+    if loaded.has_new_head:
+        note += f" (new weights: {', '.join(loaded.new_weights[:4])})"
+    return loaded.model, note
+
+
+def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
+    """Load the data and the models and build the objective, checking that they fit; write nothing.
+
+    Raises:
+        KdistillError: any problem with the inputs, as one line.
+    """
+    from transformers import set_seed
+
+    set_seed(config.training.seed)
+    splits = load_splits(config.data)
+    distinct_labels = len({str(label) for label in splits["train"].labels})
+
+    teacher_spec = config.teacher
+    teacher_location = teacher_spec.location()
+    num_labels = teacher_spec.num_labels
+    if num_labels is None and teacher_spec.finetune is not None:
+        num_labels = distinct_labels
+    teacher = load_classifier(teacher_location, "teacher", num_labels=num_labels,
+                              revision=teacher_spec.revision, trust_remote_code=teacher_spec.trust_remote_code)
+    if teacher.has_new_head and teacher_spec.finetune is None:
+        raise ModelLoadError(
+            f"the teacher {teacher_location!r} has untrained weights ({', '.join(teacher.new_weights[:3])}): its "
+            "predictions would be noise; add teacher.finetune: {epochs: 1} to train it on the data first, "
+            "or give a teacher fine-tuned for this task"
+        )
+    teacher_config = teacher.model.config
+    teacher_tokenizer = load_tokenizer(teacher_spec.tokenizer or teacher_location, "teacher",
+                                       revision=teacher_spec.revision, trust_remote_code=teacher_spec.trust_remote_code)
+
+    from kdistill.data import build_label_names
+
+    label_names = build_label_names(
+        splits["train"].labels,
+        None if teacher.has_new_head else teacher_config.id2label,
+        None if teacher.has_new_head else teacher_config.num_labels,
+    )
+    id2label = dict(enumerate(label_names))
+    if teacher.has_new_head:
+        teacher_config.id2label, teacher_config.label2id = id2label, {n: i for i, n in id2label.items()}
+
+    student, note = _build_student(config, teacher.model, len(label_names), id2label)
+    if config.student.from_teacher is not None:
+        student_tokenizer = teacher_tokenizer
+    else:
+        spec = config.student
+        student_tokenizer = load_tokenizer(spec.tokenizer or spec.location(), "student", revision=spec.revision,
+                                           trust_remote_code=spec.trust_remote_code)
+    data = prepare_data(config.data, student_tokenizer, teacher_tokenizer, splits=splits,
+                        teacher_id2label=id2label, teacher_num_labels=len(label_names), progress=progress)
+    stages = build_stages(config, student, teacher.model)
+    return PreparedRun(config, teacher, student, student_tokenizer, data, stages, note)
+
+
+# ---------------------------------------------------------------------------
+# the run folder
+# ---------------------------------------------------------------------------
+
+
+def new_run_folder(requested: str | Path) -> Path:
+    """``requested`` if it is absent or empty, else the first free ``requested-2``, ``-3`` ...
+
+    A run never writes into a folder that already holds files, so no earlier run is lost.
+    """
+    requested = Path(requested)
+    candidate, number = requested, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        number += 1
+        candidate = requested.with_name(f"{requested.name}-{number}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+@contextmanager
+def _log_to(path: Path, console: bool) -> Iterator[None]:
+    """Send kdistill's and transformers' log records to ``path`` (and the console) for the run."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger("kdistill"), logging.getLogger("transformers")]
+    previous = [(lg, lg.level) for lg in loggers]
+    console_handler = logging.StreamHandler() if console else None
+    if console_handler is not None:
+        console_handler.setFormatter(logging.Formatter("%(message)s"))
+        console_handler.setLevel(logging.INFO)
+    for lg in loggers:
+        lg.addHandler(handler)
+    logging.getLogger("kdistill").setLevel(logging.INFO)
+    if console_handler is not None:
+        logging.getLogger("kdistill").addHandler(console_handler)
+    try:
+        yield
+    finally:
+        for lg, level in previous:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        if console_handler is not None:
+            logging.getLogger("kdistill").removeHandler(console_handler)
+        handler.close()
+
+
+class _Checkpoints:
+    """Saves the student during training; keeps the newest few and the best one."""
+
+    def __init__(self, folder: Path, keep: int, enabled: bool) -> None:
+        self.folder = folder
+        self.keep = keep
+        self.enabled = enabled
+        self.saved: list[Path] = []
+        self.best: tuple[float, Path] | None = None
+
+    def save(self, model: nn.Module, objective: Objective, tokenizer: Any, name: str, state: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from safetensors.torch import save_file
+
+        target = self.folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        projections = {k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()}
+        if projections:
+            # the objective's trainable parts (projections) belong to the run, not to the student
+            save_file(projections, str(target / "objective.safetensors"))
+        (target / "trainer_state.json").write_text(json.dumps(dict(state), indent=2) + "\n", encoding="utf-8")
+        self.saved.append(target)
+        score = state.get("accuracy")
+        if isinstance(score, float) and (self.best is None or score > self.best[0]):
+            self.best = (score, target)
+        for old in self.saved[:-self.keep]:
+            if self.best is None or old != self.best[1]:
+                shutil.rmtree(old, ignore_errors=True)
+                self.saved.remove(old)
+
+
+def _optimizer_and_scheduler(student: nn.Module, objective: Objective, stage: Stage, config: RunConfig,
+                             steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any, int]:
+    from transformers import get_linear_schedule_with_warmup
+
+    training = config.training
+    decay, no_decay = [], []
+    for name, parameter in student.named_parameters():
+        if parameter.requires_grad:
+            # biases and norms are not decayed (the usual transformer recipe)
+            (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": training.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = [p for p in objective.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr)
+    total = steps_per_epoch * stage.epochs
+    if training.max_steps is not None:
+        total = min(total, training.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(training.warmup_ratio * total), max(total, 1))
+    return optimizer, scheduler, total
+
+
+def _evaluate(model: nn.Module, loader: Any, num_labels: int, *, teacher_side: bool, desc: str,
+              progress: bool) -> tuple[dict[str, float], Any]:
+    logits, labels = predict(model, loader, teacher_side=teacher_side, desc=desc, progress=progress)
+    assert labels is not None
+    return classification_metrics(logits, labels, num_labels), logits
+
+
+def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool = True,
+                prepared: PreparedRun | None = None) -> RunResult:
+    """Run a whole distillation: prepare, train every stage, save and report.
+
+    Args:
+        config: the validated config.
+        progress: show progress bars.
+        console_log: also print the log's lines on the console.
+        prepared: a :func:`prepare_run` result to use instead of preparing again.
+
+    Returns:
+        The run folder and its metrics.
+
+    Raises:
+        KdistillError: a problem with the inputs; found before the run folder is made.
+    """
+    started = time.time()
+    prepared = prepared or prepare_run(config, progress=progress)
+    folder = new_run_folder(config.output.dir)
+    (folder / CONFIG_FILE).write_text(dump_config(config), encoding="utf-8")
+    with _log_to(folder / LOG_FILE, console_log):
+        if folder != Path(config.output.dir):
+            logger.info("%s already holds a run: this run goes to %s", config.output.dir, folder)
+        logger.info("kdistill %s: run folder %s", __version__, folder)
+        try:
+            result = _train_and_report(prepared, folder, started, progress)
+        except BaseException as error:
+            # the log says why the run stopped; every file written so far stays
+            logger.error("run stopped: %s: %s", type(error).__name__, error)
+            raise
+    return result
+
+
+def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progress: bool) -> RunResult:
+    config, data = prepared.config, prepared.data
+    training = config.training
+    teacher, student, tokenizer = prepared.teacher.model, prepared.student, prepared.tokenizer
+    num_labels = len(data.label_names)
+    logger.info("data: %s; labels: %s", ", ".join(f"{k} {v:,}" for k, v in data.sizes().items()),
+                ", ".join(data.label_names))
+    logger.info("teacher: %s (%s parameters)", prepared.teacher.location, f"{count_parameters(teacher):,}")
+    logger.info("%s", prepared.student_note)
+
+    collator = PaddingCollator(pad_token_id=tokenizer.pad_token_id or 0,
+                               teacher_pad_token_id=getattr(teacher.config, "pad_token_id", None) or 0)
+    separate = data.separate_teacher_tokens
+    train_loader = make_loader(data.train, training.batch_size, collator, shuffle=True,
+                               group_by_length=training.group_by_length, seed=training.seed)
+    validation_loader = make_loader(data.validation, training.eval_batch_size, collator)
+    eval_name = "test" if data.test is not None else "validation"
+    eval_set = data.test if data.test is not None else data.validation
+    eval_loader = make_loader(eval_set, training.eval_batch_size, collator)
+    steps_per_epoch = math.ceil(len(train_loader) / training.gradient_accumulation_steps)
+
+    teacher_model: nn.Module = _Routed(teacher, True) if separate else teacher
+    student_model: nn.Module = _Routed(student, False) if separate else student
+
+    stages_run: list[tuple[str, History]] = []
+    if config.teacher.finetune is not None:
+        finetune = config.teacher.finetune
+        logger.info("fine-tuning the teacher for %d epoch(s) (its head is new)", finetune.epochs)
+        teacher_loader = make_loader(data.train, finetune.batch_size or training.batch_size, collator, shuffle=True,
+                                     group_by_length=training.group_by_length, seed=training.seed)
+        teacher.train()
+        history = distill(nn.Identity(), teacher_model, teacher_loader, objective=Objective({"ce": HardCE()}),
+                          lr=finetune.lr, epochs=finetune.epochs, precision=training.precision, progress=progress,
+                          log_every=training.log_every)
+        teacher.eval()
+        teacher.save_pretrained(folder / TEACHER_DIR)
+        tokenizer.save_pretrained(folder / TEACHER_DIR)
+        stages_run.append(("teacher fine-tuning", history))
+
+    teacher_validation, _ = _evaluate(teacher_model, validation_loader, num_labels, teacher_side=separate,
+                                      desc="teacher on validation", progress=progress)
+    logger.info("teacher on validation: accuracy %.4f, macro-F1 %.4f", teacher_validation["accuracy"],
+                teacher_validation["macro_f1"])
+
+    checkpoints = _Checkpoints(folder / CHECKPOINTS_DIR, config.output.keep_checkpoints, config.output.save_checkpoints)
+    validations: list[dict[str, float]] = []
+    stage_summaries: list[dict[str, Any]] = []
+    step_offset = 0
+    for stage in prepared.stages:
+        logger.info("stage %s: loss = %s, %d epoch(s), lr %g", stage.name, stage.objective.formula(), stage.epochs, stage.lr)
+        optimizer, scheduler, total = _optimizer_and_scheduler(student, stage.objective, stage, config, steps_per_epoch)
+
+        def eval_fn(model: nn.Module) -> dict[str, float]:
+            metrics, _ = _evaluate(model, validation_loader, num_labels, teacher_side=False,
+                                   desc="student on validation", progress=progress)
+            return metrics
+
+        history = distill(
+            teacher_model, student_model, train_loader, objective=stage.objective, optimizer=optimizer,
+            scheduler=scheduler, epochs=stage.epochs, max_steps=training.max_steps,
+            gradient_accumulation_steps=training.gradient_accumulation_steps, max_grad_norm=training.max_grad_norm,
+            precision=training.precision, eval_fn=_checkpointing(eval_fn, checkpoints, student, stage, tokenizer),
+            eval_every=training.eval_every, log_every=training.log_every, progress=progress,
+        )
+        for record in history.evals:
+            validations.append({"stage": stage.name, **{k: v for k, v in record.items()},
+                                "global_step": record["step"] + step_offset})
+            logger.info("validation after %s step %d: accuracy %.4f", stage.name, int(record["step"]), record["accuracy"])
+        step_offset += int(history.steps[-1]["step"]) if history.steps else 0
+        final = {k: v for k, v in (history.epochs[-1] if history.epochs else {}).items() if k not in ("step", "epoch", "lr")}
+        stage_summaries.append({"name": stage.name, "objective": stage.objective.formula(), "epochs": stage.epochs,
+                                "lr": stage.lr, "steps": len(history.steps), "planned_steps": total, "final": final})
+        stages_run.append((stage.name, history))
+
+    student.save_pretrained(folder / STUDENT_DIR)
+    tokenizer.save_pretrained(folder / STUDENT_DIR)
+    logger.info("student saved to %s", folder / STUDENT_DIR)
+
+    teacher_metrics, teacher_logits = _evaluate(teacher_model, eval_loader, num_labels, teacher_side=separate,
+                                                desc=f"teacher on {eval_name}", progress=progress)
+    student_metrics, student_logits = _evaluate(student_model, eval_loader, num_labels, teacher_side=False,
+                                                desc=f"student on {eval_name}", progress=progress)
+    student_metrics["agreement"] = agreement(student_logits, teacher_logits)
+    probe = next(iter(eval_loader))
+    teacher_speed = measure_speed(teacher, probe, teacher_side=separate)
+    student_speed = measure_speed(student, probe, teacher_side=False)
+    teacher_folder = folder / TEACHER_DIR if config.teacher.finetune is not None else (
+        Path(prepared.teacher.location) if looks_local(prepared.teacher.location) else None)
+    teacher_metrics.update(parameters=count_parameters(teacher), size_bytes=weights_size(teacher, teacher_folder),
+                           latency_ms=teacher_speed["latency_ms"], throughput=teacher_speed["throughput"], speedup=1.0)
+    student_metrics.update(parameters=count_parameters(student), size_bytes=weights_size(student, folder / STUDENT_DIR),
+                           latency_ms=student_speed["latency_ms"], throughput=student_speed["throughput"],
+                           speedup=teacher_speed["latency_ms"] / student_speed["latency_ms"])
+    seconds = time.time() - started
+    metrics = {
+        "run": {
+            "name": folder.name, "kdistill_version": __version__, "seconds": seconds,
+            "teacher": prepared.teacher.location, "student": prepared.student_note,
+            "objective": " then ".join(f"{s.name}: {s.objective.formula()}" for s in prepared.stages),
+            "compression": teacher_metrics["parameters"] / student_metrics["parameters"],
+        },
+        "data": {**data.sizes(), "labels": data.label_names, "evaluated_on": eval_name},
+        "teacher": teacher_metrics,
+        "student": student_metrics,
+        "speed": {"batch_size": teacher_speed["batch_size"], "threads": torch.get_num_threads(), "device": "cpu"},
+        "teacher_validation": teacher_validation,
+        "validation": validations,
+        "training": {"stages": stage_summaries},
+    }
+    update_metrics_file(folder / METRICS_FILE, metrics)
+    plot_curves(stages_run, folder / CURVES_FILE, title=f"kdistill: {folder.name}")
+    write_report(folder / REPORT_FILE, metrics, curves=CURVES_FILE, config_file=CONFIG_FILE)
+    logger.info("run finished in %.0f s: %s", seconds, folder)
+    return RunResult(folder=folder, metrics=metrics)
+
+
+def _checkpointing(eval_fn: Callable[[nn.Module], dict[str, float]], checkpoints: _Checkpoints, student: nn.Module,
+                   stage: Stage, tokenizer: Any) -> Callable[[nn.Module], dict[str, float]]:
+    """Wrap an evaluation so that each evaluation also saves a checkpoint of the student."""
+    count = {"n": 0}
+
+    def evaluate_and_save(model: nn.Module) -> dict[str, float]:
+        metrics = eval_fn(model)
+        count["n"] += 1
+        checkpoints.save(student, stage.objective, tokenizer, f"{stage.name}-{count['n']:03d}",
+                         {"stage": stage.name, "evaluation": count["n"], **metrics})
+        return metrics
+
+    return evaluate_and_save
