@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,12 +27,20 @@ from tqdm.auto import tqdm
 from kdistill.batch import example_indices, split_batch
 from kdistill.capture import capture
 from kdistill.losses.objective import Objective
+from kdistill.train.checkpoint import (
+    TrainingState,
+    find_resumable,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from kdistill.train.teacher import check_teacher_source, teacher_features
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
 
-__all__ = ["History", "distill", "train_distillation", "PRECISIONS"]
+__all__ = ["History", "NonFiniteLossError", "PRECISIONS", "distill", "train_distillation"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +48,10 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("no", "bf16", "fp16")
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss part or the gradient norm became NaN or infinite; the update was not applied."""
 
 
 @dataclass
@@ -50,11 +63,13 @@ class History:
             total), each term's unweighted value by name, and ``lr``.
         epochs: one record per epoch with the mean of each of those values.
         evals: one record per evaluation: ``step``, ``epoch`` and what ``eval_fn`` returned.
+        skipped_steps: updates dropped for a non-finite loss (``on_nonfinite="skip"``).
     """
 
     steps: list[dict[str, float]] = field(default_factory=list)
     epochs: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0
 
     def series(self, key: str) -> list[float]:
         """The values of ``key`` over the optimizer steps, e.g. ``history.series("kd")``."""
@@ -71,6 +86,7 @@ def _check_args(
     precision: str,
     log_every: int,
     eval_every: int | None,
+    on_nonfinite: str = "stop",
 ) -> None:
     if not isinstance(student, nn.Module):
         raise TypeError(f"the student must be a torch.nn.Module, got {type(student).__name__}")
@@ -88,6 +104,8 @@ def _check_args(
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
     if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
         raise ValueError(f"max_grad_norm must be None or a number > 0, got {max_grad_norm!r}")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
@@ -148,6 +166,11 @@ def distill(
     label_key: str | None = None,
     accelerator: Accelerator | None = None,
     teacher_cache: TeacherCache | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    save_every: int | None = None,
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+    on_nonfinite: str = "stop",
 ) -> History:
     """Train ``student`` to imitate ``teacher`` on ``train_loader``.
 
@@ -183,12 +206,25 @@ def distill(
             training set: batches that carry example indices (see
             :func:`~kdistill.batch.with_example_index`) read the teacher's features from it
             instead of running the teacher.
+        checkpoint_dir: write checkpoints here (student, objective, optimizer, scheduler, RNG
+            states, data position, history) after every epoch and every ``save_every`` steps.
+        save_every: also checkpoint every this many optimizer steps.
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (a damaged
+            newest one is reported and the one before it used); the run ends with the same
+            student as an uninterrupted one.
+        on_nonfinite: what a NaN or infinite loss part (or gradient norm) does: ``"stop"``
+            raises :class:`NonFiniteLossError` naming the part and the step, before the update,
+            so the student and the checkpoints stay good; ``"skip"`` drops that update and
+            counts it in ``History.skipped_steps``.
 
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
     """
     _check_args(teacher, student, epochs, max_steps, gradient_accumulation_steps, max_grad_norm, precision,
-                log_every, eval_every)
+                log_every, eval_every, on_nonfinite)
+    if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+        raise ValueError(f"save_every must be None or an integer >= 1, got {save_every!r}")
     objective = objective if objective is not None else Objective.hinton(temperature=4.0, alpha=0.7)
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
@@ -222,8 +258,27 @@ def distill(
         total_steps = min(total_steps, max_steps) if total_steps else max_steps
 
     history = History()
+    global_step, start_epoch, skip_batches = 0, 0, 0
+    resumed: TrainingState | None = None
+    if resume:
+        if checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir=, the folder the run wrote its checkpoints to")
+        found = find_resumable(checkpoint_dir)
+        if found is None:
+            logger.warning("no usable checkpoint in %s: starting from the beginning", checkpoint_dir)
+        else:
+            resumed = load_checkpoint(found, student_module, objective)
+            optimizer.load_state_dict(resumed.optimizer)
+            if scheduler is not None and resumed.scheduler is not None:
+                scheduler.load_state_dict(resumed.scheduler)
+            if scaler is not None and resumed.scaler is not None:
+                scaler.load_state_dict(resumed.scaler)
+            history = History(**resumed.history)
+            global_step, start_epoch, skip_batches = resumed.step, resumed.epoch, resumed.batches_done
+            logger.info("resuming from %s (step %d, epoch %d)", found, global_step, start_epoch)
+
     pending: list[tuple[int, int, float, dict[str, Tensor], Tensor]] = []
-    bar = tqdm(total=total_steps, desc="distill", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=total_steps, initial=global_step, desc="distill", unit="step", dynamic_ncols=True,
                disable=not progress or not accelerator.is_main_process)
 
     def flush() -> None:
@@ -231,40 +286,71 @@ def distill(
         if not pending:
             return
         names = list(pending[0][3])
-        values = torch.stack([torch.stack([rec[4]] + [rec[3][n] for n in names]) for rec in pending]).tolist()
-        for (step, epoch, lr_value, _, _), row in zip(pending, values):
+        values = torch.stack([torch.stack([rec[4]] + [rec[3][n] for n in names]) for rec in pending])
+        if accelerator.num_processes > 1:
+            values = accelerator.reduce(values, reduction="mean")  # the global batch's loss, on every process
+        rows = values.tolist()
+        for (step, epoch, lr_value, _, _), row in zip(pending, rows):
             record = {"step": float(step), "epoch": float(epoch), "loss": row[0], "lr": lr_value}
             record.update(zip(names, row[1:]))
             history.steps.append(record)
         bar.update(len(pending))
-        bar.set_postfix(loss=f"{sum(r[0] for r in values) / len(values):.4f}")
+        bar.set_postfix(loss=f"{sum(r[0] for r in rows) / len(rows):.4f}")
         pending.clear()
 
     def evaluate(epoch: int) -> None:
         if eval_fn is None:
             return
-        model = accelerator.unwrap_model(student)
-        model.eval()
+        student_module.eval()
         with torch.no_grad():
-            metrics = dict(eval_fn(model))
-        model.train()
+            metrics = dict(eval_fn(student_module))
+        student_module.train()
         history.evals.append({"step": float(global_step), "epoch": float(epoch), **metrics})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
         if accelerator.is_main_process:
             bar.write(f"eval at step {global_step}: {shown}")
 
-    global_step = 0
-    done = False
+    def save(epoch: int, batches_done: int, epoch_rng: dict[str, Any]) -> None:
+        flush()
+        if accelerator.is_main_process and checkpoint_dir is not None:
+            state = TrainingState(
+                step=global_step, epoch=epoch, batches_done=batches_done, epoch_rng=epoch_rng, rng=rng_state(),
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
+                scaler=scaler.state_dict() if scaler is not None else None,
+                history={"steps": history.steps, "epochs": history.epochs, "evals": history.evals},
+            )
+            path = save_checkpoint(checkpoint_dir, student_module, objective, state, keep=keep_checkpoints)
+            logger.info("saved checkpoint %s", path)
+        accelerator.wait_for_everyone()
+
+    def nonfinite(what: str, epoch: int, batch_index: int) -> None:
+        message = (f"{what} at step {global_step + 1} (epoch {epoch}, batch {batch_index}); the update was not "
+                   "applied")
+        if on_nonfinite == "skip":
+            history.skipped_steps += 1
+            logger.warning("%s; skipping the step (%d skipped so far)", message, history.skipped_steps)
+            return
+        kept = f"; the last good checkpoint is kept in {checkpoint_dir}" if checkpoint_dir is not None else ""
+        raise NonFiniteLossError(f"{message}: the run stopped{kept}. Lower the learning rate, use bf16 instead "
+                                 "of fp16, or pass on_nonfinite='skip' to skip such steps")
+
+    done = max_steps is not None and global_step >= max_steps  # a resumed run that had already finished
     student.train()
     optimizer.zero_grad(set_to_none=True)
-    for epoch in range(epochs):
+    for epoch in range(start_epoch, epochs if not done else start_epoch):
+        if resumed is not None and epoch == resumed.epoch:
+            set_rng_state(resumed.epoch_rng)  # the same shuffle as the interrupted epoch
+        epoch_rng = rng_state()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)  # reshuffles per epoch under DDP
-        first_record = len(history.steps)
-        micro_step, group_size = 0, gradient_accumulation_steps
+        micro_step, group_size, poisoned = 0, gradient_accumulation_steps, False
         group_total: Tensor | None = None
         group_parts: dict[str, Tensor] = {}
         for batch_index, batch in enumerate(train_loader):
+            if batch_index < skip_batches:
+                continue  # consumed before the interruption
+            if resumed is not None and batch_index == skip_batches and skip_batches:
+                set_rng_state(resumed.rng)  # continue exactly where the checkpoint was taken
             if not prepared_loader:
                 batch = send_to_device(batch, device)
             if micro_step == 0 and num_batches is not None:
@@ -281,22 +367,35 @@ def distill(
                     student_side = capture(student, inputs, student_request, module=student_module)
                 result = objective(student_side, teacher_side, labels)
                 loss = result.total / group_size
-                if scaler is not None:
+                if not bool(torch.isfinite(loss)):
+                    bad = [name for name, value in result.parts.items() if not bool(torch.isfinite(value))]
+                    nonfinite(f"the loss part {', '.join(bad) or 'total'} is {_kind(loss)}", epoch, batch_index)
+                    poisoned = True
+                elif scaler is not None:
                     scaler.scale(loss).backward()
                 else:
                     accelerator.backward(loss)
-            group_total = loss.detach() if group_total is None else group_total + loss.detach()
-            for name, value in result.parts.items():
-                scaled = value / group_size
-                group_parts[name] = scaled if name not in group_parts else group_parts[name] + scaled
+            if not poisoned:
+                group_total = loss.detach() if group_total is None else group_total + loss.detach()
+                for name, value in result.parts.items():
+                    scaled = value / group_size
+                    group_parts[name] = scaled if name not in group_parts else group_parts[name] + scaled
             micro_step += 1
             if not at_boundary:
                 continue
 
-            if scaler is not None:
+            if scaler is not None and not poisoned:
                 scaler.unscale_(optimizer)
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            if max_grad_norm is not None and not poisoned:
+                norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+                # fp16's scaler skips inf gradients itself; elsewhere they would corrupt the student
+                if scaler is None and not bool(torch.isfinite(norm)):
+                    nonfinite(f"the gradient norm is {_kind(norm)}", epoch, batch_index)
+                    poisoned = True
+            if poisoned:
+                optimizer.zero_grad(set_to_none=True)
+                micro_step, group_total, group_parts, poisoned = 0, None, {}, False
+                continue
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -315,12 +414,15 @@ def distill(
             if eval_every is not None and global_step % eval_every == 0:
                 flush()
                 evaluate(epoch)
+            if save_every is not None and global_step % save_every == 0:
+                save(epoch, batch_index + 1, epoch_rng)
             if max_steps is not None and global_step >= max_steps:
                 done = True
                 break
+        skip_batches = 0
         flush()
-        records = history.steps[first_record:]
-        if records:
+        records = [r for r in history.steps if r["epoch"] == epoch]
+        if records and not any(e["epoch"] == epoch for e in history.epochs):
             summary = {"epoch": float(epoch), "step": float(global_step)}
             for key in records[0]:
                 if key not in ("step", "epoch"):
@@ -330,10 +432,19 @@ def distill(
                 bar.write(f"epoch {epoch}: loss = {summary['loss']:.4f}")
         if eval_fn is not None and eval_every is None:
             evaluate(epoch)
+        if checkpoint_dir is not None and not done:
+            save(epoch + 1, 0, rng_state())  # the next epoch starts from here
         if done:
             break
+    flush()
+    if checkpoint_dir is not None and done and global_step > (resumed.step if resumed else 0):
+        save(epoch, 0 if num_batches is None else num_batches, epoch_rng)
     bar.close()
     return history
+
+
+def _kind(value: Tensor) -> str:
+    return "NaN" if bool(torch.isnan(value).any()) else "infinite"
 
 
 def train_distillation(

@@ -1,0 +1,197 @@
+"""Checkpoints of the plain loop: written atomically, verified on load, resumed exactly.
+
+A checkpoint is a folder ``checkpoint-<step>`` holding:
+
+* ``student.safetensors`` and ``objective.safetensors``: weights, through safetensors only;
+* ``training_state.pt``: optimizer, scheduler and loss-scaler states, RNG states, the step,
+  the epoch, how many batches of the epoch were consumed, the RNG state at the start of that
+  epoch (to rebuild the same data order) and the history so far. Written with ``torch.save``
+  of plain containers and tensors, read with ``torch.load(weights_only=True)``: no pickle
+  can run code;
+* ``manifest.json``: the size and SHA-256 of each file, written last.
+
+It is written to a staging folder and renamed into place, so a run killed at any moment
+(SIGKILL included) leaves either a complete checkpoint or none. On resume a damaged last
+checkpoint is reported and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+__all__ = ["CheckpointError", "TrainingState", "find_resumable", "load_checkpoint", "rng_state", "save_checkpoint",
+           "set_rng_state"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or damaged."""
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands, beyond the weights: what exact resumption needs.
+
+    Attributes:
+        step: optimizer steps done.
+        epoch: the epoch in progress.
+        batches_done: batches of that epoch already consumed.
+        epoch_rng: the RNG state at the start of the epoch (rebuilds the same shuffle).
+        rng: the RNG state at the moment of the checkpoint.
+        optimizer / scheduler / scaler: their ``state_dict()``s.
+        history: the run's history so far (``steps``, ``epochs``, ``evals``).
+    """
+
+    step: int
+    epoch: int
+    batches_done: int
+    epoch_rng: dict[str, Any]
+    rng: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    scaler: dict[str, Any] | None
+    history: dict[str, list[dict[str, float]]]
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state a training step can draw from, as tensors and plain numbers (weights-only safe)."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": numpy_state[0], "state": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                  "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]), "gauss": float(numpy_state[4])},
+        "python": {"version": python_state[0], "state": list(python_state[1]), "gauss": python_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["key"], numpy_state["state"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(folder: str | os.PathLike[str], student: nn.Module, objective: nn.Module, state: TrainingState,
+                    keep: int = 2) -> Path:
+    """Write ``checkpoint-<step>`` under ``folder`` atomically and keep the newest ``keep`` checkpoints.
+
+    Returns:
+        The checkpoint's folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"checkpoint-{state.step:08d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=folder))
+    try:
+        save_model(student, str(staging / "student.safetensors"))
+        save_model(objective, str(staging / "objective.safetensors"))
+        torch.save(state.__dict__, staging / "training_state.pt")
+        files = {}
+        for path in sorted(staging.iterdir()):
+            _fsync(path)
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": _digest(path)}
+        (staging / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
+        _fsync(staging / MANIFEST)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in _checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in folder.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)] if folder.exists() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless every file of the checkpoint is present and intact."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointError(f"{path.name} is incomplete (no manifest)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path.name} has an unreadable manifest ({error})") from error
+    for name, entry in manifest["files"].items():
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"{path.name} is damaged: {name} is missing")
+        if file.stat().st_size != entry["bytes"] or _digest(file) != entry["sha256"]:
+            raise CheckpointError(f"{path.name} is damaged: {name} does not match its checksum")
+
+
+def find_resumable(folder: str | os.PathLike[str]) -> Path | None:
+    """The newest intact checkpoint under ``folder``; damaged newer ones are reported and skipped."""
+    for path in reversed(_checkpoints(Path(folder))):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as error:
+            logger.warning("%s; falling back to the checkpoint before it", error)
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike[str], student: nn.Module, objective: nn.Module) -> TrainingState:
+    """Load weights into ``student`` and ``objective`` and return the rest of the training state.
+
+    Everything is read without unpickling code: safetensors for weights and
+    ``torch.load(weights_only=True)`` for the state.
+    """
+    path = Path(path)
+    verify_checkpoint(path)
+    load_model(student, str(path / "student.safetensors"))
+    load_model(objective, str(path / "objective.safetensors"))
+    try:
+        raw = torch.load(path / "training_state.pt", weights_only=True)
+    except Exception as error:  # an unpicklable or tampered state: refuse it with the reason
+        raise CheckpointError(
+            f"{path / 'training_state.pt'} holds objects that cannot be loaded safely ({error}); "
+            "kdistill loads checkpoints with torch.load(weights_only=True) only"
+        ) from error
+    return TrainingState(**raw)
