@@ -141,6 +141,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def default_accelerator() -> Accelerator:
+    """An ``Accelerator`` for this process: DDP over gloo when launched on several CPU processes."""
+    # Accelerate only picks its multi-CPU (gloo) mode when told to use the CPU
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) != -1
+    return Accelerator(cpu=launched and not torch.cuda.is_available())
+
+
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
@@ -228,7 +235,7 @@ def distill(
     objective = objective if objective is not None else Objective.hinton(temperature=4.0, alpha=0.7)
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or default_accelerator()
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError(
             "pass gradient_accumulation_steps to distill(), not to the Accelerator (it would divide the loss twice)"
