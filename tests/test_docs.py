@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ["README.md", "docs/losses.md", "docs/training.md", "docs/cache.md"]
+DOCUMENTS = ["README.md", "docs/losses.md", "docs/training.md", "docs/cache.md", "docs/distributed.md"]
 FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 

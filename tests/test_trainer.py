@@ -143,3 +143,20 @@ def test_trainer_rejects_bad_temperature_and_alpha(tmp_path, bert_pair):
         DistillationTrainer(teacher_model=teacher, model=student, args=_args(tmp_path), temperature=0)
     with pytest.raises(ValueError, match="alpha"):
         DistillationTrainer(teacher_model=teacher, model=student, args=_args(tmp_path), alpha=2)
+
+
+def test_trainer_bf16_on_cpu_keeps_losses_float32(tmp_path, bert_pair):
+    teacher, student = bert_pair
+    seen = []
+
+    class Spy(DistillationTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            seen.append((loss[0] if return_outputs else loss).dtype)
+            return loss
+
+    trainer = Spy(teacher_model=teacher, model=student, args=_args(tmp_path, bf16=True, max_steps=2),
+                  train_dataset=_dataset(16))
+    trainer.train()
+    assert seen and all(dtype == torch.float32 for dtype in seen)
+    assert all(torch.isfinite(p).all() for p in student.parameters())
