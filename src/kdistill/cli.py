@@ -229,7 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kdistill`` command; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may come after options (distill run.yaml --no-progress training.epochs=1)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "distill" and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            prog = f"kdistill {args.command}" if args.command else "kdistill"
+            parser.exit(USAGE_ERROR, f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
     if args.command is None:
         parser.print_help()
         return 0

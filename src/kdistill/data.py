@@ -226,7 +226,7 @@ def load_table(path: str | Path, config: DataConfig, labelled: bool = True) -> T
     """Read one file into a :class:`TableSplit` with the config's columns and encoding."""
     frame = read_file(path, config.format, config.encoding)
     if len(frame) == 0:
-        raise DataError(f"data file {str(path)!r} holds no examples")
+        raise DataError(f"data file {str(path)!r} holds no examples (only a header? is data.encoding right?)")
     return table_from_frame(frame, config, str(path), labelled)
 
 

@@ -1,0 +1,278 @@
+"""The kdistill command end to end: distill a tiny model from a CSV, eval it, inspect it, and
+refuse each bad input with exit status 2 and one line, leaving earlier runs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from text_fixtures import save_classifier, sentences, write_csv
+
+from kdistill.cli import main
+
+RUN_FILES = ("config.yaml", "run.log", "metrics.json", "report.md", "training_curves.png")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher folder, labelled CSV files and a config, in a temporary folder."""
+    root = tmp_path_factory.mktemp("cli")
+    save_classifier(root / "teacher", num_layers=4, hidden=32, heads=4, seed=1, id2label={0: "neg", 1: "pos"})
+    write_csv(root / "train.csv", sentences(96, seed=0, labels=("neg", "pos")))
+    write_csv(root / "test.csv", sentences(40, seed=1, labels=("neg", "pos")))
+    write_csv(root / "latin.csv", [("très bon film", "pos"), ("ennuyeux", "neg")] * 10, encoding="latin-1")
+    config = {
+        "teacher": {"path": str(root / "teacher")},
+        "student": {"from_teacher": {"num_layers": 2}},
+        "data": {"train": str(root / "train.csv"), "test": str(root / "test.csv"), "max_length": 16},
+        "objective": {"preset": "hinton", "temperature": 2.0, "alpha": 0.7},
+        "training": {"epochs": 2, "batch_size": 16, "lr": 1.0e-3},
+        "output": {"dir": str(root / "runs" / "first")},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(workspace: Path) -> tuple[Path, str]:
+    """One ``kdistill distill`` run on the workspace (shared by the tests that read it)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["distill", str(workspace / "run.yaml"), "--no-progress"])
+    assert code == 0
+    return workspace / "runs" / "first", out.getvalue()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, str]) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder, printed = finished_run
+    for name in RUN_FILES:
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
+    assert "teacher" in printed and "student" in printed and str(folder) in printed
+
+    # the resolved config reads back and holds the defaults
+    resolved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    assert resolved["training"]["epochs"] == 2 and resolved["training"]["warmup_ratio"] == 0.0
+
+    # the student, with its tokenizer and labels, loads with plain transformers
+    student = AutoModelForSequenceClassification.from_pretrained(folder / "student")
+    tokenizer = AutoTokenizer.from_pretrained(folder / "student")
+    assert student.config.num_hidden_layers == 2
+    assert student.config.id2label == {0: "neg", 1: "pos"} and student.config.label2id == {"neg": 0, "pos": 1}
+    assert student(**tokenizer(["the film was good"], return_tensors="pt")).logits.shape == (1, 2)
+
+    checkpoints = sorted((folder / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["distill-001", "distill-002"]
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    assert state["stage"] == "distill" and 0.0 <= state["accuracy"] <= 1.0
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for model in ("teacher", "student"):
+        for key in ("accuracy", "macro_f1", "parameters", "size_bytes", "latency_ms", "throughput", "speedup"):
+            assert key in metrics[model], (model, key)
+    assert 0.0 <= metrics["student"]["agreement"] <= 1.0
+    assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
+    assert metrics["data"] == {"train": 86, "validation": 10, "test": 40, "labels": ["neg", "pos"], "evaluated_on": "test"}
+    assert [round(v["step"]) for v in metrics["validation"]] == [6, 12]
+    assert set(metrics["training"]["stages"][0]["final"]) == {"loss", "kd", "ce"}
+
+    assert (folder / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (folder / "report.md").read_text()
+    assert "| teacher |" in report and "| student |" in report and "training_curves.png" in report
+    log = (folder / "run.log").read_text()
+    assert "stage distill: loss = 0.7·kd + 0.3·ce" in log and "run finished" in log
+
+
+def test_eval_on_the_run_measures_and_keeps_the_run_metrics(finished_run: tuple[Path, str],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = finished_run
+    before = json.loads((folder / "metrics.json").read_text())
+    code, out, err = run_cli(["eval", str(folder), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "accuracy" in out and "speed-up" in out and "teacher" in out
+    after = json.loads((folder / "metrics.json").read_text())
+    assert {k: v for k, v in after.items() if k != "eval"} == before
+    evaluated = after["eval"]
+    assert evaluated["data"]["examples"] == 40 and evaluated["data"]["file"].endswith("test.csv")
+    student = evaluated["student"]
+    # the same student on the same test file: the run's accuracy again
+    assert student["accuracy"] == pytest.approx(before["student"]["accuracy"])
+    for key in ("macro_f1", "agreement", "parameters", "size_bytes", "latency_ms", "throughput", "speedup"):
+        assert key in student
+    assert student["size_bytes"] == (folder / "student" / "model.safetensors").stat().st_size
+
+
+def test_eval_on_a_model_folder_with_a_teacher(finished_run: tuple[Path, str], workspace: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = finished_run
+    output = tmp_path / "m.json"
+    code, out, err = run_cli(["eval", str(folder / "student"), "--teacher", str(workspace / "teacher"), "--data",
+                              str(workspace / "train.csv"), "--batch-size", "8", "--output", str(output),
+                              "--no-progress"], capsys)
+    assert code == 0, err
+    written = json.loads(output.read_text())["eval"]
+    assert written["data"]["examples"] == 96 and written["data"]["batch_size"] == 8
+    assert 0 <= written["student"]["agreement"] <= 1 and written["teacher"]["speedup"] == 1.0
+
+
+def test_inspect_shows_both_models_and_the_layer_map(finished_run: tuple[Path, str], workspace: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = finished_run
+    code, out, _ = run_cli(["inspect", str(workspace / "teacher"), str(folder / "student")], capsys)
+    assert code == 0
+    assert "BertForSequenceClassification" in out and "layer map (uniform)" in out
+    assert "bert.encoder.layer.1  <-   4  bert.encoder.layer.3" in out
+    code, out, _ = run_cli(["inspect", str(workspace / "teacher"), "--num-layers", "1"], capsys)
+    assert code == 0 and "proposed student (make_student num_layers=1)" in out and "smaller" in out
+
+
+def test_check_validates_without_training(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--check", "--no-progress",
+                              f"output.dir={workspace / 'runs' / 'never'}"], capsys)
+    assert code == 0, err
+    assert out.startswith("config OK: train 86, validation 10, test 40 examples, labels neg, pos")
+    assert not (workspace / "runs" / "never").exists()
+
+
+BAD_INPUTS = [
+    (["training.epoch=1"], "training.epoch: unknown key; did you mean 'epochs'?"),
+    (["training.epochs=many"], "training.epochs: Input should be a valid integer"),
+    (["training.lr=0"], "training.lr: Input should be greater than 0"),
+    (["data.train=absent.csv"], "data file 'absent.csv' not found"),
+    (["data.label_column=sentiment"], "has no column 'sentiment' (data.label_column)"),
+    (["data.train=latin.csv"], "is not valid utf-8 text (byte 14): set data.encoding"),
+    (["teacher.path=./no/such/teacher"], "teacher './no/such/teacher': no such folder"),
+    (["student.from_teacher.num_layers=9"], "student.from_teacher: cannot copy 9 student layers"),
+    (["objective.preset=null", "objective.temperature=null", "objective.alpha=null", "objective.terms.h.type=hidden_mse",
+      "objective.terms.h.layer_map={1: 7}"], "objective: "),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD_INPUTS, ids=[b[1][:30] for b in BAD_INPUTS])
+def test_bad_inputs_exit_2_with_one_line_and_lose_nothing(finished_run: tuple[Path, str], workspace: Path,
+                                                          overrides: list[str], expected: str,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, _ = finished_run
+    before = snapshot(folder)
+    runs_before = sorted(p.name for p in folder.parent.iterdir())
+    monkeypatch.chdir(workspace)
+    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", *overrides], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("kdistill distill: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert snapshot(folder) == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == runs_before
+
+
+def test_a_teacher_with_an_untrained_head_is_refused(workspace: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import BertConfig, BertModel
+
+    save_classifier(tmp_path / "base")  # writes the tokenizer; the weights are replaced by a headless encoder
+    BertModel(BertConfig(vocab_size=35, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64)).save_pretrained(tmp_path / "base")
+    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.path={tmp_path / 'base'}",
+                            "teacher.num_labels=2"], capsys)
+    assert code == 2
+    assert "has untrained weights" in err and "teacher.finetune" in err
+
+
+def test_different_tokenizers_are_refused_with_a_way_out(workspace: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    save_classifier(tmp_path / "student", num_layers=1, hidden=16, heads=2, tokenizer_extra=("extra", "tokens"))
+    args = ["distill", str(workspace / "run.yaml"), "--no-progress", "student.from_teacher=null",
+            f"student.path={tmp_path / 'student'}", f"output.dir={tmp_path / 'run'}"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "tokenizers differ (vocabularies of 35 and 37 tokens)" in err
+    assert not (tmp_path / "run").exists()
+    # allowed for sequence-level terms: each model reads its own tokens
+    code, out, err = run_cli(args + ["data.allow_different_tokenizers=true", "training.epochs=1",
+                                     "output.save_checkpoints=false"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
+
+
+def test_a_second_run_never_overwrites_the_first(finished_run: tuple[Path, str], workspace: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = finished_run
+    before = snapshot(folder)
+    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", "training.max_steps=2",
+                              "output.save_checkpoints=false"], capsys)
+    assert code == 0, err
+    second = folder.with_name("first-2")
+    assert (second / "student" / "config.json").is_file() and str(second) in out
+    assert snapshot(folder) == before
+    assert "already holds a run" in (second / "run.log").read_text()
+    import shutil
+
+    shutil.rmtree(second)
+
+
+def test_a_failure_during_the_run_keeps_what_was_written(workspace: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdistill.run as run_module
+
+    def broken_plot(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(run_module, "plot_curves", broken_plot)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["distill", str(workspace / "run.yaml"), "--no-progress", "training.epochs=1",
+              f"output.dir={tmp_path / 'run'}"])
+    folder = tmp_path / "run"
+    for name in ("config.yaml", "run.log", "metrics.json", "student/model.safetensors", "checkpoints/distill-001"):
+        assert (folder / name).exists(), name
+    assert "run stopped: RuntimeError: disk full" in (folder / "run.log").read_text()
+
+
+def test_every_subcommand_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("distill", "eval", "inspect", "demo"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert f"kdistill {command}" in out and "examples:" in out, command
+
+
+def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "x", "--batch-size", "0"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "expected a number >= 1" in err
+
+
+def test_the_installed_command_prints_one_line_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("teacher: {path: t}\nstudent: {from_teacher: {num_layers: 2}}\ndata: {train: x.csv}\n"
+                      "training: {epochs: 0}\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "kdistill.cli", "distill", str(config)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("kdistill distill: error: training.epochs: Input should be greater than or "
+                                     "equal to 1, got 0")
