@@ -397,6 +397,67 @@ def attention_scores(query: Tensor, key: Tensor, scaling: float) -> Tensor:
         return torch.matmul(query.float() * scaling, key.float().transpose(-1, -2))
 
 
+#: bytes of one block of attention maps processed at a time: small enough to stay in cache and
+#: to be served by the allocator's free lists instead of fresh (page-faulting) memory
+BLOCK_BYTES = 16 * 2**20
+
+
+def map_blocks(num_maps: int, map_elements: int, element_size: int = 4) -> list[slice]:
+    """Split ``num_maps`` maps of ``map_elements`` elements into blocks of about :data:`BLOCK_BYTES`."""
+    per_block = max(1, BLOCK_BYTES // max(1, map_elements * element_size))
+    return [slice(start, min(start + per_block, num_maps)) for start in range(0, num_maps, per_block)]
+
+
+def _softmax_(logits: Tensor) -> Tensor:
+    """Softmax over the last dimension, in place."""
+    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=-1, keepdim=True))
+
+
+class _AttentionProbs(torch.autograd.Function):
+    """``softmax(Q Kᵀ · scaling + mask)`` for ``(B·h, L, d)`` queries and keys.
+
+    The (B·h, L, L) maps dominate the cost. They are written block by block into one output
+    buffer, each block turned into probabilities while it is still in cache, and the backward
+    pass works block by block too, so no map-sized temporary is ever allocated. Saves the query,
+    key and probabilities (which the loss holds anyway).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: Tensor, key: Tensor, scaling: float, mask: Tensor | None) -> Tensor:
+        maps, length, _ = query.shape
+        probs = query.new_empty(maps, length, key.shape[1])
+        for block in map_blocks(maps, length * key.shape[1]):
+            out = probs[block]
+            torch.bmm(query[block], key[block].transpose(1, 2), out=out)
+            out.mul_(scaling)
+            if mask is not None:
+                out.add_(mask[block])
+            _softmax_(out)
+        ctx.save_for_backward(query, key, probs)
+        ctx.scaling = scaling
+        return probs
+
+    @staticmethod
+    def backward(ctx: Any, grad_probs: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        query, key, probs = ctx.saved_tensors
+        grad_query = torch.empty_like(query) if ctx.needs_input_grad[0] else None
+        grad_key = torch.empty_like(key) if ctx.needs_input_grad[1] else None
+        for block in map_blocks(probs.shape[0], probs.shape[1] * probs.shape[2]):
+            p = probs[block]
+            # softmax backward: dS = P ⊙ (G − Σ_k G ⊙ P)
+            grad_logits = grad_probs[block] * p
+            grad_logits.addcmul_(p, grad_logits.sum(dim=-1, keepdim=True), value=-1.0)
+            if grad_query is not None:
+                torch.bmm(grad_logits, key[block], out=grad_query[block])
+            if grad_key is not None:
+                torch.bmm(grad_logits.transpose(1, 2), query[block], out=grad_key[block])
+        for grad in (grad_query, grad_key):
+            if grad is not None:
+                grad.mul_(ctx.scaling)
+        return grad_query, grad_key, None, None
+
+
 def attention_probs(
     query: Tensor, key: Tensor, scaling: float, mask: Tensor | None = None, scores: Tensor | None = None
 ) -> Tensor:
@@ -415,15 +476,16 @@ def attention_probs(
     with torch.autocast(query.device.type, enabled=False):
         if scores is not None:
             logits = scores if mask is None else scores + mask
-        elif mask is None:
-            logits = torch.matmul(query.float() * scaling, key.float().transpose(-1, -2))
-        else:
-            batch, heads, length, dim = query.shape
-            # one fused kernel for scale, matmul and mask: the (B, h, L, L) scores are written once
-            logits = torch.baddbmm(
-                mask.expand(batch, heads, mask.shape[-2], length).reshape(batch * heads, mask.shape[-2], length),
-                query.float().reshape(batch * heads, length, dim),
-                key.float().reshape(batch * heads, length, dim).transpose(1, 2),
-                alpha=scaling,
-            ).view(batch, heads, length, length)
-        return logits.softmax(dim=-1)
+            return logits.softmax(dim=-1)
+        batch, heads, length, dim = query.shape
+        flat_mask = None
+        if mask is not None:
+            rows = mask.shape[-2]
+            flat_mask = mask.expand(batch, heads, rows, length).reshape(batch * heads, rows, length)
+        probs = _AttentionProbs.apply(
+            query.float().reshape(batch * heads, length, dim).contiguous(),
+            key.float().reshape(batch * heads, length, dim).contiguous(),
+            scaling,
+            flat_mask,
+        )
+        return probs.view(batch, heads, length, length)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdistill.attention import map_blocks
+
 __all__ = [
     "soft_kd",
     "soft_kd_topk",
@@ -479,6 +481,46 @@ def _pair_weights(maps: Tensor, mask: Tensor | None) -> tuple[Tensor | None, Ten
     return real[:, None, :, None] * real[:, None, None, :], real[:, None, :]
 
 
+def _map_blocks(maps: Tensor) -> list[slice]:
+    return map_blocks(maps.shape[0], maps[0].numel(), maps.element_size()) if maps.dim() > 0 else [slice(None)]
+
+
+class _MaskedSquaredSum(torch.autograd.Function):
+    """``Σ (m ⊙ (s − t))²`` for a 0/1 mask ``m`` broadcast against ``s``; ``t`` broadcasts too.
+
+    Attention maps are large: autograd would keep ``m ⊙ (s − t)`` for the backward pass. This
+    keeps only ``s`` and ``t`` (alive anyway), works block by block along the batch so that no
+    map-sized temporary is allocated, and writes the gradient straight into its buffer. The
+    target ``t`` gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: object, student: Tensor, teacher: Tensor, mask: Tensor | None) -> Tensor:
+        teacher = teacher.expand_as(student)
+        weights = None if mask is None else mask.expand(student.shape[0], *mask.shape[1:])
+        total = student.new_zeros(())
+        for block in _map_blocks(student):
+            diff = torch.sub(student[block], teacher[block])
+            if weights is not None:
+                diff.mul_(weights[block])
+            flat = diff.reshape(-1)
+            total += torch.dot(flat, flat)
+        ctx.save_for_backward(student, teacher, weights)  # type: ignore[attr-defined]
+        return total
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None, None]:
+        student, teacher, weights = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_student = torch.empty_like(student)
+        for block in _map_blocks(student):
+            out = grad_student[block]
+            torch.sub(student[block], teacher[block], out=out)
+            if weights is not None:
+                out.mul_(weights[block])  # m² = m for a 0/1 mask
+            out.mul_(2.0 * grad)
+        return grad_student, None, None
+
+
 def attention_mse(
     student_maps: Tensor, teacher_maps: Tensor, mask: Tensor | None = None, heads: str = "auto"
 ) -> Tensor:
@@ -500,11 +542,11 @@ def attention_mse(
     _check_maps(student_maps, teacher_maps, "attention maps")
     pair, _ = _pair_weights(student_maps, mask)
     student, teacher = align_heads(student_maps.float(), teacher_maps.detach().float(), heads)
-    diff = student - teacher
+    squared = _MaskedSquaredSum.apply(student, teacher, pair)
     if pair is None:
-        return diff.pow(2).mean()
+        return squared / student.numel()
     # the count is B·L² pairs at most, exact in float32 far beyond realistic sizes
-    return (diff * pair).pow(2).sum() / (diff.shape[1] * pair.sum()).clamp_min(1.0)
+    return squared / (student.shape[1] * pair.sum()).clamp_min(1.0)
 
 
 def _safe_log(probs: Tensor) -> Tensor:
