@@ -152,3 +152,86 @@ def test_non_hf_module_attention_error_names_the_fallback():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="not a Hugging Face model"):
         capture(model, torch.randn(2, 4), CaptureRequest(attentions={1}))
+
+
+# ---------------------------------------------------------------------------
+# the block-wise kernels behind the recompute and the attention losses
+# ---------------------------------------------------------------------------
+
+
+def _qk(batch=3, heads=4, length=7, dim=5, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    make = lambda: torch.randn(batch, heads, length, dim, generator=generator, dtype=dtype, requires_grad=True)  # noqa: E731
+    return make(), make()
+
+
+def _padding(batch=3, length=7):
+    mask = torch.ones(batch, length)
+    mask[0, 5:] = 0
+    mask[2, 3:] = 0
+    return mask
+
+
+def test_block_kernels_pass_gradcheck(monkeypatch):
+    import kdistill.attention as attention
+    from kdistill.losses.functional import _MaskedSquaredSum
+
+    monkeypatch.setattr(attention, "BLOCK_BYTES", 600)  # several blocks even for tiny inputs
+    query, key = _qk()
+    mask = additive_mask(_padding(), 7).double()
+    flat_mask = mask.expand(3, 4, 1, 7).reshape(12, 1, 7)
+    flat = lambda t: t.reshape(12, 7, 5)  # noqa: E731
+    assert torch.autograd.gradcheck(lambda q, k: attention._AttentionProbs.apply(flat(q), flat(k), 0.4, flat_mask), (query, key))
+    teacher = torch.rand(3, 4, 7, 7, dtype=torch.float64)
+    pair = _padding()[:, None, :, None].double() * _padding()[:, None, None, :].double()
+    student = torch.rand(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: _MaskedSquaredSum.apply(s, teacher.mean(1, keepdim=True), pair), (student,))
+    for softmax in (True, False):
+        for average in (True, False):
+            target = teacher.mean(1, keepdim=True) if average else teacher
+            assert torch.autograd.gradcheck(
+                lambda q, k: attention._ProjectedMapsMSE.apply(q, k, 0.4, mask, target, pair, softmax, average),
+                (query, key),
+            ), (softmax, average)
+
+
+@pytest.mark.parametrize("on", ["probs", "scores"])
+@pytest.mark.parametrize(("student_heads", "heads"), [(4, "per_head"), (4, "average_both"), (2, "average_teacher"), (2, "average_both")])
+def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, student_heads, heads):
+    import kdistill.attention as attention
+    from kdistill.attention import AttentionInputs
+    from kdistill.losses.functional import attention_mse, attention_mse_from_inputs
+
+    monkeypatch.setattr(attention, "BLOCK_BYTES", 900)
+    query, key = _qk(heads=student_heads, dtype=torch.float32)
+    padding = _padding()
+    inputs = AttentionInputs(query, key, 0.45, additive_mask(padding, 7))
+    teacher = torch.randn(3, 4, 7, 7).softmax(-1) if on == "probs" else torch.randn(3, 4, 7, 7)
+    fused = attention_mse_from_inputs(inputs, teacher, padding, heads, on)
+    fused_grads = torch.autograd.grad(fused, (query, key))
+    maps = inputs.probs() if on == "probs" else inputs.scores()
+    reference = attention_mse(maps, teacher, padding, heads)
+    reference_grads = torch.autograd.grad(reference, (query, key))
+    assert_close(fused, reference)
+    for got, expected in zip(fused_grads, reference_grads):
+        assert_close(got, expected)
+
+
+def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_the_students():
+    from kdistill.capture import LazyMaps
+    from kdistill.losses import AttentionKL, AttentionMSE
+
+    teacher, student = build("bert", num_layers=4, hidden=48, seed=1), build("bert", num_layers=2, seed=2)
+    inputs = _inputs("bert")
+    term = AttentionMSE({1: 2, 2: 4})
+    student_side = capture(student, inputs, term.request("student"))
+    teacher_side = capture(teacher, inputs, term.request("teacher"))
+    assert isinstance(student_side.attentions, LazyMaps) and list(student_side.attentions) == [1, 2]
+    assert not student_side.attentions.is_computed(1) and 2 in student_side.attentions
+    loss = term(student_side, teacher_side)
+    assert not student_side.attentions.is_computed(1)  # the loss worked from the attention inputs
+    assert teacher_side.attentions.is_computed(2)
+    maps = student_side.attentions[1]  # reading computes and keeps the map
+    assert student_side.attentions.is_computed(1) and student_side.attentions[1] is maps
+    assert_close(term(student_side, teacher_side), loss)  # the same loss from the computed maps
+    assert AttentionKL({1: 2})(student_side, teacher_side) > 0

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "AttentionInputs",
     "AttentionLayout",
     "LayerAttention",
     "ModelDims",
@@ -35,6 +36,7 @@ __all__ = [
     "layer_stack",
     "model_dims",
     "model_type_of",
+    "projected_maps_mse",
     "register_attention_layout",
     "split_heads",
     "supported_model_types",
@@ -489,3 +491,125 @@ def attention_probs(
             flat_mask,
         )
         return probs.view(batch, heads, length, length)
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What one layer's attention maps are computed from: ``softmax(Q Kᵀ · scaling + mask)``.
+
+    :func:`~kdistill.capture.capture` keeps these for the layers whose maps were asked for; a loss
+    can compute from them block by block without ever holding the ``(B, heads, L, L)`` maps.
+
+    Attributes:
+        query: ``(B, heads, L, d)``.
+        key: ``(B, heads, L, d)``.
+        scaling: factor applied to ``Q Kᵀ``.
+        mask: additive float32 mask from :func:`additive_mask`, or None.
+    """
+
+    query: Tensor
+    key: Tensor
+    scaling: float
+    mask: Tensor | None = None
+
+    def probs(self) -> Tensor:
+        """The attention probabilities ``(B, heads, L, L)`` in float32."""
+        return attention_probs(self.query, self.key, self.scaling, self.mask)
+
+    def scores(self) -> Tensor:
+        """The pre-softmax scores ``Q Kᵀ · scaling`` ``(B, heads, L, L)``, without the mask, in float32."""
+        return attention_scores(self.query, self.key, self.scaling)
+
+
+def _block_maps(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None, softmax: bool) -> Tensor:
+    """Scores (or probabilities) of a block ``(n, h, L, d)`` of queries and keys, as ``(n, h, L, L)``."""
+    blocks, heads, length, dim = query.shape
+    maps = torch.bmm(query.reshape(blocks * heads, length, dim), key.reshape(blocks * heads, length, dim).transpose(1, 2))
+    maps = maps.view(blocks, heads, length, length).mul_(scaling)
+    if softmax:
+        if mask is not None:
+            maps.add_(mask)
+        _softmax_(maps)
+    return maps
+
+
+class _ProjectedMapsMSE(torch.autograd.Function):
+    """``Σ m ⊙ (f(Q Kᵀ) − T)²`` with ``f`` the masked softmax (or the plain scaled scores), block by
+    block over the batch, never holding the student's maps: the backward pass recomputes each
+    block from ``Q`` and ``K``. Only the query and key get gradients."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, query: Tensor, key: Tensor, scaling: float, additive: Tensor | None, teacher: Tensor,
+        pair: Tensor | None, softmax: bool, average_heads: bool,
+    ) -> Tensor:
+        batch, heads, length, _ = query.shape
+        total = query.new_zeros(())
+        for block in map_blocks(batch, heads * length * length):
+            maps = _block_maps(query[block], key[block], scaling, _rows(additive, block), softmax)
+            if average_heads:
+                maps = maps.mean(dim=1, keepdim=True)
+            maps.sub_(teacher[block])
+            if pair is not None:
+                maps.mul_(pair[block])
+            flat = maps.reshape(-1)
+            total += torch.dot(flat, flat)
+        ctx.save_for_backward(query, key, additive, teacher, pair)
+        ctx.options = (scaling, softmax, average_heads)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
+        query, key, additive, teacher, pair = ctx.saved_tensors
+        scaling, softmax, average_heads = ctx.options
+        batch, heads, length, dim = query.shape
+        grad_query, grad_key = torch.empty_like(query), torch.empty_like(key)
+        scale = 2.0 * grad_total / (heads if average_heads else 1)
+        for block in map_blocks(batch, heads * length * length):
+            maps = _block_maps(query[block], key[block], scaling, _rows(additive, block), softmax)
+            compared = maps.mean(dim=1, keepdim=True) if average_heads else maps
+            grad = compared - teacher[block]
+            if pair is not None:
+                grad.mul_(pair[block])
+            grad = grad.mul_(scale).expand_as(maps)
+            if softmax:  # through the softmax: dS = P ⊙ (G − Σ_k G ⊙ P)
+                grad = grad * maps
+                grad.addcmul_(maps, grad.sum(dim=-1, keepdim=True), value=-1.0)
+            grad = grad.contiguous().view(-1, length, length)
+            count = grad.shape[0]
+            torch.bmm(grad, key[block].reshape(count, length, dim), out=grad_query[block].view(count, length, dim))
+            torch.bmm(grad.transpose(1, 2), query[block].reshape(count, length, dim), out=grad_key[block].view(count, length, dim))
+        grad_query.mul_(scaling)
+        grad_key.mul_(scaling)
+        return grad_query, grad_key, None, None, None, None, None, None
+
+
+def _rows(tensor: Tensor | None, block: slice) -> Tensor | None:
+    """The batch rows ``block`` of a tensor that may broadcast over the batch (first dimension 1)."""
+    if tensor is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor[block]
+
+
+def projected_maps_mse(
+    inputs: AttentionInputs, teacher_maps: Tensor, pair: Tensor | None, *, softmax: bool, average_heads: bool
+) -> Tensor:
+    """``Σ pair ⊙ (f(Q Kᵀ) − T)²`` from a student's attention inputs, without holding its maps.
+
+    Args:
+        inputs: the student's query and key ``(B, h, L, d)``, scaling and additive mask.
+        teacher_maps: ``(B, h or 1, L, L)``, already matched to the student's heads.
+        pair: ``(B, 1, L, L)`` 0/1 weights of the counted (query, key) pairs, or None.
+        softmax: compare probabilities (True) or pre-softmax scores (False).
+        average_heads: compare the student's head average instead of each head.
+
+    Returns:
+        The float32 sum (not the mean) of the squared differences.
+    """
+    with torch.autocast(inputs.query.device.type, enabled=False):
+        query = inputs.query.float().contiguous()
+        key = inputs.key.float().contiguous()
+        teacher = teacher_maps.detach().float()
+        mask = None if inputs.mask is None or not softmax else inputs.mask
+        weights = None if pair is None else pair.to(device=query.device, dtype=torch.float32)
+        return _ProjectedMapsMSE.apply(query, key, inputs.scaling, mask, teacher, weights, softmax, average_heads)

@@ -17,7 +17,7 @@ Hooks live only for the one forward pass and are removed even when it raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +25,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdistill import attention as attn
+from kdistill.attention import AttentionInputs
 
 __all__ = [
+    "AttentionInputs",
     "CaptureRequest",
     "Features",
+    "LazyMaps",
     "TopKLogProbs",
     "attention_mask_of",
     "call_model",
@@ -126,6 +129,53 @@ class TopKLogProbs:
     temperature: float
 
 
+class LazyMaps(MutableMapping[int, Tensor]):
+    """Layer index -> attention map, each computed on first access and then kept.
+
+    Recomputed attention maps are ``(B, heads, L, L)``: the largest tensors of a step. Holding
+    them lazily lets a loss that can work from the layer's
+    :class:`~kdistill.attention.AttentionInputs` block by block skip them entirely, while any
+    other reader gets a plain tensor.
+    """
+
+    def __init__(self, pending: Mapping[int, Callable[[], Tensor]] | None = None) -> None:
+        self._maps: dict[int, Tensor] = {}
+        self._pending: dict[int, Callable[[], Tensor]] = dict(pending or {})
+
+    def __getitem__(self, layer: int) -> Tensor:
+        if layer not in self._maps:
+            compute = self._pending.pop(layer)  # KeyError for an unknown layer, as a dict
+            self._maps[layer] = compute()
+        return self._maps[layer]
+
+    def __setitem__(self, layer: int, value: Tensor) -> None:
+        self._pending.pop(layer, None)
+        self._maps[layer] = value
+
+    def __delitem__(self, layer: int) -> None:
+        if layer in self._maps:
+            del self._maps[layer]
+        else:
+            del self._pending[layer]
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self._maps or layer in self._pending
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted({*self._maps, *self._pending}))
+
+    def __len__(self) -> int:
+        return len({*self._maps, *self._pending})
+
+    def is_computed(self, layer: int) -> bool:
+        """Whether the map of ``layer`` has been computed (or was given) already."""
+        return layer in self._maps
+
+    def __repr__(self) -> str:
+        states = ", ".join(f"{layer}: {'computed' if layer in self._maps else 'pending'}" for layer in self)
+        return f"LazyMaps({{{states}}})"
+
+
 @dataclass
 class Features:
     """Tensors captured from one forward pass.
@@ -134,9 +184,12 @@ class Features:
         logits: ``(B, C)`` for sequence/image classification or ``(B, L, V)`` per token.
         hidden_states: layer index -> ``(B, L, H)``; index 0 is the embedding output and
             ``i`` the output of layer ``i`` (Hugging Face's ``hidden_states`` convention).
-        attentions: layer index -> ``(B, heads, L, L)`` attention probabilities (float32).
+        attentions: layer index -> ``(B, heads, L, L)`` attention probabilities (float32);
+            recomputed maps are a :class:`LazyMaps`, computed when first read.
         attention_scores: layer index -> ``(B, heads, L, L)`` pre-softmax scores ``Q Kᵀ/√d``,
-            without the padding mask (float32).
+            without the padding mask (float32); lazy like ``attentions``.
+        attention_inputs: layer index -> the :class:`~kdistill.attention.AttentionInputs` that
+            recomputed maps come from.
         queries: layer index -> ``(B, heads, L, d)`` query projections.
         keys: layer index -> ``(B, heads, L, d)`` key projections.
         values: layer index -> ``(B, heads, L, d)`` value projections.
@@ -149,8 +202,9 @@ class Features:
 
     logits: Tensor | None = None
     hidden_states: dict[int, Tensor] = field(default_factory=dict)
-    attentions: dict[int, Tensor] = field(default_factory=dict)
-    attention_scores: dict[int, Tensor] = field(default_factory=dict)
+    attentions: MutableMapping[int, Tensor] = field(default_factory=dict)
+    attention_scores: MutableMapping[int, Tensor] = field(default_factory=dict)
+    attention_inputs: dict[int, AttentionInputs] = field(default_factory=dict)
     queries: dict[int, Tensor] = field(default_factory=dict)
     keys: dict[int, Tensor] = field(default_factory=dict)
     values: dict[int, Tensor] = field(default_factory=dict)
@@ -406,22 +460,28 @@ def _recompute_attention(
     attention_mask: Tensor | None,
 ) -> None:
     masks: dict[bool, Tensor | None] = {}
+    probs: dict[int, Callable[[], Tensor]] = {}
+    scores: dict[int, Callable[[], Tensor]] = {}
     for layer, spec in sorted(layer_specs.items()):
         if f"query:{layer}" not in recorded or f"key:{layer}" not in recorded:
             raise ValueError(f"the attention projections of layer {layer} did not run during the forward pass")
         query = attn.split_heads(recorded[f"query:{layer}"], spec.num_heads)
         key = attn.split_heads(recorded[f"key:{layer}"], spec.num_heads)
-        scores = None
-        if layer in request.attention_scores:
-            scores = attn.attention_scores(query, key, spec.scaling)
-            features.attention_scores[layer] = scores
-        if layer in request.attentions:
+        if layer in request.attentions or layer in request.attention_scores:
             if spec.causal not in masks:
                 masks[spec.causal] = attn.additive_mask(
                     attention_mask, query.shape[2], causal=spec.causal, device=query.device
                 )
-            features.attentions[layer] = attn.attention_probs(query, key, spec.scaling, masks[spec.causal], scores)
+            inputs = AttentionInputs(query, key, spec.scaling, masks[spec.causal])
+            features.attention_inputs[layer] = inputs
+            if layer in request.attentions:
+                probs[layer] = inputs.probs
+            if layer in request.attention_scores:
+                scores[layer] = inputs.scores
         if layer in request.qkv:
             features.queries[layer] = query
             features.keys[layer] = key
             features.values[layer] = attn.split_heads(recorded[f"value:{layer}"], spec.num_heads)
+    # the maps are computed when a loss reads them: one that works from attention_inputs never does
+    features.attentions = LazyMaps(probs)
+    features.attention_scores = LazyMaps(scores)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.attention import map_blocks
+from kdistill.attention import AttentionInputs, map_blocks, projected_maps_mse
 
 __all__ = [
     "soft_kd",
@@ -42,6 +42,7 @@ __all__ = [
     "align_heads",
     "attention_mse",
     "attention_kl",
+    "attention_mse_from_inputs",
     "relation_log_probs",
     "relation_kl",
     "HEAD_MODES",
@@ -552,6 +553,57 @@ def attention_mse(
 def _safe_log(probs: Tensor) -> Tensor:
     # clamped so that zero probabilities (padded keys) give finite logs and 0 · log = 0
     return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def attention_mse_from_inputs(
+    student: AttentionInputs,
+    teacher_maps: Tensor,
+    mask: Tensor | None = None,
+    heads: str = "auto",
+    on: str = "probs",
+) -> Tensor:
+    """:func:`attention_mse` of the student's maps, computed from its attention inputs block by
+    block, so that the student's ``(B, heads, L, L)`` maps are never held (the backward pass
+    recomputes each block from the query and key).
+
+    Args:
+        student: the student layer's :class:`~kdistill.attention.AttentionInputs` (query and key
+            ``(B, Hs, L, d)``, scaling, additive mask), as :func:`~kdistill.capture.capture` keeps them.
+        teacher_maps: ``(B, Ht, L, L)`` probabilities (``on="probs"``) or scores (``on="scores"``).
+        mask: optional ``(B, L)``, 1 for real tokens and 0 for padding.
+        heads: how head counts are matched, see :func:`align_heads`.
+        on: ``"probs"`` or ``"scores"``.
+
+    Returns:
+        A float32 scalar, equal to ``attention_mse(student.probs(), teacher_maps, mask, heads)``
+        (or ``student.scores()`` for ``on="scores"``).
+    """
+    if on not in ("probs", "scores"):
+        raise ValueError(f"on must be 'probs' or 'scores', got {on!r}")
+    if heads not in HEAD_MODES:
+        raise ValueError(f"heads must be one of {', '.join(HEAD_MODES)}, got {heads!r}")
+    query = student.query
+    if query.dim() != 4 or student.key.shape != query.shape:
+        raise ValueError(f"the student's query and key must both have shape (B, heads, L, d), got {tuple(query.shape)} and {tuple(student.key.shape)}")
+    batch, student_heads, length, _ = query.shape
+    _check_maps(teacher_maps, teacher_maps, "attention maps")
+    if teacher_maps.shape[0] != batch or teacher_maps.shape[-1] != length:
+        raise ValueError(
+            f"the teacher's maps {tuple(teacher_maps.shape)} do not match the student's batch {batch} and length {length}"
+        )
+    same = student_heads == teacher_maps.shape[1]
+    mode = ("per_head" if same else "average_teacher") if heads == "auto" else heads
+    if mode == "per_head" and not same:
+        raise ValueError(
+            f"heads='per_head' needs equal head counts, got {student_heads} student and {teacher_maps.shape[1]} "
+            "teacher heads; use heads='average_teacher' or 'average_both'"
+        )
+    teacher = teacher_maps if mode == "per_head" else teacher_maps.detach().float().mean(dim=1, keepdim=True)
+    pair, _ = _pair_weights(teacher_maps, mask)
+    squared = projected_maps_mse(student, teacher, pair, softmax=on == "probs", average_heads=mode == "average_both")
+    compared_heads = 1 if mode == "average_both" else student_heads
+    pairs = pair.sum() if pair is not None else torch.tensor(float(batch * length * length), device=query.device)
+    return squared / (compared_heads * pairs).clamp_min(1.0)
 
 
 def _kl_rows(

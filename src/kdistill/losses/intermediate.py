@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.attention import model_dims
-from kdistill.capture import CaptureRequest, Features
+from kdistill.capture import CaptureRequest, Features, LazyMaps
 from kdistill.losses import functional as LF
 from kdistill.losses.terms import Term
 from kdistill.mapping import LayerKey, LayerMap, check_layer_map, num_layers, resolve_layer_map, validate_layer_map
@@ -300,16 +300,27 @@ class AttentionMSE(Term):
         return maps[layer]
 
     def compare(self, student_maps: Tensor, teacher_maps: Tensor, mask: Tensor | None) -> Tensor:
-        """The loss of one layer pair."""
+        """The loss of one layer pair, from the two maps."""
         return LF.attention_mse(student_maps, teacher_maps, mask, self.heads)
+
+    def pair_loss(self, student: Features, teacher: Features, student_layer: int, teacher_layer: int, mask: Tensor | None) -> Tensor:
+        """The loss of one layer pair from the two sides' features.
+
+        Where the student's maps were recomputed and nobody has read them yet, the loss works
+        from the student's attention inputs block by block and never holds its maps.
+        """
+        teacher_maps = self._maps(teacher, teacher_layer, "teacher")
+        student_maps = getattr(student, self._field)
+        inputs = student.attention_inputs.get(student_layer)
+        if inputs is not None and isinstance(student_maps, LazyMaps) and not student_maps.is_computed(student_layer):
+            return LF.attention_mse_from_inputs(inputs, teacher_maps, mask, self.heads, self.on)
+        return self.compare(self._maps(student, student_layer, "student"), teacher_maps, mask)
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
         mask = _mask(student, teacher)
         total: Tensor | None = None
         for student_layer, teacher_layer in self.layer_map.items():
-            loss = self.compare(
-                self._maps(student, student_layer, "student"), self._maps(teacher, teacher_layer, "teacher"), mask
-            )
+            loss = self.pair_loss(student, teacher, student_layer, teacher_layer, mask)
             total = loss if total is None else total + loss
         assert total is not None
         return total / len(self.layer_map)
@@ -331,6 +342,11 @@ class AttentionKL(AttentionMSE):
 
     def compare(self, student_maps: Tensor, teacher_maps: Tensor, mask: Tensor | None) -> Tensor:
         return LF.attention_kl(student_maps, teacher_maps, mask, self.heads)
+
+    def pair_loss(self, student: Features, teacher: Features, student_layer: int, teacher_layer: int, mask: Tensor | None) -> Tensor:
+        return self.compare(
+            self._maps(student, student_layer, "student"), self._maps(teacher, teacher_layer, "teacher"), mask
+        )
 
     def extra_repr(self) -> str:
         return f"layer_map={self.layer_map}, heads={self.heads!r}"
