@@ -201,9 +201,20 @@ class HiddenMSE(Term):
         assert total is not None
         return total / len(self.layer_map)
 
+    def _projection_summary(self) -> str:
+        layers = [self.projection] if self.projection is not None else list(self.projections.values())
+        shapes = sorted({(layer.in_features, layer.out_features) for layer in layers})  # type: ignore[union-attr]
+        if not shapes:
+            return ""
+        shared = "shared " if self.shared_projection else ""
+        return f", {shared}projection{'s' if len(layers) > 1 else ''} " + ", ".join(f"{a}->{b}" for a, b in shapes)
+
     def extra_repr(self) -> str:
-        shared = ", shared_projection=True" if self.shared_projection else ""
-        return f"layer_map={self.layer_map}{shared}"
+        return f"layer_map={self.layer_map}{self._projection_summary()}"
+
+    def __repr__(self) -> str:
+        # one line: the projections are summarised rather than listed as submodules
+        return f"{type(self).__name__}({self.extra_repr()})"
 
 
 class HiddenCosine(HiddenMSE):
@@ -236,7 +247,7 @@ class EmbeddingMSE(HiddenMSE):
         )
 
     def extra_repr(self) -> str:
-        return ""
+        return self._projection_summary().removeprefix(", ")
 
 
 ATTENTION_INPUTS = ("probs", "scores")
