@@ -176,3 +176,18 @@ def test_a_module_that_never_runs_is_reported():
 
     with pytest.raises(ValueError, match="did not run"):
         capture(Skips(), torch.randn(1, 1, 4, 4), CaptureRequest(modules={"stages.1"}))
+
+
+def test_reentrant_gradient_checkpointing_is_refused_not_silently_untrained():
+    model = tiny_bert(seed=1).train()
+    inputs = _inputs()
+    request = CaptureRequest(attentions={1}, modules={"bert.encoder.layer.0.output"})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="use_reentrant': False"):
+        capture(model, inputs, request)
+    with torch.no_grad():  # the teacher side: nothing to train, nothing to refuse
+        capture(model, inputs, request)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    features = capture(model, inputs, request)
+    features.attentions[1].sum().backward()
+    assert model.bert.encoder.layer[0].attention.self.query.weight.grad is not None

@@ -351,3 +351,21 @@ def test_trainer_checkpoints_and_resumes_projections_and_exports_the_student_onl
     export = tmp_path / "export"
     resumed.save_model(str(export))
     assert not any("projection" in key for key in load_file(str(export / "model.safetensors")))
+
+
+def test_losses_are_float32_after_a_bf16_forward_pass(models):
+    student, teacher = models
+    objective = Objective(_terms(student, teacher))
+    batch = text_batch(batch_size=4, length=10, seed=3)
+    batch.pop("labels")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            teacher_side = capture(teacher, batch, objective.request("teacher"))
+        student_side = capture(student, batch, objective.request("student"))
+    assert student_side.attention_inputs[1].query.dtype == torch.bfloat16  # the projections ran in bf16
+    result = objective(student_side, teacher_side)
+    reference = _loss_parts(objective, student, teacher, batch)
+    for name, value in result.parts.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+        assert_close(value, reference[name], rtol=0.1, atol=1e-3, msg=name)
+    assert result.total.dtype == torch.float32

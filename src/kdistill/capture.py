@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from kdistill import attention as attn
@@ -344,6 +345,30 @@ def _hooked(targets: Mapping[str, tuple[nn.Module, str]]) -> Iterator[dict[str, 
 # ---------------------------------------------------------------------------
 
 
+def _check_differentiable(targets: Mapping[str, tuple[nn.Module, str]], recorded: Mapping[str, Any]) -> None:
+    """Refuse hooked outputs of trainable modules that carry no gradient.
+
+    Reentrant gradient checkpointing runs the checkpointed layers without autograd and recomputes
+    them in the backward pass, so what a hook saw there cannot train the model: a loss on it
+    would silently teach nothing.
+    """
+    for key, (target, description) in targets.items():
+        value = recorded.get(key)
+        tensor = value if isinstance(value, Tensor) else None
+        if tensor is None and value is not None:
+            try:
+                tensor = _first_tensor(value, description)
+            except TypeError:
+                continue
+        trainable = any(p.requires_grad for p in target.parameters())
+        if tensor is not None and trainable and tensor.is_floating_point() and not tensor.requires_grad:
+            raise ValueError(
+                f"{description} ran without autograd although it has trainable weights, so a loss on it could "
+                "not train the model; this happens under reentrant gradient checkpointing: use "
+                "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
+            )
+
+
 def _is_hf(module: nn.Module) -> bool:
     return attn.model_type_of(module) is not None
 
@@ -417,6 +442,8 @@ def capture(model: nn.Module, inputs: Any, request: CaptureRequest | None = None
 
     with _hooked(targets) as recorded:
         output = call_model(model, inputs, **call_kwargs)
+    if torch.is_grad_enabled():
+        _check_differentiable(targets, recorded)
 
     features = Features(logits=_find_logits(output), attention_mask=attention_mask, output=output)
     if request.logits and features.logits is None:
