@@ -295,6 +295,9 @@ def test_attention_distillation_loss_works_as_the_seed_with_fixes():
     masked = attention_distillation_loss(teacher_attentions, student_attentions, mapping, mask=mask)
     expected = sum(LF.attention_mse(student_attentions[s], teacher_attentions[t], mask) for s, t in mapping.items()) / 2
     assert_close(masked, expected)
+    same_heads = tuple(_maps(heads=4, seed=20 + i) for i in range(2))
+    assert_close(attention_distillation_loss(same_heads, student_attentions, {0: 0, 1: 1}),
+                 (F.mse_loss(student_attentions[0], same_heads[0]) + F.mse_loss(student_attentions[1], same_heads[1])) / 2)
     both = attention_distillation_loss(teacher_attentions, student_attentions, {0: 0}, heads="average_both")
     assert_close(both, F.mse_loss(student_attentions[0].mean(1), teacher_attentions[0].mean(1)))
     with pytest.raises(ValueError, match="non-empty"):

@@ -129,7 +129,7 @@ def attention_distillation_loss(
     student_attentions: Sequence[Tensor] | Mapping[int, Tensor],
     mapping: Mapping[int, int],
     mask: Tensor | None = None,
-    heads: str = "average_teacher",
+    heads: str = "auto",
 ) -> Tensor:
     """The seed's attention loss: MSE between mapped attention maps, averaged over the pairs.
 
@@ -139,17 +139,18 @@ def attention_distillation_loss(
 
     Fixed from the seed: padded queries and keys are left out when a ``mask`` is given; different
     head counts are handled by averaging the teacher's heads (the seed's way, the default) or by
-    comparing head-averaged maps (``heads="average_both"``); the result is float32; a bad index
-    or an empty mapping is a clear error.
+    comparing head-averaged maps (``heads="average_both"``) — the seed expanded the averaged
+    teacher map over the student's heads, which gives the same loss without the copy; the result
+    is float32; a bad index or an empty mapping is a clear error.
 
     Args:
         teacher_attentions: per layer, ``(B, Ht, L, L)``.
         student_attentions: per layer, ``(B, Hs, L, L)``.
         mapping: ``{student_layer: teacher_layer}``, non-empty.
         mask: optional ``(B, L)``, 1 for real tokens and 0 for padding.
-        heads: ``"average_teacher"``, ``"average_both"``, ``"per_head"`` or ``"auto"``
-            (see :func:`~kdistill.losses.functional.align_heads`); with equal head counts,
-            ``"auto"`` compares head by head.
+        heads: ``"auto"`` (the seed's way: head by head when the counts agree, else against the
+            teacher's head average), ``"average_teacher"``, ``"average_both"`` or ``"per_head"``
+            (see :func:`~kdistill.losses.functional.align_heads`).
 
     Returns:
         A float32 scalar.
