@@ -217,9 +217,12 @@ def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, stu
         assert_close(got, expected)
 
 
-def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_the_students():
+def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_large_student_maps(monkeypatch):
+    import kdistill.attention as attention
     from kdistill.capture import LazyMaps
     from kdistill.losses import AttentionKL, AttentionMSE
+
+    monkeypatch.setattr(attention, "HOLD_MAPS_UP_TO_BYTES", 1024)  # these tiny maps count as large
 
     teacher, student = build("bert", num_layers=4, hidden=48, seed=1), build("bert", num_layers=2, seed=2)
     inputs = _inputs("bert")
@@ -235,3 +238,15 @@ def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_the_students():
     assert student_side.attentions.is_computed(1) and student_side.attentions[1] is maps
     assert_close(term(student_side, teacher_side), loss)  # the same loss from the computed maps
     assert AttentionKL({1: 2})(student_side, teacher_side) > 0
+
+
+def test_small_student_maps_are_held_rather_than_recomputed():
+    from kdistill.losses import AttentionMSE
+
+    teacher, student = build("bert", num_layers=4, hidden=48, seed=1), build("bert", num_layers=2, seed=2)
+    inputs = _inputs("bert")
+    term = AttentionMSE({2: 4})
+    student_side = capture(student, inputs, term.request("student"))
+    assert not student_side.attention_inputs[2].worth_recomputing
+    term(student_side, capture(teacher, inputs, term.request("teacher")))
+    assert student_side.attentions.is_computed(2)

@@ -399,9 +399,16 @@ def attention_scores(query: Tensor, key: Tensor, scaling: float) -> Tensor:
         return torch.matmul(query.float() * scaling, key.float().transpose(-1, -2))
 
 
-#: bytes of one block of attention maps processed at a time: small enough to stay in cache and
-#: to be served by the allocator's free lists instead of fresh (page-faulting) memory
-BLOCK_BYTES = 16 * 2**20
+#: bytes of one block of attention maps processed at a time. Blocks stay under the C allocator's
+#: largest reuse threshold (32 MiB for glibc), so their buffers come from its free lists instead
+#: of fresh page-faulting memory, and are large enough to keep the number of kernels small.
+BLOCK_BYTES = 24 * 2**20
+
+
+#: a loss works from the student's queries and keys without holding its attention maps (and
+#: recomputes them block by block in the backward pass) when one layer's maps would take more
+#: than this; smaller maps are cheaper to keep than to recompute
+HOLD_MAPS_UP_TO_BYTES = 32 * 2**20
 
 
 def map_blocks(num_maps: int, map_elements: int, element_size: int = 4) -> list[slice]:
@@ -410,19 +417,17 @@ def map_blocks(num_maps: int, map_elements: int, element_size: int = 4) -> list[
     return [slice(start, min(start + per_block, num_maps)) for start in range(0, num_maps, per_block)]
 
 
-def _softmax_(logits: Tensor) -> Tensor:
-    """Softmax over the last dimension, in place."""
-    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(dim=-1, keepdim=True))
+def _softmax_backward(grad: Tensor, probs: Tensor) -> Tensor:
+    """Gradient of the logits of a softmax over the last dimension: ``P ⊙ (G − Σ_k G ⊙ P)``."""
+    return torch._softmax_backward_data(grad, probs, -1, probs.dtype)
 
 
 class _AttentionProbs(torch.autograd.Function):
     """``softmax(Q Kᵀ · scaling + mask)`` for ``(B·h, L, d)`` queries and keys.
 
-    The (B·h, L, L) maps dominate the cost. They are written block by block into one output
-    buffer, each block turned into probabilities while it is still in cache, and the backward
-    pass works block by block too, so no map-sized temporary is ever allocated. Saves the query,
-    key and probabilities (which the loss holds anyway).
+    The (B·h, L, L) maps dominate the cost. They are computed block by block into one output
+    buffer, and the backward pass works block by block too, so no map-sized temporary is ever
+    allocated. Saves the query, key and probabilities (which the loss holds anyway).
     """
 
     @staticmethod
@@ -430,12 +435,12 @@ class _AttentionProbs(torch.autograd.Function):
         maps, length, _ = query.shape
         probs = query.new_empty(maps, length, key.shape[1])
         for block in map_blocks(maps, length * key.shape[1]):
-            out = probs[block]
-            torch.bmm(query[block], key[block].transpose(1, 2), out=out)
-            out.mul_(scaling)
-            if mask is not None:
-                out.add_(mask[block])
-            _softmax_(out)
+            key_t = key[block].transpose(1, 2)
+            if mask is None:
+                logits = torch.bmm(query[block], key_t).mul_(scaling)
+            else:
+                logits = torch.baddbmm(mask[block], query[block], key_t, alpha=scaling)
+            probs[block] = logits.softmax(dim=-1)
         ctx.save_for_backward(query, key, probs)
         ctx.scaling = scaling
         return probs
@@ -446,10 +451,7 @@ class _AttentionProbs(torch.autograd.Function):
         grad_query = torch.empty_like(query) if ctx.needs_input_grad[0] else None
         grad_key = torch.empty_like(key) if ctx.needs_input_grad[1] else None
         for block in map_blocks(probs.shape[0], probs.shape[1] * probs.shape[2]):
-            p = probs[block]
-            # softmax backward: dS = P ⊙ (G − Σ_k G ⊙ P)
-            grad_logits = grad_probs[block] * p
-            grad_logits.addcmul_(p, grad_logits.sum(dim=-1, keepdim=True), value=-1.0)
+            grad_logits = _softmax_backward(grad_probs[block], probs[block])
             if grad_query is not None:
                 torch.bmm(grad_logits, key[block], out=grad_query[block])
             if grad_key is not None:
@@ -520,17 +522,29 @@ class AttentionInputs:
         """The pre-softmax scores ``Q Kᵀ · scaling`` ``(B, heads, L, L)``, without the mask, in float32."""
         return attention_scores(self.query, self.key, self.scaling)
 
+    @property
+    def map_bytes(self) -> int:
+        """The size of this layer's float32 maps ``(B, heads, L, L)``, in bytes."""
+        batch, heads, length, _ = self.query.shape
+        return 4 * batch * heads * length * self.key.shape[2]
+
+    @property
+    def worth_recomputing(self) -> bool:
+        """Whether the maps are large enough that a loss should recompute them rather than hold them."""
+        return self.map_bytes > HOLD_MAPS_UP_TO_BYTES
+
 
 def _block_maps(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None, softmax: bool) -> Tensor:
     """Scores (or probabilities) of a block ``(n, h, L, d)`` of queries and keys, as ``(n, h, L, L)``."""
     blocks, heads, length, dim = query.shape
-    maps = torch.bmm(query.reshape(blocks * heads, length, dim), key.reshape(blocks * heads, length, dim).transpose(1, 2))
-    maps = maps.view(blocks, heads, length, length).mul_(scaling)
-    if softmax:
-        if mask is not None:
-            maps.add_(mask)
-        _softmax_(maps)
-    return maps
+    query, key_t = query.reshape(blocks * heads, length, dim), key.reshape(blocks * heads, length, dim).transpose(1, 2)
+    if softmax and mask is not None:
+        maps = torch.baddbmm(mask.expand(blocks, heads, *mask.shape[2:]).reshape(blocks * heads, *mask.shape[2:]),
+                             query, key_t, alpha=scaling)
+    else:
+        maps = torch.bmm(query, key_t).mul_(scaling)
+    maps = maps.view(blocks, heads, length, length)
+    return maps.softmax(dim=-1) if softmax else maps
 
 
 class _ProjectedMapsMSE(torch.autograd.Function):
@@ -565,17 +579,17 @@ class _ProjectedMapsMSE(torch.autograd.Function):
         batch, heads, length, dim = query.shape
         grad_query, grad_key = torch.empty_like(query), torch.empty_like(key)
         scale = 2.0 * grad_total / (heads if average_heads else 1)
+        # the pair weights and the factor of the gradient in one small (B, 1, L, L) tensor
+        weights = scale if pair is None else pair * scale
         for block in map_blocks(batch, heads * length * length):
             maps = _block_maps(query[block], key[block], scaling, _rows(additive, block), softmax)
             compared = maps.mean(dim=1, keepdim=True) if average_heads else maps
-            grad = compared - teacher[block]
-            if pair is not None:
-                grad.mul_(pair[block])
-            grad = grad.mul_(scale).expand_as(maps)
-            if softmax:  # through the softmax: dS = P ⊙ (G − Σ_k G ⊙ P)
-                grad = grad * maps
-                grad.addcmul_(maps, grad.sum(dim=-1, keepdim=True), value=-1.0)
-            grad = grad.contiguous().view(-1, length, length)
+            grad = torch.sub(compared, teacher[block]).mul_(weights if pair is None else weights[block])
+            if average_heads:
+                grad = grad.expand_as(maps).contiguous()
+            if softmax:
+                grad = _softmax_backward(grad, maps)
+            grad = grad.view(-1, length, length)
             count = grad.shape[0]
             torch.bmm(grad, key[block].reshape(count, length, dim), out=grad_query[block].view(count, length, dim))
             torch.bmm(grad.transpose(1, 2), query[block].reshape(count, length, dim), out=grad_key[block].view(count, length, dim))

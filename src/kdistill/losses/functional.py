@@ -513,12 +513,12 @@ class _MaskedSquaredSum(torch.autograd.Function):
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None, None]:
         student, teacher, weights = ctx.saved_tensors  # type: ignore[attr-defined]
         grad_student = torch.empty_like(student)
+        # m² = m for a 0/1 mask: the mask and the factor of the gradient in one small tensor
+        factor = 2.0 * grad if weights is None else weights * (2.0 * grad)
         for block in _map_blocks(student):
             out = grad_student[block]
             torch.sub(student[block], teacher[block], out=out)
-            if weights is not None:
-                out.mul_(weights[block])  # m² = m for a 0/1 mask
-            out.mul_(2.0 * grad)
+            out.mul_(factor if weights is None else factor[block])
         return grad_student, None, None
 
 

@@ -317,13 +317,14 @@ class AttentionMSE(Term):
     def pair_loss(self, student: Features, teacher: Features, student_layer: int, teacher_layer: int, mask: Tensor | None) -> Tensor:
         """The loss of one layer pair from the two sides' features.
 
-        Where the student's maps were recomputed and nobody has read them yet, the loss works
-        from the student's attention inputs block by block and never holds its maps.
+        Where the student's maps were recomputed, are large and nobody has read them yet, the loss
+        works from the student's attention inputs block by block and never holds its maps.
         """
         teacher_maps = self._maps(teacher, teacher_layer, "teacher")
         student_maps = getattr(student, self._field)
         inputs = student.attention_inputs.get(student_layer)
-        if inputs is not None and isinstance(student_maps, LazyMaps) and not student_maps.is_computed(student_layer):
+        lazy = isinstance(student_maps, LazyMaps) and not student_maps.is_computed(student_layer)
+        if inputs is not None and lazy and inputs.worth_recomputing:
             return LF.attention_mse_from_inputs(inputs, teacher_maps, mask, self.heads, self.on)
         return self.compare(self._maps(student, student_layer, "student"), teacher_maps, mask)
 
