@@ -306,3 +306,12 @@ def test_trainer_with_a_cache_equals_the_online_trainer(tmp_path):
     online, cached = run(False), run(True)
     for name in online:
         assert_close(cached[name], online[name], rtol=1e-4, atol=1e-5)
+
+
+def test_indexed_dataset_exposes_the_wrapped_dataset_attributes():
+    class WithLengths(list):
+        lengths = [3, 1, 2]
+
+    indexed = with_example_index(WithLengths([{"x": 1}, {"x": 2}, {"x": 3}]))
+    assert indexed.lengths == [3, 1, 2]
+    assert indexed[1] == {"x": 2, "kd_index": 1}

@@ -127,6 +127,12 @@ class _IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getattr__(self, name: str) -> Any:
+        # samplers read attributes of the dataset they wrap (e.g. ``lengths`` for length grouping)
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
     def __getitem__(self, index: int) -> Any:
         example = self.dataset[index]
         if isinstance(example, Mapping):
