@@ -420,6 +420,12 @@ class TrainingConfig(_Section):
     log_every: int = Field(10, ge=1)
     group_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _bare_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false
+        return "no" if value is False else value
+
 
 class OutputConfig(_Section):
     """Where the run folder goes."""
