@@ -276,3 +276,31 @@ def test_the_installed_command_prints_one_line_without_a_traceback(tmp_path: Pat
     assert result.returncode == 2
     assert result.stderr.strip() == ("kdistill distill: error: training.epochs: Input should be greater than or "
                                      "equal to 1, got 0")
+
+
+@pytest.mark.parametrize(("preset", "stages"), [("tinybert", ["intermediate", "prediction"]),
+                                                ("minilm", ["relations", "prediction"])])
+def test_two_stage_presets_run_end_to_end(workspace: Path, tmp_path: Path, preset: str, stages: list[str],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / preset
+    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", f"objective.preset={preset}",
+                            "objective.temperature=null", "objective.alpha=null", "student.from_teacher.hidden_size=16",
+                            "student.from_teacher.num_heads=2", "training.max_steps=2", "training.epochs=1",
+                            f"output.dir={folder}"], capsys)
+    assert code == 0, err
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert [stage["name"] for stage in metrics["training"]["stages"]] == stages
+    assert all(stage["steps"] == 2 for stage in metrics["training"]["stages"])
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == [f"{s}-001" for s in sorted(stages)]
+    # the first stage's projections are checkpointed with it, never saved into the student
+    first = folder / "checkpoints" / f"{stages[0]}-001"
+    if preset == "tinybert":
+        assert (first / "objective.safetensors").is_file()
+    assert not any("proj" in name for name in _weight_names(folder / "student" / "model.safetensors"))
+
+
+def _weight_names(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())

@@ -190,3 +190,33 @@ def test_make_loader_gives_padded_dict_batches(tmp_path: Path) -> None:
     assert sorted(seen) == [1, 2]
     first = next(iter(make_loader(dataset, 3, PaddingCollator())))
     assert first["input_ids"].shape == (3, 4)
+
+
+def test_a_hub_data_set_is_read_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path: str, name: str | None = None, revision: str | None = None) -> datasets.DatasetDict:
+        calls.append((path, name, revision))
+        rows = sentences(30, seed=4)
+        split = datasets.Dataset.from_dict({"sentence": [t for t, _ in rows], "label": [y for _, y in rows]})
+        return datasets.DatasetDict({"train": split, "validation": split.select(range(6))})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    config = DataConfig(hub={"id": "glue", "name": "sst2"}, text_column="sentence")
+    splits = load_splits(config)
+    assert calls == [("glue", "sst2", None)]
+    assert {k: len(v) for k, v in splits.items()} == {"train": 30, "validation": 6}
+    assert splits["train"].source == "glue[train]" and splits["train"].labels[:3] == [y for _, y in sentences(3, seed=4)]
+
+
+def test_an_unreachable_hub_data_set_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach 'nobody/nothing' on the Hub (LocalEntryNotFoundError)\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"^cannot load hub data set 'nobody/nothing': Couldn't reach .*\)$"):
+        load_splits(DataConfig(hub={"id": "nobody/nothing"}))
