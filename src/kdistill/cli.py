@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill = commands.add_parser("distill", help="distil a teacher into a student from a YAML config",
                                   description=DISTILL_HELP, epilog=DISTILL_EXAMPLES, formatter_class=_FORMATTER)
     distill.add_argument("config", metavar="CONFIG.yaml", help="the run's YAML config")
-    distill.add_argument("overrides", nargs="*", metavar="key.sub=value",
+    distill.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value",
                          help="override a config value (read as YAML), e.g. training.epochs=2")
     distill.add_argument("--check", action="store_true",
                          help="validate the config, load the data and the models, and stop before training")
