@@ -250,6 +250,22 @@ def build_stages(config: RunConfig, student: nn.Module, teacher: nn.Module) -> l
 # ---------------------------------------------------------------------------
 
 
+def _copy_map(spec: str | Mapping[int, int] | None, student_layers: int, teacher: nn.Module) -> dict[int, int] | None:
+    """The teacher layers a student copies: an explicit map, or a named one sized to the two depths."""
+    if spec is None or isinstance(spec, Mapping):
+        return dict(spec) if spec is not None else None
+    from kdistill.attention import model_dims
+    from kdistill.mapping import every_kth_map, last_k_map, uniform_map
+
+    teacher_layers = model_dims(teacher).num_layers
+    kind, _, number = spec.partition("-")
+    if kind == "every":
+        return every_kth_map(student_layers, teacher_layers, int(number))
+    if kind == "last":
+        return last_k_map(student_layers, teacher_layers, int(number))
+    return uniform_map(student_layers, teacher_layers)
+
+
 def _build_student(config: RunConfig, teacher: nn.Module, num_labels: int, id2label: dict[int, str]) -> tuple[nn.Module, str]:
     spec = config.student
     if spec.from_teacher is not None:
@@ -257,13 +273,14 @@ def _build_student(config: RunConfig, teacher: nn.Module, num_labels: int, id2la
 
         options = spec.from_teacher
         try:
+            layer_map = _copy_map(options.layer_map, options.num_layers, teacher)
             student, report = make_student(
                 teacher,
                 num_layers=options.num_layers,
                 hidden_size=options.hidden_size,
                 num_heads=options.num_heads,
                 intermediate_size=options.intermediate_size,
-                layer_map=options.layer_map if isinstance(options.layer_map, Mapping) else None,
+                layer_map=layer_map,
                 init=options.init,
                 seed=options.seed if options.seed is not None else config.training.seed,
             )
