@@ -28,9 +28,11 @@ embeddings, i the output of layer i), each with a learned linear projection W (s
   ``MSELoss`` terms of weight 1/2 compare the outputs of a small auxiliary model wrapper,
   registered through torchdistill's own registry, that holds the projections.
 
-Dropout is 0 in both models, so the three runs compute the same numbers and their losses can
-be compared step by step; every sequence is full length (no padding), where the three tools'
-hidden-state losses agree (torchdistill's plain ``MSELoss`` would count padded positions).
+Both models are BERT, built from a config; the teacher's classifier is re-drawn with std 1 so
+that its soft labels carry signal at T = 4, as a trained teacher's do. Dropout is 0 in both
+models, so the three runs compute the same numbers and their losses can be compared step by
+step. Every sequence is full length (no padding), where the three tools' hidden-state losses
+agree (torchdistill's plain ``MSELoss`` would count padded positions).
 
 The contenders share one process (imports and models are built once; every run starts from
 fresh copies of the same initial weights; so no per-tool memory is reported) and run in rounds
@@ -103,7 +105,13 @@ def build_model(kind: str) -> BertForSequenceClassification:
         # no dropout: the three tools then compute the same numbers and their losses can be compared
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
-    return BertForSequenceClassification(config)
+    model = BertForSequenceClassification(config)
+    if kind == "teacher":
+        # a confident teacher, as a trained one is: at its random init the classifier gives
+        # near-uniform soft labels at T = 4, where the KD term would be ~0 and check nothing
+        with torch.no_grad():
+            model.classifier.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(3))
+    return model
 
 
 def build_dataset(num_batches: int) -> list[Batch]:
