@@ -182,12 +182,15 @@ def test_reentrant_gradient_checkpointing_is_refused_not_silently_untrained():
     model = tiny_bert(seed=1).train()
     inputs = _inputs()
     request = CaptureRequest(attentions={1}, modules={"bert.encoder.layer.0.output"})
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    checkpointing = getattr(model, "activation_checkpointing_enable", None) or (
+        lambda kwargs: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    )
+    checkpointing({"use_reentrant": True})
     with pytest.raises(ValueError, match="use_reentrant': False"):
         capture(model, inputs, request)
     with torch.no_grad():  # the teacher side: nothing to train, nothing to refuse
         capture(model, inputs, request)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing({"use_reentrant": False})
     features = capture(model, inputs, request)
     features.attentions[1].sum().backward()
     assert model.bert.encoder.layer[0].attention.self.query.weight.grad is not None

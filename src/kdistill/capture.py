@@ -364,8 +364,9 @@ def _check_differentiable(targets: Mapping[str, tuple[nn.Module, str]], recorded
         if tensor is not None and trainable and tensor.is_floating_point() and not tensor.requires_grad:
             raise ValueError(
                 f"{description} ran without autograd although it has trainable weights, so a loss on it could "
-                "not train the model; this happens under reentrant gradient checkpointing: use "
-                "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
+                "not train the model; this happens under reentrant gradient checkpointing: turn it on with "
+                "{'use_reentrant': False}, e.g. model.activation_checkpointing_enable({'use_reentrant': False}) "
+                "(before Transformers 5: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=...))"
             )
 
 
