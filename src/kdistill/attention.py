@@ -34,6 +34,7 @@ __all__ = [
     "base_model",
     "layer_attention",
     "layer_stack",
+    "map_blocks",
     "model_dims",
     "model_type_of",
     "projected_maps_mse",
