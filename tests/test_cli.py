@@ -304,3 +304,23 @@ def _weight_names(path: Path) -> list[str]:
 
     with safe_open(str(path), framework="pt") as handle:
         return list(handle.keys())
+
+
+def test_eval_and_inspect_refuse_bad_inputs_in_one_line(finished_run: tuple[Path, str], workspace: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = finished_run
+    cases = [
+        (["eval", str(workspace / "no-run")], "no such run or model folder"),
+        (["eval", str(folder), "--data", str(workspace / "train.csv"), "--label-column", "gold"],
+         "has no column 'gold' (data.label_column)"),
+        (["eval", str(folder / "student")], "give the labelled data to evaluate on: --data FILE"),
+        (["eval", str(folder), "--data", str(workspace / "latin.csv"), "--encoding", "latin-9x"], "encoding"),
+        (["inspect", "./no/such/teacher"], "teacher './no/such/teacher': no such folder"),
+        (["inspect", str(workspace / "teacher"), "--num-layers", "9"], "cannot propose a student: cannot copy 9"),
+    ]
+    before = snapshot(folder)
+    for args, expected in cases:
+        code, _, err = run_cli([*args, *(["--no-progress"] if args[0] == "eval" else [])], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, err)
+    assert snapshot(folder) == before
