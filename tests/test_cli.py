@@ -324,3 +324,14 @@ def test_eval_and_inspect_refuse_bad_inputs_in_one_line(finished_run: tuple[Path
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (args, err)
     assert snapshot(folder) == before
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(workspace: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={blocker / 'run'}"],
+                           capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Not a directory" in lines[0] and str(blocker) in lines[0], err
+    assert blocker.read_text(encoding="utf-8") == "not a folder"

@@ -249,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdistillError as error:
         print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        # a path the user gave cannot be read or written (e.g. an output folder without write access)
+        print(f"kdistill {args.command}: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return USAGE_ERROR
     except KeyboardInterrupt:
         print(f"kdistill {args.command}: interrupted", file=sys.stderr)
         return 130
