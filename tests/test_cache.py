@@ -315,3 +315,12 @@ def test_indexed_dataset_exposes_the_wrapped_dataset_attributes():
     indexed = with_example_index(WithLengths([{"x": 1}, {"x": 2}, {"x": 3}]))
     assert indexed.lengths == [3, 1, 2]
     assert indexed[1] == {"x": 2, "kd_index": 1}
+
+
+def test_padding_collator_keeps_example_indices():
+    from kdistill.data import PaddingCollator, TokenizedDataset
+
+    dataset = with_example_index(TokenizedDataset({"input_ids": [[5, 6, 7], [8]]}, [1, 0]))
+    batch = PaddingCollator(pad_token_id=0)([dataset[0], dataset[1]])
+    assert batch["kd_index"].tolist() == [0, 1]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
