@@ -186,11 +186,19 @@ def test_block_kernels_pass_gradcheck(monkeypatch):
     pair = _padding()[:, None, :, None].double() * _padding()[:, None, None, :].double()
     student = torch.rand(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s: _MaskedSquaredSum.apply(s, teacher.mean(1, keepdim=True), pair), (student,))
+    teacher_query, teacher_key = (t.detach() for t in _qk(heads=2, seed=1))
     for softmax in (True, False):
         for average in (True, False):
             target = teacher.mean(1, keepdim=True) if average else teacher
+            options = (0.4, 1.0, softmax, average, False)
             assert torch.autograd.gradcheck(
-                lambda q, k: attention._ProjectedMapsMSE.apply(q, k, 0.4, mask, target, pair, softmax, average),
+                lambda q, k: attention._ProjectedMapsMSE.apply(q, k, mask, pair, target, None, None, None, options),
+                (query, key),
+            ), (softmax, average)
+            # the teacher given as its query and key (2 heads, averaged against the student's 4)
+            options = (0.4, 0.3, softmax, average, True)
+            assert torch.autograd.gradcheck(
+                lambda q, k: attention._ProjectedMapsMSE.apply(q, k, mask, pair, None, teacher_query, teacher_key, mask, options),
                 (query, key),
             ), (softmax, average)
 
@@ -206,15 +214,18 @@ def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, stu
     query, key = _qk(heads=student_heads, dtype=torch.float32)
     padding = _padding()
     inputs = AttentionInputs(query, key, 0.45, additive_mask(padding, 7))
-    teacher = torch.randn(3, 4, 7, 7).softmax(-1) if on == "probs" else torch.randn(3, 4, 7, 7)
-    fused = attention_mse_from_inputs(inputs, teacher, padding, heads, on)
-    fused_grads = torch.autograd.grad(fused, (query, key))
+    teacher_query, teacher_key = (t.detach() for t in _qk(heads=4, dtype=torch.float32, seed=1))
+    teacher_inputs = AttentionInputs(teacher_query, teacher_key, 0.35, additive_mask(padding, 7))
+    teacher = teacher_inputs.probs() if on == "probs" else teacher_inputs.scores()
     maps = inputs.probs() if on == "probs" else inputs.scores()
     reference = attention_mse(maps, teacher, padding, heads)
     reference_grads = torch.autograd.grad(reference, (query, key))
-    assert_close(fused, reference)
-    for got, expected in zip(fused_grads, reference_grads):
-        assert_close(got, expected)
+    for target in (teacher, teacher_inputs):  # the teacher's maps, or its query and key
+        fused = attention_mse_from_inputs(inputs, target, padding, heads, on)
+        fused_grads = torch.autograd.grad(fused, (query, key))
+        assert_close(fused, reference)
+        for got, expected in zip(fused_grads, reference_grads):
+            assert_close(got, expected)
 
 
 def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_large_student_maps(monkeypatch):
@@ -232,11 +243,12 @@ def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_large_student_ma
     assert isinstance(student_side.attentions, LazyMaps) and list(student_side.attentions) == [1, 2]
     assert not student_side.attentions.is_computed(1) and 2 in student_side.attentions
     loss = term(student_side, teacher_side)
-    assert not student_side.attentions.is_computed(1)  # the loss worked from the attention inputs
-    assert teacher_side.attentions.is_computed(2)
+    # the loss worked from the attention inputs of both sides: no map was built
+    assert not student_side.attentions.is_computed(1) and not teacher_side.attentions.is_computed(2)
     maps = student_side.attentions[1]  # reading computes and keeps the map
     assert student_side.attentions.is_computed(1) and student_side.attentions[1] is maps
     assert_close(term(student_side, teacher_side), loss)  # the same loss from the computed maps
+    assert teacher_side.attentions.is_computed(2)
     assert AttentionKL({1: 2})(student_side, teacher_side) > 0
 
 

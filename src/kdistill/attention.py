@@ -549,35 +549,59 @@ def _block_maps(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None,
     return maps.softmax(dim=-1) if softmax else maps
 
 
+class _Target:
+    """The teacher's side of :class:`_ProjectedMapsMSE`: its maps, or its query and key to compute
+    them from block by block (then never held), matched to the student's heads."""
+
+    def __init__(
+        self, maps: Tensor | None, query: Tensor | None, key: Tensor | None, scaling: float,
+        additive: Tensor | None, average: bool,
+    ) -> None:
+        self.maps, self.query, self.key, self.scaling = maps, query, key, scaling
+        self.additive, self.average = additive, average
+
+    def block(self, block: slice, softmax: bool) -> Tensor:
+        if self.maps is not None:
+            return self.maps[block]
+        assert self.query is not None and self.key is not None
+        maps = _block_maps(self.query[block], self.key[block], self.scaling, _rows(self.additive, block), softmax)
+        return maps.mean(dim=1, keepdim=True) if self.average else maps
+
+
 class _ProjectedMapsMSE(torch.autograd.Function):
     """``Σ m ⊙ (f(Q Kᵀ) − T)²`` with ``f`` the masked softmax (or the plain scaled scores), block by
-    block over the batch, never holding the student's maps: the backward pass recomputes each
-    block from ``Q`` and ``K``. Only the query and key get gradients."""
+    block over the batch, never holding the student's maps (nor the teacher's, when given as its
+    query and key): the backward pass recomputes each block. Only the student's query and key get
+    gradients."""
 
     @staticmethod
     def forward(
-        ctx: Any, query: Tensor, key: Tensor, scaling: float, additive: Tensor | None, teacher: Tensor,
-        pair: Tensor | None, softmax: bool, average_heads: bool,
+        ctx: Any, query: Tensor, key: Tensor, additive: Tensor | None, pair: Tensor | None,
+        teacher_maps: Tensor | None, teacher_query: Tensor | None, teacher_key: Tensor | None,
+        teacher_additive: Tensor | None, options: tuple[float, float, bool, bool, bool],
     ) -> Tensor:
+        scaling, teacher_scaling, softmax, average_heads, average_teacher = options
+        target = _Target(teacher_maps, teacher_query, teacher_key, teacher_scaling, teacher_additive, average_teacher)
         batch, heads, length, _ = query.shape
         total = query.new_zeros(())
         for block in map_blocks(batch, heads * length * length):
             maps = _block_maps(query[block], key[block], scaling, _rows(additive, block), softmax)
             if average_heads:
                 maps = maps.mean(dim=1, keepdim=True)
-            maps.sub_(teacher[block])
+            maps.sub_(target.block(block, softmax))
             if pair is not None:
                 maps.mul_(pair[block])
             flat = maps.reshape(-1)
             total += torch.dot(flat, flat)
-        ctx.save_for_backward(query, key, additive, teacher, pair)
-        ctx.options = (scaling, softmax, average_heads)
+        ctx.save_for_backward(query, key, additive, pair, teacher_maps, teacher_query, teacher_key, teacher_additive)
+        ctx.options = options
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
-        query, key, additive, teacher, pair = ctx.saved_tensors
-        scaling, softmax, average_heads = ctx.options
+        query, key, additive, pair, teacher_maps, teacher_query, teacher_key, teacher_additive = ctx.saved_tensors
+        scaling, teacher_scaling, softmax, average_heads, average_teacher = ctx.options
+        target = _Target(teacher_maps, teacher_query, teacher_key, teacher_scaling, teacher_additive, average_teacher)
         batch, heads, length, dim = query.shape
         grad_query, grad_key = torch.empty_like(query), torch.empty_like(key)
         scale = 2.0 * grad_total / (heads if average_heads else 1)
@@ -586,7 +610,7 @@ class _ProjectedMapsMSE(torch.autograd.Function):
         for block in map_blocks(batch, heads * length * length):
             maps = _block_maps(query[block], key[block], scaling, _rows(additive, block), softmax)
             compared = maps.mean(dim=1, keepdim=True) if average_heads else maps
-            grad = torch.sub(compared, teacher[block]).mul_(weights if pair is None else weights[block])
+            grad = torch.sub(compared, target.block(block, softmax)).mul_(weights if pair is None else weights[block])
             if average_heads:
                 grad = grad.expand_as(maps).contiguous()
             if softmax:
@@ -597,7 +621,7 @@ class _ProjectedMapsMSE(torch.autograd.Function):
             torch.bmm(grad.transpose(1, 2), query[block].reshape(count, length, dim), out=grad_key[block].view(count, length, dim))
         grad_query.mul_(scaling)
         grad_key.mul_(scaling)
-        return grad_query, grad_key, None, None, None, None, None, None
+        return grad_query, grad_key, None, None, None, None, None, None, None
 
 
 def _rows(tensor: Tensor | None, block: slice) -> Tensor | None:
@@ -608,16 +632,25 @@ def _rows(tensor: Tensor | None, block: slice) -> Tensor | None:
 
 
 def projected_maps_mse(
-    inputs: AttentionInputs, teacher_maps: Tensor, pair: Tensor | None, *, softmax: bool, average_heads: bool
+    inputs: AttentionInputs,
+    teacher: Tensor | AttentionInputs,
+    pair: Tensor | None,
+    *,
+    softmax: bool,
+    average_heads: bool,
+    average_teacher: bool = False,
 ) -> Tensor:
     """``Σ pair ⊙ (f(Q Kᵀ) − T)²`` from a student's attention inputs, without holding its maps.
 
     Args:
         inputs: the student's query and key ``(B, h, L, d)``, scaling and additive mask.
-        teacher_maps: ``(B, h or 1, L, L)``, already matched to the student's heads.
+        teacher: the teacher's maps ``(B, h or 1, L, L)``, already matched to the student's heads;
+            or the teacher's attention inputs, from which its maps are computed block by block
+            and never held.
         pair: ``(B, 1, L, L)`` 0/1 weights of the counted (query, key) pairs, or None.
         softmax: compare probabilities (True) or pre-softmax scores (False).
         average_heads: compare the student's head average instead of each head.
+        average_teacher: with teacher inputs, compare against the teacher's head average.
 
     Returns:
         The float32 sum (not the mean) of the squared differences.
@@ -625,7 +658,18 @@ def projected_maps_mse(
     with torch.autocast(inputs.query.device.type, enabled=False):
         query = inputs.query.float().contiguous()
         key = inputs.key.float().contiguous()
-        teacher = teacher_maps.detach().float()
         mask = None if inputs.mask is None or not softmax else inputs.mask
         weights = None if pair is None else pair.to(device=query.device, dtype=torch.float32)
-        return _ProjectedMapsMSE.apply(query, key, inputs.scaling, mask, teacher, weights, softmax, average_heads)
+        if isinstance(teacher, AttentionInputs):
+            teacher_maps = None
+            teacher_query = teacher.query.detach().float().contiguous()
+            teacher_key = teacher.key.detach().float().contiguous()
+            teacher_mask = None if teacher.mask is None or not softmax else teacher.mask
+            teacher_scaling = teacher.scaling
+        else:
+            teacher_maps, teacher_query, teacher_key, teacher_mask = teacher.detach().float(), None, None, None
+            teacher_scaling, average_teacher = 1.0, False
+        options = (inputs.scaling, teacher_scaling, softmax, average_heads, average_teacher)
+        return _ProjectedMapsMSE.apply(
+            query, key, mask, weights, teacher_maps, teacher_query, teacher_key, teacher_mask, options
+        )

@@ -471,14 +471,22 @@ def align_heads(student_maps: Tensor, teacher_maps: Tensor, heads: str = "auto")
 
 def _pair_weights(maps: Tensor, mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     """``(pair, rows)``: ``(B, 1, L, L)`` real-query × real-key weights and ``(B, 1, L)`` real-query weights."""
+    return _pair_weights_for(maps.shape[0], maps.shape[-1], mask, maps.device)
+
+
+def _pair_weights_for(
+    batch: int, length: int, mask: Tensor | None, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
     if mask is None:
         return None, None
     if not isinstance(mask, Tensor):
         raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    batch, length = maps.shape[0], maps.shape[-1]
     if mask.shape != (batch, length):
-        raise ValueError(f"mask must have shape ({batch}, {length}) to match maps of shape {tuple(maps.shape)}, got {tuple(mask.shape)}")
-    real = mask.to(device=maps.device, dtype=torch.float32)
+        raise ValueError(
+            f"mask must have shape ({batch}, {length}) to match attention maps of {batch} sequences of "
+            f"length {length}, got {tuple(mask.shape)}"
+        )
+    real = mask.to(device=device, dtype=torch.float32)
     return real[:, None, :, None] * real[:, None, None, :], real[:, None, :]
 
 
@@ -557,19 +565,21 @@ def _safe_log(probs: Tensor) -> Tensor:
 
 def attention_mse_from_inputs(
     student: AttentionInputs,
-    teacher_maps: Tensor,
+    teacher: Tensor | AttentionInputs,
     mask: Tensor | None = None,
     heads: str = "auto",
     on: str = "probs",
 ) -> Tensor:
     """:func:`attention_mse` of the student's maps, computed from its attention inputs block by
     block, so that the student's ``(B, heads, L, L)`` maps are never held (the backward pass
-    recomputes each block from the query and key).
+    recomputes each block from the query and key). Given as attention inputs, the teacher's
+    maps are never held either.
 
     Args:
         student: the student layer's :class:`~kdistill.attention.AttentionInputs` (query and key
             ``(B, Hs, L, d)``, scaling, additive mask), as :func:`~kdistill.capture.capture` keeps them.
-        teacher_maps: ``(B, Ht, L, L)`` probabilities (``on="probs"``) or scores (``on="scores"``).
+        teacher: the teacher's maps ``(B, Ht, L, L)``, probabilities (``on="probs"``) or scores
+            (``on="scores"``), or its attention inputs.
         mask: optional ``(B, L)``, 1 for real tokens and 0 for padding.
         heads: how head counts are matched, see :func:`align_heads`.
         on: ``"probs"`` or ``"scores"``.
@@ -586,21 +596,30 @@ def attention_mse_from_inputs(
     if query.dim() != 4 or student.key.shape != query.shape:
         raise ValueError(f"the student's query and key must both have shape (B, heads, L, d), got {tuple(query.shape)} and {tuple(student.key.shape)}")
     batch, student_heads, length, _ = query.shape
-    _check_maps(teacher_maps, teacher_maps, "attention maps")
-    if teacher_maps.shape[0] != batch or teacher_maps.shape[-1] != length:
+    if isinstance(teacher, AttentionInputs):
+        teacher_batch, teacher_heads, teacher_length, _ = teacher.query.shape
+    else:
+        _check_maps(teacher, teacher, "attention maps")
+        teacher_batch, teacher_heads, teacher_length = teacher.shape[0], teacher.shape[1], teacher.shape[-1]
+    if teacher_batch != batch or teacher_length != length:
         raise ValueError(
-            f"the teacher's maps {tuple(teacher_maps.shape)} do not match the student's batch {batch} and length {length}"
+            f"the teacher's batch {teacher_batch} and length {teacher_length} do not match the student's "
+            f"batch {batch} and length {length}"
         )
-    same = student_heads == teacher_maps.shape[1]
+    same = student_heads == teacher_heads
     mode = ("per_head" if same else "average_teacher") if heads == "auto" else heads
     if mode == "per_head" and not same:
         raise ValueError(
-            f"heads='per_head' needs equal head counts, got {student_heads} student and {teacher_maps.shape[1]} "
+            f"heads='per_head' needs equal head counts, got {student_heads} student and {teacher_heads} "
             "teacher heads; use heads='average_teacher' or 'average_both'"
         )
-    teacher = teacher_maps if mode == "per_head" else teacher_maps.detach().float().mean(dim=1, keepdim=True)
-    pair, _ = _pair_weights(teacher_maps, mask)
-    squared = projected_maps_mse(student, teacher, pair, softmax=on == "probs", average_heads=mode == "average_both")
+    if not isinstance(teacher, AttentionInputs) and mode != "per_head":
+        teacher = teacher.detach().float().mean(dim=1, keepdim=True)
+    pair, _ = _pair_weights_for(batch, length, mask, query.device)
+    squared = projected_maps_mse(
+        student, teacher, pair, softmax=on == "probs", average_heads=mode == "average_both",
+        average_teacher=mode != "per_head",
+    )
     compared_heads = 1 if mode == "average_both" else student_heads
     pairs = pair.sum() if pair is not None else torch.tensor(float(batch * length * length), device=query.device)
     return squared / (compared_heads * pairs).clamp_min(1.0)

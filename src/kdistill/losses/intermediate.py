@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from kdistill.attention import model_dims
+from kdistill.attention import AttentionInputs, model_dims
 from kdistill.capture import CaptureRequest, Features, LazyMaps
 from kdistill.losses import functional as LF
 from kdistill.losses.terms import Term
@@ -318,15 +318,23 @@ class AttentionMSE(Term):
         """The loss of one layer pair from the two sides' features.
 
         Where the student's maps were recomputed, are large and nobody has read them yet, the loss
-        works from the student's attention inputs block by block and never holds its maps.
+        works from the student's attention inputs block by block and never holds its maps; the
+        teacher's likewise.
         """
-        teacher_maps = self._maps(teacher, teacher_layer, "teacher")
-        student_maps = getattr(student, self._field)
-        inputs = student.attention_inputs.get(student_layer)
-        lazy = isinstance(student_maps, LazyMaps) and not student_maps.is_computed(student_layer)
-        if inputs is not None and lazy and inputs.worth_recomputing:
-            return LF.attention_mse_from_inputs(inputs, teacher_maps, mask, self.heads, self.on)
-        return self.compare(self._maps(student, student_layer, "student"), teacher_maps, mask)
+        student_inputs = self._unread_inputs(student, student_layer)
+        if student_inputs is None:
+            return self.compare(
+                self._maps(student, student_layer, "student"), self._maps(teacher, teacher_layer, "teacher"), mask
+            )
+        teacher_side = self._unread_inputs(teacher, teacher_layer) or self._maps(teacher, teacher_layer, "teacher")
+        return LF.attention_mse_from_inputs(student_inputs, teacher_side, mask, self.heads, self.on)
+
+    def _unread_inputs(self, features: Features, layer: int) -> AttentionInputs | None:
+        """The layer's attention inputs where its large maps were recomputed and not read yet."""
+        maps = getattr(features, self._field)
+        inputs = features.attention_inputs.get(layer)
+        lazy = isinstance(maps, LazyMaps) and layer in maps and not maps.is_computed(layer)
+        return inputs if inputs is not None and lazy and inputs.worth_recomputing else None
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
         mask = _mask(student, teacher)
