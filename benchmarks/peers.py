@@ -222,8 +222,8 @@ def run_kdistill(teacher: nn.Module, student: nn.Module, data: list[Batch], devi
     train_call_s = time.perf_counter() - start
     first = history.steps[0]
     return dict(step_seconds=clock.durations(), step_cpu_seconds=clock.cpu_durations(), train_call_s=train_call_s,
-               first_loss=first["loss"], final_loss=history.steps[-1]["loss"], steps=len(history.steps),
-               first_parts={name: first[name] for name in ("kd", "ce", "hidden")})
+                first_loss=first["loss"], final_loss=history.steps[-1]["loss"], steps=len(history.steps),
+                first_parts={name: first[name] for name in ("kd", "ce", "hidden")})
 
 
 def run_textbrewer(teacher: nn.Module, student: nn.Module, data: list[Batch], device: torch.device,
@@ -281,9 +281,9 @@ def run_textbrewer(teacher: nn.Module, student: nn.Module, data: list[Batch], de
         train_call_s = time.perf_counter() - start
     losses = [float(value) for value in records]
     return dict(step_seconds=clock.durations(), step_cpu_seconds=clock.cpu_durations(), train_call_s=train_call_s,
-               first_loss=losses[0], final_loss=losses[-1], steps=len(losses), teacher_entropy_term=offsets,
-               first_loss_minus_entropy=losses[0] - offsets["first"],
-               final_loss_minus_entropy=losses[-1] - offsets["final"], first_parts=first_parts)
+                first_loss=losses[0], final_loss=losses[-1], steps=len(losses), teacher_entropy_term=offsets,
+                first_loss_minus_entropy=losses[0] - offsets["first"],
+                final_loss_minus_entropy=losses[-1] - offsets["final"], first_parts=first_parts)
 
 
 def _layer_path(prefix: str, index: int) -> str:
@@ -394,7 +394,7 @@ def run_torchdistill(teacher: nn.Module, student: nn.Module, data: list[Batch], 
     train_call_s = time.perf_counter() - start
     box.clean_modules()  # its hooks stay on the models otherwise
     return dict(step_seconds=clock.durations(), step_cpu_seconds=clock.cpu_durations(), train_call_s=train_call_s,
-               first_loss=float(losses[0]), final_loss=float(losses[-1]), steps=len(losses))
+                first_loss=float(losses[0]), final_loss=float(losses[-1]), steps=len(losses))
 
 
 # ---------------------------------------------------------------------------
