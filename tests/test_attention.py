@@ -179,9 +179,9 @@ def test_block_kernels_pass_gradcheck(monkeypatch):
     monkeypatch.setattr(attention, "BLOCK_BYTES", 600)  # several blocks even for tiny inputs
     query, key = _qk()
     mask = additive_mask(_padding(), 7).double()
-    flat_mask = mask.expand(3, 4, 1, 7).reshape(12, 1, 7)
-    flat = lambda t: t.reshape(12, 7, 5)  # noqa: E731
-    assert torch.autograd.gradcheck(lambda q, k: attention._AttentionProbs.apply(flat(q), flat(k), 0.4, flat_mask), (query, key))
+    assert torch.autograd.gradcheck(lambda q, k: attention._AttentionProbs.apply(q, k, 0.4, mask), (query, key))
+    causal = additive_mask(_padding(), 7, causal=True).double()
+    assert torch.autograd.gradcheck(lambda q, k: attention._AttentionProbs.apply(q, k, 0.4, causal), (query, key))
     teacher = torch.rand(3, 4, 7, 7, dtype=torch.float64)
     pair = _padding()[:, None, :, None].double() * _padding()[:, None, None, :].double()
     student = torch.rand(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)

@@ -425,24 +425,19 @@ def _softmax_backward(grad: Tensor, probs: Tensor) -> Tensor:
 
 
 class _AttentionProbs(torch.autograd.Function):
-    """``softmax(Q Kᵀ · scaling + mask)`` for ``(B·h, L, d)`` queries and keys.
+    """``softmax(Q Kᵀ · scaling + mask)`` for ``(B, h, L, d)`` queries and keys.
 
-    The (B·h, L, L) maps dominate the cost. They are computed block by block into one output
-    buffer, and the backward pass works block by block too, so no map-sized temporary is ever
-    allocated. Saves the query, key and probabilities (which the loss holds anyway).
+    The (B, h, L, L) maps dominate the cost. They are computed block by block over the batch
+    into one output buffer, and the backward pass works block by block too, so no map-sized
+    temporary is ever allocated. Saves the query, key and probabilities (which the loss holds anyway).
     """
 
     @staticmethod
     def forward(ctx: Any, query: Tensor, key: Tensor, scaling: float, mask: Tensor | None) -> Tensor:
-        maps, length, _ = query.shape
-        probs = query.new_empty(maps, length, key.shape[1])
-        for block in map_blocks(maps, length * key.shape[1]):
-            key_t = key[block].transpose(1, 2)
-            if mask is None:
-                logits = torch.bmm(query[block], key_t).mul_(scaling)
-            else:
-                logits = torch.baddbmm(mask[block], query[block], key_t, alpha=scaling)
-            probs[block] = logits.softmax(dim=-1)
+        batch, heads, length, _ = query.shape
+        probs = query.new_empty(batch, heads, length, key.shape[2])
+        for block in map_blocks(batch, heads * length * key.shape[2]):
+            probs[block] = _block_maps(query[block], key[block], scaling, _rows(mask, block), softmax=True)
         ctx.save_for_backward(query, key, probs)
         ctx.scaling = scaling
         return probs
@@ -450,14 +445,16 @@ class _AttentionProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_probs: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         query, key, probs = ctx.saved_tensors
+        batch, heads, length, dim = query.shape
         grad_query = torch.empty_like(query) if ctx.needs_input_grad[0] else None
         grad_key = torch.empty_like(key) if ctx.needs_input_grad[1] else None
-        for block in map_blocks(probs.shape[0], probs.shape[1] * probs.shape[2]):
-            grad_logits = _softmax_backward(grad_probs[block], probs[block])
+        for block in map_blocks(batch, heads * length * key.shape[2]):
+            grad_logits = _softmax_backward(grad_probs[block], probs[block]).view(-1, length, key.shape[2])
+            count = grad_logits.shape[0]
             if grad_query is not None:
-                torch.bmm(grad_logits, key[block], out=grad_query[block])
+                torch.bmm(grad_logits, key[block].reshape(count, -1, dim), out=grad_query[block].view(count, length, dim))
             if grad_key is not None:
-                torch.bmm(grad_logits.transpose(1, 2), query[block], out=grad_key[block])
+                torch.bmm(grad_logits.transpose(1, 2), query[block].reshape(count, length, dim), out=grad_key[block].view(count, -1, dim))
         for grad in (grad_query, grad_key):
             if grad is not None:
                 grad.mul_(ctx.scaling)
@@ -483,18 +480,7 @@ def attention_probs(
         if scores is not None:
             logits = scores if mask is None else scores + mask
             return logits.softmax(dim=-1)
-        batch, heads, length, dim = query.shape
-        flat_mask = None
-        if mask is not None:
-            rows = mask.shape[-2]
-            flat_mask = mask.expand(batch, heads, rows, length).reshape(batch * heads, rows, length)
-        probs = _AttentionProbs.apply(
-            query.float().reshape(batch * heads, length, dim).contiguous(),
-            key.float().reshape(batch * heads, length, dim).contiguous(),
-            scaling,
-            flat_mask,
-        )
-        return probs.view(batch, heads, length, length)
+        return _AttentionProbs.apply(query.float().contiguous(), key.float().contiguous(), scaling, mask)
 
 
 @dataclass(frozen=True)
