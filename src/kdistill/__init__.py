@@ -2,47 +2,82 @@
 
 The public API:
 
-* losses: :class:`DistillationLoss` (the seed's), :class:`Objective` and its terms, and the
-  pure functions in :mod:`kdistill.losses.functional`;
+* losses: :class:`DistillationLoss`, :class:`LayerDistillationLoss` and
+  :func:`attention_distillation_loss` (the seed's), :class:`Objective` and its terms (logit
+  terms, hidden-state, attention and MiniLM relation terms), and the pure functions in
+  :mod:`kdistill.losses.functional`;
 * training: :func:`distill` / :func:`train_distillation` (plain loop) and
-  :class:`DistillationTrainer` (``transformers.Trainer``);
+  :class:`DistillationTrainer` (``transformers.Trainer``); :class:`TinyBERTDistillation`;
+* models: :func:`make_student`, layer maps (:func:`uniform_map` ...) and :func:`print_layer_map`;
 * offline distillation: :class:`TeacherCache` and :func:`with_example_index`.
 """
 
 from kdistill._version import __version__
 from kdistill.batch import with_example_index
 from kdistill.cache import CacheSpec, TeacherCache
-from kdistill.capture import Features
+from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import (
     JSD,
+    AttentionKL,
+    AttentionMSE,
     DistillationLoss,
+    EmbeddingMSE,
     HardCE,
+    HiddenCosine,
+    HiddenMSE,
+    LayerDistillationLoss,
     LogitKD,
     LogitMSE,
     LossOutput,
+    MiniLMv1,
+    MiniLMv2,
     Objective,
     ReverseKL,
     Term,
+    attention_distillation_loss,
 )
+from kdistill.mapping import every_kth_map, last_k_map, print_layer_map, uniform_map, validate_layer_map
+from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
+from kdistill.student import make_student
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
+from kdistill.train.loop import NonFiniteLossError
 
 __all__ = [
     "JSD",
+    "AttentionKL",
+    "AttentionMSE",
     "CacheSpec",
+    "CaptureRequest",
     "DistillationLoss",
     "DistillationTrainer",
+    "EmbeddingMSE",
     "Features",
     "HardCE",
+    "HiddenCosine",
+    "HiddenMSE",
     "History",
+    "LayerDistillationLoss",
     "LogitKD",
     "LogitMSE",
     "LossOutput",
+    "MiniLMv1",
+    "MiniLMv2",
+    "NonFiniteLossError",
     "Objective",
     "ReverseKL",
     "TeacherCache",
     "Term",
+    "TinyBERTConfig",
+    "TinyBERTDistillation",
     "__version__",
+    "attention_distillation_loss",
     "distill",
+    "every_kth_map",
+    "last_k_map",
+    "make_student",
+    "print_layer_map",
     "train_distillation",
+    "uniform_map",
+    "validate_layer_map",
     "with_example_index",
 ]
