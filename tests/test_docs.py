@@ -32,3 +32,14 @@ def test_document_examples_run(document, tmp_path):
         # the quick start really distils: the student ends up agreeing with its teacher
         agreement = float(re.search(r"agreement ([\d.]+)%", result.stdout).group(1))
         assert agreement > 80.0, result.stdout
+
+
+def test_readme_yaml_example_is_a_valid_config_equal_to_the_example_file():
+    import yaml
+
+    from kdistill.config import parse_config
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.DOTALL)
+    from_readme = parse_config(yaml.safe_load(block))
+    from_file = parse_config(yaml.safe_load((ROOT / "examples" / "sst2_hinton.yaml").read_text(encoding="utf-8")))
+    assert from_readme == from_file
