@@ -249,6 +249,10 @@ def test_cache_that_lacks_a_requested_layer_is_a_clear_error(tmp_path):
     cache = _build(tiny_bert(2, 32, seed=1), examples, tmp_path / "c")
     assert cache.provides(CaptureRequest(hidden_states=frozenset({1}))) is not None
     assert "hidden states of teacher layers [1]" in cache.provides(CaptureRequest(hidden_states=frozenset({1})))
+    for request in (CaptureRequest(attentions={1}), CaptureRequest(attention_scores={1}), CaptureRequest(qkv={1}),
+                    CaptureRequest(modules={"bert.encoder"})):
+        assert "use online distillation" in cache.provides(request)
+    assert cache.provides(CaptureRequest()) is None
 
 
 def test_manifest_records_what_is_stored(tmp_path):

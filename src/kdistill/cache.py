@@ -447,8 +447,11 @@ class TeacherCache:
         missing = sorted(set(request.hidden_states) - set(self.spec.hidden_states))
         if missing:
             return f"hidden states of teacher layers {missing} (the cache has {list(self.spec.hidden_states)})"
-        if request.attentions:
-            return "attention maps (the cache stores logits and hidden states only; use online distillation)"
+        online_only = {"attention maps": request.attentions, "attention scores": request.attention_scores,
+                       "queries, keys and values": request.qkv, "module outputs": request.modules}
+        for what, wanted in online_only.items():
+            if wanted:
+                return f"{what} (the cache stores logits and hidden states only; use online distillation)"
         return None
 
     def _rows(self, name: str, indices: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
