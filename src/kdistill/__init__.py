@@ -36,9 +36,17 @@ from kdistill.losses import (
     Term,
     attention_distillation_loss,
 )
-from kdistill.mapping import every_kth_map, last_k_map, print_layer_map, uniform_map, validate_layer_map
+from kdistill.mapping import (
+    describe_layer_map,
+    every_kth_map,
+    last_k_map,
+    print_layer_map,
+    resolve_layer_map,
+    uniform_map,
+    validate_layer_map,
+)
 from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
-from kdistill.student import make_student
+from kdistill.student import StudentReport, make_student
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
 from kdistill.train.loop import NonFiniteLossError
 
@@ -65,17 +73,20 @@ __all__ = [
     "NonFiniteLossError",
     "Objective",
     "ReverseKL",
+    "StudentReport",
     "TeacherCache",
     "Term",
     "TinyBERTConfig",
     "TinyBERTDistillation",
     "__version__",
     "attention_distillation_loss",
+    "describe_layer_map",
     "distill",
     "every_kth_map",
     "last_k_map",
     "make_student",
     "print_layer_map",
+    "resolve_layer_map",
     "train_distillation",
     "uniform_map",
     "validate_layer_map",
