@@ -10,7 +10,7 @@ The three contenders run in alternating rounds and each is summarised by its med
 time, so that drifts of a noisy machine hit all of them alike. Prints one JSON object:
 ``overhead_ratio`` = kdistill step / (teacher forward + student step); target <= 1.05.
 
-Usage: python benchmarks/step_overhead.py [--quick] [--device cpu|cuda] [--precision no|bf16]
+Usage: python benchmarks/step_overhead.py [--quick] [--device cpu|cuda] [--precision no|bf16] [--threads N]
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (about a minute on 2 CPU cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="no", choices=["no", "bf16"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rounds, steps_per_round = (3, 6) if args.quick else (6, 10)
 
