@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 from accelerate.utils import send_to_device
+from tqdm.auto import tqdm
 
 from kdistill.batch import batch_size_of, example_indices, split_batch
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
+from kdistill.fileio import file_sha256
 from kdistill.losses.functional import check_temperature
 
 __all__ = ["CacheError", "CacheSpec", "TeacherCache", "fingerprint_dataset", "fingerprint_teacher"]
@@ -180,14 +181,6 @@ def _from_storage(array: np.ndarray, dtype: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).float()
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class _ShardWriter:
     """Collects rows of every field for one shard and writes them as .npy files."""
@@ -211,7 +204,7 @@ class _ShardWriter:
         for name, array in arrays.items():
             path = self.folder / f"{name}.{shard:05d}.npy"
             np.save(path, array)
-            files[name] = {"path": path.name, "bytes": path.stat().st_size, "sha256": _file_digest(path)}
+            files[name] = {"path": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         return {"start": start, "end": start + self.num_examples, "files": files}
 
 
@@ -424,7 +417,7 @@ class TeacherCache:
                 if path.stat().st_size != entry["bytes"]:
                     raise CacheError(f"the teacher cache at {folder} is damaged: {entry['path']} is truncated "
                                      f"({path.stat().st_size} of {entry['bytes']} bytes)")
-                if verify and _file_digest(path) != entry["sha256"]:
+                if verify and file_sha256(path) != entry["sha256"]:
                     raise CacheError(f"the teacher cache at {folder} is damaged: {entry['path']} fails its checksum")
         try:
             return cls(folder, manifest)

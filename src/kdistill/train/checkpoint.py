@@ -17,7 +17,6 @@ checkpoint is reported and the one before it is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from kdistill.fileio import file_sha256
 
 __all__ = ["CheckpointError", "TrainingState", "find_resumable", "load_checkpoint", "rng_state", "save_checkpoint",
            "set_rng_state"]
@@ -99,14 +100,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -130,7 +123,7 @@ def save_checkpoint(folder: str | os.PathLike[str], student: nn.Module, objectiv
         files = {}
         for path in sorted(staging.iterdir()):
             _fsync(path)
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _digest(path)}
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         (staging / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
         _fsync(staging / MANIFEST)
         if target.exists():
@@ -162,7 +155,7 @@ def verify_checkpoint(path: Path) -> None:
         file = path / name
         if not file.exists():
             raise CheckpointError(f"{path.name} is damaged: {name} is missing")
-        if file.stat().st_size != entry["bytes"] or _digest(file) != entry["sha256"]:
+        if file.stat().st_size != entry["bytes"] or file_sha256(file) != entry["sha256"]:
             raise CheckpointError(f"{path.name} is damaged: {name} does not match its checksum")
 
 
