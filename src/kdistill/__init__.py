@@ -9,13 +9,18 @@ The public API:
 * training: :func:`distill` / :func:`train_distillation` (plain loop) and
   :class:`DistillationTrainer` (``transformers.Trainer``); :class:`TinyBERTDistillation`;
 * models: :func:`make_student`, layer maps (:func:`uniform_map` ...) and :func:`print_layer_map`;
-* offline distillation: :class:`TeacherCache` and :func:`with_example_index`.
+* offline distillation: :class:`TeacherCache` and :func:`with_example_index`;
+* runs from a config: :func:`load_config`, :func:`run_distill`, :func:`run_demo` (what the
+  ``kdistill`` command calls), and :class:`KdistillError` for a user's mistakes.
 """
 
 from kdistill._version import __version__
 from kdistill.batch import with_example_index
 from kdistill.cache import CacheSpec, TeacherCache
 from kdistill.capture import CaptureRequest, Features
+from kdistill.config import RunConfig, load_config
+from kdistill.demo import run_demo
+from kdistill.errors import KdistillError
 from kdistill.losses import (
     JSD,
     AttentionKL,
@@ -46,6 +51,7 @@ from kdistill.mapping import (
     validate_layer_map,
 )
 from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
+from kdistill.run import run_distill
 from kdistill.student import StudentReport, make_student
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
 from kdistill.train.loop import NonFiniteLossError
@@ -64,6 +70,7 @@ __all__ = [
     "HiddenCosine",
     "HiddenMSE",
     "History",
+    "KdistillError",
     "LayerDistillationLoss",
     "LogitKD",
     "LogitMSE",
@@ -73,6 +80,7 @@ __all__ = [
     "NonFiniteLossError",
     "Objective",
     "ReverseKL",
+    "RunConfig",
     "StudentReport",
     "TeacherCache",
     "Term",
@@ -84,9 +92,12 @@ __all__ = [
     "distill",
     "every_kth_map",
     "last_k_map",
+    "load_config",
     "make_student",
     "print_layer_map",
     "resolve_layer_map",
+    "run_demo",
+    "run_distill",
     "train_distillation",
     "uniform_map",
     "validate_layer_map",

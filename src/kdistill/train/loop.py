@@ -314,7 +314,7 @@ def distill(
         student_module.train()
         history.evals.append({"step": float(global_step), "epoch": float(epoch), **metrics})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and progress:
             bar.write(f"eval at step {global_step}: {shown}")
 
     def save(epoch: int, batches_done: int, epoch_rng: dict[str, Any]) -> None:
