@@ -106,17 +106,19 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
         )
 
 
-def _position_weights(logits: Tensor, mask: Tensor | None) -> Tensor | None:
-    """Return a float32 weight per position ``logits.shape[:-1]``, or None for 'all positions'."""
+def _position_weights(
+    logits: Tensor, mask: Tensor | None, meaning: str = "the logits' shape without the class dimension"
+) -> Tensor | None:
+    """Return a float32 weight per position ``logits.shape[:-1]``, or None for 'all positions'.
+
+    ``meaning`` says in the error message what that shape is (logits, or hidden states).
+    """
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
         raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"mask must have shape {tuple(logits.shape[:-1])} (the logits' shape without the class "
-            f"dimension), got {tuple(mask.shape)}"
-        )
+        raise ValueError(f"mask must have shape {tuple(logits.shape[:-1])} ({meaning}), got {tuple(mask.shape)}")
     return mask.to(device=logits.device, dtype=torch.float32)
 
 
@@ -374,19 +376,6 @@ def _check_states(student: Tensor, teacher: Tensor, what: str) -> None:
         )
 
 
-def _token_weights(states: Tensor, mask: Tensor | None) -> Tensor | None:
-    """A float32 weight per position ``states.shape[:-1]`` from a ``(B, L)`` mask, or None."""
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor):
-        raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.shape != states.shape[:-1]:
-        raise ValueError(
-            f"mask must have shape {tuple(states.shape[:-1])} (batch and sequence of the states), got {tuple(mask.shape)}"
-        )
-    return mask.to(device=states.device, dtype=torch.float32)
-
-
 def hidden_mse(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean squared error between hidden states, over the positions that count.
 
@@ -403,7 +392,7 @@ def hidden_mse(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | No
         A float32 scalar: squared error averaged over the width and the counted positions.
     """
     _check_states(student_hidden, teacher_hidden, "hidden states")
-    weights = _token_weights(student_hidden, mask)
+    weights = _position_weights(student_hidden, mask, "batch and sequence of the states")
     per_position = (student_hidden.float() - teacher_hidden.detach().float()).pow(2).mean(dim=-1)
     return _reduce(per_position, weights)
 
@@ -418,7 +407,7 @@ def hidden_cosine(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor |
         A float32 scalar in [0, 2]; 0 when every counted position points the same way.
     """
     _check_states(student_hidden, teacher_hidden, "hidden states")
-    weights = _token_weights(student_hidden, mask)
+    weights = _position_weights(student_hidden, mask, "batch and sequence of the states")
     cosine = F.cosine_similarity(student_hidden.float(), teacher_hidden.detach().float(), dim=-1, eps=1e-8)
     return _reduce(1.0 - cosine, weights)
 
