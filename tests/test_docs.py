@@ -43,3 +43,15 @@ def test_readme_yaml_example_is_a_valid_config_equal_to_the_example_file():
     from_readme = parse_config(yaml.safe_load(block))
     from_file = parse_config(yaml.safe_load((ROOT / "examples" / "sst2_hinton.yaml").read_text(encoding="utf-8")))
     assert from_readme == from_file
+
+
+@pytest.mark.parametrize("document", ["docs/cache.md"])
+def test_document_configs_are_valid(document):
+    import yaml
+
+    from kdistill.config import parse_config
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / document).read_text(encoding="utf-8"), re.DOTALL)
+    assert blocks, f"{document} has no YAML example"
+    for block in blocks:
+        parse_config(yaml.safe_load(block))

@@ -44,7 +44,7 @@ from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_m
 from kdistill.fileio import file_sha256
 from kdistill.losses.functional import check_temperature
 
-__all__ = ["CacheError", "CacheSpec", "TeacherCache", "fingerprint_dataset", "fingerprint_teacher"]
+__all__ = ["CacheError", "CacheSpec", "TeacherCache", "cache_key", "fingerprint_dataset", "fingerprint_teacher"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,22 @@ def fingerprint_dataset(dataset: Any) -> str:
     return digest.hexdigest()
 
 
+def cache_key(teacher: nn.Module, dataset: Any, spec: CacheSpec | None = None,
+              tokenization: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+    """The fingerprint of a cache of ``teacher`` over ``dataset``, and the hash of each of its parts.
+
+    The parts (teacher weights, dataset content and order, tokenisation settings, what is
+    stored) let a rebuild say which of them changed.
+    """
+    parts = {
+        "teacher": fingerprint_teacher(teacher),
+        "dataset": fingerprint_dataset(dataset),
+        "tokenization": _hash_json(dict(tokenization or {})),
+        "spec": _hash_json(asdict(spec or CacheSpec())),
+    }
+    return _hash_json({"format": FORMAT_VERSION, **parts}), parts
+
+
 def _hash_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -253,6 +269,7 @@ class TeacherCache:
         precision: str = "no",
         shard_megabytes: float = 256.0,
         progress: bool = True,
+        key: tuple[str, dict[str, str]] | None = None,
     ) -> TeacherCache:
         """Return the cache of ``teacher`` over ``dataset`` in ``folder``, building it if needed.
 
@@ -272,16 +289,12 @@ class TeacherCache:
             precision: ``"no"`` or ``"bf16"``/``"fp16"`` autocast for the teacher's pass.
             shard_megabytes: approximate size of one shard file.
             progress: show a progress bar.
+            key: :func:`cache_key` of these inputs when the caller computed it already (to
+                name the folder after it), so the weights and data are not hashed twice.
         """
         spec = spec or CacheSpec()
         folder = Path(folder)
-        parts = {
-            "teacher": fingerprint_teacher(teacher),
-            "dataset": fingerprint_dataset(dataset),
-            "tokenization": _hash_json(dict(tokenization or {})),
-            "spec": _hash_json(asdict(spec)),
-        }
-        fingerprint = _hash_json({"format": FORMAT_VERSION, **parts})
+        fingerprint, parts = key if key is not None else cache_key(teacher, dataset, spec, tokenization)
         if folder.exists():
             try:
                 cache = cls.open(folder, fingerprint=fingerprint)

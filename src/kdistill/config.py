@@ -38,6 +38,7 @@ from kdistill.errors import ConfigError
 
 __all__ = [
     "DataConfig",
+    "CacheConfig",
     "FinetuneConfig",
     "FromTeacherConfig",
     "HubDataConfig",
@@ -147,11 +148,39 @@ class FinetuneConfig(_Section):
     batch_size: int | None = Field(None, ge=1, description="default: training.batch_size")
 
 
+class CacheConfig(_Section):
+    """Run the teacher once over the training data and train from its stored outputs.
+
+    ``teacher: {cache: true}`` keeps the cache in a folder per fingerprint (teacher weights,
+    data, tokenisation, what is stored) under ``$KDISTILL_CACHE`` (default
+    ``~/.cache/kdistill``), so later runs with the same teacher and data reuse it;
+    ``cache: some/folder`` puts it there. Stages whose terms need attention maps or
+    queries/keys (TinyBERT's first stage, MiniLM's relations) run the teacher online.
+    """
+
+    dir: str | None = Field(None, description="the cache folder; default: one per fingerprint under $KDISTILL_CACHE")
+    dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="storage precision (see docs/cache.md)")
+    batch_size: int = Field(128, ge=1, description="batch size of the teacher's pass")
+
+
 class TeacherConfig(_ModelSource):
     """The teacher: ``path`` (a folder or hub id) or ``package``; ``num_labels`` adds a new head."""
 
     num_labels: int | None = Field(None, ge=2, description="classes, for a model that has no classification head yet")
     finetune: FinetuneConfig | None = None
+    cache: CacheConfig | None = Field(None, description="true, a folder, or {dir:, dtype:, batch_size:}")
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_shorthand(cls, value: Any) -> Any:
+        # `cache: true` and `cache: some/folder` are the usual spellings of the block
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        if isinstance(value, str):
+            return {"dir": value}
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:

@@ -40,6 +40,7 @@ from kdistill.config import RunConfig, dump_config
 from kdistill.data import PaddingCollator, PreparedData, load_splits, make_loader, prepare_data
 from kdistill.errors import ConfigError, KdistillError, ModelLoadError
 from kdistill.loading import LoadedModel, count_parameters, load_classifier, load_tokenizer, looks_local
+from kdistill.batch import with_example_index
 from kdistill.losses import HardCE, Objective
 from kdistill.report import (
     COMPARISON_COLUMNS,
@@ -432,6 +433,64 @@ class _Checkpoints:
                 self.saved.remove(old)
 
 
+def default_cache_root() -> Path:
+    """Where ``teacher: {cache: true}`` keeps caches: ``$KDISTILL_CACHE``, else ``~/.cache/kdistill``."""
+    import os
+
+    root = os.environ.get("KDISTILL_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "kdistill"
+
+
+class _StageCaches:
+    """The teacher's stored outputs over the training data, built once per distinct need.
+
+    A stage whose teacher terms need only logits and hidden states reads them from a cache; a
+    stage that needs attention maps or queries/keys runs the teacher online. Stages that need
+    the same fields share one cache.
+    """
+
+    def __init__(self, config: RunConfig, teacher: nn.Module, dataset: Any, collator: Any, tokenizer: Any,
+                 progress: bool) -> None:
+        self.settings = config.teacher.cache
+        self.teacher = teacher
+        self.dataset = dataset
+        self.collator = collator
+        self.precision = config.training.precision
+        self.progress = progress
+        self.tokenization = {"tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+                             "max_length": config.data.max_length}
+        self.built: dict[Any, Any] = {}
+
+    def for_objective(self, objective: Objective, stage: str) -> Any:
+        """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
+        from kdistill.cache import CacheSpec, TeacherCache, cache_key
+
+        if self.settings is None:
+            return None
+        request = objective.request("teacher")
+        if request.empty:
+            return None
+        online_only = request.attentions or request.attention_scores or request.qkv or request.modules
+        if online_only:
+            logger.info("stage %s: its terms need attention maps or queries/keys, which a cache does not store; "
+                        "the teacher runs online", stage)
+            return None
+        spec = CacheSpec(logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)),
+                         dtype=self.settings.dtype)
+        if spec in self.built:
+            return self.built[spec]
+        fingerprint, parts = cache_key(self.teacher, self.dataset, spec, self.tokenization)
+        folder = Path(self.settings.dir) if self.settings.dir else default_cache_root() / "teacher-outputs" / fingerprint[:24]
+        logger.info("stage %s: teacher outputs from the cache at %s", stage, folder)
+        cache = TeacherCache.build(self.teacher, self.dataset, folder, spec=spec, batch_size=self.settings.batch_size,
+                                   collate_fn=self.collator, tokenization=self.tokenization, precision=self.precision,
+                                   progress=self.progress, key=(fingerprint, parts))
+        self.built[spec] = cache
+        return cache
+
+
 def _optimizer_and_scheduler(student: nn.Module, objective: Objective, stage: Stage, config: RunConfig,
                              steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any, int]:
     from transformers import get_linear_schedule_with_warmup
@@ -507,7 +566,9 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     collator = PaddingCollator(pad_token_id=tokenizer.pad_token_id or 0,
                                teacher_pad_token_id=getattr(teacher.config, "pad_token_id", None) or 0)
     separate = data.separate_teacher_tokens
-    train_loader = make_loader(data.train, training.batch_size, collator, shuffle=True,
+    # with a teacher cache each example carries its index, so a batch finds its cached rows
+    train_set = with_example_index(data.train) if config.teacher.cache is not None else data.train
+    train_loader = make_loader(train_set, training.batch_size, collator, shuffle=True,
                                group_by_length=training.group_by_length, seed=training.seed)
     validation_loader = make_loader(data.validation, training.eval_batch_size, collator)
     eval_name = "test" if data.test is not None else "validation"
@@ -538,6 +599,7 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     logger.info("teacher on validation: accuracy %.4f, macro-F1 %.4f", teacher_validation["accuracy"],
                 teacher_validation["macro_f1"])
 
+    caches = _StageCaches(config, teacher_model, data.train, collator, tokenizer, progress)
     checkpoints = _Checkpoints(folder / CHECKPOINTS_DIR, config.output.keep_checkpoints, config.output.save_checkpoints)
     validations: list[dict[str, float]] = []
     stage_summaries: list[dict[str, Any]] = []
@@ -551,8 +613,10 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
                                    desc="student on validation", progress=progress)
             return metrics
 
+        teacher_cache = caches.for_objective(stage.objective, stage.name)
         history = distill(
             teacher_model, student_model, train_loader, objective=stage.objective, optimizer=optimizer,
+            teacher_cache=teacher_cache,
             scheduler=scheduler, epochs=stage.epochs, max_steps=training.max_steps,
             gradient_accumulation_steps=training.gradient_accumulation_steps, max_grad_norm=training.max_grad_norm,
             precision=training.precision, eval_fn=_checkpointing(eval_fn, checkpoints, student, stage, tokenizer),

@@ -1,0 +1,99 @@
+"""``teacher: {cache: ...}`` in a ``kdistill distill`` config: the run trains from the teacher's
+stored outputs, ends with the same student as an online run, and a second run reuses the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from text_fixtures import save_classifier, sentences, write_csv
+
+from kdistill.cli import main
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run-cache")
+    save_classifier(root / "teacher", num_layers=3, hidden=32, heads=4, seed=1, id2label={0: "neg", 1: "pos"})
+    write_csv(root / "train.csv", sentences(64, seed=0, labels=("neg", "pos")))
+    write_csv(root / "test.csv", sentences(24, seed=1, labels=("neg", "pos")))
+    config = {
+        "teacher": {"path": str(root / "teacher")},
+        "student": {"from_teacher": {"num_layers": 1}},
+        "data": {"train": str(root / "train.csv"), "test": str(root / "test.csv"), "max_length": 16},
+        "objective": {"preset": "hinton", "temperature": 2.0, "alpha": 0.7},
+        "training": {"epochs": 2, "batch_size": 8, "lr": 1.0e-3},
+        "output": {"save_checkpoints": False},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return root
+
+
+def distill(workspace: Path, folder: Path, *overrides: str) -> Path:
+    code = main(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={folder}", *overrides])
+    assert code == 0
+    return folder
+
+
+def student_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "student" / "model.safetensors"))
+
+
+def test_a_cached_run_equals_an_online_run_and_the_next_run_reuses_the_cache(
+        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    online = distill(workspace, tmp_path / "online")
+    cache = tmp_path / "cache"
+    cached = distill(workspace, tmp_path / "cached", f"teacher.cache={cache}")
+
+    assert (cache / "manifest.json").is_file()
+    first, second = student_weights(online), student_weights(cached)
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert "teacher outputs from the cache" in (cached / "run.log").read_text()
+
+    def no_online_teacher(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher ran during training although its outputs are cached")
+
+    # training must read every batch's teacher outputs from the cache
+    monkeypatch.setattr("kdistill.train.teacher.capture", no_online_teacher)
+    again = distill(workspace, tmp_path / "again", f"teacher.cache={cache}")
+    assert "reusing the teacher cache" in (again / "run.log").read_text()
+    for name, tensor in student_weights(again).items():
+        torch.testing.assert_close(tensor, second[name], msg=name)
+
+
+def test_cache_true_keeps_one_folder_per_fingerprint(workspace: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "root"))
+    distill(workspace, tmp_path / "a", "teacher.cache=true", "training.epochs=1")
+    # other data: another fingerprint, so another folder, and the first cache stays usable
+    distill(workspace, tmp_path / "b", "teacher.cache=true", "training.epochs=1", "data.max_train_examples=40")
+    folders = sorted((tmp_path / "root" / "teacher-outputs").iterdir())
+    assert len(folders) == 2 and all((f / "manifest.json").is_file() for f in folders)
+
+
+def test_stages_that_need_attention_run_the_teacher_online(workspace: Path, tmp_path: Path) -> None:
+    folder = distill(workspace, tmp_path / "tinybert", f"teacher.cache={tmp_path / 'cache'}",
+                     "objective.preset=tinybert", "objective.temperature=null", "objective.alpha=null",
+                     "training.max_steps=2", "training.epochs=1")
+    log = (folder / "run.log").read_text()
+    assert "stage intermediate: its terms need attention maps" in log
+    assert "stage prediction: teacher outputs from the cache" in log
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("{dtype: fp8}", "teacher.cache.dtype"),
+    ("{folder: x}", "teacher.cache.folder: unknown key"),
+])
+def test_a_bad_cache_setting_is_one_line(workspace: Path, tmp_path: Path, value: str, message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.cache={value}",
+                 f"output.dir={tmp_path / 'never'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
