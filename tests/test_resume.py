@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,23 @@ def _task():
 
 def _loader(dataset):
     return DataLoader(dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def test_resume_with_a_loader_that_shuffles_with_its_own_generator_keeps_the_data_order(tmp_path):
+    # DataLoader(shuffle=True, generator=...) draws each epoch's order from its generator, not the
+    # global RNG: a checkpoint must hold that generator's state too
+    dataset = _task()
+    expected = mlp(16, 8, 4, seed=1)
+    distill(mlp(16, 32, 4, seed=0), expected, _loader(dataset), lr=1e-2, epochs=3, checkpoint_dir=tmp_path / "all",
+            save_every=3, keep_checkpoints=10, progress=False)
+    # 8 steps per epoch: step 12 is in the middle of the second epoch
+    (tmp_path / "cut").mkdir()
+    shutil.copytree(tmp_path / "all" / "checkpoint-00000012", tmp_path / "cut" / "checkpoint-00000012")
+    resumed = mlp(16, 8, 4, seed=5)  # other weights: the checkpoint's must replace them
+    distill(mlp(16, 32, 4, seed=0), resumed, _loader(dataset), lr=1e-2, epochs=3, checkpoint_dir=tmp_path / "cut",
+            save_every=3, keep_checkpoints=10, resume=True, progress=False)
+    for name, tensor in expected.state_dict().items():
+        assert_close(resumed.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):

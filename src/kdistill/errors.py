@@ -1,16 +1,17 @@
 """The error a user can fix: a bad config, a missing file, a data set that does not fit.
 
 The ``kdistill`` command prints a :class:`KdistillError` as one line on stderr and exits with
-status 2; anything else is a bug and keeps its traceback.
+status 2; anything else is a bug and keeps its traceback. In Python every one of them is a
+``ValueError`` (``except ValueError`` catches them) with the same text.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "KdistillError", "ModelLoadError"]
+__all__ = ["ConfigError", "DataError", "KdistillError", "ModelLoadError", "RunFolderError"]
 
 
-class KdistillError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
+class KdistillError(ValueError):
+    """A problem with the user's input, reported as one line without a traceback (a ``ValueError``)."""
 
 
 class ConfigError(KdistillError):
@@ -23,3 +24,8 @@ class DataError(KdistillError):
 
 class ModelLoadError(KdistillError):
     """A teacher, student or tokenizer cannot be loaded, or the two do not fit together."""
+
+
+class RunFolderError(ConfigError):
+    """The output folder cannot take this run: it already holds a run (start again with
+    ``--overwrite`` or continue it with ``--resume``), holds other files, or is not a run to resume."""

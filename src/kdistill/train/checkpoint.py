@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from kdistill.errors import KdistillError
 from kdistill.fileio import file_sha256
 
 __all__ = ["CheckpointError", "TrainingState", "find_resumable", "load_checkpoint", "rng_state", "save_checkpoint",
@@ -44,8 +46,8 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "manifest.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or damaged."""
+class CheckpointError(KdistillError, RuntimeError):
+    """A checkpoint that is missing, incomplete, damaged or unsafe to load (one line on the command line)."""
 
 
 @dataclass
@@ -73,8 +75,12 @@ class TrainingState:
     history: dict[str, list[dict[str, float]]]
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG state a training step can draw from, as tensors and plain numbers (weights-only safe)."""
+def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
+    """Every RNG state a training step can draw from, as tensors and plain numbers (weights-only safe).
+
+    Args:
+        generators: private generators to capture too, e.g. the one a ``DataLoader`` shuffles with.
+    """
     numpy_state = np.random.get_state()
     python_state = random.getstate()
     state: dict[str, Any] = {
@@ -85,11 +91,13 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if generators:
+        state["generators"] = [generator.get_state() for generator in generators]
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
+def set_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> None:
+    """Restore what :func:`rng_state` captured (``generators`` in the order they were given to it)."""
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
     np.random.set_state((numpy_state["key"], numpy_state["state"].numpy().astype(np.uint32), numpy_state["pos"],
@@ -98,6 +106,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    for generator, saved in zip(generators, state.get("generators", [])):
+        generator.set_state(saved)
 
 
 def _fsync(path: Path) -> None:

@@ -256,6 +256,8 @@ def distill(
     student_module = accelerator.unwrap_model(student)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
+    # a loader that shuffles with its own generator: checkpointed with the RNG states
+    generators = _shuffle_generators(train_loader)
     num_batches = len(train_loader) if hasattr(train_loader, "__len__") else None  # type: ignore[arg-type]
     if num_batches == 0:
         raise ValueError("train_loader is empty: there is nothing to train on")
@@ -321,7 +323,8 @@ def distill(
         flush()
         if accelerator.is_main_process and checkpoint_dir is not None:
             state = TrainingState(
-                step=global_step, epoch=epoch, batches_done=batches_done, epoch_rng=epoch_rng, rng=rng_state(),
+                step=global_step, epoch=epoch, batches_done=batches_done, epoch_rng=epoch_rng,
+                rng=rng_state(generators),
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
                 scaler=scaler.state_dict() if scaler is not None else None,
                 history={"steps": history.steps, "epochs": history.epochs, "evals": history.evals},
@@ -346,8 +349,8 @@ def distill(
     optimizer.zero_grad(set_to_none=True)
     for epoch in range(start_epoch, epochs if not done else start_epoch):
         if resumed is not None and epoch == resumed.epoch:
-            set_rng_state(resumed.epoch_rng)  # the same shuffle as the interrupted epoch
-        epoch_rng = rng_state()
+            set_rng_state(resumed.epoch_rng, generators)  # the same shuffle as the interrupted epoch
+        epoch_rng = rng_state(generators)
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)  # reshuffles per epoch under DDP
         micro_step, group_size, poisoned = 0, gradient_accumulation_steps, False
@@ -357,7 +360,7 @@ def distill(
             if batch_index < skip_batches:
                 continue  # consumed before the interruption
             if resumed is not None and batch_index == skip_batches and skip_batches:
-                set_rng_state(resumed.rng)  # continue exactly where the checkpoint was taken
+                set_rng_state(resumed.rng, generators)  # continue exactly where the checkpoint was taken
             if not prepared_loader:
                 batch = send_to_device(batch, device)
             if micro_step == 0 and num_batches is not None:
@@ -440,7 +443,7 @@ def distill(
         if eval_fn is not None and eval_every is None:
             evaluate(epoch)
         if checkpoint_dir is not None and not done:
-            save(epoch + 1, 0, rng_state())  # the next epoch starts from here
+            save(epoch + 1, 0, rng_state(generators))  # the next epoch starts from here
         if done:
             break
     flush()
@@ -448,6 +451,17 @@ def distill(
         save(epoch, 0 if num_batches is None else num_batches, epoch_rng)
     bar.close()
     return history
+
+
+def _shuffle_generators(loader: Any) -> list[torch.Generator]:
+    """The private generators a data loader shuffles with (its own, its sampler's), each once."""
+    found: dict[int, torch.Generator] = {}
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for holder in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+        generator = getattr(holder, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
 
 
 def _kind(value: Tensor) -> str:
