@@ -240,6 +240,24 @@ class HubDataConfig(_Section):
     test_split: str | None = None
 
 
+class AugmentConfig(_Section):
+    """New training sentences for the teacher to label (see :mod:`kdistill.augment`)."""
+
+    copies: int = Field(8, ge=1, description="new sentences per training sentence")
+    mask_prob: float = Field(0.1, ge=0, le=1, description="chance that a word becomes the mask token")
+    replace_prob: float = Field(0.1, ge=0, le=1, description="chance that a word becomes a similar word")
+    ngram_prob: float = Field(0.25, ge=0, le=1, description="chance that a sentence is cut to an n-gram")
+    max_ngram: int = Field(5, ge=1)
+    neighbours: int = Field(10, ge=1, description="similar words (teacher embeddings) to replace a word with")
+    seed: int = Field(0, description="the same seed gives the same sentences (and lets a teacher cache be reused)")
+
+    @model_validator(mode="after")
+    def _probabilities(self) -> AugmentConfig:
+        if self.mask_prob + self.replace_prob > 1:
+            raise ValueError(f"mask_prob + replace_prob must be <= 1, got {self.mask_prob + self.replace_prob:g}")
+        return self
+
+
 class DataConfig(_Section):
     """Where the examples come from and how they are read."""
 
@@ -261,6 +279,9 @@ class DataConfig(_Section):
         False,
         description="tokenise separately for a teacher whose tokenizer differs (sequence-level terms only)",
     )
+    augment: AugmentConfig | None = Field(
+        None, description="add teacher-labelled sentences made from the training ones (distillation only)"
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -277,6 +298,8 @@ class DataConfig(_Section):
             raise ValueError("give exactly one of train: (a file) or hub: {id: ...}")
         if self.hub is not None and (self.validation is not None or self.test is not None):
             raise ValueError("validation:/test: files go with train:; a hub data set names its splits in hub:")
+        if self.augment is not None and self.text_pair_column is not None:
+            raise ValueError("augment: works on single texts; remove text_pair_column or augment")
         return self
 
 
@@ -459,9 +482,14 @@ class TrainingConfig(_Section):
 class OutputConfig(_Section):
     """Where the run folder goes."""
 
-    dir: str = Field("runs/kdistill", min_length=1, description="the run folder; a new one (-2, -3 ...) if it holds a run")
-    save_checkpoints: bool = True
-    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best one is kept too)")
+    dir: str = Field(
+        "runs/kdistill", min_length=1,
+        description="the run folder; one that already holds a run is refused unless the command is given "
+        "--overwrite (start again) or --resume DIR (continue it)",
+    )
+    save_checkpoints: bool = Field(True, description="checkpoint each stage (what --resume continues from)")
+    save_every: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps; default: each epoch")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per stage (and the best student)")
 
 
 class RunConfig(_Section):

@@ -22,7 +22,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 
 from kdistill.config import DATA_FORMATS, DataConfig
 from kdistill.errors import DataError
+
+if TYPE_CHECKING:
+    from kdistill.augment import Augmenter
 
 __all__ = [
     "Example",
@@ -416,6 +419,14 @@ class TokenizedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def concat(self, other: TokenizedDataset) -> TokenizedDataset:
+        """The examples of this dataset followed by those of ``other`` (same columns)."""
+        if set(self.columns) != set(other.columns) or (self.labels is None) != (other.labels is None):
+            raise ValueError(f"cannot join datasets with columns {sorted(self.columns)} and {sorted(other.columns)}")
+        columns = {key: values + other.columns[key] for key, values in self.columns.items()}
+        labels = self.labels + other.labels if self.labels is not None and other.labels is not None else None
+        return TokenizedDataset(columns, labels, f"{self.source} + {other.source}")
+
     def __getitem__(self, index: int) -> Example:
         item: Example = {key: values[index] for key, values in self.columns.items()}
         if self.labels is not None:
@@ -535,6 +546,11 @@ class PreparedData:
     label_names: list[str]
     tables: dict[str, TableSplit] = field(default_factory=dict)
     separate_teacher_tokens: bool = False
+    augmented: TokenizedDataset | None = None
+
+    def distillation_set(self) -> TokenizedDataset:
+        """The examples the student is distilled on: train, then the generated sentences if any."""
+        return self.train if self.augmented is None else self.train.concat(self.augmented)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -549,6 +565,8 @@ class PreparedData:
     def sizes(self) -> dict[str, int]:
         """Examples per split."""
         sizes = {"train": len(self.train), "validation": len(self.validation)}
+        if self.augmented is not None:
+            sizes["augmented"] = len(self.augmented)
         if self.test is not None:
             sizes["test"] = len(self.test)
         return sizes
@@ -589,6 +607,7 @@ def prepare_data(
     teacher_id2label: Mapping[int, str] | None = None,
     teacher_num_labels: int | None = None,
     splits: Mapping[str, TableSplit] | None = None,
+    augmenter: Augmenter | None = None,
     progress: bool = True,
 ) -> PreparedData:
     """Load, split, label and tokenise the data of a run.
@@ -604,6 +623,8 @@ def prepare_data(
         teacher_id2label: the teacher's class names, to keep its class order.
         teacher_num_labels: the teacher's number of classes, checked against the data.
         splits: raw splits already loaded (default: :func:`load_splits`).
+        augmenter: makes new, unlabelled training sentences for the teacher to label
+            (``PreparedData.augmented``); the other splits are never augmented.
         progress: show progress bars.
 
     Raises:
@@ -629,6 +650,19 @@ def prepare_data(
             columns.update(tokenize(teacher_tokenizer, table, config.max_length, prefix=TEACHER_PREFIX,
                                     desc=f"tokenising {role} (teacher)", progress=progress))
         datasets[role] = TokenizedDataset(columns, encode_labels(table, label_names), table.source)
+    augmented = None
+    if augmenter is not None:
+        from kdistill.augment import NO_LABEL
+
+        texts, _ = augmenter.augment(splits["train"].texts)
+        if texts:
+            table = TableSplit(texts, None, [NO_LABEL] * len(texts), f"{splits['train'].source} (augmented)")
+            columns = tokenize(student_tokenizer, table, config.max_length, desc="tokenising augmented",
+                               progress=progress)
+            if separate:
+                columns.update(tokenize(teacher_tokenizer, table, config.max_length, prefix=TEACHER_PREFIX,
+                                        desc="tokenising augmented (teacher)", progress=progress))
+            augmented = TokenizedDataset(columns, [NO_LABEL] * len(texts), table.source)
     return PreparedData(
         train=datasets["train"],
         validation=datasets["validation"],
@@ -636,4 +670,5 @@ def prepare_data(
         label_names=label_names,
         tables=splits,
         separate_teacher_tokens=separate,
+        augmented=augmented,
     )

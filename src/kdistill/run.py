@@ -300,6 +300,27 @@ def _build_student(config: RunConfig, teacher: nn.Module, num_labels: int, id2la
     return loaded.model, note
 
 
+def _augmenter(config: RunConfig, teacher: nn.Module, teacher_tokenizer: Any, student_tokenizer: Any,
+               texts: list[str]) -> Any:
+    """The :class:`~kdistill.augment.Augmenter` of ``data.augment``, with word neighbours from the teacher's embeddings."""
+    settings = config.data.augment
+    if settings is None:
+        return None
+    from kdistill.augment import Augmenter, embedding_neighbours
+
+    embeddings = teacher.get_input_embeddings() if hasattr(teacher, "get_input_embeddings") else None
+    neighbours: dict[str, list[str]] = {}
+    if settings.replace_prob > 0:
+        if embeddings is None:
+            raise ConfigError("data.augment.replace_prob needs a teacher with input embeddings; set it to 0")
+        words = {word for text in texts for word in text.split()}
+        neighbours = embedding_neighbours(embeddings.weight, teacher_tokenizer, sorted(words), k=settings.neighbours)
+    mask_token = getattr(student_tokenizer, "mask_token", None)
+    return Augmenter(copies=settings.copies, mask_prob=settings.mask_prob, replace_prob=settings.replace_prob,
+                     ngram_prob=settings.ngram_prob, max_ngram=settings.max_ngram, mask_token=mask_token,
+                     neighbours=neighbours, seed=settings.seed)
+
+
 def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     """Load the data and the models and build the objective, checking that they fit; write nothing.
 
@@ -347,7 +368,8 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         spec = config.student
         student_tokenizer = load_tokenizer(spec.tokenizer or spec.location(), "student", revision=spec.revision,
                                            trust_remote_code=spec.trust_remote_code)
-    data = prepare_data(config.data, student_tokenizer, teacher_tokenizer, splits=splits,
+    augmenter = _augmenter(config, teacher.model, teacher_tokenizer, student_tokenizer, splits["train"].texts)
+    data = prepare_data(config.data, student_tokenizer, teacher_tokenizer, splits=splits, augmenter=augmenter,
                         teacher_id2label=id2label, teacher_num_labels=len(label_names), progress=progress)
     stages = build_stages(config, student, teacher.model)
     return PreparedRun(config, teacher, student, student_tokenizer, data, stages, note)
@@ -567,7 +589,8 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
                                teacher_pad_token_id=getattr(teacher.config, "pad_token_id", None) or 0)
     separate = data.separate_teacher_tokens
     # with a teacher cache each example carries its index, so a batch finds its cached rows
-    train_set = with_example_index(data.train) if config.teacher.cache is not None else data.train
+    distillation_set = data.distillation_set()
+    train_set = with_example_index(distillation_set) if config.teacher.cache is not None else distillation_set
     train_loader = make_loader(train_set, training.batch_size, collator, shuffle=True,
                                group_by_length=training.group_by_length, seed=training.seed)
     validation_loader = make_loader(data.validation, training.eval_batch_size, collator)
@@ -599,7 +622,7 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     logger.info("teacher on validation: accuracy %.4f, macro-F1 %.4f", teacher_validation["accuracy"],
                 teacher_validation["macro_f1"])
 
-    caches = _StageCaches(config, teacher_model, data.train, collator, tokenizer, progress)
+    caches = _StageCaches(config, teacher_model, distillation_set, collator, tokenizer, progress)
     checkpoints = _Checkpoints(folder / CHECKPOINTS_DIR, config.output.keep_checkpoints, config.output.save_checkpoints)
     validations: list[dict[str, float]] = []
     stage_summaries: list[dict[str, Any]] = []
