@@ -328,3 +328,32 @@ def test_padding_collator_keeps_example_indices():
     batch = PaddingCollator(pad_token_id=0)([dataset[0], dataset[1]])
     assert batch["kd_index"].tolist() == [0, 1]
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_length_sorted_cache_pass_stores_every_example_in_its_own_row(tmp_path, monkeypatch):
+    """The cache pass batches examples of similar length (less padding); every row, logits and
+    per-token hidden states alike, must still belong to the example of its index."""
+    from kdistill import cache as cache_module
+    from kdistill.data import PaddingCollator, TokenizedDataset
+
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.randint(2, 20, (70,), generator=generator).tolist()
+    ids = [torch.randint(5, 60, (n,), generator=generator).tolist() for n in lengths]
+    dataset = TokenizedDataset({"input_ids": ids, "attention_mask": [[1] * n for n in lengths]}, [0] * len(ids))
+    teacher = tiny_bert(num_layers=2).eval()
+    collator = PaddingCollator(pad_token_id=0)
+    # small windows, so that the pass spans several of them and several shards
+    monkeypatch.setattr(cache_module, "SORT_WINDOW_BATCHES", 3)
+    windows = cache_module._length_sorted_windows(len(dataset), dataset.lengths, 8)
+    assert [i for w in windows for b in w for i in b] != list(range(70))  # really reordered
+    cache = TeacherCache.build(teacher, dataset, tmp_path / "cache", spec=CacheSpec(hidden_states=(1,)),
+                               batch_size=8, collate_fn=collator, shard_megabytes=0.01, progress=False)
+    assert len(cache.manifest["shards"]) > 1
+    request = CaptureRequest(logits=True, hidden_states=frozenset({1}))
+    for picked in ([5, 69, 0, 33], [12, 13, 40]):
+        batch = collator([dataset[i] for i in picked])
+        online = capture(teacher, batch, request)
+        stored = cache.features(torch.tensor(picked), batch["attention_mask"])
+        assert_close(stored.logits, online.logits, rtol=1e-5, atol=1e-5)
+        keep = batch["attention_mask"].bool()
+        assert_close(stored.hidden_states[1][keep], online.hidden_states[1][keep], rtol=1e-5, atol=1e-5)

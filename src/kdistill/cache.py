@@ -224,6 +224,43 @@ class _ShardWriter:
         return {"start": start, "end": start + self.num_examples, "files": files}
 
 
+#: batches of the cache pass sorted by length within windows of this many batches: far less
+#: padding than dataset order, while only one window of outputs waits in memory to be reordered
+SORT_WINDOW_BATCHES = 16
+
+
+def _length_sorted_windows(size: int, lengths: Sequence[int] | None, batch_size: int) -> list[list[list[int]]]:
+    """Consecutive windows of example indices, each cut into batches of similar lengths.
+
+    Without ``lengths`` every batch is its own window, in dataset order.
+    """
+    if lengths is None or len(lengths) != size:
+        return [[list(range(start, min(start + batch_size, size)))] for start in range(0, size, batch_size)]
+    span = batch_size * SORT_WINDOW_BATCHES
+    windows = []
+    for start in range(0, size, span):
+        ids = sorted(range(start, min(start + span, size)), key=lambda i: lengths[i])
+        windows.append([ids[i:i + batch_size] for i in range(0, len(ids), batch_size)])
+    return windows
+
+
+def _in_example_order(done: list[tuple[list[int], dict[str, np.ndarray], list[int]]],
+                      fields: dict[str, dict[str, Any]]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """The rows of a window's batches (run in length order) put back in example order."""
+    positions = [index for wanted, _, _ in done for index in wanted]
+    inverse = np.argsort(np.asarray(positions), kind="stable")
+    counts = [count for _, _, batch_counts in done for count in batch_counts]
+    out: dict[str, np.ndarray] = {}
+    for name in done[0][1]:
+        joined = np.concatenate([rows[name] for _, rows, _ in done])
+        if not fields[name]["per_token"]:
+            out[name] = joined[inverse]
+            continue
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        out[name] = np.concatenate([joined[offsets[i]:offsets[i + 1]] for i in inverse])
+    return out, [counts[i] for i in inverse] if counts else []
+
+
 # ---------------------------------------------------------------------------
 # the cache
 # ---------------------------------------------------------------------------
@@ -319,7 +356,9 @@ class TeacherCache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
         try:
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)  # type: ignore[arg-type]
+            windows = _length_sorted_windows(len(dataset), getattr(dataset, "lengths", None), batch_size)
+            batches = [batch for window in windows for batch in window]
+            loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn)  # type: ignore[arg-type]
             request = spec.request()
             fields: dict[str, dict[str, Any]] = {}
             shards: list[dict[str, Any]] = []
@@ -327,24 +366,33 @@ class TeacherCache:
             shard_limit = shard_megabytes * 2**20
             position = 0
             half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-            for batch in tqdm(loader, desc="caching teacher outputs", unit="batch", disable=not progress):
-                indices = example_indices(batch)
-                inputs, _ = split_batch(batch)
-                inputs = send_to_device(inputs, device)
-                size = batch_size_of(inputs)
-                if indices is not None and not torch.equal(indices.cpu(), torch.arange(position, position + size)):
-                    raise ValueError("the dataset's kd_index column is not 0..N-1 in order; build the cache "
-                                     "from the dataset before shuffling or wrapping it")
-                autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
-                with torch.no_grad(), autocast:
-                    features = capture(teacher, inputs, request)
-                mask = attention_mask_of(inputs)
-                cls._add_batch(writer, fields, features, mask, spec, size)
+            batch_iter = iter(tqdm(loader, desc="caching teacher outputs", unit="batch", total=len(batches),
+                                   disable=not progress))
+            for window in windows:
+                done: list[tuple[list[int], dict[str, np.ndarray], list[int]]] = []
+                for wanted in window:
+                    batch = next(batch_iter)
+                    indices = example_indices(batch)
+                    inputs, _ = split_batch(batch)
+                    inputs = send_to_device(inputs, device)
+                    if indices is not None and indices.cpu().tolist() != wanted:
+                        raise ValueError("the dataset's kd_index column is not 0..N-1 in order; build the cache "
+                                         "from the dataset before shuffling or wrapping it")
+                    autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
+                    with torch.no_grad(), autocast:
+                        features = capture(teacher, inputs, request)
+                    rows, counts = cls._batch_rows(fields, features, attention_mask_of(inputs), spec)
+                    done.append((wanted, rows, counts))
+                rows, counts = _in_example_order(done, fields)
+                for name, array in rows.items():
+                    writer.add(name, array)
+                writer.token_counts.extend(counts)
+                size = sum(len(wanted) for wanted in window)
                 writer.num_examples += size
-                if writer.nbytes >= shard_limit:
-                    shards.append(writer.write(len(shards), position + size - writer.num_examples))
-                    writer = _ShardWriter(staging, spec)
                 position += size
+                if writer.nbytes >= shard_limit:
+                    shards.append(writer.write(len(shards), position - writer.num_examples))
+                    writer = _ShardWriter(staging, spec)
             if writer.num_examples:
                 shards.append(writer.write(len(shards), position - writer.num_examples))
             manifest = {
@@ -365,8 +413,10 @@ class TeacherCache:
             raise
 
     @staticmethod
-    def _add_batch(writer: _ShardWriter, fields: dict[str, dict[str, Any]], features: Features,
-                   mask: Tensor | None, spec: CacheSpec, size: int) -> None:
+    def _batch_rows(fields: dict[str, dict[str, Any]], features: Features, mask: Tensor | None,
+                    spec: CacheSpec) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The stored rows of one batch (per-token fields: only real tokens, flattened) and
+        each example's token count (empty without per-token fields); registers new fields."""
         per_token_rows: dict[str, Tensor] = {}
         per_example_rows: dict[str, Tensor] = {}
         logits = features.logits
@@ -387,11 +437,13 @@ class TeacherCache:
                 target["logits"] = logits
         for layer in spec.hidden_states:
             per_token_rows[f"hidden.{layer}"] = features.hidden_states[layer]
+        counts: list[int] = []
         if per_token_rows:
             first = next(iter(per_token_rows.values()))
             keep = mask.bool() if mask is not None else torch.ones(first.shape[:2], dtype=torch.bool, device=first.device)
-            writer.token_counts.extend(keep.sum(dim=1).tolist())
+            counts = keep.sum(dim=1).tolist()
             per_token_rows = {name: value[keep] for name, value in per_token_rows.items()}
+        out: dict[str, np.ndarray] = {}
         for per_token, rows in ((True, per_token_rows), (False, per_example_rows)):
             for name, value in rows.items():
                 is_float = value.is_floating_point()
@@ -402,7 +454,8 @@ class TeacherCache:
                     "row_shape": list(array.shape[1:]),
                     "storage": spec.dtype if is_float and name != "topk_rest" else str(array.dtype),
                 })
-                writer.add(name, array)
+                out[name] = array
+        return out, counts
 
     # -- opening ------------------------------------------------------------
 
