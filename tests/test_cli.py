@@ -82,10 +82,14 @@ def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, s
     assert student.config.id2label == {0: "neg", 1: "pos"} and student.config.label2id == {"neg": 0, "pos": 1}
     assert student(**tokenizer(["the film was good"], return_tensors="pt")).logits.shape == (1, 2)
 
-    checkpoints = sorted((folder / "checkpoints").iterdir())
-    assert [c.name for c in checkpoints] == ["distill-001", "distill-002"]
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-    assert state["stage"] == "distill" and 0.0 <= state["accuracy"] <= 1.0
+    # the loop's checkpoints of the stage (6 steps an epoch), its end marker, and the best student
+    checkpoints = folder / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best-student", "distill"]
+    assert sorted(p.name for p in (checkpoints / "distill").iterdir()) == [
+        "checkpoint-00000006", "checkpoint-00000012", "finished.json"]
+    state = json.loads((checkpoints / "best-student" / "trainer_state.json").read_text())
+    assert state["stage"] == "distill" and state["step"] in (6, 12) and 0.0 <= state["accuracy"] <= 1.0
+    assert AutoModelForSequenceClassification.from_pretrained(checkpoints / "best-student").config.num_hidden_layers == 2
 
     metrics = json.loads((folder / "metrics.json").read_text())
     for model in ("teacher", "student"):
@@ -178,7 +182,9 @@ def test_bad_inputs_exit_2_with_one_line_and_lose_nothing(finished_run: tuple[Pa
     before = snapshot(folder)
     runs_before = sorted(p.name for p in folder.parent.iterdir())
     monkeypatch.chdir(workspace)
-    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", *overrides], capsys)
+    # --overwrite: the earlier run in output.dir would be deleted, but only once the new run is prepared
+    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", "--overwrite", *overrides],
+                             capsys)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -196,7 +202,7 @@ def test_a_teacher_with_an_untrained_head_is_refused(workspace: Path, tmp_path: 
     BertModel(BertConfig(vocab_size=35, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                          intermediate_size=64)).save_pretrained(tmp_path / "base")
     code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.path={tmp_path / 'base'}",
-                            "teacher.num_labels=2"], capsys)
+                            "teacher.num_labels=2", f"output.dir={tmp_path / 'run'}"], capsys)
     assert code == 2
     assert "has untrained weights" in err and "teacher.finetune" in err
 
@@ -217,20 +223,47 @@ def test_different_tokenizers_are_refused_with_a_way_out(workspace: Path, tmp_pa
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
 
 
-def test_a_second_run_never_overwrites_the_first(finished_run: tuple[Path, str], workspace: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_output_folder_that_holds_a_run_is_refused_in_one_line(finished_run: tuple[Path, str], workspace: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     folder, _ = finished_run
     before = snapshot(folder)
-    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", "training.max_steps=2",
-                              "output.save_checkpoints=false"], capsys)
-    assert code == 0, err
-    second = folder.with_name("first-2")
-    assert (second / "student" / "config.json").is_file() and str(second) in out
+    runs_before = sorted(p.name for p in folder.parent.iterdir())
+    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", "training.max_steps=2"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == (f"kdistill distill: error: output.dir {str(folder)!r} already holds a run: add --overwrite to "
+                        f"start again (its files are deleted) or --resume {folder} to continue it (in Python: "
+                        "overwrite=True or resume=True)")
     assert snapshot(folder) == before
-    assert "already holds a run" in (second / "run.log").read_text()
-    import shutil
+    assert sorted(p.name for p in folder.parent.iterdir()) == runs_before
 
-    shutil.rmtree(second)
+
+def test_overwrite_starts_again_and_deletes_only_the_old_run_once_the_new_one_is_prepared(
+        workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "run"
+    args = ["distill", str(workspace / "run.yaml"), "--no-progress", "training.max_steps=2", "training.epochs=1",
+            f"output.dir={folder}"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    first = snapshot(folder)
+    # a bad input with --overwrite: refused before anything is deleted
+    code, _, err = run_cli([*args, "--overwrite", "data.label_column=sentiment"], capsys)
+    assert code == 2 and "has no column 'sentiment'" in err
+    assert snapshot(folder) == first
+    code, _, err = run_cli([*args, "--overwrite", "training.lr=2.0e-3"], capsys)
+    assert code == 0, err
+    assert yaml.safe_load((folder / "config.yaml").read_text())["training"]["lr"] == 2.0e-3
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "mine"  # not a run file: kept
+    log = (folder / "run.log").read_text()
+    assert "overwrite: deleted the earlier run's" in log and log.count("run finished") == 1
+    # a folder of other files is never a run to overwrite
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("x", encoding="utf-8")
+    code, _, err = run_cli([*args[:-1], f"output.dir={other}", "--overwrite"], capsys)
+    assert code == 2 and "holds files that are not a kdistill run (data.csv)" in err
+    assert sorted(p.name for p in other.iterdir()) == ["data.csv"]
 
 
 def test_a_failure_during_the_run_keeps_what_was_written(workspace: Path, tmp_path: Path,
@@ -245,7 +278,8 @@ def test_a_failure_during_the_run_keeps_what_was_written(workspace: Path, tmp_pa
         main(["distill", str(workspace / "run.yaml"), "--no-progress", "training.epochs=1",
               f"output.dir={tmp_path / 'run'}"])
     folder = tmp_path / "run"
-    for name in ("config.yaml", "run.log", "metrics.json", "student/model.safetensors", "checkpoints/distill-001"):
+    for name in ("config.yaml", "run.log", "metrics.json", "student/model.safetensors",
+                 "checkpoints/distill/checkpoint-00000006", "checkpoints/distill/finished.json"):
         assert (folder / name).exists(), name
     assert "run stopped: RuntimeError: disk full" in (folder / "run.log").read_text()
 
@@ -291,11 +325,13 @@ def test_two_stage_presets_run_end_to_end(workspace: Path, tmp_path: Path, prese
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [stage["name"] for stage in metrics["training"]["stages"]] == stages
     assert all(stage["steps"] == 2 for stage in metrics["training"]["stages"])
-    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == [f"{s}-001" for s in sorted(stages)]
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == sorted([*stages, "best-student"])
+    for stage in stages:
+        assert (folder / "checkpoints" / stage / "finished.json").is_file()
     # the first stage's projections are checkpointed with it, never saved into the student
-    first = folder / "checkpoints" / f"{stages[0]}-001"
+    first = folder / "checkpoints" / stages[0] / "checkpoint-00000002"
     if preset == "tinybert":
-        assert (first / "objective.safetensors").is_file()
+        assert any("proj" in name for name in _weight_names(first / "objective.safetensors"))
     assert not any("proj" in name for name in _weight_names(folder / "student" / "model.safetensors"))
 
 

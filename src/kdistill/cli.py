@@ -39,6 +39,10 @@ the output folder; key.sub=value arguments override it. Everything is checked be
 starts: an unknown key, a wrong type or an impossible value is one line and exit status 2.
 The run folder gets config.yaml (resolved), run.log, checkpoints/, student/ (with its
 tokenizer), metrics.json, report.md and training_curves.png.
+
+An output folder that already holds a run is refused: --overwrite starts again (the old run's
+files are deleted once the new run is prepared), --resume RUN_DIR continues a stopped run from
+its checkpoints with the config it started with (RUN_DIR/config.yaml; CONFIG may be left out).
 """
 
 DISTILL_EXAMPLES = """\
@@ -46,6 +50,8 @@ examples:
   kdistill distill examples/sst2_minilm_hinton.yaml
   kdistill distill my_run.yaml training.epochs=1 training.lr=1.0e-4 output.dir=runs/try
   kdistill distill my_run.yaml objective.preset=tinybert student.from_teacher.num_layers=3
+  kdistill distill my_run.yaml --overwrite        # output.dir holds a run: start it again
+  kdistill distill --resume runs/first            # continue a run that was stopped or killed
 
 a minimal config:
   teacher: {path: models/my-finetuned-bert}
@@ -111,12 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     distill = commands.add_parser("distill", help="distil a teacher into a student from a YAML config",
                                   description=DISTILL_HELP, epilog=DISTILL_EXAMPLES, formatter_class=_FORMATTER)
-    distill.add_argument("config", metavar="CONFIG.yaml", help="the run's YAML config")
+    distill.add_argument("config", metavar="CONFIG.yaml", nargs="?",
+                         help="the run's YAML config (with --resume: optional, and it must agree with the run's)")
     distill.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value",
                          help="override a config value (read as YAML), e.g. training.epochs=2")
     distill.add_argument("--check", action="store_true",
                          help="validate the config, load the data and the models, and stop before training")
     distill.add_argument("--no-progress", action="store_true", help="no progress bars")
+    again = distill.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
+                       help="output.dir holds a run: start again (its files are deleted once this run is prepared)")
+    again.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its checkpoints, with its config.yaml")
 
     evaluate = commands.add_parser("eval", help="measure a model or a run's student against its teacher",
                                    description=EVAL_HELP, epilog=EVAL_EXAMPLES, formatter_class=_FORMATTER)
@@ -162,10 +174,20 @@ def _positive_int(text: str) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from kdistill.config import load_config
-    from kdistill.run import prepare_run, run_distill
+    from kdistill.run import check_run_folder, prepare_run, resume_config, run_distill
 
-    config = load_config(args.config, args.overrides)
+    if args.resume is not None:
+        config_file, overrides = args.config, list(args.overrides)
+        if config_file is not None and "=" in config_file and not os.path.exists(config_file):
+            config_file, overrides = None, [config_file, *overrides]  # no CONFIG: the first override took its place
+        config = resume_config(args.resume, config_file, overrides)
+    elif args.config is None:
+        raise KdistillError("give the run's CONFIG.yaml, or --resume RUN_DIR to continue a run")
+    else:
+        config = load_config(args.config, args.overrides)
     progress = not args.no_progress
+    # a taken output folder is refused before the (slow) loading of data and models
+    check_run_folder(config, overwrite=args.overwrite, resume=args.resume is not None)
     prepared = prepare_run(config, progress=progress)
     if args.check:
         sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes().items())
@@ -173,7 +195,8 @@ def _distill(args: argparse.Namespace) -> int:
         for stage in prepared.stages:
             print(f"stage {stage.name}: loss = {stage.objective.formula()}")
         return 0
-    result = run_distill(config, progress=progress, prepared=prepared)
+    result = run_distill(config, progress=progress, prepared=prepared, overwrite=args.overwrite,
+                         resume=args.resume is not None)
     print()
     print(result.table())
     print(f"\nrun folder: {result.folder}  (report.md, metrics.json, student/)")

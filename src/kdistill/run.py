@@ -2,16 +2,22 @@
 
 Everything that can be checked is checked before the run folder is made (config, data files,
 columns, labels, models, tokenizers, the objective against the two models), so a bad input
-leaves nothing behind and never touches an earlier run. Once the run starts, its folder only
-grows: the resolved config and the log first, checkpoints during training, then the student,
-``metrics.json``, ``report.md`` and the curves. A failure part-way is written to the log and
-leaves every file that was already there.
+leaves nothing behind and never touches an earlier run. A folder that already holds a run is
+refused unless the run is told to start again (``overwrite``: the old run's files are deleted
+only once the new run is prepared) or to continue it (``resume``). Once the run starts, its
+folder only grows: the resolved config and the log first, checkpoints during training, then the
+student, ``metrics.json``, ``report.md`` and the curves. A failure part-way is written to the
+log and leaves every file that was already there; a run killed part-way continues from its
+last checkpoints with ``resume`` and ends with the student an uninterrupted run would have.
 
 The run folder::
 
     config.yaml          the resolved config (every default filled in)
     run.log              the log
-    checkpoints/         the student (and the objective's projections) during training
+    checkpoints/<stage>/ the training loop's checkpoints of each stage (checkpoint-<step>: student,
+                         projections, optimizer, scheduler, RNG states, data position) and
+                         finished.json once the stage is done
+    checkpoints/best-student/  the student with the best validation accuracy so far
     student/             the final student and its tokenizer (plain transformers can load it)
     teacher/             the fine-tuned teacher, when teacher.finetune is set
     metrics.json         every number of the report
@@ -24,9 +30,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +45,7 @@ from torch import nn
 from kdistill._version import __version__
 from kdistill.config import RunConfig, dump_config
 from kdistill.data import PaddingCollator, PreparedData, load_splits, make_loader, prepare_data
-from kdistill.errors import ConfigError, KdistillError, ModelLoadError
+from kdistill.errors import ConfigError, KdistillError, ModelLoadError, RunFolderError
 from kdistill.loading import LoadedModel, count_parameters, load_classifier, load_tokenizer, looks_local
 from kdistill.batch import with_example_index
 from kdistill.losses import HardCE, Objective
@@ -55,9 +62,11 @@ from kdistill.report import (
     weights_size,
     write_report,
 )
+from kdistill.train.checkpoint import CheckpointError, load_checkpoint
 from kdistill.train.loop import History, distill
 
-__all__ = ["PreparedRun", "RunResult", "Stage", "build_stages", "new_run_folder", "prepare_run", "run_distill"]
+__all__ = ["PreparedRun", "RunResult", "Stage", "build_stages", "check_run_folder", "prepare_run", "resume_config",
+           "run_distill"]
 
 logger = logging.getLogger("kdistill.run")
 
@@ -69,6 +78,11 @@ CURVES_FILE = "training_curves.png"
 STUDENT_DIR = "student"
 TEACHER_DIR = "teacher"
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best-student"
+FINISHED_FILE = "finished.json"
+#: what a run writes into its folder: ``overwrite`` deletes these and nothing else
+RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, CHECKPOINTS_DIR, STUDENT_DIR, TEACHER_DIR, METRICS_FILE, REPORT_FILE,
+               CURVES_FILE)
 
 
 @dataclass
@@ -380,18 +394,117 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
 # ---------------------------------------------------------------------------
 
 
-def new_run_folder(requested: str | Path) -> Path:
-    """``requested`` if it is absent or empty, else the first free ``requested-2``, ``-3`` ...
+def _holds_run(folder: Path) -> bool:
+    return folder.is_dir() and ((folder / CONFIG_FILE).is_file() or (folder / LOG_FILE).is_file())
 
-    A run never writes into a folder that already holds files, so no earlier run is lost.
+
+def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check that ``config.output.dir`` can take the run, and return it; write nothing.
+
+    A new or empty folder takes a new run. A folder that already holds a run is refused unless
+    ``overwrite`` (start again; its run files are deleted once the new run is prepared) or
+    ``resume`` (continue it from its checkpoints). A folder holding files that are not a run
+    is refused either way: kdistill deletes nothing it did not write.
+
+    Raises:
+        RunFolderError: the folder cannot take the run, in one line that says what to do.
     """
-    requested = Path(requested)
-    candidate, number = requested, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        number += 1
-        candidate = requested.with_name(f"{requested.name}-{number}")
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+    folder = Path(config.output.dir)
+    if overwrite and resume:
+        raise RunFolderError("give either --overwrite (start again) or --resume (continue), not both")
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"output.dir {str(folder)!r} is a file, not a folder")
+    if resume:
+        if not _holds_run(folder):
+            raise RunFolderError(f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE}); "
+                                 "give the folder of a run that was stopped")
+        if (folder / REPORT_FILE).is_file():
+            raise RunFolderError(f"the run in {str(folder)!r} has finished (it wrote {REPORT_FILE}): there is nothing "
+                                 "to resume; use --overwrite to run it again")
+        return folder
+    if not folder.exists() or not any(folder.iterdir()):
+        return folder
+    if _holds_run(folder):
+        if overwrite:
+            return folder
+        raise RunFolderError(
+            f"output.dir {str(folder)!r} already holds a run: add --overwrite to start again (its files are "
+            f"deleted) or --resume {folder} to continue it (in Python: overwrite=True or resume=True)"
+        )
+    names = sorted(entry.name for entry in folder.iterdir())
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise RunFolderError(f"output.dir {str(folder)!r} holds files that are not a kdistill run ({shown}); "
+                         "choose a new or empty folder")
+
+
+def _config_differences(run: Any, given: Any, where: str = "") -> list[str]:
+    """Dotted keys where two dumped configs differ, with both values."""
+    if isinstance(run, Mapping) and isinstance(given, Mapping):
+        found: list[str] = []
+        for key in list(run) + [k for k in given if k not in run]:
+            found += _config_differences(run.get(key), given.get(key), f"{where}.{key}" if where else str(key))
+        return found
+    return [] if run == given else [f"{where} ({run!r} in the run, {given!r} here)"]
+
+
+def resume_config(run_dir: str | Path, config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """The config to continue the run in ``run_dir`` with: its resolved ``config.yaml``.
+
+    A config file and ``key.sub=value`` overrides may be given too, but they must come to the
+    same config (``output.dir`` aside): a run continues with the settings it started with, or
+    it would not end with the student an uninterrupted run gives. ``output.dir`` becomes
+    ``run_dir``, so a moved run folder resumes where it is.
+
+    Raises:
+        RunFolderError: ``run_dir`` holds no run, or the given config differs from the run's.
+        ConfigError: the config file or an override is invalid.
+    """
+    from kdistill.config import load_config
+
+    folder = Path(run_dir)
+    stored_file = folder / CONFIG_FILE
+    if not stored_file.is_file():
+        raise RunFolderError(f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE}); "
+                             "give the folder of a run that was stopped")
+    stored = load_config(stored_file)
+    if config_file is not None or overrides:
+        given = load_config(config_file if config_file is not None else stored_file, overrides)
+        run_side, given_side = stored.model_dump(mode="json"), given.model_dump(mode="json")
+        run_side["output"].pop("dir"), given_side["output"].pop("dir")
+        differences = _config_differences(run_side, given_side)
+        if differences:
+            more = f" and {len(differences) - 2} more" if len(differences) > 2 else ""
+            raise RunFolderError(
+                f"the config given differs from the run's {stored_file} at {'; '.join(differences[:2])}{more}: a "
+                "resumed run keeps the config it started with; leave out CONFIG and the overrides"
+            )
+    stored.output.dir = str(folder)
+    return stored
+
+
+def _clear_run(folder: Path) -> list[str]:
+    """Delete what an earlier run wrote into ``folder`` (and nothing else); return the names deleted."""
+    deleted = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        leftover = entry.name.startswith(".") and entry.name.endswith(".partial")
+        if entry.name in RUN_ENTRIES or leftover:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            deleted.append(entry.name)
+    return deleted
+
+
+def _write_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder through ``write(staging)`` and rename it into place: it is whole or absent."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
 
 
 @contextmanager
@@ -421,38 +534,85 @@ def _log_to(path: Path, console: bool) -> Iterator[None]:
         handler.close()
 
 
-class _Checkpoints:
-    """Saves the student during training; keeps the newest few and the best one."""
+class _BestStudent:
+    """Keeps the student of the best validation accuracy in ``checkpoints/best-student/``.
 
-    def __init__(self, folder: Path, keep: int, enabled: bool) -> None:
+    It is a plain model folder (``from_pretrained`` loads it) with ``trainer_state.json``
+    (stage, step, metrics); a resumed run reads the score to beat back from it.
+    """
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
         self.folder = folder
-        self.keep = keep
         self.enabled = enabled
-        self.saved: list[Path] = []
-        self.best: tuple[float, Path] | None = None
+        self.best: dict[str, Any] | None = None
+        state = folder / "trainer_state.json"
+        if enabled and state.is_file():
+            try:
+                self.best = json.loads(state.read_text(encoding="utf-8"))
+            except ValueError:
+                self.best = None
 
-    def save(self, model: nn.Module, objective: Objective, tokenizer: Any, name: str, state: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        from safetensors.torch import save_file
+    def watch(self, eval_fn: Callable[[nn.Module], dict[str, float]], student: nn.Module, tokenizer: Any,
+              stage: str, step: Callable[[], int]) -> Callable[[nn.Module], dict[str, float]]:
+        """``eval_fn`` that also saves ``student`` when its accuracy beats the best so far."""
 
-        target = self.folder / name
-        target.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
-        projections = {k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()}
-        if projections:
-            # the objective's trainable parts (projections) belong to the run, not to the student
-            save_file(projections, str(target / "objective.safetensors"))
-        (target / "trainer_state.json").write_text(json.dumps(dict(state), indent=2) + "\n", encoding="utf-8")
-        self.saved.append(target)
-        score = state.get("accuracy")
-        if isinstance(score, float) and (self.best is None or score > self.best[0]):
-            self.best = (score, target)
-        for old in self.saved[:-self.keep]:
-            if self.best is None or old != self.best[1]:
-                shutil.rmtree(old, ignore_errors=True)
-                self.saved.remove(old)
+        def evaluate_and_keep(model: nn.Module) -> dict[str, float]:
+            metrics = eval_fn(model)
+            score = metrics.get("accuracy")
+            if self.enabled and isinstance(score, float) and (self.best is None or score > self.best["accuracy"]):
+                state = {"stage": stage, "step": step(), **metrics}
+
+                def write(target: Path) -> None:
+                    student.save_pretrained(target)
+                    tokenizer.save_pretrained(target)
+                    (target / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+                _write_folder(self.folder, write)
+                self.best = state
+            return metrics
+
+        return evaluate_and_keep
+
+
+def _finished_stage(stage_dir: Path, student: nn.Module, objective: Objective) -> History | None:
+    """A stage finished before a resume: load its final checkpoint and return its history; else None."""
+    marker = stage_dir / FINISHED_FILE
+    if not marker.is_file():
+        return None
+    try:
+        name = json.loads(marker.read_text(encoding="utf-8"))["checkpoint"]
+        state = load_checkpoint(stage_dir / name, student, objective)
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError) as error:
+        logger.warning("%s: its final checkpoint cannot be read (%s); the stage continues from its newest intact "
+                       "checkpoint", stage_dir.name, error)
+        return None
+    return History(**state.history)
+
+
+def _mark_finished(stage_dir: Path, history: History) -> None:
+    """Write ``finished.json`` naming the stage's final checkpoint (the newest one)."""
+    from kdistill.train.checkpoint import find_resumable
+
+    final = find_resumable(stage_dir)
+    if final is None:
+        return
+    staging = stage_dir / f".{FINISHED_FILE}.partial"
+    staging.write_text(json.dumps({"checkpoint": final.name, "steps": len(history.steps)}) + "\n", encoding="utf-8")
+    os.replace(staging, stage_dir / FINISHED_FILE)
+
+
+def _restart_shuffle(loader: Any, seed: int) -> None:
+    """Reseed a loader's own shuffling generator: each stage draws the same orders whether or not
+    the stages before it ran in this process (a resumed run skips finished ones)."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+
+
+def _read_weights(model: nn.Module, folder: Path) -> None:
+    """Load the weights saved with ``save_pretrained`` in ``folder`` into ``model`` (same class)."""
+    saved = type(model).from_pretrained(folder)
+    model.load_state_dict(saved.state_dict())
 
 
 def default_cache_root() -> Path:
@@ -543,7 +703,7 @@ def _evaluate(model: nn.Module, loader: Any, num_labels: int, *, teacher_side: b
 
 
 def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool = True,
-                prepared: PreparedRun | None = None) -> RunResult:
+                prepared: PreparedRun | None = None, overwrite: bool = False, resume: bool = False) -> RunResult:
     """Run a whole distillation: prepare, train every stage, save and report.
 
     Args:
@@ -551,23 +711,36 @@ def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool =
         progress: show progress bars.
         console_log: also print the log's lines on the console.
         prepared: a :func:`prepare_run` result to use instead of preparing again.
+        overwrite: ``output.dir`` may hold an earlier run: its files are deleted, once this run
+            is prepared, and the run starts again.
+        resume: continue the run in ``output.dir`` (see :func:`resume_config` for its config):
+            finished stages are skipped, the fine-tuned teacher is read back, and each stage
+            continues from its newest intact checkpoint.
 
     Returns:
         The run folder and its metrics.
 
     Raises:
-        KdistillError: a problem with the inputs; found before the run folder is made.
+        RunFolderError: ``output.dir`` already holds a run and neither ``overwrite`` nor
+            ``resume`` is set (or it holds other files, or no run to resume).
+        KdistillError: a problem with the inputs; found before the run folder is touched.
     """
     started = time.time()
+    folder = check_run_folder(config, overwrite=overwrite, resume=resume)
     prepared = prepared or prepare_run(config, progress=progress)
-    folder = new_run_folder(config.output.dir)
-    (folder / CONFIG_FILE).write_text(dump_config(config), encoding="utf-8")
+    deleted = _clear_run(folder) if overwrite else []
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (folder / CONFIG_FILE).write_text(dump_config(config), encoding="utf-8")
     with _log_to(folder / LOG_FILE, console_log):
-        if folder != Path(config.output.dir):
-            logger.info("%s already holds a run: this run goes to %s", config.output.dir, folder)
-        logger.info("kdistill %s: run folder %s", __version__, folder)
+        if deleted:
+            logger.info("overwrite: deleted the earlier run's %s", ", ".join(deleted))
+        if resume:
+            logger.info("kdistill %s: resuming the run in %s", __version__, folder)
+        else:
+            logger.info("kdistill %s: run folder %s", __version__, folder)
         try:
-            result = _train_and_report(prepared, folder, started, progress)
+            result = _train_and_report(prepared, folder, started, progress, resume)
         except BaseException as error:
             # the log says why the run stopped; every file written so far stays
             logger.error("run stopped: %s: %s", type(error).__name__, error)
@@ -575,7 +748,10 @@ def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool =
     return result
 
 
-def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progress: bool) -> RunResult:
+def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progress: bool,
+                      resume: bool = False) -> RunResult:
+    from transformers import set_seed
+
     config, data = prepared.config, prepared.data
     training = config.training
     teacher, student, tokenizer = prepared.teacher.model, prepared.student, prepared.tokenizer
@@ -593,28 +769,45 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     train_set = with_example_index(distillation_set) if config.teacher.cache is not None else distillation_set
     train_loader = make_loader(train_set, training.batch_size, collator, shuffle=True,
                                group_by_length=training.group_by_length, seed=training.seed)
-    validation_loader = make_loader(data.validation, training.eval_batch_size, collator)
+    # evaluation in length order: less padding; teacher and student see the same order
+    validation_loader = make_loader(data.validation, training.eval_batch_size, collator,
+                                    group_by_length=training.group_by_length)
     eval_name = "test" if data.test is not None else "validation"
     eval_set = data.test if data.test is not None else data.validation
-    eval_loader = make_loader(eval_set, training.eval_batch_size, collator)
+    eval_loader = make_loader(eval_set, training.eval_batch_size, collator, group_by_length=training.group_by_length)
     steps_per_epoch = math.ceil(len(train_loader) / training.gradient_accumulation_steps)
 
     teacher_model: nn.Module = _Routed(teacher, True) if separate else teacher
     student_model: nn.Module = _Routed(student, False) if separate else student
 
     stages_run: list[tuple[str, History]] = []
-    if config.teacher.finetune is not None:
+    saved_teacher = folder / TEACHER_DIR
+    if config.teacher.finetune is not None and resume and (saved_teacher / "config.json").is_file():
+        # written whole or not at all (renamed into place), so a teacher/ folder is complete
+        _read_weights(teacher, saved_teacher)
+        logger.info("the teacher was fine-tuned before the interruption: read back from %s", saved_teacher)
+        finetune_history = saved_teacher / "training_history.json"
+        if finetune_history.is_file():
+            stages_run.append(("teacher fine-tuning", History(**json.loads(finetune_history.read_text(encoding="utf-8")))))
+    elif config.teacher.finetune is not None:
         finetune = config.teacher.finetune
         logger.info("fine-tuning the teacher for %d epoch(s) (its head is new)", finetune.epochs)
         teacher_loader = make_loader(data.train, finetune.batch_size or training.batch_size, collator, shuffle=True,
                                      group_by_length=training.group_by_length, seed=training.seed)
+        set_seed(training.seed)
         teacher.train()
         history = distill(nn.Identity(), teacher_model, teacher_loader, objective=Objective({"ce": HardCE()}),
                           lr=finetune.lr, epochs=finetune.epochs, precision=training.precision, progress=progress,
                           log_every=training.log_every)
         teacher.eval()
-        teacher.save_pretrained(folder / TEACHER_DIR)
-        tokenizer.save_pretrained(folder / TEACHER_DIR)
+
+        def write_teacher(target: Path) -> None:
+            teacher.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+            (target / "training_history.json").write_text(
+                json.dumps({"steps": history.steps, "epochs": history.epochs}) + "\n", encoding="utf-8")
+
+        _write_folder(saved_teacher, write_teacher)
         stages_run.append(("teacher fine-tuning", history))
 
     teacher_validation, _ = _evaluate(teacher_model, validation_loader, num_labels, teacher_side=separate,
@@ -623,28 +816,47 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
                 teacher_validation["macro_f1"])
 
     caches = _StageCaches(config, teacher_model, distillation_set, collator, tokenizer, progress)
-    checkpoints = _Checkpoints(folder / CHECKPOINTS_DIR, config.output.keep_checkpoints, config.output.save_checkpoints)
+    output = config.output
+    best = _BestStudent(folder / CHECKPOINTS_DIR / BEST_DIR, output.save_checkpoints)
+    if resume and not output.save_checkpoints:
+        logger.warning("output.save_checkpoints is false: the run left no checkpoints, so training starts again")
     validations: list[dict[str, float]] = []
     stage_summaries: list[dict[str, Any]] = []
     step_offset = 0
-    for stage in prepared.stages:
-        logger.info("stage %s: loss = %s, %d epoch(s), lr %g", stage.name, stage.objective.formula(), stage.epochs, stage.lr)
+    for index, stage in enumerate(prepared.stages):
         optimizer, scheduler, total = _optimizer_and_scheduler(student, stage.objective, stage, config, steps_per_epoch)
+        stage_dir = folder / CHECKPOINTS_DIR / stage.name if output.save_checkpoints else None
+        finished = _finished_stage(stage_dir, student_model, stage.objective) if resume and stage_dir else None
+        if finished is not None:
+            logger.info("stage %s finished before the interruption: skipped, its student read back", stage.name)
+            history = finished
+        else:
+            logger.info("stage %s: loss = %s, %d epoch(s), lr %g", stage.name, stage.objective.formula(), stage.epochs,
+                        stage.lr)
 
-        def eval_fn(model: nn.Module) -> dict[str, float]:
-            metrics, _ = _evaluate(model, validation_loader, num_labels, teacher_side=False,
-                                   desc="student on validation", progress=progress)
-            return metrics
+            def eval_fn(model: nn.Module) -> dict[str, float]:
+                metrics, _ = _evaluate(model, validation_loader, num_labels, teacher_side=False,
+                                       desc="student on validation", progress=progress)
+                return metrics
 
-        teacher_cache = caches.for_objective(stage.objective, stage.name)
-        history = distill(
-            teacher_model, student_model, train_loader, objective=stage.objective, optimizer=optimizer,
-            teacher_cache=teacher_cache,
-            scheduler=scheduler, epochs=stage.epochs, max_steps=training.max_steps,
-            gradient_accumulation_steps=training.gradient_accumulation_steps, max_grad_norm=training.max_grad_norm,
-            precision=training.precision, eval_fn=_checkpointing(eval_fn, checkpoints, student, stage, tokenizer),
-            eval_every=training.eval_every, log_every=training.log_every, progress=progress,
-        )
+            teacher_cache = caches.for_objective(stage.objective, stage.name)
+            # every stage starts from its own seed, so a resumed run that skipped the stages
+            # before it trains it as the uninterrupted run did
+            set_seed(training.seed + index)
+            _restart_shuffle(train_loader, training.seed + index)
+            history = distill(
+                teacher_model, student_model, train_loader, objective=stage.objective, optimizer=optimizer,
+                teacher_cache=teacher_cache,
+                scheduler=scheduler, epochs=stage.epochs, max_steps=training.max_steps,
+                gradient_accumulation_steps=training.gradient_accumulation_steps, max_grad_norm=training.max_grad_norm,
+                precision=training.precision,
+                eval_fn=best.watch(eval_fn, student, tokenizer, stage.name, lambda: int(scheduler.last_epoch)),
+                eval_every=training.eval_every, log_every=training.log_every, progress=progress,
+                checkpoint_dir=stage_dir, save_every=output.save_every, keep_checkpoints=output.keep_checkpoints,
+                resume=resume and stage_dir is not None,
+            )
+            if stage_dir is not None:
+                _mark_finished(stage_dir, history)
         for record in history.evals:
             validations.append({"stage": stage.name, **{k: v for k, v in record.items()},
                                 "global_step": record["step"] + step_offset})
@@ -664,7 +876,7 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     student_metrics, student_logits = _evaluate(student_model, eval_loader, num_labels, teacher_side=False,
                                                 desc=f"student on {eval_name}", progress=progress)
     student_metrics["agreement"] = agreement(student_logits, teacher_logits)
-    probe = next(iter(eval_loader))
+    probe = next(iter(make_loader(eval_set, training.eval_batch_size, collator)))  # a batch as it comes, not the shortest
     teacher_speed = measure_speed(teacher, probe, teacher_side=separate)
     student_speed = measure_speed(student, probe, teacher_side=False)
     teacher_folder = folder / TEACHER_DIR if config.teacher.finetune is not None else (
@@ -690,23 +902,11 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
         "validation": validations,
         "training": {"stages": stage_summaries},
     }
+    if best.best is not None:
+        metrics["training"]["best_student"] = {"folder": f"{CHECKPOINTS_DIR}/{BEST_DIR}", "stage": best.best["stage"],
+                                               "step": best.best["step"], "accuracy": best.best["accuracy"]}
     update_metrics_file(folder / METRICS_FILE, metrics)
     plot_curves(stages_run, folder / CURVES_FILE, title=f"kdistill: {folder.name}")
     write_report(folder / REPORT_FILE, metrics, curves=CURVES_FILE, config_file=CONFIG_FILE)
     logger.info("run finished in %.0f s: %s", seconds, folder)
     return RunResult(folder=folder, metrics=metrics)
-
-
-def _checkpointing(eval_fn: Callable[[nn.Module], dict[str, float]], checkpoints: _Checkpoints, student: nn.Module,
-                   stage: Stage, tokenizer: Any) -> Callable[[nn.Module], dict[str, float]]:
-    """Wrap an evaluation so that each evaluation also saves a checkpoint of the student."""
-    count = {"n": 0}
-
-    def evaluate_and_save(model: nn.Module) -> dict[str, float]:
-        metrics = eval_fn(model)
-        count["n"] += 1
-        checkpoints.save(student, stage.objective, tokenizer, f"{stage.name}-{count['n']:03d}",
-                         {"stage": stage.name, "evaluation": count["n"], **metrics})
-        return metrics
-
-    return evaluate_and_save
