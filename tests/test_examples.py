@@ -76,3 +76,42 @@ def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: 
     teacher_parameters = sum(p.numel() for p in prepared.teacher.model.parameters())
     student_parameters = sum(p.numel() for p in prepared.student.parameters())
     assert 22_000_000 < teacher_parameters < 23_500_000 and student_parameters < teacher_parameters
+
+
+QUALITY = sorted((ROOT / "examples" / "quality").glob("*.yaml"))
+QUALITY_STAGES = {
+    "teacher.yaml": ["distill"], "no_teacher.yaml": ["distill"], "hinton.yaml": ["distill"],
+    "kd_hidden.yaml": ["distill"], "kd_augmented.yaml": ["distill"], "tinybert.yaml": ["intermediate", "prediction"],
+    "minilm.yaml": ["relations", "prediction"],
+}
+
+
+def _quality_script():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_quality_recipe_has_a_config() -> None:
+    quality = _quality_script()
+    assert sorted(p.name for p in QUALITY) == sorted(QUALITY_STAGES)
+    assert {f"{recipe}.yaml" for recipe in quality.RECIPES} | {"teacher.yaml"} == set(QUALITY_STAGES)
+
+
+@pytest.mark.parametrize("student", ["a", "b"])
+@pytest.mark.parametrize("path", QUALITY, ids=lambda p: p.name)
+def test_quality_configs_build_for_both_students(path: Path, student: str, minilm_shaped_teacher: Path) -> None:
+    """Each benchmark row's config, with the script's student overrides, fits all-MiniLM-L6-v2's shape."""
+    quality = _quality_script()
+    config = load_config(path, [
+        "teacher.package=null", "teacher.num_labels=null", "teacher.finetune=null", f"teacher.path={minilm_shaped_teacher}",
+        f"data.train={minilm_shaped_teacher / 'train.csv'}", "data.validation=null", "data.test=null",
+        *quality.STUDENTS[student]["overrides"],
+    ])
+    prepared = prepare_run(config, progress=False)
+    assert [s.name for s in prepared.stages] == QUALITY_STAGES[path.name]
+    expected_layers = 2 if student == "a" else 4
+    assert prepared.student.config.num_hidden_layers == expected_layers
+    if path.name == "kd_augmented.yaml":
+        assert prepared.data.augmented is not None and len(prepared.data.augmented) > len(prepared.data.train)
