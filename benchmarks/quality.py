@@ -71,7 +71,7 @@ def kdistill(config: Path, folder: Path, overrides: list[str], log: Path) -> dic
         out.flush()
         done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        raise SystemExit(f"kdistill distill failed (exit {done.returncode}); see {log}")
+        raise RuntimeError(f"kdistill distill failed (exit {done.returncode}); see {log} and {folder / 'run.log'}")
     return json.loads((folder / "metrics.json").read_text())
 
 
@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="the results JSON (default benchmarks/results/quality_TASK.json)")
     parser.add_argument("--quick", action="store_true", help="500 training sentences, 1 epoch, 1 seed: a smoke test")
     parser.add_argument("--table", action="store_true", help="print the saved results as a Markdown table; run nothing")
+    parser.add_argument("--remeasure", action="store_true", help="measure the speed-ups again (on a quiet machine); train nothing")
     args = parser.parse_args()
     if args.table:
         saved = args.output or ROOT / "benchmarks" / "results" / f"quality_{args.task}.json"
@@ -205,7 +206,10 @@ def main() -> None:
 
     teacher_run = runs_dir / "teacher"
     teacher_quick = ["teacher.finetune.epochs=1"] if args.quick else []
-    metrics = kdistill(EXAMPLES / "teacher.yaml", teacher_run, common + teacher_quick, log)
+    try:
+        metrics = kdistill(EXAMPLES / "teacher.yaml", teacher_run, common + teacher_quick, log)
+    except RuntimeError as error:
+        raise SystemExit(f"the teacher could not be fine-tuned: {error}") from None
     teacher_dir = teacher_run / "teacher"
     results["teacher"] = {"metric": metrics["teacher"][metric], "params": metrics["teacher"]["parameters"],
                           "seconds": metrics["run"]["seconds"], "folder": str(teacher_dir.relative_to(ROOT))
@@ -219,9 +223,12 @@ def main() -> None:
         parser.error(f"unknown recipe or student: {', '.join(unknown)}")
     results.setdefault("speed", {})
     for student in students:
-        results["speed"][student] = measure_speedup(teacher_dir, STUDENTS[student]["overrides"])
+        if student not in results["speed"] or args.remeasure:
+            results["speed"][student] = measure_speedup(teacher_dir, STUDENTS[student]["overrides"])
         print(f"student {student}: speed-up {results['speed'][student]['speedup']:.2f}", file=sys.stderr)
     save(output, results, metric)
+    if args.remeasure:
+        return
 
     # seed by seed, so that one session already gives every row once
     for seed in range(seeds):
@@ -233,7 +240,15 @@ def main() -> None:
                 overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"],
                              f"training.seed={seed}"]
                 started = time.time()
-                metrics = kdistill(EXAMPLES / f"{recipe}.yaml", runs_dir / f"{student}-{recipe}-s{seed}", overrides, log)
+                try:
+                    metrics = kdistill(EXAMPLES / f"{recipe}.yaml", runs_dir / f"{student}-{recipe}-s{seed}", overrides, log)
+                except RuntimeError as error:
+                    # one broken row must not stop a grid that runs for hours unattended
+                    results.setdefault("failures", {})[key] = str(error)
+                    save(output, results, metric)
+                    print(f"{key}: FAILED: {error}", file=sys.stderr, flush=True)
+                    continue
+                results.get("failures", {}).pop(key, None)
                 results["runs"][key] = {
                     "metric": metrics["student"][metric], "accuracy": metrics["student"]["accuracy"],
                     "macro_f1": metrics["student"]["macro_f1"], "agreement": metrics["student"]["agreement"],
