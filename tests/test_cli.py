@@ -165,11 +165,12 @@ BAD_INPUTS = [
     (["training.lr=0"], "training.lr: Input should be greater than 0"),
     (["data.train=absent.csv"], "data file 'absent.csv' not found"),
     (["data.label_column=sentiment"], "has no column 'sentiment' (data.label_column)"),
-    (["data.train=latin.csv"], "is not valid utf-8 text (byte 14): set data.encoding"),
+    (["data.train=latin.csv"], "is not valid utf-8 text (line 2, byte 14): set data.encoding"),
     (["teacher.path=./no/such/teacher"], "teacher './no/such/teacher': no such folder"),
     (["student.from_teacher.num_layers=9"], "student.from_teacher: cannot copy 9 student layers"),
     (["objective.preset=null", "objective.temperature=null", "objective.alpha=null", "objective.terms.h.type=hidden_mse",
-      "objective.terms.h.layer_map={1: 7}"], "objective: "),
+      "objective.terms.h.layer_map={1: 7}"],
+     "objective: teacher layer 7 is out of range: the teacher (BertForSequenceClassification) has layers 0..4"),
 ]
 
 

@@ -144,8 +144,9 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as error:
+            line = raw[:error.start].count(b"\n") + 1
             raise DataError(
-                f"{str(path)!r} is not valid {encoding} text (byte {error.start}): set data.encoding "
+                f"{str(path)!r} is not valid {encoding} text (line {line}, byte {error.start}): set data.encoding "
                 "(e.g. latin-1 or cp1252)"
             ) from None
         text = text.removeprefix("\ufeff")
