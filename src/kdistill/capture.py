@@ -37,6 +37,7 @@ __all__ = [
     "attention_mask_of",
     "call_model",
     "capture",
+    "check_capture",
     "features_from_output",
     "logits_from_output",
 ]
@@ -379,6 +380,52 @@ def _eager_attention(module: nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) == "eager"
 
 
+def _check_hidden_states(module: nn.Module) -> None:
+    if not _is_hf(module):
+        raise ValueError(
+            f"hidden states by layer index need a Hugging Face model; {type(module).__name__} is not one. "
+            "Name the modules whose outputs to compare instead (e.g. {'layer2': 'layer3'})"
+        )
+
+
+def _attention_plan(module: nn.Module, request: CaptureRequest) -> tuple[dict[int, attn.LayerAttention], bool]:
+    """The layers whose query/key projections are hooked, and whether the maps come from
+    ``output_attentions`` instead (an unknown architecture running eager attention).
+
+    Raises:
+        UnsupportedArchitectureError: the attention the request needs cannot be had from this model.
+    """
+    if not request.attention_layers:
+        return {}, False
+    if attn.attention_layout(module) is not None:
+        return attn.layer_attention(module, request.attention_layers), False
+    if request.attention_scores or request.qkv or not _eager_attention(module):
+        what = "attention scores or query/key/value projections" if request.attention_scores or request.qkv else "attention maps"
+        message = attn._unsupported_message(module, what)
+        if request.attention_scores or request.qkv:
+            message += (
+                "; note that eager attention yields probabilities only: compare probabilities "
+                "(e.g. AttentionMSE(..., on='probs')) for such a model"
+            )
+        raise attn.UnsupportedArchitectureError(message)
+    return {}, True
+
+
+def check_capture(module: nn.Module, request: CaptureRequest) -> None:
+    """Raise the error :func:`capture` would raise for ``request`` on ``module``, without running it:
+    hidden states from a model that is not a Hugging Face one, attention from an architecture
+    kdistill cannot read it from, a layer or module that does not exist.
+
+    Raises:
+        ValueError: as :func:`capture` (``UnsupportedArchitectureError`` for the attention).
+    """
+    if request.hidden_states:
+        _check_hidden_states(module)
+    for path in sorted(request.modules):
+        _submodule(module, path)
+    _attention_plan(module, request)
+
+
 def capture(model: nn.Module, inputs: Any, request: CaptureRequest | None = None, *, module: nn.Module | None = None) -> Features:
     """Run ``model`` on ``inputs`` and collect what ``request`` asks for.
 
@@ -410,36 +457,20 @@ def capture(model: nn.Module, inputs: Any, request: CaptureRequest | None = None
 
     call_kwargs: dict[str, Any] = {}
     if request.hidden_states:
-        if not _is_hf(module):
-            raise ValueError(
-                f"hidden states by layer index need a Hugging Face model; {type(module).__name__} is not one. "
-                "Name the modules whose outputs to compare instead (e.g. {'layer2': 'layer3'})"
-            )
+        _check_hidden_states(module)
         call_kwargs["output_hidden_states"] = True
 
     targets: dict[str, tuple[nn.Module, str]] = {
         f"module:{path}": (_submodule(module, path), f"module {path!r}") for path in sorted(request.modules)
     }
-    layer_specs: dict[int, attn.LayerAttention] = {}
-    if request.attention_layers:
-        if attn.attention_layout(module) is not None:
-            layer_specs = attn.layer_attention(module, request.attention_layers)
-        elif request.attention_scores or request.qkv or not _eager_attention(module):
-            what = "attention scores or query/key/value projections" if request.attention_scores or request.qkv else "attention maps"
-            message = attn._unsupported_message(module, what)
-            if request.attention_scores or request.qkv:
-                message += (
-                    "; note that eager attention yields probabilities only: compare probabilities "
-                    "(e.g. AttentionMSE(..., on='probs')) for such a model"
-                )
-            raise attn.UnsupportedArchitectureError(message)
-        else:
-            call_kwargs["output_attentions"] = True
-        for layer, spec in layer_specs.items():
-            targets[f"query:{layer}"] = (spec.query, f"the query projection of layer {layer}")
-            targets[f"key:{layer}"] = (spec.key, f"the key projection of layer {layer}")
-            if layer in request.qkv:
-                targets[f"value:{layer}"] = (spec.value, f"the value projection of layer {layer}")
+    layer_specs, eager_maps = _attention_plan(module, request)
+    if eager_maps:
+        call_kwargs["output_attentions"] = True
+    for layer, spec in layer_specs.items():
+        targets[f"query:{layer}"] = (spec.query, f"the query projection of layer {layer}")
+        targets[f"key:{layer}"] = (spec.key, f"the key projection of layer {layer}")
+        if layer in request.qkv:
+            targets[f"value:{layer}"] = (spec.value, f"the value projection of layer {layer}")
 
     with _hooked(targets) as recorded:
         output = call_model(model, inputs, **call_kwargs)

@@ -1,8 +1,9 @@
 """The ``kdistill`` command: ``distill``, ``eval``, ``inspect`` and ``demo``.
 
 A user error (a :class:`~kdistill.errors.KdistillError`: a bad config, a missing file, a model
-that does not fit) is printed as one line on stderr and the command exits with status 2;
-anything else is a bug and keeps its traceback.
+that does not fit, a taken output folder; or a NaN loss, which the settings cause) is printed as
+one line on stderr and the command exits with status 2; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -267,9 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # kdistill draws its own bars; the library's per-file bars (loading, saving weights) are noise here
     hf_logging.disable_progress_bar()
+    from kdistill.train.loop import NonFiniteLossError
+
     try:
         return COMMANDS[args.command](args)
-    except KdistillError as error:
+    except (KdistillError, NonFiniteLossError) as error:
+        # a NaN or infinite loss comes from the settings (learning rate, precision): one line too
         print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:

@@ -471,6 +471,9 @@ class TrainingConfig(_Section):
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps; default: each epoch")
     log_every: int = Field(10, ge=1)
     group_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN or infinite loss: stop the run (the last good checkpoint stays) or skip the step"
+    )
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from torch import nn
 
 from kdistill.errors import ModelLoadError
 
-__all__ = ["LoadedModel", "count_parameters", "load_any_model", "load_classifier", "load_tokenizer", "looks_local"]
+__all__ = ["LoadedModel", "count_parameters", "load_any_model", "load_classifier", "load_tokenizer", "looks_local",
+           "saved_head_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,30 @@ def looks_local(location: str) -> bool:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load_problem(error: BaseException, location: str, role: str) -> str:
+    """Why loading ``location`` failed, in one line, with the way out where kdistill knows it."""
+    if "custom code" in str(error) or "trust_remote_code" in str(error):
+        return (f"it ships its own Python code, which kdistill runs only when trust_remote_code is on "
+                f"({role}.trust_remote_code: true in a config; read that code first)")
+    problem = _first_line(error)
+    if not looks_local(location):
+        problem += f" (nor is there a folder {location!r} here)"
+    return problem
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own load report: kdistill reports new or resized weights itself."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def _check_location(location: str, role: str, what: str = "a model") -> str:
@@ -100,12 +127,33 @@ def load_classifier(
     if id2label is not None:
         kwargs.update(id2label=dict(id2label), label2id={name: i for i, name in id2label.items()})
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **kwargs)
+        with _quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **kwargs)
     except (OSError, ValueError, KeyError, EnvironmentError) as error:
-        raise ModelLoadError(f"cannot load {role} {location!r}: {_first_line(error)}") from None
+        raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
     new = sorted(set(info.get("missing_keys", [])) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])})
     model.eval()
     return LoadedModel(model=model, location=location, new_weights=new)
+
+
+def saved_head_size(location: str, role: str, *, revision: str | None = None,
+                    trust_remote_code: bool = False) -> int | None:
+    """The classes of the sequence-classification head saved at ``location``; None if it saved none.
+
+    Reads the model's ``config.json`` only (its ``architectures`` and ``num_labels``), so a
+    classifier trained for another label set is found before its weights are loaded.
+    """
+    from transformers import AutoConfig
+
+    source = _check_location(location, role)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError):
+        return None  # loading the model reports why, in one line
+    architectures = getattr(config, "architectures", None) or []
+    if any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        return int(config.num_labels)
+    return None
 
 
 def load_any_model(location: str, role: str = "model", *, trust_remote_code: bool = False) -> nn.Module:
@@ -122,7 +170,7 @@ def load_any_model(location: str, role: str = "model", *, trust_remote_code: boo
             model_class = AutoModel
         return model_class.from_pretrained(source, trust_remote_code=trust_remote_code).eval()
     except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"cannot load {role} {location!r}: {_first_line(error)}") from None
+        raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
 
 
 def load_tokenizer(location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
@@ -138,7 +186,7 @@ def load_tokenizer(location: str, role: str, *, revision: str | None = None, tru
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelLoadError(
-            f"cannot load the {role}'s tokenizer from {location!r}: {_first_line(error)} "
+            f"cannot load the {role}'s tokenizer from {location!r}: {_load_problem(error, location, role)} "
             f"(set {role}.tokenizer: to a folder or hub id that has one)"
         ) from None
     if isinstance(tokenizer, bool) or not callable(tokenizer):

@@ -46,7 +46,14 @@ from kdistill._version import __version__
 from kdistill.config import RunConfig, dump_config
 from kdistill.data import PaddingCollator, PreparedData, load_splits, make_loader, prepare_data
 from kdistill.errors import ConfigError, KdistillError, ModelLoadError, RunFolderError
-from kdistill.loading import LoadedModel, count_parameters, load_classifier, load_tokenizer, looks_local
+from kdistill.loading import (
+    LoadedModel,
+    count_parameters,
+    load_classifier,
+    load_tokenizer,
+    looks_local,
+    saved_head_size,
+)
 from kdistill.batch import with_example_index
 from kdistill.losses import HardCE, Objective
 from kdistill.report import (
@@ -304,8 +311,17 @@ def _build_student(config: RunConfig, teacher: nn.Module, num_labels: int, id2la
         student.config.id2label = dict(id2label)
         student.config.label2id = {name: i for i, name in id2label.items()}
         return student, str(report)
+    location = spec.location()
+    head = saved_head_size(location, "student", revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    if head is not None and head != num_labels:
+        # a head trained for another label set would be thrown away without a word
+        names = ", ".join(list(id2label.values())[:10])
+        raise ModelLoadError(
+            f"the student {location!r} predicts {head} classes but the training data has {num_labels} labels "
+            f"({names}); give a student for these labels, or one without a classification head (it gets a new one)"
+        )
     loaded = load_classifier(
-        spec.location(), "student", num_labels=num_labels, id2label=id2label, revision=spec.revision,
+        location, "student", num_labels=num_labels, id2label=id2label, revision=spec.revision,
         trust_remote_code=spec.trust_remote_code,
     )
     note = f"student loaded from {loaded.location}"
@@ -386,7 +402,21 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     data = prepare_data(config.data, student_tokenizer, teacher_tokenizer, splits=splits, augmenter=augmenter,
                         teacher_id2label=id2label, teacher_num_labels=len(label_names), progress=progress)
     stages = build_stages(config, student, teacher.model)
+    _check_stage_capture(stages, student, teacher.model)
     return PreparedRun(config, teacher, student, student_tokenizer, data, stages, note)
+
+
+def _check_stage_capture(stages: list[Stage], student: nn.Module, teacher: nn.Module) -> None:
+    """Refuse, before the run starts, a term that asks a model for what it cannot give (attention
+    maps of an architecture kdistill cannot read them from) instead of failing at the first step."""
+    from kdistill.capture import check_capture
+
+    for stage in stages:
+        for role, model in (("teacher", teacher), ("student", student)):
+            try:
+                check_capture(model, stage.objective.request(role))
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"objective ({stage.name} stage), the {role}: {error}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -853,8 +883,11 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
                 eval_fn=best.watch(eval_fn, student, tokenizer, stage.name, lambda: int(scheduler.last_epoch)),
                 eval_every=training.eval_every, log_every=training.log_every, progress=progress,
                 checkpoint_dir=stage_dir, save_every=output.save_every, keep_checkpoints=output.keep_checkpoints,
-                resume=resume and stage_dir is not None,
+                resume=resume and stage_dir is not None, on_nonfinite=training.on_nonfinite,
             )
+            if history.skipped_steps:
+                logger.warning("stage %s: %d step(s) skipped for a NaN or infinite loss", stage.name,
+                               history.skipped_steps)
             if stage_dir is not None:
                 _mark_finished(stage_dir, history)
         for record in history.evals:

@@ -193,8 +193,11 @@ def load_checkpoint(path: str | os.PathLike[str], student: nn.Module, objective:
     try:
         raw = torch.load(path / "training_state.pt", weights_only=True)
     except Exception as error:  # an unpicklable or tampered state: refuse it with the reason
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's message is a page long; the line naming the refused object is the reason
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(error).__name__)
         raise CheckpointError(
-            f"{path / 'training_state.pt'} holds objects that cannot be loaded safely ({error}); "
+            f"{path / 'training_state.pt'} holds objects that cannot be loaded safely ({reason}); "
             "kdistill loads checkpoints with torch.load(weights_only=True) only"
         ) from error
     return TrainingState(**raw)

@@ -342,7 +342,8 @@ def distill(
             return
         kept = f"; the last good checkpoint is kept in {checkpoint_dir}" if checkpoint_dir is not None else ""
         raise NonFiniteLossError(f"{message}: the run stopped{kept}. Lower the learning rate, use bf16 instead "
-                                 "of fp16, or pass on_nonfinite='skip' to skip such steps")
+                                 "of fp16, or set on_nonfinite='skip' (training.on_nonfinite: skip in a config) "
+                                 "to skip such steps")
 
     done = max_steps is not None and global_step >= max_steps  # a resumed run that had already finished
     student.train()
