@@ -220,3 +220,18 @@ def test_an_unreachable_hub_data_set_is_one_line(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"^cannot load hub data set 'nobody/nothing': Couldn't reach .*\)$"):
         load_splits(DataConfig(hub={"id": "nobody/nothing"}))
+
+
+def test_an_evaluation_loader_grouped_by_length_sees_every_example_once_shortest_first():
+    from kdistill.data import PaddingCollator, TokenizedDataset, make_loader
+
+    lengths = [5, 2, 9, 2, 7, 3, 1]
+    dataset = TokenizedDataset({"input_ids": [[1] * n for n in lengths], "attention_mask": [[1] * n for n in lengths]},
+                               list(range(len(lengths))))
+    loader = make_loader(dataset, 3, PaddingCollator(), group_by_length=True)
+    batches = [batch["labels"].tolist() for batch in loader]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)
+    assert [batch["labels"].tolist() for batch in loader] == batches  # the same order every pass
+    # each batch is padded only to its own longest example
+    assert [batch["input_ids"].shape[1] for batch in loader] == [2, 7, 9]

@@ -514,11 +514,17 @@ def make_loader(
         batch_size: examples per batch.
         collator: pads each batch.
         shuffle: shuffle every epoch (training).
-        group_by_length: with ``shuffle``, batch examples of similar length together.
+        group_by_length: batch examples of similar length together: with ``shuffle`` in random
+            pools (training), without it in one fixed shortest-first order (evaluation: batches
+            in another order than the dataset's, but every pass the same).
         seed: seed of the shuffling.
     """
     if shuffle and group_by_length:
         return DataLoader(dataset, batch_sampler=LengthGroupedSampler(dataset.lengths, batch_size, seed), collate_fn=collator)
+    if group_by_length:
+        order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collator)
 
