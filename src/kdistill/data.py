@@ -147,7 +147,7 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
             line = raw[:error.start].count(b"\n") + 1
             raise DataError(
                 f"{str(path)!r} is not valid {encoding} text (line {line}, byte {error.start}): set data.encoding "
-                "(e.g. latin-1 or cp1252)"
+                "(kdistill eval: --encoding), e.g. latin-1 or cp1252"
             ) from None
         text = text.removeprefix("\ufeff")
         if kind in ("csv", "tsv"):
