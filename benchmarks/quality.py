@@ -199,6 +199,8 @@ def main() -> None:
     results.setdefault("task", task)
     results["metric"] = metric
     results.setdefault("runs", {})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    results.setdefault("code", {})[commit or "unknown"] = time.strftime("%Y-%m-%d %H:%M")  # every commit that added runs
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpus": os.cpu_count(), "python": platform.python_version()}
     results["commands"] = {"benchmark": f"python benchmarks/quality.py {args.data_dir} --task {task} --seeds {args.seeds}",
