@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -157,3 +157,10 @@ def with_example_index(dataset: Any) -> Any:
     if isinstance(dataset, _IndexedDataset):
         return dataset
     return _IndexedDataset(dataset)
+
+
+def batches_by_length(indices: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``indices`` sorted by ``lengths[i]`` (stable) and cut into batches of ``batch_size``:
+    examples of similar length share a batch, so little of it is padding."""
+    ordered = sorted(indices, key=lambda i: lengths[i])
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from kdistill.batch import batch_size_of, example_indices, split_batch
+from kdistill.batch import batch_size_of, batches_by_length, example_indices, split_batch
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
 from kdistill.fileio import file_sha256
 from kdistill.losses.functional import check_temperature
@@ -239,8 +239,7 @@ def _length_sorted_windows(size: int, lengths: Sequence[int] | None, batch_size:
     span = batch_size * SORT_WINDOW_BATCHES
     windows = []
     for start in range(0, size, span):
-        ids = sorted(range(start, min(start + span, size)), key=lambda i: lengths[i])
-        windows.append([ids[i:i + batch_size] for i in range(0, len(ids), batch_size)])
+        windows.append(batches_by_length(range(start, min(start + span, size)), lengths, batch_size))
     return windows
 
 

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from kdistill.batch import batches_by_length
 from kdistill.config import DATA_FORMATS, DataConfig
 from kdistill.errors import DataError
 
@@ -492,8 +493,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
         rng.shuffle(order)
         batches = []
         for start in range(0, len(order), self.pool):
-            pool = sorted(order[start:start + self.pool], key=lambda i: self.lengths[i])
-            batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            batches += batches_by_length(order[start:start + self.pool], self.lengths, self.batch_size)
         rng.shuffle(batches)
         return iter(batches)
 
@@ -522,8 +522,7 @@ def make_loader(
     if shuffle and group_by_length:
         return DataLoader(dataset, batch_sampler=LengthGroupedSampler(dataset.lengths, batch_size, seed), collate_fn=collator)
     if group_by_length:
-        order = sorted(range(len(dataset)), key=lambda i: dataset.lengths[i])
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = batches_by_length(range(len(dataset)), dataset.lengths, batch_size)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collator)
