@@ -195,8 +195,46 @@ def test_failed_build_leaves_the_previous_cache_intact(tmp_path):
     with pytest.raises(RuntimeError, match="out of memory"):
         _build(Exploding(), examples, folder)
     assert (folder / "manifest.json").read_text() == manifest
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no half-written folder left behind
+    # no half-written folder left behind (the lock file of concurrent builders stays, empty)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["cache"]
     assert TeacherCache.open(folder, fingerprint=good.manifest["fingerprint"])
+
+
+def test_runs_side_by_side_build_one_cache_and_share_it(tmp_path):
+    """Two builders of the same cache at once (a sweep's runs): the teacher runs over the data
+    once, the second waits and reads what the first wrote."""
+    import threading
+    import time
+
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.calls = mlp(16, 32, 4, seed=3), 0
+
+        def forward(self, inputs):
+            self.calls += 1
+            time.sleep(0.02)  # long enough for the second builder to arrive while the first works
+            return self.inner(inputs)
+
+    dataset = TensorDataset(torch.randn(40, 16), torch.randint(0, 4, (40,)))
+    teacher, caches, errors = Slow(), [], []
+
+    def build():
+        try:
+            caches.append(TeacherCache.build(teacher, dataset, tmp_path / "c", batch_size=8, progress=False))
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert teacher.calls == 5  # 40 examples in batches of 8, once
+    index = torch.arange(40)
+    assert_close(caches[0].features(index).logits, caches[1].features(index).logits)
+    assert_close(caches[0].features(index).logits, teacher.inner(dataset.tensors[0]))
 
 
 def test_top_k_equals_full_kd_when_k_covers_the_vocabulary(tmp_path):

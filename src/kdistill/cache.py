@@ -27,7 +27,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,16 +331,19 @@ class TeacherCache:
         spec = spec or CacheSpec()
         folder = Path(folder)
         fingerprint, parts = key if key is not None else cache_key(teacher, dataset, spec, tokenization)
-        if folder.exists():
-            try:
-                cache = cls.open(folder, fingerprint=fingerprint)
-                logger.info("reusing the teacher cache at %s", folder)
-                return cache
-            except CacheError as error:
-                logger.warning("%s%s; rebuilding it", error, _changed_parts(folder, parts))
-        cls._write(teacher, dataset, folder, spec, fingerprint, parts, batch_size, collate_fn, device,
-                   precision, shard_megabytes, progress)
-        return cls.open(folder, fingerprint=fingerprint)
+        # runs started side by side (a sweep over seeds or students) share one cache folder: the
+        # first builds it and the others wait for it instead of each running the teacher again
+        with _build_lock(folder):
+            if folder.exists():
+                try:
+                    cache = cls.open(folder, fingerprint=fingerprint)
+                    logger.info("reusing the teacher cache at %s", folder)
+                    return cache
+                except CacheError as error:
+                    logger.warning("%s%s; rebuilding it", error, _changed_parts(folder, parts))
+            cls._write(teacher, dataset, folder, spec, fingerprint, parts, batch_size, collate_fn, device,
+                       precision, shard_megabytes, progress)
+            return cls.open(folder, fingerprint=fingerprint)
 
     @classmethod
     def _write(
@@ -595,6 +598,32 @@ def _changed_parts(folder: Path, parts: dict[str, str]) -> str:
              "spec": "what is captured"}
     changed = [names[key] for key in names if key in stored and stored[key] != parts[key]]
     return f" (changed: {', '.join(changed)})" if changed else ""
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder``'s cache (a ``.<name>.lock`` file beside it) while inside.
+
+    The lock is an ``flock`` on an open file, so the operating system drops it when a process
+    dies; the file itself stays (removing it could let two processes lock different files).
+    Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another process is building the teacher cache at %s; waiting for it", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _replace_folder(staging: Path, folder: Path) -> None:
