@@ -18,6 +18,7 @@ process. Prints the results JSON at the end.
     python benchmarks/quality.py ../shared/data --task sst2 --seeds 3
     python benchmarks/quality.py ../shared/data --task sms_spam --seeds 3
     python benchmarks/quality.py ../shared/data --task sst2 --quick      # a smoke test, minutes
+    python benchmarks/quality.py ../shared/data --task sms_spam --jobs 8  # 8 runs at once (a GPU)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,8 @@ def data_overrides(task: str, data_dir: Path) -> list[str]:
 
 
 def kdistill(config: Path, folder: Path, overrides: list[str], log: Path) -> dict[str, Any]:
-    """Run ``kdistill distill`` in a subprocess; return its metrics.json."""
+    """Run ``kdistill distill`` in a subprocess, its console output appended to ``log``; return its
+    metrics.json."""
     if (folder / "metrics.json").is_file():
         return json.loads((folder / "metrics.json").read_text())
     if folder.exists():
@@ -156,6 +159,17 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def machine() -> dict[str, Any]:
+    """Where the runs of this invocation train: the platform, its CPUs and its GPU if any."""
+    import torch
+
+    found = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name(0)
+    return found
+
+
 def save(path: Path, results: dict[str, Any], metric: str) -> None:
     results["rows"] = summarise(results, metric)
     staging = path.with_suffix(".json.tmp")
@@ -175,6 +189,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500 training sentences, 1 epoch, 1 seed: a smoke test")
     parser.add_argument("--table", action="store_true", help="print the saved results as a Markdown table; run nothing")
     parser.add_argument("--remeasure", action="store_true", help="measure the speed-ups again (on a quiet machine); train nothing")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (on a GPU or a many-core machine); training times are then not comparable")
     args = parser.parse_args()
     if args.table:
         saved = args.output or ROOT / "benchmarks" / "results" / f"quality_{args.task}.json"
@@ -189,6 +205,7 @@ def main() -> None:
                              ROOT / "benchmarks" / "results" / f"quality_{task}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     log = runs_dir / "runs.log"
+    logs = runs_dir / "logs"  # one console log per run when several run at once
     # caches live beside the runs, so a later session (another student, seed or recipe) reuses them
     os.environ.setdefault("KDISTILL_CACHE", str(args.runs_dir / "cache"))
     seeds = 1 if args.quick else args.seeds
@@ -201,8 +218,7 @@ def main() -> None:
     results.setdefault("runs", {})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     results.setdefault("code", {})[commit or "unknown"] = time.strftime("%Y-%m-%d %H:%M")  # every commit that added runs
-    results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpus": os.cpu_count(), "python": platform.python_version()}
+    results["machine"] = machine()
     results["commands"] = {"benchmark": f"python benchmarks/quality.py {args.data_dir} --task {task} --seeds {args.seeds}",
                            "data": common, "students": {k: v["overrides"] for k, v in STUDENTS.items()}}
 
@@ -233,34 +249,59 @@ def main() -> None:
         return
 
     # seed by seed, so that one session already gives every row once
-    for seed in range(seeds):
-        for student in students:
-            for recipe in recipes:
-                key = f"{student}/{recipe}/{seed}"
-                if key in results["runs"]:
-                    continue
-                overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"],
-                             f"training.seed={seed}"]
-                started = time.time()
-                try:
-                    metrics = kdistill(EXAMPLES / f"{recipe}.yaml", runs_dir / f"{student}-{recipe}-s{seed}", overrides, log)
-                except RuntimeError as error:
-                    # one broken row must not stop a grid that runs for hours unattended
-                    results.setdefault("failures", {})[key] = str(error)
-                    save(output, results, metric)
-                    print(f"{key}: FAILED: {error}", file=sys.stderr, flush=True)
-                    continue
-                results.get("failures", {}).pop(key, None)
-                results["runs"][key] = {
-                    "metric": metrics["student"][metric], "accuracy": metrics["student"]["accuracy"],
-                    "macro_f1": metrics["student"]["macro_f1"], "agreement": metrics["student"]["agreement"],
-                    "params": metrics["student"]["parameters"], "seconds": metrics["run"]["seconds"],
-                    "teacher_metric": metrics["teacher"][metric],
-                    "config": f"examples/quality/{recipe}.yaml", "overrides": overrides[len(common) + 1:],
-                }
-                save(output, results, metric)
-                print(f"{key}: {metric} {metrics['student'][metric]:.4f} ({time.time() - started:.0f} s)",
-                      file=sys.stderr, flush=True)
+    pending = [(student, recipe, seed) for seed in range(seeds) for student in students for recipe in recipes
+               if f"{student}/{recipe}/{seed}" not in results["runs"]]
+    device = results["machine"].get("gpu") or "cpu"
+
+    def start(student: str, recipe: str, seed: int) -> dict[str, Any]:
+        name = f"{student}-{recipe}-s{seed}"
+        overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"], f"training.seed={seed}"]
+        if args.jobs > 1:
+            logs.mkdir(exist_ok=True)
+        metrics = kdistill(EXAMPLES / f"{recipe}.yaml", runs_dir / name, overrides,
+                           logs / f"{name}.log" if args.jobs > 1 else log)
+        return {"metrics": metrics, "overrides": overrides[len(common) + 1:]}
+
+    def record(student: str, recipe: str, seed: int, outcome: dict[str, Any] | BaseException, seconds: float) -> None:
+        key = f"{student}/{recipe}/{seed}"
+        if isinstance(outcome, BaseException):
+            # one broken row must not stop a grid that runs for hours unattended
+            results.setdefault("failures", {})[key] = str(outcome)
+            save(output, results, metric)
+            print(f"{key}: FAILED: {outcome}", file=sys.stderr, flush=True)
+            return
+        metrics = outcome["metrics"]
+        results.get("failures", {}).pop(key, None)
+        results["runs"][key] = {
+            "metric": metrics["student"][metric], "accuracy": metrics["student"]["accuracy"],
+            "macro_f1": metrics["student"]["macro_f1"], "agreement": metrics["student"]["agreement"],
+            "params": metrics["student"]["parameters"], "seconds": metrics["run"]["seconds"],
+            "teacher_metric": metrics["teacher"][metric],
+            "config": f"examples/quality/{recipe}.yaml", "overrides": outcome["overrides"],
+            "device": device, "jobs": args.jobs,
+        }
+        save(output, results, metric)  # only this thread writes the JSON
+        print(f"{key}: {metric} {metrics['student'][metric]:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    if args.jobs > 1:
+        # each run's CPU work (tokenising, evaluation) gets its share of the cores, not all of them
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+        # the runs are subprocesses: threads only wait for them. Runs that share a teacher cache
+        # build it once (the cache's lock); the others wait for it.
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            started = {pool.submit(start, *job): (job, time.time()) for job in pending}
+            for future in as_completed(started):
+                job, began = started[future]
+                error = future.exception()
+                record(*job, error if error is not None else future.result(), time.time() - began)
+    else:
+        for job in pending:
+            began = time.time()
+            try:
+                outcome: dict[str, Any] | BaseException = start(*job)
+            except RuntimeError as error:
+                outcome = error
+            record(*job, outcome, time.time() - began)
     print(json.dumps({"task": task, "metric": metric, "rows": results["rows"]}, indent=1))
 
 
