@@ -372,3 +372,15 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(workspace: Path, tmp_p
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Not a directory" in lines[0] and str(blocker) in lines[0], err
     assert blocker.read_text(encoding="utf-8") == "not a folder"
+
+
+def test_distill_launched_as_several_processes_is_refused_before_anything_is_written(
+        finished_run: tuple[Path, str], workspace: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, _ = finished_run
+    before = snapshot(folder)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set in each process
+    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", "--overwrite"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "runs in one process" in err and "docs/distributed.md" in err, err
+    assert snapshot(folder) == before

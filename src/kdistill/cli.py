@@ -177,6 +177,14 @@ def _distill(args: argparse.Namespace) -> int:
     from kdistill.config import load_config
     from kdistill.run import check_run_folder, prepare_run, resume_config, run_distill
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every process would write the same run folder and fine-tune its own teacher: refuse it
+        # before anything is loaded or written
+        raise KdistillError(
+            "kdistill distill runs in one process, but it was launched as one of several (WORLD_SIZE="
+            f"{os.environ['WORLD_SIZE']}); run it without torchrun / accelerate launch, or train on several "
+            "GPUs with the Python API (distill() or DistillationTrainer, see docs/distributed.md)"
+        )
     if args.resume is not None:
         config_file, overrides = args.config, list(args.overrides)
         if config_file is not None and "=" in config_file and not os.path.exists(config_file):
