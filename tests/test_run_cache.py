@@ -73,8 +73,10 @@ def test_cache_true_keeps_one_folder_per_fingerprint(workspace: Path, tmp_path: 
     distill(workspace, tmp_path / "a", "teacher.cache=true", "training.epochs=1")
     # other data: another fingerprint, so another folder, and the first cache stays usable
     distill(workspace, tmp_path / "b", "teacher.cache=true", "training.epochs=1", "data.max_train_examples=40")
-    folders = sorted((tmp_path / "root" / "teacher-outputs").iterdir())
+    entries = sorted((tmp_path / "root" / "teacher-outputs").iterdir())
+    folders = [entry for entry in entries if not entry.name.endswith(".lock")]  # each build's lock file stays
     assert len(folders) == 2 and all((f / "manifest.json").is_file() for f in folders)
+    assert sorted(entry.name for entry in entries if entry not in folders) == sorted(f".{f.name}.lock" for f in folders)
 
 
 def test_stages_that_need_attention_run_the_teacher_online(workspace: Path, tmp_path: Path) -> None:
