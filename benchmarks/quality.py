@@ -256,15 +256,14 @@ def main() -> None:
     def start(student: str, recipe: str, seed: int) -> dict[str, Any]:
         name = f"{student}-{recipe}-s{seed}"
         overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"], f"training.seed={seed}"]
-        if args.jobs > 1:
-            logs.mkdir(exist_ok=True)
+        began = time.time()
         metrics = kdistill(EXAMPLES / f"{recipe}.yaml", runs_dir / name, overrides,
                            logs / f"{name}.log" if args.jobs > 1 else log)
-        return {"metrics": metrics, "overrides": overrides[len(common) + 1:]}
+        return {"metrics": metrics, "overrides": overrides[len(common) + 1:], "seconds": time.time() - began}
 
-    def record(student: str, recipe: str, seed: int, outcome: dict[str, Any] | BaseException, seconds: float) -> None:
+    def record(student: str, recipe: str, seed: int, outcome: dict[str, Any] | RuntimeError) -> None:
         key = f"{student}/{recipe}/{seed}"
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, RuntimeError):
             # one broken row must not stop a grid that runs for hours unattended
             results.setdefault("failures", {})[key] = str(outcome)
             save(output, results, metric)
@@ -281,27 +280,25 @@ def main() -> None:
             "device": device, "jobs": args.jobs,
         }
         save(output, results, metric)  # only this thread writes the JSON
-        print(f"{key}: {metric} {metrics['student'][metric]:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+        print(f"{key}: {metric} {metrics['student'][metric]:.4f} ({outcome['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
     if args.jobs > 1:
+        logs.mkdir(exist_ok=True)
         # each run's CPU work (tokenising, evaluation) gets its share of the cores, not all of them
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
-        # the runs are subprocesses: threads only wait for them. Runs that share a teacher cache
-        # build it once (the cache's lock); the others wait for it.
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            started = {pool.submit(start, *job): (job, time.time()) for job in pending}
-            for future in as_completed(started):
-                job, began = started[future]
+    # the runs are subprocesses: threads only wait for them, one at a time unless --jobs. Runs that
+    # share a teacher cache build it once (the cache's lock); the others wait for it.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(start, *job): job for job in pending}
+        try:
+            for future in as_completed(futures):
                 error = future.exception()
-                record(*job, error if error is not None else future.result(), time.time() - began)
-    else:
-        for job in pending:
-            began = time.time()
-            try:
-                outcome: dict[str, Any] | BaseException = start(*job)
-            except RuntimeError as error:
-                outcome = error
-            record(*job, outcome, time.time() - began)
+                if error is not None and not isinstance(error, RuntimeError):
+                    raise error  # a bug in this script, not a failed run
+                record(*futures[future], error or future.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # an interrupted grid starts no further runs
+            raise
     print(json.dumps({"task": task, "metric": metric, "rows": results["rows"]}, indent=1))
 
 
