@@ -99,3 +99,31 @@ def test_a_bad_cache_setting_is_one_line(workspace: Path, tmp_path: Path, value:
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
+
+
+def test_a_saved_student_with_the_same_tokenizer_elsewhere_reuses_the_cache(
+        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # distilling further from a student saved by an earlier run: its tokenizer is the teacher's,
+    # saved in another folder, so the teacher's outputs over the same inputs are still valid
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "root"))
+    first = distill(workspace, tmp_path / "first", "teacher.cache=true", "training.epochs=1")
+    again = distill(workspace, tmp_path / "again", "teacher.cache=true", "training.epochs=1",
+                    "student.from_teacher=null", f"student.path={first / 'student'}")
+    assert "reusing the teacher cache" in (again / "run.log").read_text()
+    folders = [entry for entry in (tmp_path / "root" / "teacher-outputs").iterdir() if not entry.name.endswith(".lock")]
+    assert len(folders) == 1
+
+
+def test_the_cache_key_follows_the_tokenizers_content_not_its_folder(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from kdistill.cache import fingerprint_tokenizer
+
+    save_classifier(tmp_path / "model", num_layers=1, hidden=16, heads=2, seed=0, id2label={0: "a", 1: "b"})
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "model"))
+    tokenizer.save_pretrained(str(tmp_path / "copy"))
+    copy = AutoTokenizer.from_pretrained(str(tmp_path / "copy"))
+    assert copy.name_or_path != tokenizer.name_or_path
+    assert fingerprint_tokenizer(copy) == fingerprint_tokenizer(tokenizer)
+    copy.add_tokens(["zyzzyva"])
+    assert fingerprint_tokenizer(copy) != fingerprint_tokenizer(tokenizer)

@@ -156,6 +156,19 @@ def fingerprint_dataset(dataset: Any) -> str:
     return digest.hexdigest()
 
 
+def fingerprint_tokenizer(tokenizer: Any) -> str:
+    """A hash of what a tokenizer maps text to: its class, vocabulary and special tokens.
+
+    Not its ``name_or_path``: a student saved by an earlier run carries the teacher's tokenizer
+    in another folder, and a cache of the same inputs must stay valid for it.
+    """
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return type(tokenizer).__name__
+    special = {name: str(value) for name, value in getattr(tokenizer, "special_tokens_map", {}).items()}
+    return _hash_json({"class": type(tokenizer).__name__, "vocab": sorted(get_vocab().items()), "special": special})
+
+
 def cache_key(teacher: nn.Module, dataset: Any, spec: CacheSpec | None = None,
               tokenization: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
     """The fingerprint of a cache of ``teacher`` over ``dataset``, and the hash of each of its parts.

@@ -671,8 +671,9 @@ class _StageCaches:
         self.collator = collator
         self.precision = config.training.precision
         self.progress = progress
-        self.tokenization = {"tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-                             "max_length": config.data.max_length}
+        from kdistill.cache import fingerprint_tokenizer
+
+        self.tokenization = {"tokenizer": fingerprint_tokenizer(tokenizer), "max_length": config.data.max_length}
         self.built: dict[Any, Any] = {}
 
     def for_objective(self, objective: Objective, stage: str) -> Any:
