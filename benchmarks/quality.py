@@ -8,7 +8,8 @@ the student and the task, printed in the results), so a user can repeat any of t
 * student (a): 2 layers copied from the teacher (``make_student``); student (b): 4 layers,
   hidden 192, random init;
 * recipes: no teacher (the baseline), Hinton KD, KD + hidden states, TinyBERT, MiniLM v2 + KD,
-  KD on a teacher-labelled augmented transfer set (``data.augment``).
+  KD on a teacher-labelled augmented transfer set (``data.augment``), and that transfer set
+  again starting from TinyBERT's student (``STARTS_FROM``).
 
 Each finished (student, recipe, seed) run is saved into the results JSON at once and skipped
 when the script runs again, so the grid can span several sessions. The speed-up is the
@@ -38,7 +39,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "quality"
-RECIPES = ("no_teacher", "hinton", "kd_hidden", "tinybert", "minilm", "kd_augmented")
+RECIPES = ("no_teacher", "hinton", "kd_hidden", "tinybert", "minilm", "kd_augmented", "tinybert_augmented")
+# a recipe that continues from another row's student (same student and seed) instead of from the
+# teacher's layers: the other row runs first, and its saved student is this run's start
+STARTS_FROM = {"tinybert_augmented": "tinybert"}
 STUDENTS: dict[str, dict[str, Any]] = {
     "a": {"description": "2 layers from the teacher", "overrides": []},
     "b": {"description": "4 layers, hidden 192, random init",
@@ -249,13 +253,26 @@ def main() -> None:
         return
 
     # seed by seed, so that one session already gives every row once
-    pending = [(student, recipe, seed) for seed in range(seeds) for student in students for recipe in recipes
-               if f"{student}/{recipe}/{seed}" not in results["runs"]]
+    wanted = [(student, recipe, seed) for seed in range(seeds) for student in students for recipe in recipes]
+    # a chained recipe needs its starting row of the same seed: run it first where it is missing
+    wanted = [job for student, recipe, seed in wanted
+              for job in ([(student, STARTS_FROM[recipe], seed)] if recipe in STARTS_FROM else []) + [(student, recipe, seed)]]
+    pending = list(dict.fromkeys(job for job in wanted if "{}/{}/{}".format(*job) not in results["runs"]))
+    futures: dict[Any, tuple[str, str, int]] = {}
+    by_job: dict[tuple[str, str, int], Any] = {}
     device = results["machine"].get("gpu") or "cpu"
 
     def start(student: str, recipe: str, seed: int) -> dict[str, Any]:
         name = f"{student}-{recipe}-s{seed}"
         overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"], f"training.seed={seed}"]
+        if recipe in STARTS_FROM:
+            before = (student, STARTS_FROM[recipe], seed)
+            if before in by_job:
+                by_job[before].result()  # submitted earlier, so it holds a worker already: no deadlock
+            start_from = runs_dir / f"{student}-{STARTS_FROM[recipe]}-s{seed}" / "student"
+            if not start_from.is_dir():
+                raise RuntimeError(f"{name} starts from {start_from}, which its run did not leave")
+            overrides += ["student.from_teacher=null", f"student.path={start_from}"]
         began = time.time()
         metrics = kdistill(EXAMPLES / f"{recipe}.yaml", runs_dir / name, overrides,
                            logs / f"{name}.log" if args.jobs > 1 else log)
@@ -289,7 +306,9 @@ def main() -> None:
     # the runs are subprocesses: threads only wait for them, one at a time unless --jobs. Runs that
     # share a teacher cache build it once (the cache's lock); the others wait for it.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(start, *job): job for job in pending}
+        for job in pending:
+            by_job[job] = pool.submit(start, *job)
+            futures[by_job[job]] = job
         try:
             for future in as_completed(futures):
                 error = future.exception()

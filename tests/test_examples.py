@@ -82,7 +82,7 @@ QUALITY = sorted((ROOT / "examples" / "quality").glob("*.yaml"))
 QUALITY_STAGES = {
     "teacher.yaml": ["distill"], "no_teacher.yaml": ["distill"], "hinton.yaml": ["distill"],
     "kd_hidden.yaml": ["distill"], "kd_augmented.yaml": ["distill"], "tinybert.yaml": ["intermediate", "prediction"],
-    "minilm.yaml": ["relations", "prediction"],
+    "minilm.yaml": ["relations", "prediction"], "tinybert_augmented.yaml": ["distill"],
 }
 
 
@@ -101,17 +101,28 @@ def test_every_quality_recipe_has_a_config() -> None:
 
 @pytest.mark.parametrize("student", ["a", "b"])
 @pytest.mark.parametrize("path", QUALITY, ids=lambda p: p.name)
-def test_quality_configs_build_for_both_students(path: Path, student: str, minilm_shaped_teacher: Path) -> None:
+def test_quality_configs_build_for_both_students(path: Path, student: str, minilm_shaped_teacher: Path,
+                                                 tmp_path: Path) -> None:
     """Each benchmark row's config, with the script's student overrides, fits all-MiniLM-L6-v2's shape."""
     quality = _quality_script()
-    config = load_config(path, [
-        "teacher.package=null", "teacher.num_labels=null", "teacher.finetune=null", f"teacher.path={minilm_shaped_teacher}",
-        f"data.train={minilm_shaped_teacher / 'train.csv'}", "data.validation=null", "data.test=null",
-        *quality.STUDENTS[student]["overrides"],
-    ])
-    prepared = prepare_run(config, progress=False)
+
+    def prepare(path: Path, *extra: str):
+        return prepare_run(load_config(path, [
+            "teacher.package=null", "teacher.num_labels=null", "teacher.finetune=null",
+            f"teacher.path={minilm_shaped_teacher}", f"data.train={minilm_shaped_teacher / 'train.csv'}",
+            "data.validation=null", "data.test=null", *quality.STUDENTS[student]["overrides"], *extra,
+        ]), progress=False)
+
+    extra: list[str] = []
+    if path.stem in quality.STARTS_FROM:
+        # as the script runs it: from the student its starting row saves
+        before = prepare(path.parent / f"{quality.STARTS_FROM[path.stem]}.yaml")
+        before.student.save_pretrained(tmp_path / "student")
+        before.tokenizer.save_pretrained(tmp_path / "student")
+        extra = ["student.from_teacher=null", f"student.path={tmp_path / 'student'}"]
+    prepared = prepare(path, *extra)
     assert [s.name for s in prepared.stages] == QUALITY_STAGES[path.name]
     expected_layers = 2 if student == "a" else 4
     assert prepared.student.config.num_hidden_layers == expected_layers
-    if path.name == "kd_augmented.yaml":
+    if path.name in ("kd_augmented.yaml", "tinybert_augmented.yaml"):
         assert prepared.data.augmented is not None and len(prepared.data.augmented) > len(prepared.data.train)
