@@ -27,6 +27,7 @@ The run folder::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -671,10 +672,17 @@ class _StageCaches:
         self.collator = collator
         self.precision = config.training.precision
         self.progress = progress
+        self.tokenizer = tokenizer
+        self.max_length = config.data.max_length
+        self.built: dict[Any, Any] = {}
+
+    @functools.cached_property
+    def tokenization(self) -> dict[str, Any]:
+        """What shaped the teacher's inputs, for the cache key; hashing the vocabulary takes a
+        quarter of a second, so only runs that use a cache pay it, once."""
         from kdistill.cache import fingerprint_tokenizer
 
-        self.tokenization = {"tokenizer": fingerprint_tokenizer(tokenizer), "max_length": config.data.max_length}
-        self.built: dict[Any, Any] = {}
+        return {"tokenizer": fingerprint_tokenizer(self.tokenizer), "max_length": self.max_length}
 
     def for_objective(self, objective: Objective, stage: str) -> Any:
         """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
