@@ -253,28 +253,33 @@ def main() -> None:
         return
 
     # seed by seed, so that one session already gives every row once
-    wanted = [(student, recipe, seed) for seed in range(seeds) for student in students for recipe in recipes]
-    # a chained recipe needs its starting row of the same seed: run it first where it is missing
-    wanted = [job for student, recipe, seed in wanted
-              for job in ([(student, STARTS_FROM[recipe], seed)] if recipe in STARTS_FROM else []) + [(student, recipe, seed)]]
-    pending = list(dict.fromkeys(job for job in wanted if "{}/{}/{}".format(*job) not in results["runs"]))
-    futures: dict[Any, tuple[str, str, int]] = {}
-    by_job: dict[tuple[str, str, int], Any] = {}
+    pending: list[tuple[str, str, int]] = []
+    for seed in range(seeds):
+        for student in students:
+            for recipe in recipes:
+                # a chained recipe needs its starting row of the same seed: run it first where it is missing
+                before = [(student, STARTS_FROM[recipe], seed)] if recipe in STARTS_FROM else []
+                pending += [job for job in [*before, (student, recipe, seed)]
+                            if "{}/{}/{}".format(*job) not in results["runs"] and job not in pending]
+    submitted: dict[tuple[str, str, int], Any] = {}
     device = results["machine"].get("gpu") or "cpu"
 
+    def folder(student: str, recipe: str, seed: int) -> Path:
+        return runs_dir / f"{student}-{recipe}-s{seed}"
+
     def start(student: str, recipe: str, seed: int) -> dict[str, Any]:
-        name = f"{student}-{recipe}-s{seed}"
+        name = folder(student, recipe, seed).name
         overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"], f"training.seed={seed}"]
         if recipe in STARTS_FROM:
             before = (student, STARTS_FROM[recipe], seed)
-            if before in by_job:
-                by_job[before].result()  # submitted earlier, so it holds a worker already: no deadlock
-            start_from = runs_dir / f"{student}-{STARTS_FROM[recipe]}-s{seed}" / "student"
+            if before in submitted:
+                submitted[before].result()  # submitted earlier, so it holds a worker already: no deadlock
+            start_from = folder(*before) / "student"
             if not start_from.is_dir():
                 raise RuntimeError(f"{name} starts from {start_from}, which its run did not leave")
             overrides += ["student.from_teacher=null", f"student.path={start_from}"]
         began = time.time()
-        metrics = kdistill(EXAMPLES / f"{recipe}.yaml", runs_dir / name, overrides,
+        metrics = kdistill(EXAMPLES / f"{recipe}.yaml", folder(student, recipe, seed), overrides,
                            logs / f"{name}.log" if args.jobs > 1 else log)
         return {"metrics": metrics, "overrides": overrides[len(common) + 1:], "seconds": time.time() - began}
 
@@ -307,8 +312,8 @@ def main() -> None:
     # share a teacher cache build it once (the cache's lock); the others wait for it.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for job in pending:
-            by_job[job] = pool.submit(start, *job)
-            futures[by_job[job]] = job
+            submitted[job] = pool.submit(start, *job)
+        futures = {future: job for job, future in submitted.items()}
         try:
             for future in as_completed(futures):
                 error = future.exception()
