@@ -44,7 +44,7 @@ def test_minimal_config_gets_defaults() -> None:
         (["objective.terms.kd.type=kd", "objective.terms.kd.temprature=2"],
          "objective.terms.kd.temprature: unknown key; did you mean 'temperature'?"),
         (["student.from_teacher.num_layer=2"], "student.from_teacher.num_layer: unknown key; did you mean 'num_layers'?"),
-        (["output.zzz=1"], "output.zzz: unknown key; the keys here are dir, save_checkpoints, save_every, keep_checkpoints"),
+        (["output.zzz=1"], "output.zzz: unknown key; the keys here are dir, save_checkpoints, save_best, save_every, keep_checkpoints"),
     ],
 )
 def test_unknown_keys_name_the_closest_known_key(overrides: list[str], expected: str) -> None:

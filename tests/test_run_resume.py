@@ -103,7 +103,7 @@ def test_a_run_killed_in_its_second_stage_resumes_to_the_uninterrupted_student(w
     # killed between the stages: the second starts from its own seed, as in the uninterrupted run
     between = tmp_path / "between"
     between.mkdir()
-    for name in ("config.yaml", "run.log", "teacher", "checkpoints/intermediate"):
+    for name in (".kdistill-run.json", "config.yaml", "run.log", "teacher", "checkpoints/intermediate"):
         (between / name).parent.mkdir(parents=True, exist_ok=True)
         copy = shutil.copytree if (straight / name).is_dir() else shutil.copy
         copy(straight / name, between / name)
@@ -116,10 +116,12 @@ def _stopped_run(workspace: Path, folder: Path) -> Path:
     """A run folder as a run leaves it when stopped before its first checkpoint: config and log."""
     from kdistill.config import dump_config, load_config
 
-    folder.mkdir()
-    (folder / "config.yaml").write_text(dump_config(load_config(workspace / "run.yaml", [f"output.dir={folder}"])),
-                                        encoding="utf-8")
-    (folder / "run.log").write_text("stopped\n", encoding="utf-8")
+    from kdistill.runfolder import RunFolder
+
+    run_folder = RunFolder(folder)
+    with run_folder.claimed("new"):
+        run_folder.write_text("config.yaml", dump_config(load_config(workspace / "run.yaml", [f"output.dir={folder}"])))
+        run_folder.write_text("run.log", "stopped\n")
     return folder
 
 

@@ -20,7 +20,7 @@ from kdistill.cache import CacheSpec, TeacherCache
 from kdistill.capture import CaptureRequest, Features
 from kdistill.config import RunConfig, load_config
 from kdistill.demo import run_demo
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, NonFiniteLossError
 from kdistill.losses import (
     JSD,
     AttentionKL,
@@ -54,7 +54,6 @@ from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
 from kdistill.run import run_distill
 from kdistill.student import StudentReport, make_student
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
-from kdistill.train.loop import NonFiniteLossError
 
 __all__ = [
     "JSD",

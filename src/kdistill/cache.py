@@ -25,6 +25,7 @@ import json
 import logging
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,15 +42,19 @@ from tqdm.auto import tqdm
 
 from kdistill.batch import batch_size_of, batches_by_length, example_indices, split_batch
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
-from kdistill.fileio import file_sha256
+from kdistill.errors import KdistillError
+from kdistill.fileio import FolderInUseError, exclusive_lock, file_sha256, is_staging_name, unowned_files
 from kdistill.losses.functional import check_temperature
+from kdistill.train.teacher import NonFiniteTeacherError, nonfinite_teacher_fields
 
-__all__ = ["CacheError", "CacheSpec", "TeacherCache", "cache_key", "fingerprint_dataset", "fingerprint_teacher"]
+__all__ = ["CacheError", "CacheFolderError", "CacheSpec", "TeacherCache", "cache_key", "check_cache_folder", "fingerprint_dataset", "fingerprint_teacher"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: written first into every cache folder: the cache's identity (a folder without it is not a cache)
+MARKER = ".kdistill-cache.json"
 #: storage precisions and the numpy dtype of their files (bf16 is kept as its raw 16 bits)
 STORAGE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
 _FP16_MAX = 65504.0
@@ -57,6 +62,10 @@ _FP16_MAX = 65504.0
 
 class CacheError(RuntimeError):
     """A cache folder that cannot be used: missing, incomplete, damaged or built for other inputs."""
+
+
+class CacheFolderError(KdistillError, RuntimeError):
+    """The cache folder holds something kdistill did not write: it is never emptied or replaced."""
 
 
 @dataclass(frozen=True)
@@ -353,6 +362,7 @@ class TeacherCache:
                     logger.info("reusing the teacher cache at %s", folder)
                     return cache
                 except CacheError as error:
+                    _check_replaceable(folder)
                     logger.warning("%s%s; rebuilding it", error, _changed_parts(folder, parts))
             cls._write(teacher, dataset, folder, spec, fingerprint, parts, batch_size, collate_fn, device,
                        precision, shard_megabytes, progress)
@@ -371,6 +381,8 @@ class TeacherCache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
         try:
+            # the identity first: whatever is later found in a folder without it is not kdistill's
+            (staging / MARKER).write_text(json.dumps({"kdistill": "teacher-cache", "fingerprint": fingerprint}) + "\n")
             windows = _length_sorted_windows(len(dataset), getattr(dataset, "lengths", None), batch_size)
             batches = [batch for window in windows for batch in window]
             loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn)  # type: ignore[arg-type]
@@ -396,6 +408,12 @@ class TeacherCache:
                     autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
                     with torch.no_grad(), autocast:
                         features = capture(teacher, inputs, request)
+                    broken = nonfinite_teacher_fields(features)
+                    if broken:
+                        raise NonFiniteTeacherError(
+                            f"the teacher's {', '.join(broken)} hold NaN or infinite values for examples "
+                            f"{wanted[0]}..{wanted[-1]}: a cache of them would poison every step; the teacher is "
+                            "broken: check its weights, or run it in float32 (cache precision fp16 overflows)")
                     rows, counts = cls._batch_rows(fields, features, attention_mask_of(inputs), spec)
                     done.append((wanted, rows, counts))
                 rows, counts = _in_example_order(done, fields)
@@ -615,37 +633,76 @@ def _changed_parts(folder: Path, parts: dict[str, str]) -> str:
 
 @contextlib.contextmanager
 def _build_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder``'s cache (a ``.<name>.lock`` file beside it) while inside.
-
-    The lock is an ``flock`` on an open file, so the operating system drops it when a process
-    dies; the file itself stays (removing it could let two processes lock different files).
-    Where ``fcntl`` does not exist (Windows) nothing is locked.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
+    """Hold an exclusive lock on ``folder``'s cache (a ``.<name>.lock`` file beside it) while inside;
+    a second builder waits for the first and then reads what it built."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(f".{folder.name}.lock"), "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("another process is building the teacher cache at %s; waiting for it", folder)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
+    lock_file = folder.with_name(f".{folder.name}.lock")
+    try:
+        with exclusive_lock(lock_file, wait=False):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    except FolderInUseError:
+        logger.info("another process is building the teacher cache at %s; waiting for it", folder)
+    with exclusive_lock(lock_file, wait=True):
+        yield
+
+
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_.]+\.\d{5}\.npy$")
+
+
+def _marker_of(folder: Path) -> dict[str, Any] | None:
+    try:
+        content = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) and content.get("kdistill") == "teacher-cache" else None
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace ``folder`` unless it is empty or every file in it belongs to a kdistill cache.
+
+    Raises:
+        CacheFolderError: ``folder`` is a file, or holds files no cache manifest names.
+    """
+    if folder.is_symlink() or not folder.is_dir():
+        raise CacheFolderError(f"the teacher cache folder {str(folder)!r} is a file, not a folder; give a new or "
+                               "empty folder for the cache")
+    entries = [entry for entry in folder.iterdir() if not is_staging_name(entry.name)]
+    if not entries:
+        return
+    foreign = unowned_files(folder) if (folder / MANIFEST).is_file() else entries
+    if foreign and _marker_of(folder) is not None:
+        # a cache whose manifest is damaged: its marker still proves the folder, and a shard is
+        # known by its name; anything else in it is not kdistill's
+        foreign = [path for path in foreign if path.parent != folder or not _SHARD_NAME.match(path.name)
+                   and path.name not in (MARKER, MANIFEST)]
+    if foreign:
+        names = sorted(str(path.relative_to(folder)) for path in foreign)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise CacheFolderError(
+            f"the teacher cache folder {str(folder)!r} holds files that are not a kdistill teacher cache ({shown}); "
+            "kdistill never empties a folder it did not write: give a new or empty folder for the cache"
+        )
+
+
+def check_cache_folder(folder: str | os.PathLike[str]) -> None:
+    """Check, writing nothing, that ``folder`` can take a teacher cache: absent, empty, or a kdistill cache.
+
+    Raises:
+        CacheFolderError: it is a file, or holds files that are not a kdistill cache's.
+    """
+    folder = Path(folder)
+    if folder.exists() or folder.is_symlink():
+        _check_replaceable(folder)
 
 
 def _replace_folder(staging: Path, folder: Path) -> None:
-    """Move a complete staging folder to ``folder``, replacing what was there, with renames only."""
-    if folder.exists():
+    """Move a complete staging folder to ``folder``, replacing an earlier cache there, with renames only."""
+    if folder.exists() or folder.is_symlink():
+        _check_replaceable(folder)
         trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         os.replace(folder, trash)
         os.replace(staging, folder)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, folder)
-

@@ -276,12 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # kdistill draws its own bars; the library's per-file bars (loading, saving weights) are noise here
     hf_logging.disable_progress_bar()
-    from kdistill.train.loop import NonFiniteLossError
-
     try:
         return COMMANDS[args.command](args)
-    except (KdistillError, NonFiniteLossError) as error:
-        # a NaN or infinite loss comes from the settings (learning rate, precision): one line too
+    except KdistillError as error:
         print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:

@@ -17,6 +17,7 @@ import codecs
 import difflib
 import importlib.util
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_overrides",
+    "read_yaml",
 ]
 
 PRESETS = ("hinton", "tinybert", "minilm")
@@ -77,6 +79,12 @@ def _check_map_spec(value: str | dict[int, int]) -> str | dict[int, int]:
     return value
 
 
+#: upper bounds that keep a typo (an extra zero or three) from asking for absurd memory or time
+MAX_BATCH = 65536
+MAX_EPOCHS = 100_000
+#: seeds every random generator kdistill seeds accepts (numpy's are 32-bit; stages add their index)
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
 #: ``"uniform"``, ``"every-K"``, ``"last-K"`` or an explicit ``{student_layer: teacher_layer}``
 LayerMapSpec = Annotated[Union[str, dict[int, int]], AfterValidator(_check_map_spec)]
 
@@ -84,7 +92,8 @@ LayerMapSpec = Annotated[Union[str, dict[int, int]], AfterValidator(_check_map_s
 class _Section(BaseModel):
     """A block of the config: unknown keys are errors, values are checked on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity pass every bound (nan > 0 is false, inf > 0 true): no config value may be either
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------
@@ -143,9 +152,9 @@ class _ModelSource(_Section):
 class FinetuneConfig(_Section):
     """Train the teacher on the labels before distilling (for a teacher whose head is new)."""
 
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
     lr: float = Field(5e-5, gt=0)
-    batch_size: int | None = Field(None, ge=1, description="default: training.batch_size")
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="default: training.batch_size")
 
 
 class CacheConfig(_Section):
@@ -160,13 +169,13 @@ class CacheConfig(_Section):
 
     dir: str | None = Field(None, description="the cache folder; default: one per fingerprint under $KDISTILL_CACHE")
     dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="storage precision (see docs/cache.md)")
-    batch_size: int = Field(128, ge=1, description="batch size of the teacher's pass")
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="batch size of the teacher's pass")
 
 
 class TeacherConfig(_ModelSource):
     """The teacher: ``path`` (a folder or hub id) or ``package``; ``num_labels`` adds a new head."""
 
-    num_labels: int | None = Field(None, ge=2, description="classes, for a model that has no classification head yet")
+    num_labels: int | None = Field(None, ge=2, le=1_000_000, description="classes, for a model that has no classification head yet")
     finetune: FinetuneConfig | None = None
     cache: CacheConfig | None = Field(None, description="true, a folder, or {dir:, dtype:, batch_size:}")
 
@@ -193,13 +202,13 @@ class TeacherConfig(_ModelSource):
 class FromTeacherConfig(_Section):
     """A student built from the teacher's own configuration by :func:`kdistill.student.make_student`."""
 
-    num_layers: int = Field(ge=1)
-    hidden_size: int | None = Field(None, ge=1, description="default: the teacher's width")
-    num_heads: int | None = Field(None, ge=1)
-    intermediate_size: int | None = Field(None, ge=1)
+    num_layers: int = Field(ge=1, le=1000)
+    hidden_size: int | None = Field(None, ge=1, le=65536, description="default: the teacher's width")
+    num_heads: int | None = Field(None, ge=1, le=4096)
+    intermediate_size: int | None = Field(None, ge=1, le=1_048_576)
     init: Literal["auto", "teacher", "random"] = "auto"
     layer_map: LayerMapSpec | None = Field(None, description="teacher layers to copy; default uniform")
-    seed: int | None = None
+    seed: Seed | None = None
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FromTeacherConfig:
@@ -243,13 +252,13 @@ class HubDataConfig(_Section):
 class AugmentConfig(_Section):
     """New training sentences for the teacher to label (see :mod:`kdistill.augment`)."""
 
-    copies: int = Field(8, ge=1, description="new sentences per training sentence")
+    copies: int = Field(8, ge=1, le=1000, description="new sentences per training sentence")
     mask_prob: float = Field(0.1, ge=0, le=1, description="chance that a word becomes the mask token")
     replace_prob: float = Field(0.1, ge=0, le=1, description="chance that a word becomes a similar word")
     ngram_prob: float = Field(0.25, ge=0, le=1, description="chance that a sentence is cut to an n-gram")
-    max_ngram: int = Field(5, ge=1)
-    neighbours: int = Field(10, ge=1, description="similar words (teacher embeddings) to replace a word with")
-    seed: int = Field(0, description="the same seed gives the same sentences (and lets a teacher cache be reused)")
+    max_ngram: int = Field(5, ge=1, le=100)
+    neighbours: int = Field(10, ge=1, le=1000, description="similar words (teacher embeddings) to replace a word with")
+    seed: Seed = Field(0, description="the same seed gives the same sentences (and lets a teacher cache be reused)")
 
     @model_validator(mode="after")
     def _probabilities(self) -> AugmentConfig:
@@ -272,8 +281,8 @@ class DataConfig(_Section):
     label_column: str = "label"
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="held out of train when there is no validation file")
     test_fraction: float | None = Field(None, gt=0, lt=1, description="held out of train when there is no test file")
-    split_seed: int = 42
-    max_length: int = Field(128, ge=2)
+    split_seed: Seed = 42
+    max_length: int = Field(128, ge=2, le=1_048_576)
     max_train_examples: int | None = Field(None, ge=1)
     allow_different_tokenizers: bool = Field(
         False,
@@ -287,9 +296,12 @@ class DataConfig(_Section):
     @classmethod
     def _known_encoding(cls, value: str) -> str:
         try:
-            codecs.lookup(value)
+            info = codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+        # codecs also holds bytes-to-bytes and text-to-text transforms (base64, rot13): no text comes out of those
+        if not getattr(info, "_is_text_encoding", True):
+            raise ValueError(f"{value!r} is not a text encoding (e.g. utf-8, latin-1, cp1252)")
         return value
 
     @model_validator(mode="after")
@@ -300,6 +312,11 @@ class DataConfig(_Section):
             raise ValueError("validation:/test: files go with train:; a hub data set names its splits in hub:")
         if self.augment is not None and self.text_pair_column is not None:
             raise ValueError("augment: works on single texts; remove text_pair_column or augment")
+        if self.label_column in (self.text_column, self.text_pair_column):
+            raise ValueError(f"label_column and text_column name the same column {self.label_column!r}: the labels "
+                             "would be read as the texts")
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise ValueError(f"text_pair_column and text_column name the same column {self.text_column!r}")
         return self
 
 
@@ -387,9 +404,9 @@ class TinyBERTSettings(_Section):
     embedding_weight: float = Field(1.0, ge=0)
     hidden_weight: float = Field(1.0, ge=0)
     attention_weight: float = Field(1.0, ge=0)
-    intermediate_epochs: int | None = Field(None, ge=1, description="default: training.epochs")
+    intermediate_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: training.epochs")
     intermediate_lr: float | None = Field(None, gt=0, description="default: training.lr")
-    prediction_epochs: int | None = Field(None, ge=1, description="default: training.epochs")
+    prediction_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: training.epochs")
     prediction_lr: float | None = Field(None, gt=0, description="default: training.lr")
 
     @model_validator(mode="after")
@@ -406,7 +423,7 @@ class MiniLMSettings(_Section):
     student_layer: int | None = Field(None, ge=1, description="default: the student's last layer")
     teacher_layer: int | None = Field(None, ge=1, description="default: the teacher's last layer")
     relation_heads: int | None = Field(None, ge=1, description="version 2; default: the teacher's heads")
-    relation_epochs: int | None = Field(None, ge=1, description="default: training.epochs")
+    relation_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: training.epochs")
     relation_lr: float | None = Field(None, gt=0, description="default: training.lr")
 
 
@@ -457,17 +474,17 @@ class ObjectiveConfig(_Section):
 class TrainingConfig(_Section):
     """How the student is trained."""
 
-    epochs: int = Field(3, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
+    max_steps: int | None = Field(None, ge=1, le=10**9, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_BATCH)
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["no", "bf16", "fp16"] = "no"
-    seed: int = 42
+    seed: Seed = 42
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps; default: each epoch")
     log_every: int = Field(10, ge=1)
     group_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
@@ -491,8 +508,12 @@ class OutputConfig(_Section):
         "--overwrite (start again) or --resume DIR (continue it)",
     )
     save_checkpoints: bool = Field(True, description="checkpoint each stage (what --resume continues from)")
+    save_best: bool = Field(
+        True, description="keep the student of the best validation accuracy in checkpoints/best-student/ (student/ "
+        "is the last step's)"
+    )
     save_every: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps; default: each epoch")
-    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per stage (and the best student)")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="newest checkpoints kept per stage (and the best student)")
 
 
 class RunConfig(_Section):
@@ -572,8 +593,13 @@ def _check_keys(data: Any, model: type[BaseModel], where: str) -> None:
                     _check_keys(item, item_section, f"{place}.{name}")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 50, 50
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    # reprlib: a value built from YAML aliases can be huge; its repr must stay short and quick
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -655,7 +681,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
         if not sep or not all(part.strip() for part in parts):
             raise ConfigError(f"override {override!r} must look like key.sub=value (e.g. training.epochs=3)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = read_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as error:
             raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_problem(error)})") from None
         parsed.append(([part.strip() for part in parts], value))
@@ -691,6 +717,54 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
+#: a config is a page of settings; a larger file is a mistake (a data file given as the config)
+MAX_CONFIG_BYTES = 1 << 20
+#: YAML aliases allowed in one document: anchors are handy, but nested aliases can expand
+#: exponentially ("billion laughs") and would hang validation
+MAX_ALIASES = 100
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping and too many aliases.
+
+    PyYAML keeps the last of two equal keys without a word: two ``training:`` blocks would
+    silently drop the first.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with << may be overridden: that is what merging means
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first at line {first.line + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML as :func:`yaml.safe_load` does, refusing repeated keys and alias bombs."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML config file, apply overrides and validate everything.
 
@@ -704,8 +778,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found" if not path.exists() else f"{str(path)!r} is not a file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is {path.stat().st_size:,} bytes: a config is a short YAML file "
+                          f"(at most {MAX_CONFIG_BYTES:,} bytes); is it the right file?")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
     except yaml.YAMLError as error:

@@ -152,13 +152,16 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
             ) from None
         text = text.removeprefix("\ufeff")
         if kind in ("csv", "tsv"):
+            separator = "," if kind == "csv" else "\t"
+            _check_header(path, next(csv.reader(io.StringIO(text), delimiter=separator), []))
             # keep_default_na=False: a text "NA" or "null" stays a text, an empty label is found below
-            return pd.read_csv(io.StringIO(text), sep="," if kind == "csv" else "\t", keep_default_na=False,
-                               dtype=str, quoting=csv.QUOTE_MINIMAL)
+            return pd.read_csv(io.StringIO(text), sep=separator, keep_default_na=False, dtype=str,
+                               quoting=csv.QUOTE_MINIMAL)
         if kind == "jsonl" or (kind == "json" and not text.lstrip().startswith("[")):
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = [_json_record(path, line, number) for number, line in enumerate(text.splitlines(), 1)
+                       if line.strip()]
         else:
-            records = json.loads(text)
+            records = json.loads(text, object_pairs_hook=_unique_keys)
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise DataError(f"{str(path)!r}: JSON data must be a list of records (objects), one per example")
         return pd.DataFrame.from_records(records)
@@ -167,6 +170,32 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
     except (ValueError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"cannot read {str(path)!r} as {kind}: {first}") from None
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """Refuse a header that names a column twice: pandas would rename the second and kdistill
+    would read the first without a word."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, 1):
+        first = seen.setdefault(name.strip(), number)
+        if first != number:
+            raise DataError(f"{str(path)!r}: the header names the column {name.strip()!r} twice (columns {first} and "
+                            f"{number}); rename one so that kdistill reads the column you mean")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"the key {key!r} is given twice in one record")
+    return dict(pairs)
+
+
+def _json_record(path: Path, line: str, number: int) -> Any:
+    try:
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except ValueError as error:
+        raise DataError(f"cannot read {str(path)!r} as JSON lines: line {number}: {error}") from None
 
 
 def _column(frame: Any, name: str, source: str, role: str) -> list[Any]:
@@ -198,6 +227,14 @@ def _clean_label(value: Any) -> Any:
         return text
 
 
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", tuple: "a list", dict: "an object"}
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
+
+
 def table_from_frame(frame: Any, config: DataConfig, source: str, labelled: bool = True) -> TableSplit:
     """Pick the text, pair and label columns of a ``DataFrame``.
 
@@ -208,7 +245,12 @@ def table_from_frame(frame: Any, config: DataConfig, source: str, labelled: bool
     pairs = _column(frame, config.text_pair_column, source, "text_pair_column") if config.text_pair_column else None
     labels: list[Any] = []
     if labelled:
-        labels = [_clean_label(v) for v in _column(frame, config.label_column, source, "label_column")]
+        raw_labels = _column(frame, config.label_column, source, "label_column")
+        wrong = [i for i, v in enumerate(raw_labels) if isinstance(v, (list, tuple, dict, np.ndarray))]
+        if wrong:
+            raise DataError(f"{source}: the label of data row {wrong[0] + 1} is {_kind(raw_labels[wrong[0]])}; a label "
+                            "is one class name or number")
+        labels = [_clean_label(v) for v in raw_labels]
         missing = [i for i, label in enumerate(labels) if label is None]
         if missing:
             rows = ", ".join(str(i + 1) for i in missing[:5])
@@ -219,6 +261,15 @@ def table_from_frame(frame: Any, config: DataConfig, source: str, labelled: bool
         bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
         if bad:
             raise DataError(f"{source}: {len(bad)} example(s) without a {name} (data row {bad[0] + 1})")
+        # a number, list or object would become text through str() without a word
+        wrong = [i for i, v in enumerate(values) if not isinstance(v, str)]
+        if wrong:
+            raise DataError(f"{source}: the {name} of data row {wrong[0] + 1} is {_kind(values[wrong[0]])}, not a "
+                            f"string ({len(wrong)} such row(s)); give every {name} as a string")
+        empty = [i for i, v in enumerate(values) if not v.strip()]
+        if empty:
+            raise DataError(f"{source}: {len(empty)} example(s) with an empty {name} (data row {empty[0] + 1}); "
+                            "remove them or give them a text")
     return TableSplit(
         texts=[str(t) for t in texts],
         pairs=[str(p) for p in pairs] if pairs is not None else None,
@@ -588,6 +639,12 @@ def load_splits(config: DataConfig) -> dict[str, TableSplit]:
         splits = _load_hub(config)
     else:
         assert config.train is not None
+        for role in ("validation", "test"):
+            path = getattr(config, role)
+            if path is not None and Path(path).exists() and Path(path).resolve() == Path(config.train).resolve():
+                # measuring on the training examples reports memorisation as accuracy
+                raise DataError(f"data.{role} is the training file {config.train!r}: give held-out examples, or leave "
+                                f"data.{role} out to hold some out of the training file")
         splits = {"train": load_table(config.train, config)}
         for role in ("validation", "test"):
             path = getattr(config, role)

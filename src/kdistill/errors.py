@@ -7,7 +7,8 @@ status 2; anything else is a bug and keeps its traceback. In Python every one of
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "KdistillError", "ModelLoadError", "RunFolderError"]
+__all__ = ["ConfigError", "DataError", "KdistillError", "ModelLoadError", "NonFiniteLossError", "OutputFileError",
+           "RunFolderError"]
 
 
 class KdistillError(ValueError):
@@ -29,3 +30,15 @@ class ModelLoadError(KdistillError):
 class RunFolderError(ConfigError):
     """The output folder cannot take this run: it already holds a run (start again with
     ``--overwrite`` or continue it with ``--resume``), holds other files, or is not a run to resume."""
+
+
+class OutputFileError(ConfigError):
+    """A file kdistill was asked to write exists and is not one kdistill wrote: it is never replaced."""
+
+
+class NonFiniteLossError(KdistillError, FloatingPointError):
+    """A loss part or the gradient norm became NaN or infinite; the update was not applied.
+
+    The training settings (learning rate, precision) cause it, or a broken teacher
+    (:class:`kdistill.train.teacher.NonFiniteTeacherError`); the message says which.
+    """

@@ -20,11 +20,12 @@ from kdistill.data import (
     make_loader,
     tokenize,
 )
-from kdistill.errors import ConfigError, DataError, KdistillError
+from kdistill.errors import ConfigError, DataError, KdistillError, OutputFileError
 from kdistill.loading import count_parameters, load_classifier, load_tokenizer, looks_local
 from kdistill.report import (
     COMPARISON_COLUMNS,
     agreement,
+    check_metrics_file,
     classification_metrics,
     comparison_rows,
     format_table,
@@ -103,12 +104,20 @@ def resolve_target(target: str, teacher: str | None = None, output: str | None =
                     run_teacher = TeacherConfig.model_validate(source).location()
         default = data.test or data.validation
         return EvalTarget(str(path / "student"), run_teacher, data, default,
-                          Path(output) if output else path / "metrics.json", path)
+                          _checked_output(Path(output) if output else path / "metrics.json"), path)
     if looks_local(target) and not path.exists():
         raise KdistillError(f"{target!r}: no such run or model folder")
     # never write into a model folder (it may be another project's, or an installed package's)
     metrics_file = Path(output) if output else Path("metrics.json")
-    return EvalTarget(target, teacher, DataConfig(train="-"), None, metrics_file)
+    return EvalTarget(target, teacher, DataConfig(train="-"), None, _checked_output(metrics_file))
+
+
+def _checked_output(path: Path) -> Path:
+    """The metrics file to write, refused before any work when it would replace what kdistill did not write."""
+    if path.suffix.lower() != ".json":
+        raise OutputFileError(f"--output {str(path)!r}: the metrics are JSON; give a file name ending in .json")
+    check_metrics_file(path)
+    return path
 
 
 def _label_ids(table: TableSplit, config: Any) -> list[int]:
@@ -154,14 +163,16 @@ def evaluate(
         table = table.subset(range(max_examples), f"{table.source} (first {max_examples})")
     length = max_length or target.data.max_length
 
-    student = load_classifier(target.model, "model").model
+    student = load_classifier(target.model, "model").trained(
+        "model", "evaluate a classifier trained for this task (a run's student/), not a model without a trained head")
     tokenizer = load_tokenizer(target.model, "model")
     labels = _label_ids(table, student.config)
     columns = tokenize(tokenizer, table, length, desc="tokenising", progress=progress)
     teacher = None
     separate = False
     if target.teacher is not None:
-        teacher = load_classifier(target.teacher, "teacher").model
+        teacher = load_classifier(target.teacher, "teacher").trained(
+            "teacher", "compare with a teacher trained for this task (--teacher), or leave --teacher out")
         if teacher.config.num_labels != student.config.num_labels:
             raise KdistillError(
                 f"the teacher predicts {teacher.config.num_labels} classes and the model {student.config.num_labels}: "

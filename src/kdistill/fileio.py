@@ -1,11 +1,48 @@
-"""Small file helpers shared by the teacher cache and the checkpoints."""
+"""File helpers shared by the run folder, the teacher cache and the checkpoints: hashes, locks, and
+the rule that kdistill deletes or replaces only what it can prove it wrote.
+
+Proof of authorship is a manifest that kdistill writes into every folder it writes whole: a
+model folder (``student/``, ``teacher/``) holds :data:`FILES_MANIFEST`, a checkpoint or a
+teacher cache its own ``manifest.json``; each lists the files kdistill put there. A folder may
+be deleted only when every file under it is listed by such a manifest (or is a staging leftover
+of kdistill's own atomic writes). One file the manifests do not name is doubt, and doubt
+refuses the deletion: :func:`unowned_files` finds such files, :func:`remove_owned` deletes
+a folder only when there are none.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["file_sha256"]
+__all__ = [
+    "FILES_MANIFEST",
+    "FolderInUseError",
+    "exclusive_lock",
+    "file_sha256",
+    "is_staging_name",
+    "lock_holder",
+    "remove_owned",
+    "unowned_files",
+    "write_files_manifest",
+]
+
+#: the manifest of a folder kdistill wrote whole (a saved model): the relative path of every file
+FILES_MANIFEST = ".kdistill-files.json"
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the lock."""
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 def file_sha256(path: Path) -> str:
@@ -15,3 +52,147 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def write_files_manifest(folder: Path, kind: str = "files") -> None:
+    """Record every file now under ``folder`` as written by kdistill (call it last, after writing)."""
+    listed = [name for name in _files_under(folder) if name != FILES_MANIFEST]
+    (folder / FILES_MANIFEST).write_text(json.dumps({"kdistill": kind, "files": listed}, indent=1) + "\n",
+                                         encoding="utf-8")
+
+
+def is_staging_name(name: str) -> bool:
+    """Whether ``name`` is one kdistill gives a file or folder while writing it atomically
+    (``.x.partial``, ``.checkpoint-….``, ``.x.building-…``, ``.x.old-…``): left behind only by a killed write."""
+    return name.startswith(".") and (
+        name.endswith(".partial") or ".building-" in name or ".old-" in name or name.startswith(".checkpoint-")
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _listed_files(folder: Path) -> set[str] | None:
+    """The files a kdistill manifest in ``folder`` names (the manifest included), or None when
+    ``folder`` holds no manifest kdistill wrote."""
+    own = _read_json(folder / FILES_MANIFEST)
+    if isinstance(own, dict) and isinstance(own.get("files"), list):
+        return {str(name) for name in own["files"]} | {FILES_MANIFEST}
+    manifest = _read_json(folder / "manifest.json")
+    if not isinstance(manifest, dict):
+        return None
+    if isinstance(manifest.get("files"), dict) and "step" in manifest:  # a training checkpoint
+        return set(manifest["files"]) | {"manifest.json"}
+    if isinstance(manifest.get("shards"), list) and "fingerprint" in manifest:  # a teacher cache
+        listed = {"manifest.json", ".kdistill-cache.json"}
+        for shard in manifest["shards"]:
+            for entry in (shard.get("files") or {}).values() if isinstance(shard, dict) else ():
+                if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    listed.add(entry["path"])
+        return listed
+    return None
+
+
+def unowned_files(folder: Path, allowed: Iterable[str] = ()) -> list[Path]:
+    """Files under ``folder`` that no kdistill manifest accounts for.
+
+    A folder with a manifest must hold only the files it lists; a folder without one (a
+    container such as ``checkpoints/``) may hold owned folders, staging leftovers and the file
+    names in ``allowed``. Symbolic links count as files (they are never followed).
+    """
+    listed = _listed_files(folder)
+    if listed is not None:
+        return [folder / name for name in _files_under(folder) if name not in listed]
+    allowed = set(allowed)
+    found: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if is_staging_name(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            found += unowned_files(entry, allowed)
+        elif entry.name not in allowed:
+            found.append(entry)
+    return found
+
+
+def remove_owned(path: Path, allowed: Iterable[str] = ()) -> None:
+    """Delete ``path`` (a file, or a folder every file of which kdistill wrote).
+
+    Raises:
+        PermissionError: some file under the folder was not written by kdistill; nothing is deleted.
+    """
+    if path.is_dir() and not path.is_symlink():
+        foreign = unowned_files(path, allowed)
+        if foreign:
+            raise PermissionError(f"{foreign[0]} was not written by kdistill")
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _holder_pid(handle: Any) -> int | None:
+    handle.seek(0)
+    text = handle.read().decode("utf-8", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path, *, wait: bool) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if needed) while inside, with this
+    process's pid written in it.
+
+    The operating system drops the lock when the process dies, so a killed run never leaves a
+    folder locked; the file itself stays (removing it could let two processes lock different files).
+    Where ``fcntl`` does not exist (Windows) nothing is locked.
+
+    Args:
+        lock_file: the lock's file.
+        wait: wait for the holder to finish; otherwise raise :class:`FolderInUseError` at once.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_file, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder_pid(handle)
+            if not wait:
+                raise FolderInUseError(f"{lock_file.parent} is in use by another kdistill process"
+                                       + (f" (pid {pid})" if pid else ""), pid) from None
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()).encode())
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_holder(lock_file: Path) -> int | None:
+    """The pid of the live process that holds ``lock_file`` (0 if unknown), or None when nobody does."""
+    if not lock_file.is_file():
+        return None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    with open(lock_file, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_pid(handle) or 0
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None

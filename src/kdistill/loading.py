@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ def looks_local(location: str) -> bool:
     )
 
 
+#: what loading a model or tokenizer from the user's files raises when the files are wrong (missing,
+#: damaged, a pickle, weights that do not fit the config, a tokenizer file of another format): the
+#: libraries use many kinds, plain ``Exception`` included, and each means "these files cannot be
+#: loaded". Running out of memory is not one of them (see :data:`NOT_LOAD_ERRORS`).
+LOAD_ERRORS = (Exception,)
+NOT_LOAD_ERRORS = (MemoryError,)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -41,9 +50,19 @@ def _first_line(error: BaseException) -> str:
 
 def _load_problem(error: BaseException, location: str, role: str) -> str:
     """Why loading ``location`` failed, in one line, with the way out where kdistill knows it."""
-    if "custom code" in str(error) or "trust_remote_code" in str(error):
+    text = str(error)
+    if "custom code" in text or "trust_remote_code" in text:
         return (f"it ships its own Python code, which kdistill runs only when trust_remote_code is on "
                 f"({role}.trust_remote_code: true in a config; read that code first)")
+    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
+        # torch's own message suggests weights_only=False, which would run the pickle's code: never say that
+        refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "a Python object")
+        return (f"its weights file (pytorch_model.bin) holds Python objects that cannot be loaded safely ({refused}); "
+                "kdistill loads weights as safetensors or plain tensors only and never runs code from a pickle: "
+                "use a copy of the model saved as model.safetensors")
+    if type(error).__name__ == "SafetensorError" or "deserializing header" in text:
+        return (f"its weights file (model.safetensors) is damaged or truncated ({_first_line(error)}); save or "
+                "download the model again")
     problem = _first_line(error)
     if not looks_local(location):
         problem += f" (nor is there a folder {location!r} here)"
@@ -93,6 +112,19 @@ class LoadedModel:
         """True when some weights were newly initialised rather than loaded."""
         return bool(self.new_weights)
 
+    def trained(self, role: str, fix: str) -> nn.Module:
+        """The model, refused when some of its weights are untrained (its predictions would be noise).
+
+        Raises:
+            ModelLoadError: naming the untrained weights and ``fix``.
+        """
+        if self.has_new_head:
+            raise ModelLoadError(
+                f"the {role} {self.location!r} has untrained weights ({', '.join(self.new_weights[:3])}): its "
+                f"predictions would be noise; {fix}"
+            )
+        return self.model
+
 
 def load_classifier(
     location: str,
@@ -129,7 +161,9 @@ def load_classifier(
     try:
         with _quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **kwargs)
-    except (OSError, ValueError, KeyError, EnvironmentError) as error:
+    except NOT_LOAD_ERRORS:
+        raise
+    except LOAD_ERRORS as error:
         raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
     new = sorted(set(info.get("missing_keys", [])) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])})
     model.eval()
@@ -169,7 +203,9 @@ def load_any_model(location: str, role: str = "model", *, trust_remote_code: boo
         if model_class is None:
             model_class = AutoModel
         return model_class.from_pretrained(source, trust_remote_code=trust_remote_code).eval()
-    except (OSError, ValueError, KeyError) as error:
+    except NOT_LOAD_ERRORS:
+        raise
+    except LOAD_ERRORS as error:
         raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
 
 
@@ -184,7 +220,9 @@ def load_tokenizer(location: str, role: str, *, revision: str | None = None, tru
     source = _check_location(location, role, "a tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except NOT_LOAD_ERRORS:
+        raise
+    except LOAD_ERRORS as error:
         raise ModelLoadError(
             f"cannot load the {role}'s tokenizer from {location!r}: {_load_problem(error, location, role)} "
             f"(set {role}.tokenizer: to a folder or hub id that has one)"

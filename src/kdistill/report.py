@@ -33,6 +33,7 @@ __all__ = [
     "model_inputs",
     "plot_curves",
     "predict",
+    "check_metrics_file",
     "update_metrics_file",
     "weights_size",
     "write_report",
@@ -297,22 +298,52 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _is_metrics_file(content: Any) -> bool:
+    """Whether parsed JSON is a metrics file kdistill wrote (it names kdistill inside)."""
+    if not isinstance(content, dict):
+        return False
+    run = content.get("run")
+    return "kdistill" in content or (isinstance(run, dict) and "kdistill_version" in run)
+
+
+def check_metrics_file(path: str | Path) -> None:
+    """Refuse, writing nothing, a metrics file path that holds something kdistill did not write.
+
+    Raises:
+        OutputFileError: ``path`` is a folder, or a file that is not a kdistill metrics file.
+    """
+    from kdistill.errors import OutputFileError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputFileError(f"{str(path)!r} is a folder; give a .json file for the metrics")
+    if not path.exists():
+        return
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        content = None
+    if not _is_metrics_file(content):
+        raise OutputFileError(f"{str(path)!r} exists and is not a metrics file kdistill wrote: kdistill never "
+                              "replaces a file it did not write; give a new file name")
+
+
 def update_metrics_file(path: str | Path, updates: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``updates`` into the JSON file at ``path`` (created if absent), keeping the other keys.
+    """Merge ``updates`` into the metrics JSON file at ``path`` (created if absent), keeping the other keys.
 
     Returns:
         The whole merged content.
+
+    Raises:
+        OutputFileError: ``path`` exists and is not a metrics file kdistill wrote (it is left as it is).
     """
+    from kdistill._version import __version__
+
     path = Path(path)
-    content: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            # never lose a file we cannot read: keep it beside the new one
-            os.replace(path, path.with_suffix(".json.unreadable"))
-            content = {}
+    check_metrics_file(path)
+    content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     content.update(updates)
+    content["kdistill"] = {"version": __version__}
     _atomic_write(path, json.dumps(content, indent=2, default=_json_default) + "\n")
     return content
 
@@ -357,8 +388,14 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, curves: str | 
         lines.append(f"- stage `{stage['name']}`: {stage['steps']} steps, objective `{stage['objective']}`; last epoch: {losses}")
     validations = metrics.get("validation", [])
     if validations:
-        best = max(validations, key=lambda r: r.get("accuracy", 0))
-        lines.append(f"- best validation accuracy {best.get('accuracy', float('nan')):.4f} at step {int(best['step'])}")
+        # the table above measures student/, the last step's student: say so, and where the best one is
+        last, best = validations[-1], max(validations, key=lambda r: r.get("accuracy", 0))
+        lines.append(f"- `student/` (measured above) is the student after the last step: validation accuracy "
+                     f"{last.get('accuracy', float('nan')):.4f} at step {int(last.get('global_step', last['step']))}")
+        kept = metrics.get("training", {}).get("best_student")
+        where = f"kept in `{kept['folder']}/`" if kept else "not kept (output.save_best is false)"
+        lines.append(f"- the best validation accuracy, {best.get('accuracy', float('nan')):.4f} at step "
+                     f"{int(best.get('global_step', best['step']))}, is the student {where}")
     lines += ["", f"Data: {', '.join(f'{k} {v:,}' for k, v in data.items() if isinstance(v, int))} examples; "
                   f"labels {', '.join(map(str, data.get('labels', [])))}."]
     if curves:

@@ -46,7 +46,8 @@ from torch import nn
 from kdistill._version import __version__
 from kdistill.config import RunConfig, dump_config
 from kdistill.data import PaddingCollator, PreparedData, load_splits, make_loader, prepare_data
-from kdistill.errors import ConfigError, KdistillError, ModelLoadError, RunFolderError
+from kdistill.errors import ConfigError, DataError, KdistillError, ModelLoadError, RunFolderError
+from kdistill.preflight import check_max_length, check_memory, check_token_ids, estimate_parameters
 from kdistill.loading import (
     LoadedModel,
     count_parameters,
@@ -70,6 +71,19 @@ from kdistill.report import (
     weights_size,
     write_report,
 )
+from kdistill.runfolder import (
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    CURVES_FILE,
+    FINISHED_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    STUDENT_DIR,
+    TEACHER_DIR,
+    RunFolder,
+)
 from kdistill.train.checkpoint import CheckpointError, load_checkpoint
 from kdistill.train.loop import History, distill
 
@@ -78,19 +92,6 @@ __all__ = ["PreparedRun", "RunResult", "Stage", "build_stages", "check_run_folde
 
 logger = logging.getLogger("kdistill.run")
 
-CONFIG_FILE = "config.yaml"
-LOG_FILE = "run.log"
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
-CURVES_FILE = "training_curves.png"
-STUDENT_DIR = "student"
-TEACHER_DIR = "teacher"
-CHECKPOINTS_DIR = "checkpoints"
-BEST_DIR = "best-student"
-FINISHED_FILE = "finished.json"
-#: what a run writes into its folder: ``overwrite`` deletes these and nothing else
-RUN_ENTRIES = (CONFIG_FILE, LOG_FILE, CHECKPOINTS_DIR, STUDENT_DIR, TEACHER_DIR, METRICS_FILE, REPORT_FILE,
-               CURVES_FILE)
 
 
 @dataclass
@@ -367,16 +368,19 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     teacher_spec = config.teacher
     teacher_location = teacher_spec.location()
     num_labels = teacher_spec.num_labels
+    if num_labels is not None and num_labels != distinct_labels:
+        # a new head of the wrong size would be trained, then fail to fit the student's
+        names = sorted({str(label) for label in splits["train"].labels})
+        raise DataError(f"teacher.num_labels is {num_labels} but the training data has {distinct_labels} labels "
+                        f"({', '.join(names[:10])}); set teacher.num_labels: {distinct_labels}, or leave it out to "
+                        "count the data's labels")
     if num_labels is None and teacher_spec.finetune is not None:
         num_labels = distinct_labels
     teacher = load_classifier(teacher_location, "teacher", num_labels=num_labels,
                               revision=teacher_spec.revision, trust_remote_code=teacher_spec.trust_remote_code)
-    if teacher.has_new_head and teacher_spec.finetune is None:
-        raise ModelLoadError(
-            f"the teacher {teacher_location!r} has untrained weights ({', '.join(teacher.new_weights[:3])}): its "
-            "predictions would be noise; add teacher.finetune: {epochs: 1} to train it on the data first, "
-            "or give a teacher fine-tuned for this task"
-        )
+    if teacher_spec.finetune is None:
+        teacher.trained("teacher", "add teacher.finetune: {epochs: 1} to train it on the data first, or give a "
+                                   "teacher fine-tuned for this task")
     teacher_config = teacher.model.config
     teacher_tokenizer = load_tokenizer(teacher_spec.tokenizer or teacher_location, "teacher",
                                        revision=teacher_spec.revision, trust_remote_code=teacher_spec.trust_remote_code)
@@ -392,7 +396,10 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     if teacher.has_new_head:
         teacher_config.id2label, teacher_config.label2id = id2label, {n: i for i, n in id2label.items()}
 
+    _check_student_memory(config, teacher.model)
     student, note = _build_student(config, teacher.model, len(label_names), id2label)
+    check_max_length(config.data.max_length, [("teacher", teacher.model), ("student", student)])
+    _check_batch_memory(config, teacher.model, student)
     if config.student.from_teacher is not None:
         student_tokenizer = teacher_tokenizer
     else:
@@ -402,9 +409,69 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     augmenter = _augmenter(config, teacher.model, teacher_tokenizer, student_tokenizer, splits["train"].texts)
     data = prepare_data(config.data, student_tokenizer, teacher_tokenizer, splits=splits, augmenter=augmenter,
                         teacher_id2label=id2label, teacher_num_labels=len(label_names), progress=progress)
+    _check_token_ids(config, data, teacher.model, student)
     stages = build_stages(config, student, teacher.model)
     _check_stage_capture(stages, student, teacher.model)
     return PreparedRun(config, teacher, student, student_tokenizer, data, stages, note)
+
+
+def _check_token_ids(config: RunConfig, data: PreparedData, teacher: nn.Module, student: nn.Module) -> None:
+    """Every token id of every split has a row in the embeddings of the model that reads it."""
+    from kdistill.data import TEACHER_PREFIX
+
+    splits = [data.train, data.validation, *([data.test] if data.test is not None else [])]
+    student_setting = "student.tokenizer" if config.student.tokenizer else "the student's folder"
+    teacher_setting = "teacher.tokenizer" if config.teacher.tokenizer else "the teacher's folder"
+    for split in splits:
+        check_token_ids(split.columns["input_ids"], student, "student", student_setting)
+        teacher_ids = split.columns.get(f"{TEACHER_PREFIX}input_ids", split.columns["input_ids"])
+        check_token_ids(teacher_ids, teacher, "teacher", teacher_setting)
+
+
+def _check_student_memory(config: RunConfig, teacher: nn.Module) -> None:
+    """A student built from the teacher's config at absurd sizes is refused before it is allocated."""
+    options = config.student.from_teacher
+    if options is None:
+        return
+    from kdistill.attention import model_dims
+
+    try:
+        dims = model_dims(teacher)
+    except TypeError:
+        return
+    hidden = options.hidden_size or dims.hidden_size
+    teacher_ffn = next((getattr(teacher.config, n) for n in ("intermediate_size", "hidden_dim", "ffn_dim")
+                        if isinstance(getattr(teacher.config, n, None), int)), 4 * dims.hidden_size)
+    ffn = options.intermediate_size or round(teacher_ffn * hidden / dims.hidden_size)
+    vocab = int(getattr(teacher.config, "vocab_size", 0) or 0)
+    parameters = estimate_parameters(options.num_layers, hidden, ffn, vocab)
+    # float32 weights, gradients and AdamW's two moments: 16 bytes a parameter
+    check_memory(f"a student of {options.num_layers} layers and width {hidden} ({parameters:,} parameters) with its "
+                 "gradients and optimizer state", 16 * parameters,
+                 "lower student.from_teacher.num_layers, hidden_size or intermediate_size")
+
+
+def _check_batch_memory(config: RunConfig, teacher: nn.Module, student: nn.Module) -> None:
+    """A batch whose activations alone cannot fit is refused before the first step."""
+    from kdistill.attention import model_dims
+
+    try:
+        student_dims, teacher_dims = model_dims(student), model_dims(teacher)
+    except TypeError:
+        return
+    length = config.data.max_length
+
+    def per_layer(batch: int, dims: Any) -> float:
+        # activations a transformer layer keeps for backward, in float32 (Korthikanti et al. 2022: 34·s·b·h + 5·a·s²·b
+        # bytes at 16 bits)
+        return 2.0 * batch * length * (34 * dims.hidden_size + 5 * (dims.num_heads or 1) * length)
+
+    training = config.training
+    needed = (student_dims.num_layers * per_layer(training.batch_size, student_dims)
+              + per_layer(max(training.batch_size, training.eval_batch_size), teacher_dims))
+    check_memory(f"a batch of {training.batch_size} texts of up to {length} tokens", needed,
+                 "lower training.batch_size (training.gradient_accumulation_steps keeps the effective batch), "
+                 "training.eval_batch_size or data.max_length")
 
 
 def _check_stage_capture(stages: list[Stage], student: nn.Module, teacher: nn.Module) -> None:
@@ -425,47 +492,69 @@ def _check_stage_capture(stages: list[Stage], student: nn.Module, teacher: nn.Mo
 # ---------------------------------------------------------------------------
 
 
-def _holds_run(folder: Path) -> bool:
-    return folder.is_dir() and ((folder / CONFIG_FILE).is_file() or (folder / LOG_FILE).is_file())
+def paths_read(config: RunConfig) -> dict[str, str]:
+    """The local paths a run reads, by the config key that names them (hub ids left out):
+    ``--overwrite`` never deletes one of them."""
+    found: dict[str, str] = {}
+    for role in ("teacher", "student"):
+        source = getattr(config, role)
+        for key in ("path", "tokenizer"):
+            value = getattr(source, key)
+            if value is not None and looks_local(value):
+                found[f"{role}.{key}"] = value
+    for key in ("train", "validation", "test"):
+        value = getattr(config.data, key)
+        if value is not None:
+            found[f"data.{key}"] = value
+    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
+        found["teacher.cache"] = config.teacher.cache.dir
+    return found
 
 
 def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Check that ``config.output.dir`` can take the run, and return it; write nothing.
 
     A new or empty folder takes a new run. A folder that already holds a run is refused unless
-    ``overwrite`` (start again; its run files are deleted once the new run is prepared) or
-    ``resume`` (continue it from its checkpoints). A folder holding files that are not a run
-    is refused either way: kdistill deletes nothing it did not write.
+    ``overwrite`` (start again; the earlier run's entries are deleted once the new run is
+    prepared, and only if kdistill can prove it wrote every file in them) or ``resume``
+    (continue it from its checkpoints). A folder holding files that are not a run is refused
+    either way, and so is a folder another kdistill process holds.
 
     Raises:
         RunFolderError: the folder cannot take the run, in one line that says what to do.
     """
-    folder = Path(config.output.dir)
+    folder = RunFolder(config.output.dir)
+    path = folder.path
     if overwrite and resume:
         raise RunFolderError("give either --overwrite (start again) or --resume (continue), not both")
-    if folder.exists() and not folder.is_dir():
-        raise RunFolderError(f"output.dir {str(folder)!r} is a file, not a folder")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"output.dir {str(path)!r} is a file, not a folder")
+    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
+        from kdistill.cache import check_cache_folder
+
+        check_cache_folder(config.teacher.cache.dir)
+    if not path.exists():
+        return path
+    folder.check_free()
     if resume:
-        if not _holds_run(folder):
-            raise RunFolderError(f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE}); "
+        if not folder.holds_run():
+            raise RunFolderError(f"{str(path)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
                                  "give the folder of a run that was stopped")
-        if (folder / REPORT_FILE).is_file():
-            raise RunFolderError(f"the run in {str(folder)!r} has finished (it wrote {REPORT_FILE}): there is nothing "
+        if (path / REPORT_FILE).is_file():
+            raise RunFolderError(f"the run in {str(path)!r} has finished (it wrote {REPORT_FILE}): there is nothing "
                                  "to resume; use --overwrite to run it again")
-        return folder
-    if not folder.exists() or not any(folder.iterdir()):
-        return folder
-    if _holds_run(folder):
+        return path
+    if not folder.foreign_entries() and not folder.holds_run():
+        return path  # empty, or only an earlier run's lock file
+    if folder.holds_run():
         if overwrite:
-            return folder
+            folder.deletable(paths_read(config))
+            return path
         raise RunFolderError(
-            f"output.dir {str(folder)!r} already holds a run: add --overwrite to start again (its files are "
-            f"deleted) or --resume {folder} to continue it (in Python: overwrite=True or resume=True)"
+            f"output.dir {str(path)!r} already holds a run: add --overwrite to start again (its files are "
+            f"deleted) or --resume {path} to continue it (in Python: overwrite=True or resume=True)"
         )
-    names = sorted(entry.name for entry in folder.iterdir())
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    raise RunFolderError(f"output.dir {str(folder)!r} holds files that are not a kdistill run ({shown}); "
-                         "choose a new or empty folder")
+    raise RunFolderError(folder.not_a_run_message())
 
 
 def _config_differences(run: Any, given: Any, where: str = "") -> list[str]:
@@ -513,31 +602,6 @@ def resume_config(run_dir: str | Path, config_file: str | Path | None = None, ov
     return stored
 
 
-def _clear_run(folder: Path) -> list[str]:
-    """Delete what an earlier run wrote into ``folder`` (and nothing else); return the names deleted."""
-    deleted = []
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        leftover = entry.name.startswith(".") and entry.name.endswith(".partial")
-        if entry.name in RUN_ENTRIES or leftover:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            deleted.append(entry.name)
-    return deleted
-
-
-def _write_folder(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder through ``write(staging)`` and rename it into place: it is whole or absent."""
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-
-
 @contextmanager
 def _log_to(path: Path, console: bool) -> Iterator[None]:
     """Send kdistill's and transformers' log records to ``path`` (and the console) for the run."""
@@ -572,11 +636,12 @@ class _BestStudent:
     (stage, step, metrics); a resumed run reads the score to beat back from it.
     """
 
-    def __init__(self, folder: Path, enabled: bool) -> None:
+    def __init__(self, folder: RunFolder, name: str, enabled: bool) -> None:
         self.folder = folder
+        self.name = name
         self.enabled = enabled
         self.best: dict[str, Any] | None = None
-        state = folder / "trainer_state.json"
+        state = folder.path / name / "trainer_state.json"
         if enabled and state.is_file():
             try:
                 self.best = json.loads(state.read_text(encoding="utf-8"))
@@ -594,15 +659,19 @@ class _BestStudent:
                 state = {"stage": stage, "step": step(), **metrics}
 
                 def write(target: Path) -> None:
-                    student.save_pretrained(target)
-                    tokenizer.save_pretrained(target)
+                    _save_model(student, tokenizer, target)
                     (target / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
-                _write_folder(self.folder, write)
+                self.folder.write_folder(self.name, write)
                 self.best = state
             return metrics
 
         return evaluate_and_keep
+
+
+def _save_model(model: nn.Module, tokenizer: Any, target: Path) -> None:
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
 
 
 def _finished_stage(stage_dir: Path, student: nn.Module, objective: Objective) -> History | None:
@@ -765,29 +834,30 @@ def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool =
         KdistillError: a problem with the inputs; found before the run folder is touched.
     """
     started = time.time()
-    folder = check_run_folder(config, overwrite=overwrite, resume=resume)
+    path = check_run_folder(config, overwrite=overwrite, resume=resume)
     prepared = prepared or prepare_run(config, progress=progress)
-    deleted = _clear_run(folder) if overwrite else []
-    folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (folder / CONFIG_FILE).write_text(dump_config(config), encoding="utf-8")
-    with _log_to(folder / LOG_FILE, console_log):
-        if deleted:
-            logger.info("overwrite: deleted the earlier run's %s", ", ".join(deleted))
-        if resume:
-            logger.info("kdistill %s: resuming the run in %s", __version__, folder)
-        else:
-            logger.info("kdistill %s: run folder %s", __version__, folder)
-        try:
-            result = _train_and_report(prepared, folder, started, progress, resume)
-        except BaseException as error:
-            # the log says why the run stopped; every file written so far stays
-            logger.error("run stopped: %s: %s", type(error).__name__, error)
-            raise
+    folder = RunFolder(path)
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    with folder.claimed(mode, paths_read(config)) as deleted:
+        if not resume:
+            folder.write_text(CONFIG_FILE, dump_config(config))
+        with _log_to(folder.record(LOG_FILE), console_log):
+            if deleted:
+                logger.info("overwrite: deleted the earlier run's %s", ", ".join(deleted))
+            if resume:
+                logger.info("kdistill %s: resuming the run in %s", __version__, path)
+            else:
+                logger.info("kdistill %s: run folder %s", __version__, path)
+            try:
+                result = _train_and_report(prepared, folder, started, progress, resume)
+            except BaseException as error:
+                # the log says why the run stopped; every file written so far stays
+                logger.error("run stopped: %s: %s", type(error).__name__, error)
+                raise
     return result
 
 
-def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progress: bool,
+def _train_and_report(prepared: PreparedRun, folder: RunFolder, started: float, progress: bool,
                       resume: bool = False) -> RunResult:
     from transformers import set_seed
 
@@ -820,7 +890,7 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     student_model: nn.Module = _Routed(student, False) if separate else student
 
     stages_run: list[tuple[str, History]] = []
-    saved_teacher = folder / TEACHER_DIR
+    saved_teacher = folder.path / TEACHER_DIR
     if config.teacher.finetune is not None and resume and (saved_teacher / "config.json").is_file():
         # written whole or not at all (renamed into place), so a teacher/ folder is complete
         _read_weights(teacher, saved_teacher)
@@ -841,12 +911,11 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
         teacher.eval()
 
         def write_teacher(target: Path) -> None:
-            teacher.save_pretrained(target)
-            tokenizer.save_pretrained(target)
+            _save_model(teacher, tokenizer, target)
             (target / "training_history.json").write_text(
                 json.dumps({"steps": history.steps, "epochs": history.epochs}) + "\n", encoding="utf-8")
 
-        _write_folder(saved_teacher, write_teacher)
+        folder.write_folder(TEACHER_DIR, write_teacher)
         stages_run.append(("teacher fine-tuning", history))
 
     teacher_validation, _ = _evaluate(teacher_model, validation_loader, num_labels, teacher_side=separate,
@@ -856,7 +925,7 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
 
     caches = _StageCaches(config, teacher_model, distillation_set, collator, tokenizer, progress)
     output = config.output
-    best = _BestStudent(folder / CHECKPOINTS_DIR / BEST_DIR, output.save_checkpoints)
+    best = _BestStudent(folder, f"{CHECKPOINTS_DIR}/{BEST_DIR}", output.save_best)
     if resume and not output.save_checkpoints:
         logger.warning("output.save_checkpoints is false: the run left no checkpoints, so training starts again")
     validations: list[dict[str, float]] = []
@@ -864,7 +933,7 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     step_offset = 0
     for index, stage in enumerate(prepared.stages):
         optimizer, scheduler, total = _optimizer_and_scheduler(student, stage.objective, stage, config, steps_per_epoch)
-        stage_dir = folder / CHECKPOINTS_DIR / stage.name if output.save_checkpoints else None
+        stage_dir = folder.record(f"{CHECKPOINTS_DIR}/{stage.name}") if output.save_checkpoints else None
         finished = _finished_stage(stage_dir, student_model, stage.objective) if resume and stage_dir else None
         if finished is not None:
             logger.info("stage %s finished before the interruption: skipped, its student read back", stage.name)
@@ -909,9 +978,8 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
                                 "lr": stage.lr, "steps": len(history.steps), "planned_steps": total, "final": final})
         stages_run.append((stage.name, history))
 
-    student.save_pretrained(folder / STUDENT_DIR)
-    tokenizer.save_pretrained(folder / STUDENT_DIR)
-    logger.info("student saved to %s", folder / STUDENT_DIR)
+    student_dir = folder.write_folder(STUDENT_DIR, lambda target: _save_model(student, tokenizer, target))
+    logger.info("student saved to %s", student_dir)
 
     teacher_metrics, teacher_logits = _evaluate(teacher_model, eval_loader, num_labels, teacher_side=separate,
                                                 desc=f"teacher on {eval_name}", progress=progress)
@@ -921,17 +989,17 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     probe = next(iter(make_loader(eval_set, training.eval_batch_size, collator)))  # a batch as it comes, not the shortest
     teacher_speed = measure_speed(teacher, probe, teacher_side=separate)
     student_speed = measure_speed(student, probe, teacher_side=False)
-    teacher_folder = folder / TEACHER_DIR if config.teacher.finetune is not None else (
+    teacher_folder = saved_teacher if config.teacher.finetune is not None else (
         Path(prepared.teacher.location) if looks_local(prepared.teacher.location) else None)
     teacher_metrics.update(parameters=count_parameters(teacher), size_bytes=weights_size(teacher, teacher_folder),
                            latency_ms=teacher_speed["latency_ms"], throughput=teacher_speed["throughput"], speedup=1.0)
-    student_metrics.update(parameters=count_parameters(student), size_bytes=weights_size(student, folder / STUDENT_DIR),
+    student_metrics.update(parameters=count_parameters(student), size_bytes=weights_size(student, student_dir),
                            latency_ms=student_speed["latency_ms"], throughput=student_speed["throughput"],
                            speedup=teacher_speed["latency_ms"] / student_speed["latency_ms"])
     seconds = time.time() - started
     metrics = {
         "run": {
-            "name": folder.name, "kdistill_version": __version__, "seconds": seconds,
+            "name": folder.path.name, "kdistill_version": __version__, "seconds": seconds,
             "teacher": prepared.teacher.location, "student": prepared.student_note,
             "objective": " then ".join(f"{s.name}: {s.objective.formula()}" for s in prepared.stages),
             "compression": teacher_metrics["parameters"] / student_metrics["parameters"],
@@ -947,8 +1015,8 @@ def _train_and_report(prepared: PreparedRun, folder: Path, started: float, progr
     if best.best is not None:
         metrics["training"]["best_student"] = {"folder": f"{CHECKPOINTS_DIR}/{BEST_DIR}", "stage": best.best["stage"],
                                                "step": best.best["step"], "accuracy": best.best["accuracy"]}
-    update_metrics_file(folder / METRICS_FILE, metrics)
-    plot_curves(stages_run, folder / CURVES_FILE, title=f"kdistill: {folder.name}")
-    write_report(folder / REPORT_FILE, metrics, curves=CURVES_FILE, config_file=CONFIG_FILE)
-    logger.info("run finished in %.0f s: %s", seconds, folder)
-    return RunResult(folder=folder, metrics=metrics)
+    update_metrics_file(folder.record(METRICS_FILE), metrics)
+    plot_curves(stages_run, folder.record(CURVES_FILE), title=f"kdistill: {folder.path.name}")
+    write_report(folder.record(REPORT_FILE), metrics, curves=CURVES_FILE, config_file=CONFIG_FILE)
+    logger.info("run finished in %.0f s: %s", seconds, folder.path)
+    return RunResult(folder=folder.path, metrics=metrics)

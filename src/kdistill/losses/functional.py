@@ -125,7 +125,8 @@ def _position_weights(
 def _reduce(per_position: Tensor, weights: Tensor | None) -> Tensor:
     """Average a per-position loss ``(B,)`` or ``(B, L)`` over the positions that count."""
     if weights is None:
-        return per_position.mean()
+        # an empty batch has nothing to average: 0 (with a zero gradient), not 0/0 = NaN
+        return per_position.mean() if per_position.numel() else per_position.sum()
     # clamp keeps an all-masked batch at 0 instead of 0/0 = NaN
     return (per_position * weights).sum() / weights.sum().clamp_min(1.0)
 
@@ -134,11 +135,12 @@ def _kl_per_position(log_p: Tensor, log_q: Tensor) -> Tensor:
     """KL(p || q) summed over the last dimension, from log-probabilities.
 
     Positions where ``p == 0`` contribute 0 (the limit of p·log p), also where ``log_q`` is
-    ``-inf`` (a vocabulary entry masked out in both models), so no NaN can appear.
+    ``-inf`` (a vocabulary entry masked out in both models), so finite inputs never give NaN. A
+    NaN in either input stays NaN: a broken teacher must not look like a perfect student.
     """
     p = log_p.exp()
     terms = p * (log_p - log_q)
-    terms = torch.where(p > 0, terms, torch.zeros_like(terms))
+    terms = torch.where(p == 0, torch.zeros_like(terms), terms)
     return terms.sum(dim=-1)
 
 

@@ -35,7 +35,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from kdistill.errors import KdistillError
-from kdistill.fileio import file_sha256
+from kdistill.fileio import file_sha256, unowned_files
 
 __all__ = ["CheckpointError", "TrainingState", "find_resumable", "load_checkpoint", "rng_state", "save_checkpoint",
            "set_rng_state"]
@@ -137,14 +137,25 @@ def save_checkpoint(folder: str | os.PathLike[str], student: nn.Module, objectiv
         (staging / MANIFEST).write_text(json.dumps({"step": state.step, "files": files}, indent=1))
         _fsync(staging / MANIFEST)
         if target.exists():
-            shutil.rmtree(target)
+            _remove_checkpoint(target, replacing=True)
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     for old in _checkpoints(folder)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_checkpoint(old)
     return target
+
+
+def _remove_checkpoint(path: Path, replacing: bool = False) -> None:
+    """Delete a checkpoint folder only when its manifest names every file in it: a folder of the
+    same name that kdistill did not write (another tool's ``checkpoint-500``) is left alone."""
+    if not (path / MANIFEST).is_file() or unowned_files(path):
+        if replacing:
+            raise CheckpointError(f"{path} exists and was not written by kdistill; give another checkpoint folder")
+        logger.warning("%s was not written by kdistill: left as it is", path)
+        return
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _checkpoints(folder: Path) -> list[Path]:

@@ -35,7 +35,8 @@ from kdistill.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from kdistill.train.teacher import check_teacher_source, teacher_features
+from kdistill.errors import NonFiniteLossError
+from kdistill.train.teacher import NonFiniteTeacherError, check_teacher_source, nonfinite_teacher_fields, teacher_features
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -50,8 +51,6 @@ PRECISIONS = ("no", "bf16", "fp16")
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss part or the gradient norm became NaN or infinite; the update was not applied."""
 
 
 @dataclass
@@ -333,14 +332,22 @@ def distill(
             logger.info("saved checkpoint %s", path)
         accelerator.wait_for_everyone()
 
-    def nonfinite(what: str, epoch: int, batch_index: int) -> None:
+    def nonfinite(what: str, epoch: int, batch_index: int, teacher_fields: list[str] = ()) -> None:
         message = (f"{what} at step {global_step + 1} (epoch {epoch}, batch {batch_index}); the update was not "
                    "applied")
+        if teacher_fields:
+            # the teacher's own outputs are broken: lowering the learning rate would not help
+            message = (f"the teacher's {', '.join(teacher_fields)} hold NaN or infinite values at step "
+                       f"{global_step + 1} (epoch {epoch}, batch {batch_index}), so {what}; the update was not applied")
         if on_nonfinite == "skip":
             history.skipped_steps += 1
             logger.warning("%s; skipping the step (%d skipped so far)", message, history.skipped_steps)
             return
         kept = f"; the last good checkpoint is kept in {checkpoint_dir}" if checkpoint_dir is not None else ""
+        if teacher_fields:
+            raise NonFiniteTeacherError(f"{message}: the run stopped{kept}. The teacher is broken, not the training "
+                                        "settings: check its weights, run it in float32 (fp16 overflows), or give "
+                                        "another teacher")
         raise NonFiniteLossError(f"{message}: the run stopped{kept}. Lower the learning rate, use bf16 instead "
                                  "of fp16, or set on_nonfinite='skip' (training.on_nonfinite: skip in a config) "
                                  "to skip such steps")
@@ -380,7 +387,8 @@ def distill(
                 loss = result.total / group_size
                 if not bool(torch.isfinite(loss)):
                     bad = [name for name, value in result.parts.items() if not bool(torch.isfinite(value))]
-                    nonfinite(f"the loss part {', '.join(bad) or 'total'} is {_kind(loss)}", epoch, batch_index)
+                    nonfinite(f"the loss part {', '.join(bad) or 'total'} is {_kind(loss)}", epoch, batch_index,
+                              nonfinite_teacher_fields(teacher_side))
                     poisoned = True
                 elif scaler is not None:
                     scaler.scale(loss).backward()

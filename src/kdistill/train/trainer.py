@@ -19,7 +19,12 @@ from transformers import Trainer
 from kdistill.batch import INDEX_KEY
 from kdistill.capture import Features, attention_mask_of, capture
 from kdistill.losses.objective import Objective
-from kdistill.train.teacher import check_teacher_source, teacher_features
+from kdistill.train.teacher import (
+    NonFiniteTeacherError,
+    check_teacher_source,
+    nonfinite_teacher_fields,
+    teacher_features,
+)
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -179,6 +184,13 @@ class DistillationTrainer(Trainer):
         device = mask.device if mask is not None else next(model.parameters()).device
         teacher_side = self._teacher_features(inputs, indices, device)
         result = self.objective(student_side, teacher_side, labels)
+        if not bool(torch.isfinite(result.total)):
+            broken = nonfinite_teacher_fields(teacher_side)
+            if broken:
+                raise NonFiniteTeacherError(
+                    f"the teacher's {', '.join(broken)} hold NaN or infinite values, so the loss is not finite: the "
+                    "teacher is broken, not the training settings; check its weights, run it in float32 (fp16 "
+                    "overflows), or give another teacher")
         if model.training:
             for name, value in result.parts.items():
                 # summed on the device; read once per logging step to avoid a sync per batch

@@ -1,0 +1,268 @@
+"""The run folder of ``kdistill distill``: what a run may write, replace and delete, and when.
+
+A run proves the folder is its own with a marker, :data:`MARKER`, written before anything else:
+the run's id, kdistill's version, and the top-level entries the run created (each recorded
+before it is made). Folders written whole (``student/``, ``teacher/``, the best student) get a
+files manifest (:func:`kdistill.fileio.write_files_manifest`); checkpoints carry their own.
+
+``--overwrite`` deletes the recorded entries of an earlier run and nothing else, and refuses,
+deleting nothing, when in doubt:
+
+* the folder carries no marker (files of another program, or a run of kdistill 0.1);
+* a recorded folder holds a file no kdistill manifest names (the user's own, or a run nested in it);
+* the new run reads a path inside what would be deleted (``teacher.path: A/teacher``);
+* another kdistill process holds the folder (:data:`LOCK`, an ``flock`` with its pid).
+
+A run holds the lock from the moment it claims the folder until it ends, so a second
+``--overwrite`` or ``--resume`` of the same folder stops with one line naming the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from kdistill._version import __version__
+from kdistill.errors import RunFolderError
+from kdistill.fileio import (
+    FolderInUseError,
+    exclusive_lock,
+    lock_holder,
+    remove_owned,
+    unowned_files,
+    write_files_manifest,
+)
+
+__all__ = [
+    "BEST_DIR",
+    "CHECKPOINTS_DIR",
+    "CONFIG_FILE",
+    "CURVES_FILE",
+    "FINISHED_FILE",
+    "LOCK",
+    "LOG_FILE",
+    "MARKER",
+    "METRICS_FILE",
+    "REPORT_FILE",
+    "RunFolder",
+    "STUDENT_DIR",
+    "TEACHER_DIR",
+]
+
+MARKER = ".kdistill-run.json"
+LOCK = ".kdistill-run.lock"
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "run.log"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+CURVES_FILE = "training_curves.png"
+STUDENT_DIR = "student"
+TEACHER_DIR = "teacher"
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best-student"
+FINISHED_FILE = "finished.json"
+#: files kdistill writes loose inside ``checkpoints/<stage>/`` (the folders carry manifests)
+CHECKPOINT_FILES = (FINISHED_FILE,)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+class RunFolder:
+    """One run's folder: its marker, its lock, and the only way a run writes into it.
+
+    Args:
+        path: the folder (``output.dir``); it may not exist yet.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock: contextlib.ExitStack | None = None
+
+    # -- reading: these never write ---------------------------------------------------------
+
+    def marker(self) -> dict[str, Any] | None:
+        """The run's marker, or None when the folder carries none (or an unreadable one)."""
+        try:
+            content = json.loads((self.path / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(content, dict) and content.get("kdistill") == "run" and isinstance(content.get("entries"), list):
+            return content
+        return None
+
+    def holds_run(self) -> bool:
+        """Whether the folder holds a run kdistill can prove it wrote."""
+        return self.marker() is not None
+
+    def holder(self) -> int | None:
+        """The pid of a live kdistill process holding the folder (0 if unknown), or None."""
+        return lock_holder(self.path / LOCK)
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the folder that are not this run's (every name when it carries no marker)."""
+        if not self.path.is_dir():
+            return []
+        marker = self.marker()
+        recorded = {MARKER, LOCK} | (set(marker["entries"]) if marker else set())
+        return sorted(e.name for e in self.path.iterdir() if e.name not in recorded)
+
+    def check_free(self) -> None:
+        """Raise when another kdistill process holds the folder."""
+        pid = self.holder()
+        if pid is not None:
+            raise RunFolderError(self._in_use_message(pid))
+
+    def deletable(self, reads: Mapping[str, str | os.PathLike[str]]) -> list[str]:
+        """The entries ``--overwrite`` would delete; raises instead of returning when in doubt.
+
+        Args:
+            reads: the paths the new run reads, by the config key that names them.
+
+        Raises:
+            RunFolderError: no marker, a recorded folder holding files kdistill did not write, or
+                a path the new run reads inside what would be deleted.
+        """
+        marker = self.marker()
+        if marker is None:
+            raise RunFolderError(self.not_a_run_message())
+        names = [name for name in marker["entries"] if (self.path / name).exists() or (self.path / name).is_symlink()]
+        # leftovers of the earlier run's own atomic writes, by the exact names it gives them
+        leftovers = {f".{name}.{suffix}" for name in [*marker["entries"], MARKER] for suffix in ("partial", "tmp")}
+        names += sorted(e.name for e in self.path.iterdir() if e.name in leftovers)
+        for key, read in reads.items():
+            for name in names:
+                if _inside(Path(read), self.path / name):
+                    raise RunFolderError(
+                        f"--overwrite would delete {str(self.path / name)!r}, which this run reads ({key}: {read}); "
+                        "copy what it needs out of the run folder, or give another output.dir"
+                    )
+        for name in names:
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink() and not name.startswith("."):
+                foreign = unowned_files(entry, CHECKPOINT_FILES)
+                if foreign:
+                    raise RunFolderError(
+                        f"--overwrite would delete {str(foreign[0])!r}, which kdistill did not write (in the earlier "
+                        f"run's {name}/); move it out of {str(self.path)!r} first, or give another output.dir"
+                    )
+        return names
+
+    def not_a_run_message(self) -> str:
+        names = sorted(e.name for e in self.path.iterdir()) if self.path.is_dir() else []
+        legacy = ""
+        if (self.path / CONFIG_FILE).is_file() and (self.path / LOG_FILE).is_file():
+            legacy = f"; a run of kdistill 0.1 carries no {MARKER} either, so it cannot be overwritten or resumed"
+        return (f"output.dir {str(self.path)!r} holds files that are not a kdistill run ({_shown(names)}){legacy}; "
+                "choose a new or empty folder")
+
+    # -- writing: only while the folder is claimed ------------------------------------------
+
+    @contextlib.contextmanager
+    def claimed(self, mode: str, reads: Mapping[str, str | os.PathLike[str]] | None = None) -> Iterator[list[str]]:
+        """Create and lock the folder for a run; yields the names of an earlier run deleted.
+
+        Args:
+            mode: ``"new"`` (the folder must be new or empty), ``"overwrite"`` (an earlier run's
+                entries are deleted, after the checks of :meth:`deletable`, and a new marker is
+                written) or ``"resume"`` (the run's marker must be there and is kept).
+            reads: the paths the run reads (see :meth:`deletable`).
+
+        Raises:
+            RunFolderError: another process holds the folder, it holds what ``mode`` does not
+                allow, or the earlier run cannot be deleted without doubt.
+        """
+        if mode not in ("new", "overwrite", "resume"):
+            raise ValueError(f"mode must be 'new', 'overwrite' or 'resume', got {mode!r}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            with exclusive_lock(self.path / LOCK, wait=False):
+                deleted: list[str] = []
+                holds_run = self.marker() is not None
+                if mode == "resume" and not holds_run:
+                    raise RunFolderError(self.not_a_run_message())
+                if mode != "resume":
+                    if holds_run and mode == "overwrite":
+                        deleted = self.deletable(reads or {})
+                        for name in deleted:
+                            self._delete(name)
+                    elif holds_run or self.foreign_entries():
+                        raise RunFolderError(self.not_a_run_message() if not holds_run else
+                                             f"output.dir {str(self.path)!r} already holds a run")
+                    self._write_marker({"kdistill": "run", "id": uuid.uuid4().hex, "version": __version__,
+                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "entries": []})
+                yield deleted
+        except FolderInUseError as error:
+            raise RunFolderError(self._in_use_message(error.pid)) from None
+
+    def _in_use_message(self, pid: int | None) -> str:
+        who = f"process {pid}" if pid else "another process"
+        return (f"{str(self.path)!r} is in use by kdistill {who}: wait for that run to end, or stop it, before you "
+                "use this folder again")
+
+    def _delete(self, name: str) -> None:
+        entry = self.path / name
+        if name.startswith(".") and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)  # a staging leftover of the earlier run's own atomic writes
+        else:
+            remove_owned(entry, CHECKPOINT_FILES)  # deletable() checked it; this checks again
+
+    def _write_marker(self, content: dict[str, Any]) -> None:
+        staging = self.path / f".{MARKER}.tmp"
+        staging.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+        os.replace(staging, self.path / MARKER)
+
+    def record(self, name: str) -> Path:
+        """Record the top-level entry ``name`` as the run's (before it is made); return its path."""
+        marker = self.marker()
+        if marker is None:
+            raise RunFolderError(f"{str(self.path)!r} lost its {MARKER}: the run stops rather than write into a "
+                                 "folder it cannot prove is its own")
+        top = Path(name).parts[0]
+        if top not in marker["entries"]:
+            marker["entries"].append(top)
+            self._write_marker(marker)
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a top-level file atomically (through a temporary file)."""
+        target = self.record(name)
+        staging = target.with_name(f".{target.name}.tmp")
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, target)
+        return target
+
+    def write_folder(self, name: str, write: Callable[[Path], None]) -> Path:
+        """Write the folder ``name`` (a relative path) whole: ``write(staging)`` fills a staging
+        folder, which gets a files manifest and is renamed into place, replacing an earlier one
+        kdistill wrote. The folder is whole or absent, never half-written."""
+        target = self.record(name)
+        staging = target.with_name(f".{target.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        write(staging)
+        write_files_manifest(staging)
+        if target.exists() or target.is_symlink():
+            try:
+                remove_owned(target)
+            except PermissionError as error:
+                raise RunFolderError(f"cannot replace {str(target)!r}: {error}; move it out of the run folder") from None
+        os.replace(staging, target)
+        return target
