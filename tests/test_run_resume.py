@@ -137,7 +137,7 @@ def test_resume_refuses_what_it_cannot_do_in_one_line(workspace: Path, tmp_path:
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     run = _stopped_run(workspace, tmp_path / "run")
     line = _one_line(["distill", "--resume", str(tmp_path / "nothing"), "--no-progress"], capsys)
-    assert f"'{tmp_path / 'nothing'}' holds no run to resume (no config.yaml)" in line
+    assert f"'{tmp_path / 'nothing'}' holds no run to resume (no config.yaml written by kdistill)" in line
     # CONFIG and overrides may be given, but must come to the run's own config
     line = _one_line(["distill", str(workspace / "run.yaml"), "--resume", str(run), "training.lr=0.5"], capsys)
     assert "differs from the run's" in line and "training.lr (0.001 in the run, 0.5 here)" in line

@@ -355,6 +355,8 @@ class TeacherCache:
         fingerprint, parts = key if key is not None else cache_key(teacher, dataset, spec, tokenization)
         # runs started side by side (a sweep over seeds or students) share one cache folder: the
         # first builds it and the others wait for it instead of each running the teacher again
+        if (folder.exists() or folder.is_symlink()) and not ((folder / MARKER).is_file() or (folder / MANIFEST).is_file()):
+            _check_replaceable(folder)  # before the lock file is made beside it: refuse a user's folder untouched
         with _build_lock(folder):
             if folder.exists():
                 try:

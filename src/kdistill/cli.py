@@ -276,18 +276,61 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # kdistill draws its own bars; the library's per-file bars (loading, saving weights) are noise here
     hf_logging.disable_progress_bar()
+    prog = f"kdistill {args.command}"
     try:
         return COMMANDS[args.command](args)
     except KdistillError as error:
-        print(f"kdistill {args.command}: error: {error}", file=sys.stderr)
+        # one line, whatever a message quotes from the user's files
+        print(f"{prog}: error: " + " ".join(str(error).splitlines()), file=sys.stderr)
         return USAGE_ERROR
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
-        # a path the user gave cannot be read or written (e.g. an output folder without write access)
-        print(f"kdistill {args.command}: error: {error.strerror or error}: {error.filename}", file=sys.stderr)
+    except OSError as error:
+        # a path that cannot be read or written, a full disk: the user's to fix, in one line
+        where = f": {error.filename}" if error.filename else ""
+        print(f"{prog}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return USAGE_ERROR
+    except (MemoryError, _out_of_memory()) as error:
+        print(f"{prog}: error: out of memory ({_first_line(error)}): lower the batch size (training.batch_size, "
+              "--batch-size) or the text length (data.max_length, --max-length)", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        print(f"kdistill {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - a bug: one line on the console, the traceback to a file
+        report = _crash_report(args, error)
+        print(f"{prog}: internal error (a bug in kdistill, not in your input): {type(error).__name__}: "
+              f"{_first_line(error)}; the full traceback is in {report}", file=sys.stderr)
+        return 1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _out_of_memory() -> type[BaseException]:
+    import torch
+
+    return getattr(torch, "OutOfMemoryError", MemoryError)
+
+
+def _crash_report(args: argparse.Namespace, error: BaseException) -> str:
+    """Write the traceback of an unexpected error to a crash file under kdistill's cache folder; its path."""
+    import time
+    import traceback
+
+    from kdistill.fileio import cache_root
+
+    text = (f"kdistill {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}\ncommand: {' '.join(sys.argv)}\n"
+            f"arguments: {vars(args)}\n\n" + "".join(traceback.format_exception(error)))
+    try:
+        folder = cache_root() / "crashes"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+    except OSError:
+        sys.stderr.write(text)  # nowhere to write it: the traceback itself is better than nothing
+        return "the lines above"
 
 
 if __name__ == "__main__":

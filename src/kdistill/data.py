@@ -167,9 +167,14 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
         return pd.DataFrame.from_records(records)
     except DataError:
         raise
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, csv.Error) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"cannot read {str(path)!r} as {kind}: {first}") from None
+
+
+def _printable(name: str) -> str:
+    """A column name as it can stand in a one-line message (control characters escaped)."""
+    return name if name.isprintable() else repr(name)
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -179,7 +184,7 @@ def _check_header(path: Path, header: list[str]) -> None:
     for number, name in enumerate(header, 1):
         first = seen.setdefault(name.strip(), number)
         if first != number:
-            raise DataError(f"{str(path)!r}: the header names the column {name.strip()!r} twice (columns {first} and "
+            raise DataError(f"{str(path)!r}: the header names the column {_printable(name.strip())!r} twice (columns {first} and "
                             f"{number}); rename one so that kdistill reads the column you mean")
 
 
@@ -201,7 +206,8 @@ def _json_record(path: Path, line: str, number: int) -> Any:
 def _column(frame: Any, name: str, source: str, role: str) -> list[Any]:
     if name not in frame.columns:
         raise DataError(
-            f"{source} has no column {name!r} (data.{role}); its columns are {', '.join(map(str, frame.columns))}"
+            f"{source} has no column {name!r} (data.{role}); its columns are "
+            f"{', '.join(_printable(str(column)) for column in frame.columns[:20])}"
         )
     return frame[name].tolist()
 

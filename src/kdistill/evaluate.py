@@ -21,6 +21,7 @@ from kdistill.data import (
     tokenize,
 )
 from kdistill.errors import ConfigError, DataError, KdistillError, OutputFileError
+from kdistill.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.loading import count_parameters, load_classifier, load_tokenizer, looks_local
 from kdistill.report import (
     COMPARISON_COLUMNS,
@@ -166,8 +167,13 @@ def evaluate(
     student = load_classifier(target.model, "model").trained(
         "model", "evaluate a classifier trained for this task (a run's student/), not a model without a trained head")
     tokenizer = load_tokenizer(target.model, "model")
+    if max_length is None:
+        # the default (the run's, else 128) shortened to what the model can read
+        length = min(length, usable_positions(student) or length)
+    check_max_length(length, [("model", student)], "--max-length")
     labels = _label_ids(table, student.config)
     columns = tokenize(tokenizer, table, length, desc="tokenising", progress=progress)
+    check_token_ids(columns["input_ids"], student, "model", "the model's folder")
     teacher = None
     separate = False
     if target.teacher is not None:
@@ -178,11 +184,16 @@ def evaluate(
                 f"the teacher predicts {teacher.config.num_labels} classes and the model {student.config.num_labels}: "
                 "they were not trained for the same task"
             )
+        if max_length is None:
+            length = min(length, usable_positions(teacher) or length)
+            columns = tokenize(tokenizer, table, length, desc="tokenising", progress=progress)
+        check_max_length(length, [("teacher", teacher)], "--max-length")
         teacher_tokenizer = load_tokenizer(target.teacher, "teacher")
         if describe_tokenizer_difference(teacher_tokenizer, tokenizer, table.texts[:100]) is not None:
             separate = True
             columns.update(tokenize(teacher_tokenizer, table, length, prefix="teacher_", desc="tokenising (teacher)",
                                     progress=progress))
+        check_token_ids(columns.get("teacher_input_ids", columns["input_ids"]), teacher, "teacher", "--teacher")
     dataset = TokenizedDataset(columns, labels, table.source)
     collator = PaddingCollator(tokenizer.pad_token_id or 0, (teacher.config.pad_token_id or 0) if teacher else 0)
     loader = make_loader(dataset, batch_size, collator)

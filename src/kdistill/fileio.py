@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "FILES_MANIFEST",
     "FolderInUseError",
+    "cache_root",
     "exclusive_lock",
     "file_sha256",
     "is_staging_name",
@@ -196,3 +197,12 @@ def lock_holder(lock_file: Path) -> int | None:
             return _holder_pid(handle) or 0
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
+
+
+def cache_root() -> Path:
+    """kdistill's own folder for caches and crash reports: ``$KDISTILL_CACHE``, else
+    ``$XDG_CACHE_HOME/kdistill`` (default ``~/.cache/kdistill``)."""
+    root = os.environ.get("KDISTILL_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "kdistill"

@@ -47,6 +47,7 @@ from kdistill._version import __version__
 from kdistill.config import RunConfig, dump_config
 from kdistill.data import PaddingCollator, PreparedData, load_splits, make_loader, prepare_data
 from kdistill.errors import ConfigError, DataError, KdistillError, ModelLoadError, RunFolderError
+from kdistill.fileio import cache_root
 from kdistill.preflight import check_max_length, check_memory, check_token_ids, estimate_parameters
 from kdistill.loading import (
     LoadedModel,
@@ -583,8 +584,8 @@ def resume_config(run_dir: str | Path, config_file: str | Path | None = None, ov
 
     folder = Path(run_dir)
     stored_file = folder / CONFIG_FILE
-    if not stored_file.is_file():
-        raise RunFolderError(f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE}); "
+    if not stored_file.is_file() or not RunFolder(folder).holds_run():
+        raise RunFolderError(f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
                              "give the folder of a run that was stopped")
     stored = load_config(stored_file)
     if config_file is not None or overrides:
@@ -602,6 +603,13 @@ def resume_config(run_dir: str | Path, config_file: str | Path | None = None, ov
     return stored
 
 
+class _MessageOnly(logging.Formatter):
+    """The console shows a record's message alone: a traceback goes to run.log, never the console."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
 @contextmanager
 def _log_to(path: Path, console: bool) -> Iterator[None]:
     """Send kdistill's and transformers' log records to ``path`` (and the console) for the run."""
@@ -611,7 +619,7 @@ def _log_to(path: Path, console: bool) -> Iterator[None]:
     previous = [(lg, lg.level) for lg in loggers]
     console_handler = logging.StreamHandler() if console else None
     if console_handler is not None:
-        console_handler.setFormatter(logging.Formatter("%(message)s"))
+        console_handler.setFormatter(_MessageOnly())
         console_handler.setLevel(logging.INFO)
     for lg in loggers:
         lg.addHandler(handler)
@@ -715,16 +723,6 @@ def _read_weights(model: nn.Module, folder: Path) -> None:
     model.load_state_dict(saved.state_dict())
 
 
-def default_cache_root() -> Path:
-    """Where ``teacher: {cache: true}`` keeps caches: ``$KDISTILL_CACHE``, else ``~/.cache/kdistill``."""
-    import os
-
-    root = os.environ.get("KDISTILL_CACHE")
-    if root:
-        return Path(root).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "kdistill"
-
-
 class _StageCaches:
     """The teacher's stored outputs over the training data, built once per distinct need.
 
@@ -772,7 +770,7 @@ class _StageCaches:
         if spec in self.built:
             return self.built[spec]
         fingerprint, parts = cache_key(self.teacher, self.dataset, spec, self.tokenization)
-        folder = Path(self.settings.dir) if self.settings.dir else default_cache_root() / "teacher-outputs" / fingerprint[:24]
+        folder = Path(self.settings.dir) if self.settings.dir else cache_root() / "teacher-outputs" / fingerprint[:24]
         logger.info("stage %s: teacher outputs from the cache at %s", stage, folder)
         cache = TeacherCache.build(self.teacher, self.dataset, folder, spec=spec, batch_size=self.settings.batch_size,
                                    collate_fn=self.collator, tokenization=self.tokenization, precision=self.precision,
@@ -851,8 +849,9 @@ def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool =
             try:
                 result = _train_and_report(prepared, folder, started, progress, resume)
             except BaseException as error:
-                # the log says why the run stopped; every file written so far stays
-                logger.error("run stopped: %s: %s", type(error).__name__, error)
+                # the log says why the run stopped (with the traceback where it is a bug); every file stays
+                logger.error("run stopped: %s: %s", type(error).__name__, error,
+                             exc_info=not isinstance(error, (KdistillError, KeyboardInterrupt, OSError, MemoryError)))
                 raise
     return result
 
