@@ -73,6 +73,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "dup_key.jsonl").write_text('{"text": "good", "text": "bad", "label": "pos"}\n', encoding="utf-8")
     (root / "list_label.jsonl").write_text('{"text": "good", "label": ["pos"]}\n', encoding="utf-8")
     (root / "a_file").write_text("not a folder\n", encoding="utf-8")
+    (root / "scores.csv").write_text("text,label\n" + "".join(f"good film {i},{i / 7:.3f}\n" for i in range(30)),
+                                     encoding="utf-8")
+    (root / "ids.csv").write_text("id,text,label\n" + "".join(f"{i},good film {i},{i % 2}\n" for i in range(30)),
+                                  encoding="utf-8")
     config = {
         "teacher": {"path": str(root / "teacher")},
         "student": {"from_teacher": {"num_layers": 1}},
@@ -130,6 +134,16 @@ CASES = {
     "someone else's tokenizer": (["student.from_teacher=null", "student.path={ws}/small_vocab"],
                                  "the student's embeddings have 12 rows: the tokenizer (the student's folder) does not "
                                  "belong to this model; give the model's own tokenizer"),
+    "measurements as labels": (["data.train={ws}/scores.csv", "data.test=null", "teacher.finetune.epochs=1"],
+                               "the labels are numbers with fractions (0.143 among 27 values): kdistill distils "
+                               "classifiers, which need class labels; check data.label_column"),
+    "an id column as labels": (["data.train={ws}/ids.csv", "data.test=null", "data.label_column=id",
+                                "teacher.finetune.epochs=1"],
+                               "data.label_column has 27 different values in 27 training examples: it looks like ids "
+                               "or texts, not class labels (0, 1, 2 ...)"),
+    "the cache in the run folder itself": (["teacher.cache={ws}/never", "output.dir={ws}/never"],
+                                           "teacher.cache '{ws}/never' holds output.dir '{ws}/never': the cache needs "
+                                           "a folder of its own"),
     "a file as the cache folder": (["teacher.cache={ws}/a_file"],
                                    "the teacher cache folder '{ws}/a_file' is a file, not a folder"),
 }

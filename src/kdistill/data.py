@@ -357,6 +357,28 @@ def _sort_key(label: Any) -> tuple[int, Any]:
     return (0, label) if isinstance(label, int) else (1, str(label))
 
 
+def _check_class_labels(names: Sequence[str], count: int) -> None:
+    """Refuse labels that are not classes: measurements (0.37, 1.25) or a column of ids or texts.
+
+    Either would silently become a classifier with a class per value.
+    """
+    fractional = []
+    for name in names:
+        try:
+            fractional.append(not float(name).is_integer())
+        except ValueError:
+            fractional = []
+            break
+    if fractional and any(fractional):
+        example = next(name for name, frac in zip(names, fractional) if frac)
+        raise DataError(f"the labels are numbers with fractions ({example} among {len(names):,} values): kdistill "
+                        "distils classifiers, which need class labels; check data.label_column")
+    if count >= 20 and len(names) > count / 2:
+        raise DataError(f"data.label_column has {len(names):,} different values in {count:,} training examples: it "
+                        f"looks like ids or texts, not class labels ({', '.join(names[:3])} ...); check "
+                        "data.label_column")
+
+
 def build_label_names(
     labels: Sequence[Any], teacher_id2label: Mapping[int, str] | None = None, teacher_num_labels: int | None = None
 ) -> list[str]:
@@ -370,6 +392,7 @@ def build_label_names(
     """
     distinct = sorted({label for label in labels}, key=_sort_key)
     names = [str(label) for label in distinct]
+    _check_class_labels(names, len(labels))
     if len(names) < 2:
         raise DataError(f"the training data has {len(names)} distinct label(s) ({', '.join(names)}): at least 2 are needed")
     if teacher_num_labels is not None and teacher_num_labels != len(names):

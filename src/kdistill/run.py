@@ -533,6 +533,10 @@ def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool
     if config.teacher.cache is not None and config.teacher.cache.dir is not None:
         from kdistill.cache import check_cache_folder
 
+        cache = Path(config.teacher.cache.dir).resolve()
+        if cache == path.resolve() or path.resolve().is_relative_to(cache):
+            raise RunFolderError(f"teacher.cache {config.teacher.cache.dir!r} holds output.dir {str(path)!r}: the "
+                                 "cache needs a folder of its own (a subfolder of the run folder will do)")
         check_cache_folder(config.teacher.cache.dir)
     if not path.exists():
         return path
