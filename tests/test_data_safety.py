@@ -10,9 +10,7 @@ run with another run nested inside it, ``kdistill eval --output`` over the user'
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -22,9 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import one_line, succeeds, write_run_config
 from text_fixtures import save_classifier, sentences, write_csv
-
-from kdistill.cli import main
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -35,38 +32,13 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def refused(args: list[str]) -> str:
-    """Run the command in-process: it must exit 2 with one line on stderr; that line."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(args)
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
-    return lines[0]
-
-
-def succeeds(args: list[str]) -> None:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(args)
-    assert code == 0, err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("safety")
     save_classifier(root / "teacher", num_layers=2, hidden=32, heads=4, seed=1, id2label={0: "neg", 1: "pos"})
     write_csv(root / "train.csv", sentences(48, seed=0, labels=("neg", "pos")))
     write_csv(root / "test.csv", sentences(16, seed=1, labels=("neg", "pos")))
-    config = {
-        "teacher": {"path": str(root / "teacher")},
-        "student": {"from_teacher": {"num_layers": 1}},
-        "data": {"train": str(root / "train.csv"), "test": str(root / "test.csv"), "max_length": 16},
-        "objective": {"preset": "hinton", "temperature": 2.0, "alpha": 0.7},
-        "training": {"epochs": 1, "batch_size": 8, "lr": 1.0e-3},
-        "output": {"dir": str(root / "unused")},
-    }
-    (root / "base.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    write_run_config(root, "base.yaml")
     return root
 
 
@@ -80,7 +52,7 @@ def test_a_cache_pointed_at_the_users_folder_leaves_it_whole(workspace: Path, tm
     (mine / "thesis.tex").write_text("precious\n", encoding="utf-8")
     (mine / "train.csv").write_bytes((workspace / "train.csv").read_bytes())
     before = snapshot(mine)
-    line = refused(distill(workspace, f"teacher.cache={mine}", f"output.dir={tmp_path / 'run'}"))
+    line = one_line(distill(workspace, f"teacher.cache={mine}", f"output.dir={tmp_path / 'run'}"))
     assert "holds files that are not a kdistill teacher cache (thesis.tex, train.csv)" in line, line
     assert "never empties a folder it did not write" in line
     assert snapshot(mine) == before and not (tmp_path / "run").exists()
@@ -119,15 +91,15 @@ def test_overwrite_of_a_folder_that_is_not_a_run_deletes_nothing(workspace: Path
     (project / "student" / "my_model.bin").write_text("w\n", encoding="utf-8")
     (project / "checkpoints" / "epoch1.pt").write_text("c\n", encoding="utf-8")
     before = snapshot(project)
-    line = refused(distill(workspace, f"output.dir={project}", "--overwrite"))
+    line = one_line(distill(workspace, f"output.dir={project}", "--overwrite"))
     assert "holds files that are not a kdistill run (checkpoints, config.yaml, metrics.json and 1 more)" in line, line
     assert snapshot(project) == before
     # a run of kdistill 0.1 (config.yaml and run.log, no marker) is refused too, and says why
     (project / "run.log").write_text("an old run\n", encoding="utf-8")
     before = snapshot(project)
-    line = refused(distill(workspace, f"output.dir={project}", "--overwrite"))
+    line = one_line(distill(workspace, f"output.dir={project}", "--overwrite"))
     assert "a run of kdistill 0.1 carries no .kdistill-run.json either" in line, line
-    line = refused(["distill", "--resume", str(project), "--no-progress"])
+    line = one_line(["distill", "--resume", str(project), "--no-progress"])
     assert "holds no run to resume" in line, line
     assert snapshot(project) == before
 
@@ -137,17 +109,17 @@ def test_overwrite_never_deletes_what_the_new_run_reads_or_a_run_nested_inside(w
     succeeds(distill(workspace, f"output.dir={first}", "teacher.finetune.epochs=1", "training.max_steps=2"))
     assert (first / "teacher" / "model.safetensors").is_file()
     before = snapshot(first)
-    line = refused(distill(workspace, f"output.dir={first}", f"teacher.path={first / 'teacher'}", "--overwrite"))
+    line = one_line(distill(workspace, f"output.dir={first}", f"teacher.path={first / 'teacher'}", "--overwrite"))
     assert f"--overwrite would delete '{first / 'teacher'}', which this run reads (teacher.path:" in line, line
     assert snapshot(first) == before
     # data read from inside the run folder: the same
-    line = refused(distill(workspace, f"output.dir={first}", f"data.test={first / 'student' / 'vocab.txt'}",
+    line = one_line(distill(workspace, f"output.dir={first}", f"data.test={first / 'student' / 'vocab.txt'}",
                            "--overwrite"))
     assert "which this run reads (data.test:" in line, line
     # a run made inside the first run's student/ is not the first run's to delete
     succeeds(distill(workspace, f"output.dir={first / 'student' / 'inner'}", "training.max_steps=1"))
     before = snapshot(first)
-    line = refused(distill(workspace, f"output.dir={first}", "--overwrite"))
+    line = one_line(distill(workspace, f"output.dir={first}", "--overwrite"))
     assert f"--overwrite would delete '{first / 'student' / 'inner'}" in line and "kdistill did not write" in line, line
     assert snapshot(first) == before
     # nor is a file the user put into its checkpoints/
@@ -155,7 +127,7 @@ def test_overwrite_never_deletes_what_the_new_run_reads_or_a_run_nested_inside(w
     succeeds(distill(workspace, f"output.dir={second}", "training.max_steps=2"))
     (second / "checkpoints" / "distill" / "my-notes.txt").write_text("mine\n", encoding="utf-8")
     before = snapshot(second)
-    line = refused(distill(workspace, f"output.dir={second}", "--overwrite"))
+    line = one_line(distill(workspace, f"output.dir={second}", "--overwrite"))
     assert "my-notes.txt" in line and "kdistill did not write" in line, line
     assert snapshot(second) == before
     # without those, --overwrite deletes the earlier run and keeps the user's own top-level files
@@ -176,10 +148,10 @@ def test_eval_output_never_replaces_the_users_file(workspace: Path, tmp_path: Pa
     (notes / "broken.json").write_text('{"mine": tru', encoding="utf-8")
     before = snapshot(notes)
     for name in ("notes.csv", "notes.txt"):
-        line = refused(["eval", str(run), "--no-progress", "--output", str(notes / name)])
+        line = one_line(["eval", str(run), "--no-progress", "--output", str(notes / name)])
         assert "the metrics are JSON; give a file name ending in .json" in line, line
     for name in ("notes.json", "broken.json"):
-        line = refused(["eval", str(run), "--no-progress", "--output", str(notes / name)])
+        line = one_line(["eval", str(run), "--no-progress", "--output", str(notes / name)])
         assert "exists and is not a metrics file kdistill wrote" in line, line
     assert snapshot(notes) == before
     # a new file, then the same file again (it is kdistill's now): both fine
@@ -198,9 +170,9 @@ def test_a_folder_another_kdistill_process_holds_is_refused(workspace: Path, tmp
     before = snapshot(run)
     with exclusive_lock(run / LOCK, wait=False):
         for extra in (["--overwrite"], []):
-            line = refused([*distill(workspace, f"output.dir={run}"), *extra])
+            line = one_line([*distill(workspace, f"output.dir={run}"), *extra])
             assert f"'{run}' is in use by kdistill process {os.getpid()}" in line, line
-        line = refused(["distill", "--resume", str(run), "--no-progress"])
+        line = one_line(["distill", "--resume", str(run), "--no-progress"])
         assert "is in use by kdistill process" in line, line
     after = snapshot(run)
     assert {name: digest for name, digest in after.items() if name != LOCK} == {
@@ -223,7 +195,7 @@ def test_overwrite_while_a_live_run_trains_is_refused_and_the_live_run_finishes(
             assert process.poll() is None, process.stderr.read().decode()[-2000:] if process.stderr else ""
             time.sleep(0.1)
         present = set(snapshot(run))
-        line = refused(distill(workspace, f"output.dir={run}", "--overwrite", "training.lr=5.0e-3"))
+        line = one_line(distill(workspace, f"output.dir={run}", "--overwrite", "training.lr=5.0e-3"))
         assert f"is in use by kdistill process {process.pid}" in line, line
         assert present <= set(snapshot(run)) | {name for name in present if "checkpoint-" in name}
     finally:

@@ -4,8 +4,6 @@ failed before its fix (a traceback, a silent result, or a run that died part-way
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -13,26 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from cli_helpers import one_line, run_command, write_run_config
 from text_fixtures import save_classifier, sentences, write_csv, write_tokenizer
 
-from kdistill.cli import main
-
 PREFIX = "kdistill distill: error: "
-
-
-def run_main(args: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(args)
-    return code, err.getvalue()
-
-
-def one_line(args: list[str]) -> str:
-    code, err = run_main(args)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _pickled_model(folder: Path, marker: Path) -> None:
@@ -77,15 +59,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                      encoding="utf-8")
     (root / "ids.csv").write_text("id,text,label\n" + "".join(f"{i},good film {i},{i % 2}\n" for i in range(30)),
                                   encoding="utf-8")
-    config = {
-        "teacher": {"path": str(root / "teacher")},
-        "student": {"from_teacher": {"num_layers": 1}},
-        "data": {"train": str(root / "train.csv"), "test": str(root / "test.csv"), "max_length": 16},
-        "objective": {"preset": "hinton", "temperature": 2.0, "alpha": 0.7},
-        "training": {"epochs": 1, "batch_size": 8, "lr": 1.0e-3},
-        "output": {"dir": str(root / "never")},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    write_run_config(root)
     return root
 
 
@@ -220,10 +194,10 @@ def test_eval_refuses_a_model_without_a_trained_head_and_a_length_past_its_posit
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(headless)
     args = ["eval", str(headless), "--data", str(workspace / "test.csv"), "--no-progress", "--output",
             str(tmp_path / "m.json")]
-    code, err = run_main(args)
+    code, err = run_command(args)
     assert code == 2 and "kdistill eval: error: the model" in err and "has untrained weights" in err, err
     assert "evaluate a classifier trained for this task" in err and not (tmp_path / "m.json").exists()
-    code, err = run_main(["eval", str(workspace / "teacher"), "--data", str(workspace / "test.csv"), "--no-progress",
+    code, err = run_command(["eval", str(workspace / "teacher"), "--data", str(workspace / "test.csv"), "--no-progress",
                           "--max-length", "500", "--output", str(tmp_path / "m.json")])
     assert code == 2 and "--max-length 500 is more than the model's 64 token positions" in err, err
 
@@ -238,7 +212,7 @@ def test_a_bug_is_one_line_with_the_traceback_in_a_crash_file(workspace: Path, t
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "home"))
     monkeypatch.setattr(run_module, "plot_curves", broken_plot)
     folder = tmp_path / "run"
-    code, err = run_main(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={folder}"])
+    code, err = run_command(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={folder}"])
     last = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err, err
     assert last.startswith("kdistill distill: internal error (a bug in kdistill, not in your input): RuntimeError: "
@@ -309,7 +283,7 @@ def test_losses_of_an_empty_batch_are_zero_not_nan() -> None:
 
 def test_the_report_says_which_student_its_numbers_describe(workspace: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    code, err = run_main(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={folder}",
+    code, err = run_command(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={folder}",
                           "training.epochs=3", "output.save_checkpoints=false"])
     assert code == 0, err
     report = (folder / "report.md").read_text(encoding="utf-8")

@@ -4,9 +4,7 @@ every test its table names exists."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from cli_helpers import one_line, write_run_config
 from text_fixtures import save_classifier, sentences, write_csv
 
 from kdistill.cli import main
@@ -57,31 +55,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_csv(root / "test_unseen.csv", [("good film", "pos"), ("odd film", "meh")])
     write_csv(root / "empty.csv", [])
     write_csv(root / "one_row.csv", [("good film", "pos")])
-    config = {
-        "teacher": {"path": str(root / "teacher")},
-        "student": {"from_teacher": {"num_layers": 1}},
-        "data": {"train": str(root / "train.csv"), "test": str(root / "test.csv"), "max_length": 16},
-        "objective": {"preset": "hinton", "temperature": 2.0, "alpha": 0.7},
-        "training": {"epochs": 1, "batch_size": 8, "lr": 1.0e-3},
-        "output": {"dir": str(root / "never")},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    write_run_config(root)
     return root
-
-
-def one_line(args: list[str], *, after_log: bool = False) -> str:
-    """Run the command in-process; it must exit 2 with one error line on stderr and no traceback.
-
-    With ``after_log`` the run had started, so the console copy of its log comes first.
-    """
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(args)
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(PREFIX)]
-    assert code == 2 and "Traceback" not in err.getvalue(), err.getvalue()
-    assert errors == lines[-1:] and (after_log or len(lines) == 1), err.getvalue()
-    return lines[-1]
 
 
 TERMS = ["objective.preset=null", "objective.temperature=null", "objective.alpha=null"]
