@@ -75,7 +75,7 @@ def test_each_divergence_matches_its_definition(kind, temperature):
     teacher = _randn(B, L, V, seed=2)
     targets = _targets()
     counted = targets != -100
-    kwargs = dict(temperature=temperature, beta=0.3, alpha=0.2)
+    kwargs = {"temperature": temperature, "beta": 0.3, "alpha": 0.2}
     expected = torch.where(counted, reference(student, teacher, kind, **kwargs), torch.zeros(()))
     values = token_loss(student, teacher, targets, kind, reduction="none", **kwargs)
     assert values.dtype == torch.float64
@@ -194,7 +194,7 @@ def _topk(teacher_logits, k, temperature):
 @pytest.mark.parametrize("kind", KINDS)
 def test_topk_with_every_id_equals_the_full_loss(kind):
     student, teacher, targets = _randn(B, L, V, seed=19).requires_grad_(), _randn(B, L, V, seed=20), _targets()
-    kwargs = dict(temperature=2.0, beta=0.3, alpha=0.2)
+    kwargs = {"temperature": 2.0, "beta": 0.3, "alpha": 0.2}
     full = token_loss(student, teacher, targets, kind, **kwargs)
     top = token_loss_topk(student, *_topk(teacher, V, 2.0), targets, kind, **kwargs)
     assert_close(top, full, rtol=1e-12, atol=1e-12)
@@ -220,20 +220,20 @@ def test_topk_compares_k_plus_one_buckets(kind):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(kind="kl"), "kind must be one of"),
-        (dict(kind="jsd", beta=1.5), "beta"),
-        (dict(kind="jsd", beta=-0.1), "beta"),
-        (dict(kind="skew_kl", alpha=2.0), "alpha"),
-        (dict(kind="forward_kl", temperature=0.0), "temperature"),
-        (dict(kind="forward_kl", reduction="batchmean"), "reduction"),
-        (dict(kind="forward_kl", targets=torch.zeros(B, L + 1, dtype=torch.long)), "targets must have shape"),
-        (dict(kind="forward_kl", targets=torch.zeros(B, L)), "integer"),
-        (dict(kind="forward_kl", teacher=None), "needs teacher_logits"),
-        (dict(kind="ce", targets=torch.full((B, L), V)), "outside the student's"),
+        ({"kind": "kl"}, "kind must be one of"),
+        ({"kind": "jsd", "beta": 1.5}, "beta"),
+        ({"kind": "jsd", "beta": -0.1}, "beta"),
+        ({"kind": "skew_kl", "alpha": 2.0}, "alpha"),
+        ({"kind": "forward_kl", "temperature": 0.0}, "temperature"),
+        ({"kind": "forward_kl", "reduction": "batchmean"}, "reduction"),
+        ({"kind": "forward_kl", "targets": torch.zeros(B, L + 1, dtype=torch.long)}, "targets must have shape"),
+        ({"kind": "forward_kl", "targets": torch.zeros(B, L)}, "integer"),
+        ({"kind": "forward_kl", "teacher": None}, "needs teacher_logits"),
+        ({"kind": "ce", "targets": torch.full((B, L), V)}, "outside the student's"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, message):
-    args = dict(student=_randn(B, L, V), teacher=_randn(B, L, V, seed=1), targets=_targets())
+    args = {"student": _randn(B, L, V), "teacher": _randn(B, L, V, seed=1), "targets": _targets()}
     args.update(kwargs)
     kind = args.pop("kind")
     student, teacher, targets = args.pop("student"), args.pop("teacher"), args.pop("targets")
