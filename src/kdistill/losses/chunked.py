@@ -5,29 +5,36 @@ A causal LM's logits are ``tokens × vocabulary``: 2048 tokens of a 49,152-id vo
 log-probabilities, probabilities, gradients) alive at once. :func:`chunked_token_loss` takes the
 **final hidden states** and the **output embedding** (``lm_head`` weight and bias) of each model
 instead, and walks over the counted tokens in chunks: per chunk it computes both models' logits by
-a matmul, the per-token loss with the same code as :func:`kdistill.losses.tokens.token_loss`, and
-the gradient of that loss with respect to the chunk's student logits; the logits are dropped
-before the next chunk.
+a matmul, the loss, and its gradient with respect to the chunk's student logits; then the next
+chunk reuses the same buffers.
 
-**Gradients are computed in the forward pass** (and accumulated: the student hidden rows, the
-head weight and bias); backward only multiplies them by the incoming gradient. The alternative,
+**Gradients are computed in the forward pass** (and accumulated: the student's hidden rows, head
+weight and bias); backward only multiplies them by the incoming gradient. The alternative,
 keeping only the inputs and recomputing each chunk's student logits in backward, costs one more
 ``tokens × hidden × vocabulary`` matmul: 5 such matmuls instead of the dense path's 4 (student and
 teacher logits, the gradients of hidden states and weight), about 25% more time, which misses
-the time target (chunked within 10% of dense). The price of computing them early is memory the
-caller needs anyway (gradients of the shape of the inputs) and that backward cannot run twice
-(``retain_graph``) on the same result. Under ``torch.no_grad()`` (evaluation) no gradient is
-computed.
+the time target (chunked within 10% of dense). The price of computing them early: the gradients
+(the size of the student's inputs, which the caller needs anyway) are held from forward to
+backward, backward cannot run twice on one result (``retain_graph``), and the work is done even if
+backward never runs, except under ``torch.no_grad()``, where only the value is computed.
+
+**Per chunk**: forward KL and cross-entropy have closed-form gradients (``T·(q − p)`` and
+``softmax − one-hot``) computed in place in three chunk-sized buffers. The other divergences and
+top-k teachers use the per-token code of :mod:`kdistill.losses.tokens` under autograd, from the
+student's log-probabilities (the log-softmax's backward is applied by hand, so autograd never
+keeps the logits). The buffers are allocated once per call: allocating and freeing them per chunk
+fragments CPU heaps, whose resident memory then grows far past the live set.
 
 **Chunk size**: by default a chunk holds ``DEFAULT_CHUNK_ELEMENTS // vocabulary`` tokens (at least
-one), so one chunk's logits are about 16 MiB of float32 whatever the vocabulary: 85 tokens at
-49,152 ids, 1/24 of the logits of a 4 × 512 batch. The per-chunk working set is about ten such
-tensors; the student's weight gradient (``vocabulary × hidden``) is the other fixed cost.
+one), so that one chunk's logits are 16 MiB of float32 whatever the vocabulary: 85 tokens at
+49,152 ids, 1/24 of the logits of a 4 × 512 batch; half as many for the autograd kinds, which keep
+about four times as many temporaries. The other fixed cost is the student's weight gradient
+(``vocabulary × hidden``).
 
 Only the positions whose target is not ``ignore_index`` are computed: they are gathered first.
 The loss is computed in float32 (float64 for float64 inputs); the gradients come back in the
-dtypes of the inputs (the weight and bias gradients of half-precision heads are accumulated in
-float32 across chunks). The code is device-agnostic (CPU and CUDA).
+dtypes of the inputs (a half-precision head's weight and bias gradients are summed over chunks in
+float32). The code is device-agnostic (CPU and CUDA).
 """
 
 from __future__ import annotations
