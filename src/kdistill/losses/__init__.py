@@ -1,7 +1,9 @@
 """Distillation losses: pure functions (:mod:`.functional`), terms (:mod:`.terms`), the
 :class:`Objective` that combines them, and the seed's :class:`DistillationLoss`, :class:`LayerDistillationLoss` and
-:func:`attention_distillation_loss`; intermediate-layer terms live in :mod:`.intermediate`."""
+:func:`attention_distillation_loss`; intermediate-layer terms live in :mod:`.intermediate`, token-level (causal
+LM) losses in :mod:`.tokens` and their chunked, memory-bounded form in :mod:`.chunked`."""
 
+from kdistill.losses.chunked import chunked_token_loss
 from kdistill.losses.functional import (
     attention_kl,
     attention_mse,
@@ -26,8 +28,10 @@ from kdistill.losses.intermediate import (
 from kdistill.losses.objective import LossOutput, Objective
 from kdistill.losses.seed import DistillationLoss, LayerDistillationLoss, attention_distillation_loss
 from kdistill.losses.terms import JSD, HardCE, LogitKD, LogitMSE, ReverseKL, Term
+from kdistill.losses.tokens import DIVERGENCES, next_token_targets, token_loss, token_loss_topk
 
 __all__ = [
+    "DIVERGENCES",
     "AttentionKL",
     "AttentionMSE",
     "DistillationLoss",
@@ -48,12 +52,16 @@ __all__ = [
     "attention_distillation_loss",
     "attention_kl",
     "attention_mse",
+    "chunked_token_loss",
     "hard_ce",
     "hidden_cosine",
     "hidden_mse",
     "jsd",
     "logit_mse",
+    "next_token_targets",
     "relation_kl",
     "reverse_kl",
     "soft_kd",
+    "token_loss",
+    "token_loss_topk",
 ]

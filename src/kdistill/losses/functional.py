@@ -33,6 +33,7 @@ from kdistill.attention import AttentionInputs, map_blocks, projected_maps_mse
 __all__ = [
     "soft_kd",
     "soft_kd_topk",
+    "log_rest_mass",
     "hard_ce",
     "reverse_kl",
     "jsd",
@@ -181,6 +182,22 @@ def soft_kd(
     return _reduce(per_position, weights) * temperature**2
 
 
+def log_rest_mass(log_probs: Tensor, indices: Tensor) -> Tensor:
+    """Log of the probability mass outside ``indices``: the rest bucket of a top-k coarsening.
+
+    Computed as a logsumexp over every other entry (not as ``log(1 - kept)``), so it stays exact
+    when the kept mass is close to 1. Empty (``-inf``) when ``indices`` cover every entry.
+
+    Args:
+        log_probs: ``(..., V)`` log-probabilities.
+        indices: ``(..., k)`` int64 ids into the last dimension of ``log_probs``.
+
+    Returns:
+        ``(...)``, in the dtype of ``log_probs``.
+    """
+    return torch.logsumexp(log_probs.scatter(-1, indices, float("-inf")), dim=-1)
+
+
 def soft_kd_topk(
     student_logits: Tensor,
     teacher_log_probs: Tensor,
@@ -225,8 +242,7 @@ def soft_kd_topk(
     if indices.shape[-1] >= student_logits.shape[-1]:
         # k covers every class: there is no rest bucket (a stored rest is rounding noise)
         return _reduce(top_terms, weights) * temperature**2
-    # the student's rest: logsumexp over every entry but the teacher's top k
-    log_student_rest = torch.logsumexp(log_student.scatter(-1, indices, float("-inf")), dim=-1)
+    log_student_rest = log_rest_mass(log_student, indices)
     rest = teacher_rest.float().to(student_logits.device)
     has_rest = torch.isfinite(rest)
     safe_rest = torch.where(has_rest, rest, torch.zeros_like(rest))
