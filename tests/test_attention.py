@@ -173,15 +173,15 @@ def _padding(batch=3, length=7):
 
 
 def test_block_kernels_pass_gradcheck(monkeypatch):
-    import kdistill.attention as attention
+    import kdistill.attention_maps as attention_maps
     from kdistill.losses.functional import _MaskedSquaredSum
 
-    monkeypatch.setattr(attention, "BLOCK_BYTES", 600)  # several blocks even for tiny inputs
+    monkeypatch.setattr(attention_maps, "BLOCK_BYTES", 600)  # several blocks even for tiny inputs
     query, key = _qk()
     mask = additive_mask(_padding(), 7).double()
-    assert torch.autograd.gradcheck(lambda q, k: attention._AttentionProbs.apply(q, k, 0.4, mask), (query, key))
+    assert torch.autograd.gradcheck(lambda q, k: attention_maps._AttentionProbs.apply(q, k, 0.4, mask), (query, key))
     causal = additive_mask(_padding(), 7, causal=True).double()
-    assert torch.autograd.gradcheck(lambda q, k: attention._AttentionProbs.apply(q, k, 0.4, causal), (query, key))
+    assert torch.autograd.gradcheck(lambda q, k: attention_maps._AttentionProbs.apply(q, k, 0.4, causal), (query, key))
     teacher = torch.rand(3, 4, 7, 7, dtype=torch.float64)
     pair = _padding()[:, None, :, None].double() * _padding()[:, None, None, :].double()
     student = torch.rand(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)
@@ -192,13 +192,13 @@ def test_block_kernels_pass_gradcheck(monkeypatch):
             target = teacher.mean(1, keepdim=True) if average else teacher
             options = (0.4, 1.0, softmax, average, False)
             assert torch.autograd.gradcheck(
-                lambda q, k: attention._ProjectedMapsMSE.apply(q, k, mask, pair, target, None, None, None, options),
+                lambda q, k: attention_maps._ProjectedMapsMSE.apply(q, k, mask, pair, target, None, None, None, options),
                 (query, key),
             ), (softmax, average)
             # the teacher given as its query and key (2 heads, averaged against the student's 4)
             options = (0.4, 0.3, softmax, average, True)
             assert torch.autograd.gradcheck(
-                lambda q, k: attention._ProjectedMapsMSE.apply(q, k, mask, pair, None, teacher_query, teacher_key, mask, options),
+                lambda q, k: attention_maps._ProjectedMapsMSE.apply(q, k, mask, pair, None, teacher_query, teacher_key, mask, options),
                 (query, key),
             ), (softmax, average)
 
@@ -206,11 +206,11 @@ def test_block_kernels_pass_gradcheck(monkeypatch):
 @pytest.mark.parametrize("on", ["probs", "scores"])
 @pytest.mark.parametrize(("student_heads", "heads"), [(4, "per_head"), (4, "average_both"), (2, "average_teacher"), (2, "average_both")])
 def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, student_heads, heads):
-    import kdistill.attention as attention
+    import kdistill.attention_maps as attention_maps
     from kdistill.attention import AttentionInputs
     from kdistill.losses.functional import attention_mse, attention_mse_from_inputs
 
-    monkeypatch.setattr(attention, "BLOCK_BYTES", 900)
+    monkeypatch.setattr(attention_maps, "BLOCK_BYTES", 900)
     query, key = _qk(heads=student_heads, dtype=torch.float32)
     padding = _padding()
     inputs = AttentionInputs(query, key, 0.45, additive_mask(padding, 7))
@@ -229,11 +229,11 @@ def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, stu
 
 
 def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_large_student_maps(monkeypatch):
-    import kdistill.attention as attention
+    import kdistill.attention_maps as attention_maps
     from kdistill.capture import LazyMaps
     from kdistill.losses import AttentionKL, AttentionMSE
 
-    monkeypatch.setattr(attention, "HOLD_MAPS_UP_TO_BYTES", 1024)  # these tiny maps count as large
+    monkeypatch.setattr(attention_maps, "HOLD_MAPS_UP_TO_BYTES", 1024)  # these tiny maps count as large
 
     teacher, student = build("bert", num_layers=4, hidden=48, seed=1), build("bert", num_layers=2, seed=2)
     inputs = _inputs("bert")

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from kdistill.batch import batch_size_of, batches_by_length, example_indices, split_batch
+from kdistill.batch import batches_by_length, example_indices, split_batch
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
 from kdistill.errors import KdistillError
 from kdistill.fileio import FolderInUseError, exclusive_lock, file_sha256, is_staging_name, unowned_files

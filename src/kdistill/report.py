@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from kdistill.capture import call_model, logits_from_output
 from kdistill.data import TEACHER_PREFIX
-from kdistill.loading import count_parameters
 
 __all__ = [
     "WEIGHT_SUFFIXES",
