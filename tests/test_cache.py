@@ -371,7 +371,7 @@ def test_padding_collator_keeps_example_indices():
 def test_length_sorted_cache_pass_stores_every_example_in_its_own_row(tmp_path, monkeypatch):
     """The cache pass batches examples of similar length (less padding); every row, logits and
     per-token hidden states alike, must still belong to the example of its index."""
-    from kdistill import cache as cache_module
+    from kdistill.cache import shards as cache_module
     from kdistill.data import PaddingCollator, TokenizedDataset
 
     generator = torch.Generator().manual_seed(3)

@@ -221,8 +221,9 @@ def _eval(args: argparse.Namespace) -> int:
         ("label_column", args.label_column), ("format", args.format), ("encoding", args.encoding),
     ) if value is not None}
     if updates:
-        from kdistill.config import DataConfig
         from pydantic import ValidationError
+
+        from kdistill.config import DataConfig
 
         try:
             target.data = DataConfig.model_validate({**target.data.model_dump(), **updates})

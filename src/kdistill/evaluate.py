@@ -21,8 +21,8 @@ from kdistill.data import (
     tokenize,
 )
 from kdistill.errors import ConfigError, DataError, KdistillError, OutputFileError
-from kdistill.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.loading import count_parameters, load_classifier, load_tokenizer, looks_local
+from kdistill.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.report import (
     COMPARISON_COLUMNS,
     agreement,

@@ -43,11 +43,11 @@ import torch
 from torch import nn
 
 from kdistill._version import __version__
+from kdistill.batch import with_example_index
 from kdistill.config import RunConfig, dump_config
 from kdistill.data import PaddingCollator, PreparedData, load_splits, make_loader, prepare_data
 from kdistill.errors import ConfigError, DataError, KdistillError, ModelLoadError, RunFolderError
 from kdistill.fileio import cache_root
-from kdistill.preflight import check_max_length, check_memory, check_token_ids, estimate_parameters
 from kdistill.loading import (
     LoadedModel,
     count_parameters,
@@ -56,8 +56,8 @@ from kdistill.loading import (
     looks_local,
     saved_head_size,
 )
-from kdistill.batch import with_example_index
 from kdistill.losses import HardCE, Objective
+from kdistill.preflight import check_max_length, check_memory, check_token_ids, estimate_parameters
 from kdistill.report import (
     COMPARISON_COLUMNS,
     agreement,

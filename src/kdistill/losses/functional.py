@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 __all__ = [
     "soft_kd",
     "soft_kd_topk",

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from kdistill.batch import example_indices, split_batch
 from kdistill.capture import capture
+from kdistill.errors import NonFiniteLossError
 from kdistill.losses.objective import Objective
 from kdistill.train.checkpoint import (
     TrainingState,
@@ -35,8 +36,12 @@ from kdistill.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from kdistill.errors import NonFiniteLossError
-from kdistill.train.teacher import NonFiniteTeacherError, check_teacher_source, nonfinite_teacher_fields, teacher_features
+from kdistill.train.teacher import (
+    NonFiniteTeacherError,
+    check_teacher_source,
+    nonfinite_teacher_fields,
+    teacher_features,
+)
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache

@@ -1,290 +1,35 @@
-"""Teacher-output cache: run the teacher once, then train from its stored outputs.
-
-In online distillation every epoch pays for a teacher forward pass on every batch although the
-teacher never changes. :class:`TeacherCache` runs the teacher once over a dataset and stores,
-per example, what the objective needs: logits, optionally the hidden states of chosen layers,
-and for large vocabularies the top-k log-probabilities with the rest of the probability mass
-kept as one extra bucket (see :func:`kdistill.losses.functional.soft_kd_topk`).
-
-On disk a cache is a folder with ``manifest.json`` and memory-mapped ``.npy`` shards. It is
-written to a temporary folder and renamed into place when complete, so a half-written cache is
-never read. The manifest holds a fingerprint of the teacher's weights, the dataset, the
-tokenisation settings and what is captured, and the size and SHA-256 of every shard: a cache
-that does not match or whose files are damaged or truncated is rebuilt, with a message saying
-why, and never silently used.
-
-Per-token fields (hidden states, per-token logits) store only the real tokens of each example
-(positions where ``attention_mask`` is 1) and are scattered back into the positions of the
-training batch, so dynamic padding and a different batch order do not matter.
-"""
+"""The :class:`TeacherCache`: built once over a dataset, verified on opening, read per batch."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
-import contextlib
 import os
-import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from kdistill.batch import batches_by_length, example_indices, split_batch
+from kdistill.batch import example_indices, split_batch
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
-from kdistill.errors import KdistillError
-from kdistill.fileio import FolderInUseError, exclusive_lock, file_sha256, is_staging_name, unowned_files
-from kdistill.losses.functional import check_temperature
+from kdistill.fileio import file_sha256
 from kdistill.train.teacher import NonFiniteTeacherError, nonfinite_teacher_fields
 
-__all__ = ["CacheError", "CacheFolderError", "CacheSpec", "TeacherCache", "cache_key", "check_cache_folder", "fingerprint_dataset", "fingerprint_teacher"]
+logger = logging.getLogger("kdistill.cache")
 
-logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-#: written first into every cache folder: the cache's identity (a folder without it is not a cache)
-MARKER = ".kdistill-cache.json"
-#: storage precisions and the numpy dtype of their files (bf16 is kept as its raw 16 bits)
-STORAGE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
-_FP16_MAX = 65504.0
-
-
-class CacheError(RuntimeError):
-    """A cache folder that cannot be used: missing, incomplete, damaged or built for other inputs."""
-
-
-class CacheFolderError(KdistillError, RuntimeError):
-    """The cache folder holds something kdistill did not write: it is never emptied or replaced."""
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """What the cache stores for each example.
-
-    Attributes:
-        logits: the full logits (``(C,)`` per example or ``(V,)`` per token).
-        hidden_states: layers whose hidden states to store (0 = embedding output).
-        top_k: instead of full logits, the k most probable classes/tokens per position with
-            their log-probabilities at ``temperature``, plus the log of the remaining mass.
-        temperature: the temperature of the stored top-k log-probabilities (top-k only: the
-            rest mass at another temperature cannot be recovered from k values).
-        dtype: storage precision of floating-point fields: ``fp32``, ``fp16`` or ``bf16``.
-    """
-
-    logits: bool = True
-    hidden_states: tuple[int, ...] = ()
-    top_k: int | None = None
-    temperature: float | None = None
-    dtype: str = "fp32"
-
-    def __post_init__(self) -> None:
-        if self.dtype not in STORAGE_DTYPES:
-            raise ValueError(f"cache dtype must be one of {', '.join(STORAGE_DTYPES)}, got {self.dtype!r}")
-        if self.top_k is not None:
-            if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-                raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
-            if self.temperature is None:
-                raise ValueError("a top-k cache needs the temperature of the loss that will read it (e.g. 4.0)")
-            check_temperature(self.temperature)
-            if self.logits:
-                object.__setattr__(self, "logits", False)  # top-k replaces the full logits
-        object.__setattr__(self, "hidden_states", tuple(sorted(set(self.hidden_states))))
-        if not (self.logits or self.top_k or self.hidden_states):
-            raise ValueError("the cache spec stores nothing: enable logits, top_k or hidden_states")
-
-    def request(self) -> CaptureRequest:
-        """What the teacher's forward pass must produce to fill this cache."""
-        return CaptureRequest(logits=self.logits or self.top_k is not None,
-                              hidden_states=frozenset(self.hidden_states))
-
-
-# ---------------------------------------------------------------------------
-# fingerprints
-# ---------------------------------------------------------------------------
-
-
-def _tensor_bytes(tensor: Tensor) -> bytes:
-    tensor = tensor.detach().cpu().contiguous()
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.view(torch.int16)
-    return tensor.numpy().tobytes()
-
-
-def fingerprint_teacher(model: nn.Module) -> str:
-    """A hash of the model's class and every weight and buffer (names, dtypes, shapes, values)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(type(model).__qualname__.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(_tensor_bytes(tensor))
-    return digest.hexdigest()
-
-
-def _hash_value(digest: Any, value: Any) -> None:
-    if isinstance(value, Tensor):
-        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-        digest.update(_tensor_bytes(value))
-    elif isinstance(value, np.ndarray):
-        digest.update(f"N{value.dtype}{value.shape}".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
-    elif isinstance(value, Mapping):
-        for key in sorted(value, key=str):
-            digest.update(f"K{key}".encode())
-            _hash_value(digest, value[key])
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"L{len(value)}".encode())
-        for item in value:
-            _hash_value(digest, item)
-    else:
-        digest.update(f"V{type(value).__name__}:{value!r}".encode())
-
-
-def fingerprint_dataset(dataset: Any) -> str:
-    """A hash of a dataset's content and order.
-
-    A Hugging Face ``datasets.Dataset`` has a content fingerprint of its own (it changes with
-    the files and with every transform), used as is; other datasets are hashed example by example.
-    """
-    own = getattr(dataset, "_fingerprint", None)
-    if isinstance(own, str):
-        return f"hf:{own}:{len(dataset)}"
-    digest = hashlib.blake2b(digest_size=16)
-    for index in range(len(dataset)):
-        _hash_value(digest, dataset[index])
-    return digest.hexdigest()
-
-
-def fingerprint_tokenizer(tokenizer: Any) -> str:
-    """A hash of what a tokenizer maps text to: its class, vocabulary and special tokens.
-
-    Not its ``name_or_path``: a student saved by an earlier run carries the teacher's tokenizer
-    in another folder, and a cache of the same inputs must stay valid for it.
-    """
-    get_vocab = getattr(tokenizer, "get_vocab", None)
-    if get_vocab is None:
-        return type(tokenizer).__name__
-    special = {name: str(value) for name, value in getattr(tokenizer, "special_tokens_map", {}).items()}
-    return _hash_json({"class": type(tokenizer).__name__, "vocab": sorted(get_vocab().items()), "special": special})
-
-
-def cache_key(teacher: nn.Module, dataset: Any, spec: CacheSpec | None = None,
-              tokenization: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
-    """The fingerprint of a cache of ``teacher`` over ``dataset``, and the hash of each of its parts.
-
-    The parts (teacher weights, dataset content and order, tokenisation settings, what is
-    stored) let a rebuild say which of them changed.
-    """
-    parts = {
-        "teacher": fingerprint_teacher(teacher),
-        "dataset": fingerprint_dataset(dataset),
-        "tokenization": _hash_json(dict(tokenization or {})),
-        "spec": _hash_json(asdict(spec or CacheSpec())),
-    }
-    return _hash_json({"format": FORMAT_VERSION, **parts}), parts
-
-
-def _hash_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-# ---------------------------------------------------------------------------
-# storage helpers
-# ---------------------------------------------------------------------------
-
-
-def _to_storage(tensor: Tensor, dtype: str) -> np.ndarray:
-    tensor = tensor.detach().float().cpu()
-    if dtype == "fp16":
-        # logits beyond fp16's range would become inf and poison the loss
-        return tensor.clamp(-_FP16_MAX, _FP16_MAX).numpy().astype(np.float16)
-    if dtype == "bf16":
-        return tensor.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy().astype(np.float32)
-
-
-def _from_storage(array: np.ndarray, dtype: str) -> Tensor:
-    if dtype == "bf16":
-        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16).float()
-    return torch.from_numpy(np.ascontiguousarray(array)).float()
-
-
-@dataclass
-class _ShardWriter:
-    """Collects rows of every field for one shard and writes them as .npy files."""
-
-    folder: Path
-    spec: CacheSpec
-    rows: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    token_counts: list[int] = field(default_factory=list)
-    num_examples: int = 0
-    nbytes: int = 0
-
-    def add(self, name: str, array: np.ndarray) -> None:
-        self.rows.setdefault(name, []).append(array)
-        self.nbytes += array.nbytes
-
-    def write(self, shard: int, start: int) -> dict[str, Any]:
-        files: dict[str, dict[str, Any]] = {}
-        arrays = {name: np.concatenate(chunks) for name, chunks in self.rows.items()}
-        if self.token_counts:
-            arrays["offsets"] = np.concatenate([[0], np.cumsum(self.token_counts)]).astype(np.int64)
-        for name, array in arrays.items():
-            path = self.folder / f"{name}.{shard:05d}.npy"
-            np.save(path, array)
-            files[name] = {"path": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
-        return {"start": start, "end": start + self.num_examples, "files": files}
-
-
-#: batches of the cache pass sorted by length within windows of this many batches: far less
-#: padding than dataset order, while only one window of outputs waits in memory to be reordered
-SORT_WINDOW_BATCHES = 16
-
-
-def _length_sorted_windows(size: int, lengths: Sequence[int] | None, batch_size: int) -> list[list[list[int]]]:
-    """Consecutive windows of example indices, each cut into batches of similar lengths.
-
-    Without ``lengths`` every batch is its own window, in dataset order.
-    """
-    if lengths is None or len(lengths) != size:
-        return [[list(range(start, min(start + batch_size, size)))] for start in range(0, size, batch_size)]
-    span = batch_size * SORT_WINDOW_BATCHES
-    windows = []
-    for start in range(0, size, span):
-        windows.append(batches_by_length(range(start, min(start + span, size)), lengths, batch_size))
-    return windows
-
-
-def _in_example_order(done: list[tuple[list[int], dict[str, np.ndarray], list[int]]],
-                      fields: dict[str, dict[str, Any]]) -> tuple[dict[str, np.ndarray], list[int]]:
-    """The rows of a window's batches (run in length order) put back in example order."""
-    positions = [index for wanted, _, _ in done for index in wanted]
-    inverse = np.argsort(np.asarray(positions), kind="stable")
-    counts = [count for _, _, batch_counts in done for count in batch_counts]
-    out: dict[str, np.ndarray] = {}
-    for name in done[0][1]:
-        joined = np.concatenate([rows[name] for _, rows, _ in done])
-        if not fields[name]["per_token"]:
-            out[name] = joined[inverse]
-            continue
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        out[name] = np.concatenate([joined[offsets[i]:offsets[i + 1]] for i in inverse])
-    return out, [counts[i] for i in inverse] if counts else []
-
-
-# ---------------------------------------------------------------------------
-# the cache
-# ---------------------------------------------------------------------------
+from kdistill.cache.folder import _build_lock, _changed_parts, _check_replaceable, _replace_folder
+from kdistill.cache.keys import FORMAT_VERSION, MANIFEST, MARKER, STORAGE_DTYPES, CacheError, CacheSpec, cache_key
+from kdistill.cache.shards import _from_storage, _in_example_order, _length_sorted_windows, _ShardWriter, _to_storage
 
 
 class TeacherCache:
@@ -619,92 +364,3 @@ class TeacherCache:
         for layer in self.spec.hidden_states:
             features.hidden_states[layer] = self._field(f"hidden.{layer}", index_array, attention_mask, device)
         return features
-
-
-def _changed_parts(folder: Path, parts: dict[str, str]) -> str:
-    """' (changed: teacher weights, dataset)' for a cache built for other inputs, else ''."""
-    try:
-        stored = json.loads((folder / MANIFEST).read_text()).get("parts", {})
-    except (OSError, ValueError):
-        return ""
-    names = {"teacher": "teacher weights", "dataset": "dataset", "tokenization": "tokenisation settings",
-             "spec": "what is captured"}
-    changed = [names[key] for key in names if key in stored and stored[key] != parts[key]]
-    return f" (changed: {', '.join(changed)})" if changed else ""
-
-
-@contextlib.contextmanager
-def _build_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder``'s cache (a ``.<name>.lock`` file beside it) while inside;
-    a second builder waits for the first and then reads what it built."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock_file = folder.with_name(f".{folder.name}.lock")
-    try:
-        with exclusive_lock(lock_file, wait=False):
-            yield
-        return
-    except FolderInUseError:
-        logger.info("another process is building the teacher cache at %s; waiting for it", folder)
-    with exclusive_lock(lock_file, wait=True):
-        yield
-
-
-_SHARD_NAME = re.compile(r"^[A-Za-z0-9_.]+\.\d{5}\.npy$")
-
-
-def _marker_of(folder: Path) -> dict[str, Any] | None:
-    try:
-        content = json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) and content.get("kdistill") == "teacher-cache" else None
-
-
-def _check_replaceable(folder: Path) -> None:
-    """Refuse to replace ``folder`` unless it is empty or every file in it belongs to a kdistill cache.
-
-    Raises:
-        CacheFolderError: ``folder`` is a file, or holds files no cache manifest names.
-    """
-    if folder.is_symlink() or not folder.is_dir():
-        raise CacheFolderError(f"the teacher cache folder {str(folder)!r} is a file, not a folder; give a new or "
-                               "empty folder for the cache")
-    entries = [entry for entry in folder.iterdir() if not is_staging_name(entry.name)]
-    if not entries:
-        return
-    foreign = unowned_files(folder) if (folder / MANIFEST).is_file() else entries
-    if foreign and _marker_of(folder) is not None:
-        # a cache whose manifest is damaged: its marker still proves the folder, and a shard is
-        # known by its name; anything else in it is not kdistill's
-        foreign = [path for path in foreign if path.parent != folder or not _SHARD_NAME.match(path.name)
-                   and path.name not in (MARKER, MANIFEST)]
-    if foreign:
-        names = sorted(str(path.relative_to(folder)) for path in foreign)
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise CacheFolderError(
-            f"the teacher cache folder {str(folder)!r} holds files that are not a kdistill teacher cache ({shown}); "
-            "kdistill never empties a folder it did not write: give a new or empty folder for the cache"
-        )
-
-
-def check_cache_folder(folder: str | os.PathLike[str]) -> None:
-    """Check, writing nothing, that ``folder`` can take a teacher cache: absent, empty, or a kdistill cache.
-
-    Raises:
-        CacheFolderError: it is a file, or holds files that are not a kdistill cache's.
-    """
-    folder = Path(folder)
-    if folder.exists() or folder.is_symlink():
-        _check_replaceable(folder)
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    """Move a complete staging folder to ``folder``, replacing an earlier cache there, with renames only."""
-    if folder.exists() or folder.is_symlink():
-        _check_replaceable(folder)
-        trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, trash)
-        os.replace(staging, folder)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, folder)

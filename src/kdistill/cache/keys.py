@@ -1,0 +1,166 @@
+"""What a teacher cache stores (:class:`CacheSpec`), its errors, and the fingerprints that key it:
+the teacher's weights, the dataset's content and order, the tokenisation and what is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kdistill.capture import CaptureRequest
+from kdistill.errors import KdistillError
+from kdistill.losses.functional import check_temperature
+
+
+
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: written first into every cache folder: the cache's identity (a folder without it is not a cache)
+MARKER = ".kdistill-cache.json"
+#: storage precisions and the numpy dtype of their files (bf16 is kept as its raw 16 bits)
+STORAGE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
+
+
+class CacheError(RuntimeError):
+    """A cache folder that cannot be used: missing, incomplete, damaged or built for other inputs."""
+
+
+class CacheFolderError(KdistillError, RuntimeError):
+    """The cache folder holds something kdistill did not write: it is never emptied or replaced."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What the cache stores for each example.
+
+    Attributes:
+        logits: the full logits (``(C,)`` per example or ``(V,)`` per token).
+        hidden_states: layers whose hidden states to store (0 = embedding output).
+        top_k: instead of full logits, the k most probable classes/tokens per position with
+            their log-probabilities at ``temperature``, plus the log of the remaining mass.
+        temperature: the temperature of the stored top-k log-probabilities (top-k only: the
+            rest mass at another temperature cannot be recovered from k values).
+        dtype: storage precision of floating-point fields: ``fp32``, ``fp16`` or ``bf16``.
+    """
+
+    logits: bool = True
+    hidden_states: tuple[int, ...] = ()
+    top_k: int | None = None
+    temperature: float | None = None
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"cache dtype must be one of {', '.join(STORAGE_DTYPES)}, got {self.dtype!r}")
+        if self.top_k is not None:
+            if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+                raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
+            if self.temperature is None:
+                raise ValueError("a top-k cache needs the temperature of the loss that will read it (e.g. 4.0)")
+            check_temperature(self.temperature)
+            if self.logits:
+                object.__setattr__(self, "logits", False)  # top-k replaces the full logits
+        object.__setattr__(self, "hidden_states", tuple(sorted(set(self.hidden_states))))
+        if not (self.logits or self.top_k or self.hidden_states):
+            raise ValueError("the cache spec stores nothing: enable logits, top_k or hidden_states")
+
+    def request(self) -> CaptureRequest:
+        """What the teacher's forward pass must produce to fill this cache."""
+        return CaptureRequest(logits=self.logits or self.top_k is not None,
+                              hidden_states=frozenset(self.hidden_states))
+
+
+# ---------------------------------------------------------------------------
+# fingerprints
+# ---------------------------------------------------------------------------
+
+
+def _tensor_bytes(tensor: Tensor) -> bytes:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.numpy().tobytes()
+
+
+def fingerprint_teacher(model: nn.Module) -> str:
+    """A hash of the model's class and every weight and buffer (names, dtypes, shapes, values)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(type(model).__qualname__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _hash_value(digest: Any, value: Any) -> None:
+    if isinstance(value, Tensor):
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(_tensor_bytes(value))
+    elif isinstance(value, np.ndarray):
+        digest.update(f"N{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, Mapping):
+        for key in sorted(value, key=str):
+            digest.update(f"K{key}".encode())
+            _hash_value(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _hash_value(digest, item)
+    else:
+        digest.update(f"V{type(value).__name__}:{value!r}".encode())
+
+
+def fingerprint_dataset(dataset: Any) -> str:
+    """A hash of a dataset's content and order.
+
+    A Hugging Face ``datasets.Dataset`` has a content fingerprint of its own (it changes with
+    the files and with every transform), used as is; other datasets are hashed example by example.
+    """
+    own = getattr(dataset, "_fingerprint", None)
+    if isinstance(own, str):
+        return f"hf:{own}:{len(dataset)}"
+    digest = hashlib.blake2b(digest_size=16)
+    for index in range(len(dataset)):
+        _hash_value(digest, dataset[index])
+    return digest.hexdigest()
+
+
+def fingerprint_tokenizer(tokenizer: Any) -> str:
+    """A hash of what a tokenizer maps text to: its class, vocabulary and special tokens.
+
+    Not its ``name_or_path``: a student saved by an earlier run carries the teacher's tokenizer
+    in another folder, and a cache of the same inputs must stay valid for it.
+    """
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return type(tokenizer).__name__
+    special = {name: str(value) for name, value in getattr(tokenizer, "special_tokens_map", {}).items()}
+    return _hash_json({"class": type(tokenizer).__name__, "vocab": sorted(get_vocab().items()), "special": special})
+
+
+def cache_key(teacher: nn.Module, dataset: Any, spec: CacheSpec | None = None,
+              tokenization: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+    """The fingerprint of a cache of ``teacher`` over ``dataset``, and the hash of each of its parts.
+
+    The parts (teacher weights, dataset content and order, tokenisation settings, what is
+    stored) let a rebuild say which of them changed.
+    """
+    parts = {
+        "teacher": fingerprint_teacher(teacher),
+        "dataset": fingerprint_dataset(dataset),
+        "tokenization": _hash_json(dict(tokenization or {})),
+        "spec": _hash_json(asdict(spec or CacheSpec())),
+    }
+    return _hash_json({"format": FORMAT_VERSION, **parts}), parts
+
+
+def _hash_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
