@@ -23,12 +23,12 @@ python3 -c "import torch, transformers; print(torch.__version__, transformers.__
 # 1. the SMS spam grid: 3 seeds x 2 students x 6 recipes, 12 runs at once on the one GPU
 step "${GRID_CAP:-330}" env OMP_NUM_THREADS=2 python3 benchmarks/quality.py "$DATA" --task sms_spam --seeds 3 \
   --jobs 12 --runs-dir runs/quality --output "$OUT/quality_sms_spam.json"
-pkill -f kdistill.cli; sleep 1
+pkill -f kdistill.app.cli; sleep 1
 tar czf "$OUT/sms_runs.tgz" --exclude='*.safetensors' --exclude='*.npy' --exclude='checkpoints' runs/quality/sms_spam
 # 2. the test suite with CUDA present
 step 110 python3 -m pytest -q -n 8 -p no:cacheprovider --timeout 90 tests > "$OUT/pytest.log" 2>&1; tail -15 "$OUT/pytest.log"
 # 3. bf16 on the real task: the a/hinton/0 row again with training.precision=bf16
-step 60 python3 -m kdistill.cli distill examples/quality/hinton.yaml --no-progress \
+step 60 python3 -m kdistill.app.cli distill examples/quality/hinton.yaml --no-progress \
   teacher.path=runs/quality/sms_spam/teacher/teacher "data.train=$DATA/sms_spam/train.csv" data.validation=null \
   "data.test=$DATA/sms_spam/test.csv" training.seed=0 training.precision=bf16 output.dir=runs/bf16 > "$OUT/bf16.log" 2>&1
 python3 -c "import json;m=json.load(open('runs/bf16/metrics.json'));print('bf16 a/hinton/0 macro_f1', m['student']['macro_f1'], 'seconds', m['run']['seconds'])"

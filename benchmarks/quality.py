@@ -70,7 +70,7 @@ def kdistill(config: Path, folder: Path, overrides: list[str], log: Path) -> dic
         return json.loads((folder / "metrics.json").read_text())
     if folder.exists():
         shutil.rmtree(folder)  # a run killed part-way (a session ended): start it again
-    command = [sys.executable, "-m", "kdistill.cli", "distill", str(config), "--no-progress", *overrides,
+    command = [sys.executable, "-m", "kdistill.app.cli", "distill", str(config), "--no-progress", *overrides,
                f"output.dir={folder}"]
     print("$ kdistill distill " + " ".join(f"'{a}'" if " " in a else a for a in command[4:]), file=sys.stderr, flush=True)
     with log.open("a", encoding="utf-8") as out:
@@ -87,14 +87,14 @@ def measure_speedup(teacher_dir: Path, student_overrides: list[str], repeats: in
     import torch
     import yaml
 
-    from kdistill.config import apply_overrides, parse_config
-    from kdistill.loading import count_parameters, load_classifier
-    from kdistill.run import _build_student
+    from kdistill.app.config_loading import apply_overrides, parse_config
+    from kdistill.loading import count_parameters
+    from kdistill.tasks.text_classification.models import build_student, load_classifier
 
     teacher = load_classifier(str(teacher_dir), "teacher").model.eval()
     raw = yaml.safe_load((EXAMPLES / "no_teacher.yaml").read_text())
     config = parse_config(apply_overrides(raw, [f"teacher.path={teacher_dir}", *student_overrides]))
-    student, _ = _build_student(config, teacher, teacher.config.num_labels, dict(teacher.config.id2label))
+    student, _ = build_student(config.student, teacher, dict(teacher.config.id2label))
     student.eval()
     generator = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(1000, teacher.config.vocab_size, (32, 64), generator=generator),

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from kdistill.cli import main
+from kdistill.app.cli import main
 
 
 def write_run_config(root: Path, name: str = "run.yaml", **sections: Any) -> Path:

@@ -12,9 +12,9 @@ import torch
 import yaml
 from text_fixtures import save_classifier, sentences, write_csv, write_tokenizer
 
-from kdistill.augment import NO_LABEL, Augmenter, embedding_neighbours
-from kdistill.cli import main
-from kdistill.config import parse_config
+from kdistill.tasks.text_classification.augment import NO_LABEL, Augmenter, embedding_neighbours
+from kdistill.app.cli import main
+from kdistill.app.config_loading import parse_config
 from kdistill.errors import ConfigError
 
 TEXTS = ["the movie was very good", "a dull and boring story", "great cast", "bad"]
@@ -121,8 +121,8 @@ def test_a_run_distils_on_the_augmented_set_with_the_teacher_labelling_it(tmp_pa
 
 
 def test_generated_sentences_carry_no_hard_label(tmp_path: Path) -> None:
-    from kdistill.config import DataConfig
-    from kdistill.data import prepare_data
+    from kdistill.tasks.text_classification.config import DataConfig
+    from kdistill.tasks.text_classification.data import prepare_data
 
     write_csv(tmp_path / "train.csv", sentences(30, seed=0))
     tokenizer = write_tokenizer(tmp_path / "tok")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from text_fixtures import save_classifier, sentences, write_csv
 
-from kdistill.cli import main
+from kdistill.app.cli import main
 
 RUN_FILES = ("config.yaml", "run.log", "metrics.json", "report.md", "training_curves.png")
 
@@ -269,7 +269,7 @@ def test_overwrite_starts_again_and_deletes_only_the_old_run_once_the_new_one_is
 
 def test_a_failure_during_the_run_keeps_what_was_written(workspace: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdistill.run as run_module
+    import kdistill.app.run as run_module
 
     def broken_plot(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
@@ -306,7 +306,7 @@ def test_the_installed_command_prints_one_line_without_a_traceback(tmp_path: Pat
     config = tmp_path / "bad.yaml"
     config.write_text("teacher: {path: t}\nstudent: {from_teacher: {num_layers: 2}}\ndata: {train: x.csv}\n"
                       "training: {epochs: 0}\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "kdistill.cli", "distill", str(config)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "kdistill.app.cli", "distill", str(config)], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert result.stderr.strip() == ("kdistill distill: error: training.epochs: Input should be greater than or "
@@ -350,7 +350,7 @@ def test_eval_and_inspect_refuse_bad_inputs_in_one_line(finished_run: tuple[Path
         (["eval", str(workspace / "no-run")], "no such run or model folder"),
         (["eval", str(folder), "--data", str(workspace / "train.csv"), "--label-column", "gold"],
          "has no column 'gold' (data.label_column)"),
-        (["eval", str(folder / "student")], "give the labelled data to evaluate on: --data FILE"),
+        (["eval", str(folder / "student")], "give the data to evaluate on: --data FILE"),
         (["eval", str(folder), "--data", str(workspace / "latin.csv"), "--encoding", "latin-9x"], "encoding"),
         (["inspect", "./no/such/teacher"], "teacher './no/such/teacher': no such folder"),
         (["inspect", str(workspace / "teacher"), "--num-layers", "9"], "cannot propose a student: cannot copy 9"),

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdistill.config import RunConfig, apply_overrides, dump_config, load_config, parse_config, parse_overrides
+from kdistill.app.config import RunConfig
+from kdistill.app.config_loading import apply_overrides, dump_config, load_config, parse_config, parse_overrides
 from kdistill.errors import ConfigError, KdistillError
 
 BASE = {
@@ -97,12 +98,16 @@ def test_impossible_values_are_one_line(overrides: list[str], expected: str) -> 
 
 
 def test_a_missing_section_is_named() -> None:
-    assert problem([], {"teacher": {"path": "t"}, "data": {"train": "x.csv"}}) == "student: missing (required)"
+    assert problem([], {"teacher": {"path": "t"}, "student": {"path": "s"}}) == "data: missing (required)"
+    # no student is a run that fine-tunes the teacher alone: without teacher.finetune it has nothing to do
+    assert problem([], {"teacher": {"path": "t"}, "data": {"train": "x.csv"}}) == (
+        "config: no student: and no teacher.finetune:, so there is nothing to train; add a student to distil, or "
+        "teacher.finetune to fine-tune the teacher alone")
 
 
 def test_several_problems_are_counted_on_one_line() -> None:
-    message = problem([], {"teacher": {"path": "t"}})
-    assert message == "student: missing (required) (and 1 more problem)"
+    message = problem([], {"student": {"path": "s"}})
+    assert message == "teacher: missing (required) (and 1 more problem)"
 
 
 def test_config_errors_are_user_errors() -> None:

@@ -9,18 +9,11 @@ import pytest
 import torch
 from text_fixtures import sentences, write_csv, write_tokenizer
 
-from kdistill.config import DataConfig
-from kdistill.data import (
-    LengthGroupedSampler,
-    PaddingCollator,
-    TokenizedDataset,
-    build_label_names,
-    load_splits,
-    load_table,
-    make_loader,
-    prepare_data,
-    split_table,
-)
+from kdistill.tasks.text_classification.config import DataConfig
+from kdistill.datasets import LengthGroupedSampler, PaddingCollator, TokenizedDataset, make_loader
+from kdistill.tasks.text_classification.data import prepare_data
+from kdistill.tasks.text_classification.labels import build_label_names
+from kdistill.tasks.text_classification.reading import load_splits, load_table, split_table
 from kdistill.errors import DataError
 
 ROWS = [("the film was good", "pos"), ("a dull, boring plot", "neg"), ('she said "fine"', "pos"),
@@ -223,7 +216,7 @@ def test_an_unreachable_hub_data_set_is_one_line(monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_evaluation_loader_grouped_by_length_sees_every_example_once_shortest_first():
-    from kdistill.data import PaddingCollator, TokenizedDataset, make_loader
+    from kdistill.datasets import PaddingCollator, TokenizedDataset, make_loader
 
     lengths = [5, 2, 9, 2, 7, 3, 1]
     dataset = TokenizedDataset({"input_ids": [[1] * n for n in lengths], "attention_mask": [[1] * n for n in lengths]},

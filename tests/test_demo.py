@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from kdistill.cli import main
-from kdistill.demo import DemoResult, DemoRow, DemoSettings
+from kdistill.app.cli import main
+from kdistill.app.demo import DemoResult, DemoRow, DemoSettings
 
 
 def test_quick_demo_prints_the_table_and_the_distilled_student_wins(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,7 +25,7 @@ def test_quick_demo_prints_the_table_and_the_distilled_student_wins(capsys: pyte
 
 
 def test_the_student_is_several_times_smaller_than_the_teacher() -> None:
-    from kdistill.demo import _vit
+    from kdistill.app.demo import _vit
 
     settings = DemoSettings()
     teacher = _vit(settings.teacher_hidden, settings.teacher_layers, settings.teacher_heads, 0)

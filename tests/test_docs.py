@@ -37,7 +37,7 @@ def test_document_examples_run(document, tmp_path):
 def test_readme_yaml_example_is_a_valid_config_equal_to_the_example_file():
     import yaml
 
-    from kdistill.config import parse_config
+    from kdistill.app.config_loading import parse_config
 
     (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.DOTALL)
     from_readme = parse_config(yaml.safe_load(block))
@@ -49,7 +49,7 @@ def test_readme_yaml_example_is_a_valid_config_equal_to_the_example_file():
 def test_document_configs_are_valid(document):
     import yaml
 
-    from kdistill.config import parse_config
+    from kdistill.app.config_loading import parse_config
 
     blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / document).read_text(encoding="utf-8"), re.DOTALL)
     assert blocks, f"{document} has no YAML example"

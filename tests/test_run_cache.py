@@ -10,7 +10,7 @@ import torch
 import yaml
 from text_fixtures import save_classifier, sentences, write_csv
 
-from kdistill.cli import main
+from kdistill.app.cli import main
 
 
 @pytest.fixture(scope="module")

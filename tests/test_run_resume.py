@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from text_fixtures import sentences, write_csv, write_tokenizer
 from torch.testing import assert_close
 
-from kdistill.cli import main
+from kdistill.app.cli import main
 
 SCRIPT = Path(__file__).parent / "scripts" / "slow_distill.py"
 
@@ -114,9 +114,9 @@ def test_a_run_killed_in_its_second_stage_resumes_to_the_uninterrupted_student(w
 
 def _stopped_run(workspace: Path, folder: Path) -> Path:
     """A run folder as a run leaves it when stopped before its first checkpoint: config and log."""
-    from kdistill.config import dump_config, load_config
+    from kdistill.app.config_loading import dump_config, load_config
 
-    from kdistill.runfolder import RunFolder
+    from kdistill.app.run_folder import RunFolder
 
     run_folder = RunFolder(folder)
     with run_folder.claimed("new"):
@@ -154,9 +154,9 @@ def test_resume_refuses_what_it_cannot_do_in_one_line(workspace: Path, tmp_path:
 
 
 def test_resume_in_python_is_a_value_error_with_the_same_text(workspace: Path, tmp_path: Path) -> None:
-    from kdistill.config import load_config
+    from kdistill.app.config_loading import load_config
     from kdistill.errors import RunFolderError
-    from kdistill.run import resume_config, run_distill
+    from kdistill.app.run import resume_config, run_distill
 
     run = _stopped_run(workspace, tmp_path / "run")
     config = load_config(workspace / "run.yaml", [f"output.dir={run}"])

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from kdistill import __version__
-from kdistill.cli import main
+from kdistill.app.cli import main
 
 
 def test_version(capsys):
@@ -18,6 +18,6 @@ def test_version(capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "kdistill.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "kdistill.app.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "usage: kdistill" in result.stdout

@@ -18,8 +18,10 @@ from kdistill._version import __version__
 from kdistill.batch import with_example_index
 from kdistill.cache import CacheSpec, TeacherCache
 from kdistill.capture import CaptureRequest, Features
-from kdistill.config import RunConfig, load_config
-from kdistill.demo import run_demo
+from kdistill.app.config import RunConfig
+from kdistill.app.config_loading import load_config
+from kdistill.app.demo import run_demo
+from kdistill.app.run import run_distill
 from kdistill.errors import KdistillError, NonFiniteLossError
 from kdistill.losses import (
     JSD,
@@ -51,7 +53,6 @@ from kdistill.mapping import (
     validate_layer_map,
 )
 from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
-from kdistill.run import run_distill
 from kdistill.student import StudentReport, make_student
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
 

@@ -15,8 +15,8 @@ from torch import nn
 
 from kdistill.errors import ModelLoadError
 
-__all__ = ["LoadedModel", "count_parameters", "load_any_model", "load_classifier", "load_tokenizer", "looks_local",
-           "saved_head_size"]
+__all__ = ["LoadedModel", "count_parameters", "load_any_model", "load_pretrained", "load_tokenizer", "looks_local",
+           "read_model_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,68 +126,50 @@ class LoadedModel:
         return self.model
 
 
-def load_classifier(
-    location: str,
-    role: str,
-    *,
-    num_labels: int | None = None,
-    id2label: dict[int, str] | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-) -> LoadedModel:
-    """Load a sequence-classification model (``AutoModelForSequenceClassification``).
+def load_pretrained(auto_class: Any, location: str, role: str, *, revision: str | None = None,
+                    trust_remote_code: bool = False, **kwargs: Any) -> LoadedModel:
+    """Load a model with a transformers ``Auto*`` class, with what loading revealed.
 
     Args:
+        auto_class: ``AutoModelForSequenceClassification``, ``AutoModelForCausalLM`` ...
         location: a folder written by ``save_pretrained`` or a hub id.
         role: ``"teacher"`` or ``"student"``, for messages.
-        num_labels: the number of classes; a head of another size is replaced by a new one.
-        id2label: class names written into the model's config.
         revision: a hub revision.
         trust_remote_code: let a hub model run its own code.
+        **kwargs: passed on to ``from_pretrained`` (``num_labels``, ``gguf_file`` ...).
 
     Raises:
-        ModelLoadError: the folder is missing or holds no model, or the hub is unreachable.
+        ModelLoadError: the folder is missing or holds no model, its files are damaged or
+            unsafe, or the hub is unreachable.
     """
-    from transformers import AutoModelForSequenceClassification
-
     source = _check_location(location, role)
-    if looks_local(location) and not (Path(source) / "config.json").is_file():
+    if looks_local(location) and "gguf_file" not in kwargs and not (Path(source) / "config.json").is_file():
         raise ModelLoadError(f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained")
-    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-    if num_labels is not None:
-        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-    if id2label is not None:
-        kwargs.update(id2label=dict(id2label), label2id={name: i for i, name in id2label.items()})
     try:
         with _quiet_transformers():
-            model, info = AutoModelForSequenceClassification.from_pretrained(source, output_loading_info=True, **kwargs)
+            model, info = auto_class.from_pretrained(source, output_loading_info=True, revision=revision,
+                                                     trust_remote_code=trust_remote_code, **kwargs)
     except NOT_LOAD_ERRORS:
         raise
     except LOAD_ERRORS as error:
         raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
-    new = sorted(set(info.get("missing_keys", [])) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])})
+    mismatched = {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])}
     model.eval()
-    return LoadedModel(model=model, location=location, new_weights=new)
+    return LoadedModel(model=model, location=location, new_weights=sorted(set(info.get("missing_keys", [])) | mismatched))
 
 
-def saved_head_size(location: str, role: str, *, revision: str | None = None,
-                    trust_remote_code: bool = False) -> int | None:
-    """The classes of the sequence-classification head saved at ``location``; None if it saved none.
-
-    Reads the model's ``config.json`` only (its ``architectures`` and ``num_labels``), so a
-    classifier trained for another label set is found before its weights are loaded.
-    """
+def read_model_config(location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The ``config.json`` of the model at ``location`` (no weights read), or None where it cannot be read
+    (loading the model then says why, in one line)."""
     from transformers import AutoConfig
 
     source = _check_location(location, role)
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError):
-        return None  # loading the model reports why, in one line
-    architectures = getattr(config, "architectures", None) or []
-    if any(str(name).endswith("ForSequenceClassification") for name in architectures):
-        return int(config.num_labels)
-    return None
+        return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except NOT_LOAD_ERRORS:
+        raise
+    except LOAD_ERRORS:
+        return None
 
 
 def load_any_model(location: str, role: str = "model", *, trust_remote_code: bool = False) -> nn.Module:

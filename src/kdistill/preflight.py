@@ -22,7 +22,7 @@ from torch import nn
 from kdistill.errors import ConfigError, ModelLoadError
 
 __all__ = ["check_max_length", "check_memory", "check_token_ids", "estimate_parameters", "machine_memory",
-           "usable_positions"]
+           "model_memory_per_layer", "usable_positions"]
 
 _POSITION_NAMES = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 #: families whose position ids start after the padding id (RoBERTa counts from pad_token_id + 1)
@@ -102,6 +102,20 @@ def estimate_parameters(num_layers: int, hidden_size: int, intermediate_size: in
     """Parameters of a transformer of these sizes: per layer 4·H² (attention) + 2·H·I (feed-forward),
     plus V·H of embeddings; biases and norms are a rounding error."""
     return num_layers * (4 * hidden_size**2 + 2 * hidden_size * intermediate_size) + vocab_size * hidden_size
+
+
+def model_memory_per_layer(model: nn.Module, batch: int, length: int, *, all_layers: bool = False) -> float:
+    """Bytes of activations one transformer layer of ``model`` keeps for a batch, in float32
+    (Korthikanti et al. 2022: ``34·s·b·h + 5·a·s²·b`` bytes at 16 bits); for every layer with
+    ``all_layers`` (training keeps them all for backward). 0 for a model without a config."""
+    from kdistill.attention import model_dims
+
+    try:
+        dims = model_dims(model)
+    except TypeError:
+        return 0.0
+    one = 2.0 * batch * length * (34 * dims.hidden_size + 5 * (dims.num_heads or 1) * length)
+    return one * (dims.num_layers if all_layers else 1)
 
 
 def check_memory(what: str, bytes_needed: float, fix: str) -> None:

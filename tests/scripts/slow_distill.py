@@ -8,7 +8,7 @@ import sys
 import time
 
 import kdistill.train.loop as loop
-from kdistill.cli import main
+from kdistill.app.cli import main
 
 pause = float(sys.argv[1])
 save_checkpoint = loop.save_checkpoint

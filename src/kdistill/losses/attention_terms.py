@@ -7,15 +7,18 @@ own whatever they learn.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from kdistill.attention import AttentionInputs, model_dims
 from kdistill.capture import CaptureRequest, Features, LazyMaps
 from kdistill.losses import functional as LF
 from kdistill.losses.intermediate import Side, _mask
+from kdistill.losses.registry import TermSettings, register_term
 from kdistill.losses.terms import Term
+from kdistill.schema import LayerMapSpec
 from kdistill.mapping import check_layer_map, resolve_layer_map, validate_layer_map
 
 __all__ = ["AttentionKL", "AttentionMSE", "MiniLMv1", "MiniLMv2"]
@@ -23,6 +26,7 @@ __all__ = ["AttentionKL", "AttentionMSE", "MiniLMv1", "MiniLMv2"]
 ATTENTION_INPUTS = ("probs", "scores")
 
 
+@register_term("attention_mse")
 class AttentionMSE(Term):
     """Mean squared error between mapped attention maps (TinyBERT's attention loss).
 
@@ -34,6 +38,18 @@ class AttentionMSE(Term):
             ``"average_teacher"`` (the seed's way) or ``"average_both"``
             (see :func:`~kdistill.losses.functional.align_heads`).
     """
+
+    compares_positions = True
+
+    class Settings(TermSettings):
+        layer_map: LayerMapSpec = "uniform"
+        on: Literal["probs", "scores"] = "probs"
+        heads: Literal["auto", "per_head", "average_teacher", "average_both"] = "auto"
+
+    @classmethod
+    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
+        assert student is not None and teacher is not None, "an attention term is built against both models"
+        return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
 
     def __init__(self, layer_map: Mapping[int, int], on: str = "probs", heads: str = "auto") -> None:
         super().__init__()
@@ -119,6 +135,7 @@ class AttentionMSE(Term):
         return f"layer_map={self.layer_map}, on={self.on!r}, heads={self.heads!r}"
 
 
+@register_term("attention_kl")
 class AttentionKL(AttentionMSE):
     """``KL(teacher ‖ student)`` between mapped attention distributions, per query.
 
@@ -126,6 +143,10 @@ class AttentionKL(AttentionMSE):
         layer_map: ``{student_layer: teacher_layer}`` of attention layers (1..depth).
         heads: how different head counts are matched (see :class:`AttentionMSE`).
     """
+
+    class Settings(TermSettings):
+        layer_map: LayerMapSpec = "uniform"
+        heads: Literal["auto", "per_head", "average_teacher", "average_both"] = "auto"
 
     def __init__(self, layer_map: Mapping[int, int], heads: str = "auto") -> None:
         super().__init__(layer_map, on="probs", heads=heads)
@@ -155,6 +176,7 @@ def _last_layers(student: nn.Module, teacher: nn.Module, student_layer: int | No
     return student_layer, teacher_layer
 
 
+@register_term("minilm_v1")
 class MiniLMv1(Term):
     """MiniLM (Wang et al., 2020): attention-distribution KL plus value-relation KL, from one
     teacher layer (the last) to the student's last layer.
@@ -169,6 +191,17 @@ class MiniLMv1(Term):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"attentions", "values"})
+
+    compares_positions = True
+
+    class Settings(TermSettings):
+        student_layer: int | None = Field(None, ge=1, description="default: the student's last layer")
+        teacher_layer: int | None = Field(None, ge=1, description="default: the teacher's last layer")
+
+    @classmethod
+    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
+        assert student is not None and teacher is not None, "a relation term is built against both models"
+        return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
 
     def __init__(self, student_layer: int, teacher_layer: int, heads: str = "auto") -> None:
         super().__init__()
@@ -204,6 +237,7 @@ class MiniLMv1(Term):
 RELATIONS = ("query", "key", "value")
 
 
+@register_term("minilm_v2")
 class MiniLMv2(Term):
     """MiniLM v2 (Wang et al., 2021): multi-head self-attention relation distillation.
 
@@ -220,6 +254,18 @@ class MiniLMv2(Term):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"queries", "keys", "values"})
+
+    compares_positions = True
+
+    class Settings(TermSettings):
+        student_layer: int | None = Field(None, ge=1, description="default: the student's last layer")
+        teacher_layer: int | None = Field(None, ge=1, description="default: the teacher's last layer")
+        relation_heads: int | None = Field(None, ge=1, description="default: the teacher's heads")
+
+    @classmethod
+    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
+        assert student is not None and teacher is not None, "a relation term is built against both models"
+        return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
 
     def __init__(
         self, student_layer: int, teacher_layer: int, relation_heads: int,

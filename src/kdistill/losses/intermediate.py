@@ -15,12 +15,15 @@ from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from kdistill.attention import model_dims
 from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
+from kdistill.losses.registry import TermSettings, register_term
 from kdistill.losses.terms import Term
+from kdistill.schema import LayerMapSpec
 from kdistill.mapping import LayerKey, LayerMap, check_layer_map, num_layers, resolve_layer_map
 
 __all__ = [
@@ -81,6 +84,7 @@ def _projection_name(student_key: LayerKey, teacher_key: LayerKey) -> str:
     return f"{student_key}_to_{teacher_key}".replace(".", "_")
 
 
+@register_term("hidden_mse")
 class HiddenMSE(Term):
     """Mean squared error between mapped hidden states (TinyBERT's hidden-state loss).
 
@@ -99,6 +103,18 @@ class HiddenMSE(Term):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"hidden_states"})
+
+    compares_positions = True
+
+    class Settings(TermSettings):
+        layer_map: LayerMapSpec = "uniform"
+        shared_projection: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
+        assert student is not None and teacher is not None, "a hidden-state term is built against both models"
+        return cls.from_models(student, teacher, settings.layer_map,  # type: ignore[attr-defined]
+                               shared_projection=settings.shared_projection)  # type: ignore[attr-defined]
 
     def __init__(
         self,
@@ -217,6 +233,7 @@ class HiddenMSE(Term):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+@register_term("hidden_cosine")
 class HiddenCosine(HiddenMSE):
     """``1 − cosine`` between mapped hidden states (DistilBERT's cosine loss); arguments as :class:`HiddenMSE`."""
 
@@ -224,6 +241,7 @@ class HiddenCosine(HiddenMSE):
         return LF.hidden_cosine(student_hidden, teacher_hidden, mask)
 
 
+@register_term("embedding_mse")
 class EmbeddingMSE(HiddenMSE):
     """Mean squared error between the embedding outputs (hidden state 0), with a learned projection
     where the widths differ (TinyBERT's embedding loss).
@@ -232,6 +250,14 @@ class EmbeddingMSE(HiddenMSE):
         student_dim: the student's embedding width.
         teacher_dim: the teacher's embedding width.
     """
+
+    class Settings(TermSettings):
+        """No keys beyond ``type`` and ``weight``: it always compares the embedding outputs."""
+
+    @classmethod
+    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
+        assert student is not None and teacher is not None, "an embedding term is built against both models"
+        return cls.from_models(student, teacher)
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None) -> None:
         super().__init__({0: 0}, student_dim, teacher_dim)

@@ -8,12 +8,14 @@ objective and never become part of the exported student.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
+from kdistill.losses.registry import TermSettings, register_term
 
 __all__ = ["Term", "LogitKD", "HardCE", "ReverseKL", "JSD", "LogitMSE"]
 
@@ -27,6 +29,18 @@ class Term(nn.Module):
 
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
     needs_labels: ClassVar[bool] = False
+    #: compares the two models position by position, so both must read the same tokens
+    compares_positions: ClassVar[bool] = False
+    #: the name a config gives the term (set by :func:`~kdistill.losses.registry.register_term`)
+    term_type: ClassVar[str | None] = None
+
+    class Settings(TermSettings):
+        """A term's YAML keys: none beyond ``type`` and ``weight``."""
+
+    @classmethod
+    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
+        """The term a config's settings describe (the default passes the settings' own keys to ``__init__``)."""
+        return cls(**settings.model_dump(exclude={"type", "weight"}))
 
     def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:
         """What this term needs from the ``side`` model's forward pass (default: its logits)."""
@@ -49,8 +63,12 @@ def _logits_pair(student: Features, teacher: Features, term: str) -> tuple[Tenso
     return student.logits, teacher.logits
 
 
+@register_term("kd")
 class LogitKD(Term):
     """Soft-label distillation ``T² · KL(p_teacher ‖ p_student)`` (see :func:`~kdistill.losses.functional.soft_kd`)."""
+
+    class Settings(TermSettings):
+        temperature: float = Field(4.0, gt=0)
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
@@ -73,45 +91,7 @@ class LogitKD(Term):
         return f"temperature={self.temperature:g}"
 
 
-class ReverseKL(Term):
-    """Reverse KL ``T² · KL(p_student ‖ p_teacher)`` (see :func:`~kdistill.losses.functional.reverse_kl`)."""
-
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = LF.check_temperature(temperature)
-
-    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        s, t = _logits_pair(student, teacher, "ReverseKL")
-        return LF.reverse_kl(s, t, self.temperature, mask=student.position_mask())
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature:g}"
-
-
-class JSD(Term):
-    """Generalized Jensen–Shannon divergence (see :func:`~kdistill.losses.functional.jsd`)."""
-
-    def __init__(self, beta: float = 0.5, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.beta = LF.check_unit_interval(beta, "beta", open_interval=True)
-        self.temperature = LF.check_temperature(temperature)
-
-    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        s, t = _logits_pair(student, teacher, "JSD")
-        return LF.jsd(s, t, self.beta, self.temperature, mask=student.position_mask())
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta:g}, temperature={self.temperature:g}"
-
-
-class LogitMSE(Term):
-    """Mean squared error between raw logits (see :func:`~kdistill.losses.functional.logit_mse`)."""
-
-    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        s, t = _logits_pair(student, teacher, "LogitMSE")
-        return LF.logit_mse(s, t, mask=student.position_mask())
-
-
+@register_term("ce")
 class HardCE(Term):
     """Cross-entropy of the student against the hard labels (see :func:`~kdistill.losses.functional.hard_ce`)."""
 
@@ -137,3 +117,52 @@ class HardCE(Term):
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}"
+
+
+@register_term("reverse_kl")
+class ReverseKL(Term):
+    """Reverse KL ``T² · KL(p_student ‖ p_teacher)`` (see :func:`~kdistill.losses.functional.reverse_kl`)."""
+
+    class Settings(TermSettings):
+        temperature: float = Field(1.0, gt=0)
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = LF.check_temperature(temperature)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        s, t = _logits_pair(student, teacher, "ReverseKL")
+        return LF.reverse_kl(s, t, self.temperature, mask=student.position_mask())
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}"
+
+
+@register_term("jsd")
+class JSD(Term):
+    """Generalized Jensen–Shannon divergence (see :func:`~kdistill.losses.functional.jsd`)."""
+
+    class Settings(TermSettings):
+        beta: float = Field(0.5, gt=0, lt=1)
+        temperature: float = Field(1.0, gt=0)
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.beta = LF.check_unit_interval(beta, "beta", open_interval=True)
+        self.temperature = LF.check_temperature(temperature)
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        s, t = _logits_pair(student, teacher, "JSD")
+        return LF.jsd(s, t, self.beta, self.temperature, mask=student.position_mask())
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta:g}, temperature={self.temperature:g}"
+
+
+@register_term("logit_mse")
+class LogitMSE(Term):
+    """Mean squared error between raw logits (see :func:`~kdistill.losses.functional.logit_mse`)."""
+
+    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
+        s, t = _logits_pair(student, teacher, "LogitMSE")
+        return LF.logit_mse(s, t, mask=student.position_mask())

@@ -9,7 +9,7 @@ from torch import nn
 
 from kdistill.errors import ConfigError
 from kdistill.loading import count_parameters, load_any_model
-from kdistill.report import format_table
+from kdistill.app.report import format_table
 
 __all__ = ["ModelSummary", "describe_models", "summarize_model"]
 

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", metavar="MODEL_OR_RUN", help="a run folder, a model folder or a hub id")
     evaluate.add_argument("--data", metavar="FILE", help="labelled CSV/TSV/JSON/JSONL/Parquet (default: a run's test file)")
     evaluate.add_argument("--teacher", metavar="MODEL", help="the teacher to compare with (default: a run's teacher)")
+    evaluate.add_argument("--task", help="the model's task, for a model folder (default text_classification; a run "
+                          "folder knows its own)")
     evaluate.add_argument("--text-column", help="column of the texts (default: a run's, else text)")
     evaluate.add_argument("--text-pair-column", help="column of the second texts, for sentence pairs")
     evaluate.add_argument("--label-column", help="column of the labels (default: a run's, else label)")
@@ -174,8 +176,8 @@ def _positive_int(text: str) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from kdistill.config import load_config
-    from kdistill.run import check_run_folder, prepare_run, resume_config, run_distill
+    from kdistill.app.config_loading import load_config
+    from kdistill.app.run import check_run_folder, prepare_run, resume_config, run_distill
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # every process would write the same run folder and fine-tune its own teacher: refuse it
@@ -199,8 +201,9 @@ def _distill(args: argparse.Namespace) -> int:
     check_run_folder(config, overwrite=args.overwrite, resume=args.resume is not None)
     prepared = prepare_run(config, progress=progress)
     if args.check:
-        sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes().items())
-        print(f"config OK: {sizes} examples, labels {', '.join(prepared.data.label_names)}; {prepared.student_note}")
+        sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes.items())
+        note = prepared.models.student_note or "no student: the teacher is fine-tuned alone"
+        print(f"config OK: {sizes} examples, {prepared.data.description}; {note}")
         for stage in prepared.stages:
             print(f"stage {stage.name}: loss = {stage.objective.formula()}")
         return 0
@@ -213,9 +216,9 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from kdistill.evaluate import evaluate, resolve_target
+    from kdistill.app.evaluate import evaluate, resolve_target
 
-    target = resolve_target(args.model, args.teacher, args.output)
+    target = resolve_target(args.model, args.teacher, args.output, args.task)
     updates = {key: value for key, value in (
         ("text_column", args.text_column), ("text_pair_column", args.text_pair_column),
         ("label_column", args.label_column), ("format", args.format), ("encoding", args.encoding),
@@ -223,13 +226,12 @@ def _eval(args: argparse.Namespace) -> int:
     if updates:
         from pydantic import ValidationError
 
-        from kdistill.config import DataConfig
-
         try:
-            target.data = DataConfig.model_validate({**target.data.model_dump(), **updates})
+            target.data = type(target.data).model_validate({**target.data.model_dump(), **updates})
         except ValidationError as error:
             first = error.errors(include_url=False)[0]
-            raise KdistillError(f"{'.'.join(map(str, first['loc']))}: {first['msg'].removeprefix('Value error, ')}") from None
+            flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "the data options"
+            raise KdistillError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
     result = evaluate(target, args.data, batch_size=args.batch_size, max_length=args.max_length,
                       max_examples=args.max_examples, progress=not args.no_progress)
     data = result.metrics["data"]
@@ -240,7 +242,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from kdistill.inspection import describe_models
+    from kdistill.app.inspection import describe_models
 
     print(describe_models(args.teacher, args.student, num_layers=args.num_layers, hidden_size=args.hidden_size,
                           layer_map=args.layer_map))
@@ -248,7 +250,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from kdistill.demo import run_demo
+    from kdistill.app.demo import run_demo
 
     result = run_demo(quick=args.quick, seed=args.seed, progress=not args.no_progress)
     print(result.table())

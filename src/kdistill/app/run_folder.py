@@ -107,6 +107,11 @@ class RunFolder:
             return content
         return None
 
+    def entries(self) -> list[str]:
+        """The top-level entries the run recorded (and that exist)."""
+        marker = self.marker()
+        return [name for name in (marker["entries"] if marker else []) if (self.path / name).exists()]
+
     def holds_run(self) -> bool:
         """Whether the folder holds a run kdistill can prove it wrote."""
         return self.marker() is not None

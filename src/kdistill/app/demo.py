@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kdistill.losses import HardCE, Objective
-from kdistill.report import format_table, measure_speed
+from kdistill.app.report import format_table
+from kdistill.speed import measure_speed
 from kdistill.train.loop import distill
 
 __all__ = ["DemoResult", "DemoSettings", "DemoRow", "run_demo"]

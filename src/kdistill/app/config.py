@@ -1,0 +1,337 @@
+"""The config of a ``kdistill distill`` run: its sections, validated in full before any work.
+
+A config names its ``task`` (``text_classification`` unless said otherwise); the task gives the
+``data:`` section and any keys it adds to ``teacher:`` (:mod:`kdistill.tasks`), and
+:func:`run_config_class` puts the task's sections and the registered loss terms
+(:mod:`kdistill.losses.registry`) together with the command's own: the teacher, the student, the
+objective, training and output. The resolved config records every value that ran: a preset's
+temperature and alpha, each stage's epochs and learning rate, the teacher's fine-tuning batch
+and the student's seed are filled in from the settings they default to.
+
+Reading YAML, overrides and turning every problem into one line is :mod:`kdistill.app.config_loading`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from pydantic import Field, create_model, field_validator, model_validator
+
+from kdistill.losses.registry import settings_union, term_class, term_types
+from kdistill.schema import MAX_BATCH, MAX_EPOCHS, LayerMapSpec, ModelSource, Seed, Section
+
+__all__ = [
+    "PRESET_DEFAULTS",
+    "CacheConfig",
+    "FinetuneConfig",
+    "FromTeacherConfig",
+    "MiniLMSettings",
+    "ObjectiveConfig",
+    "OutputConfig",
+    "RunConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TinyBERTSettings",
+    "TrainingConfig",
+    "run_config_class",
+]
+
+#: each preset's temperature and alpha, written into the resolved config when the config leaves them out
+PRESET_DEFAULTS = {"hinton": (4.0, 0.5), "tinybert": (1.0, 1.0), "minilm": (4.0, 0.5)}
+
+
+# ---------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------
+
+
+class FinetuneConfig(Section):
+    """Train the teacher on the labels before distilling (for a teacher whose head is new)."""
+
+    epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="default: training.batch_size")
+    max_steps: int | None = Field(None, ge=1, le=10**9, description="stop after this many optimizer steps")
+
+
+class CacheConfig(Section):
+    """Run the teacher once over the training data and train from its stored outputs.
+
+    ``teacher: {cache: true}`` keeps the cache in a folder per fingerprint (teacher weights,
+    data, tokenisation, what is stored) under ``$KDISTILL_CACHE`` (default
+    ``~/.cache/kdistill``), so later runs with the same teacher and data reuse it;
+    ``cache: some/folder`` puts it there. Stages whose terms need attention maps or
+    queries/keys (TinyBERT's first stage, MiniLM's relations) run the teacher online.
+    """
+
+    dir: str | None = Field(None, description="the cache folder; default: one per fingerprint under $KDISTILL_CACHE")
+    dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="storage precision (see docs/cache.md)")
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="batch size of the teacher's pass")
+
+
+class TeacherConfig(ModelSource):
+    """The teacher: ``path`` (a folder or hub id) or ``package``; a task may add keys of its own."""
+
+    finetune: FinetuneConfig | None = None
+    cache: CacheConfig | None = Field(None, description="true, a folder, or {dir:, dtype:, batch_size:}")
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_shorthand(cls, value: Any) -> Any:
+        # `cache: true` and `cache: some/folder` are the usual spellings of the block
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        if isinstance(value, str):
+            return {"dir": value}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        given = [name for name in ("path", "package") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path: (a folder or hub id) or package: (an installed model package)")
+        return self
+
+
+class FromTeacherConfig(Section):
+    """A student built from the teacher's own configuration by :func:`kdistill.student.make_student`."""
+
+    num_layers: int = Field(ge=1, le=1000)
+    hidden_size: int | None = Field(None, ge=1, le=65536, description="default: the teacher's width")
+    num_heads: int | None = Field(None, ge=1, le=4096)
+    intermediate_size: int | None = Field(None, ge=1, le=1_048_576)
+    init: Literal["auto", "teacher", "random"] = "auto"
+    layer_map: LayerMapSpec | None = Field(None, description="teacher layers to copy; default uniform")
+    seed: Seed | None = None
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> FromTeacherConfig:
+        if self.hidden_size is not None and self.num_heads is not None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class StudentConfig(ModelSource):
+    """The student: ``path``, ``package`` or ``from_teacher``."""
+
+    from_teacher: FromTeacherConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentConfig:
+        given = [name for name in ("path", "package", "from_teacher") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of path: (a folder or hub id), package: or from_teacher: {num_layers: ...}"
+                + (f"; got {' and '.join(given)}" if given else "")
+            )
+        return self
+
+
+
+# ---------------------------------------------------------------------------
+# objective
+# ---------------------------------------------------------------------------
+
+
+class TinyBERTSettings(Section):
+    """Settings of the ``tinybert`` preset (see :class:`kdistill.recipes.TinyBERTConfig`)."""
+
+    layer_map: LayerMapSpec = "uniform"
+    attention_on: Literal["scores", "probs"] = "scores"
+    heads: Literal["auto", "per_head", "average_teacher", "average_both"] = "auto"
+    shared_projection: bool = False
+    embedding_weight: float = Field(1.0, ge=0)
+    hidden_weight: float = Field(1.0, ge=0)
+    attention_weight: float = Field(1.0, ge=0)
+    intermediate_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: training.epochs")
+    intermediate_lr: float | None = Field(None, gt=0, description="default: training.lr")
+    prediction_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: training.epochs")
+    prediction_lr: float | None = Field(None, gt=0, description="default: training.lr")
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> TinyBERTSettings:
+        if self.embedding_weight == self.hidden_weight == self.attention_weight == 0:
+            raise ValueError("stage 1 needs a weight > 0 on the embedding, hidden or attention loss")
+        return self
+
+
+class MiniLMSettings(Section):
+    """Settings of the ``minilm`` preset: stage 1 self-attention relations, stage 2 soft labels."""
+
+    version: Literal[1, 2] = 2
+    student_layer: int | None = Field(None, ge=1, description="default: the student's last layer")
+    teacher_layer: int | None = Field(None, ge=1, description="default: the teacher's last layer")
+    relation_heads: int | None = Field(None, ge=1, description="version 2; default: the teacher's heads")
+    relation_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: training.epochs")
+    relation_lr: float | None = Field(None, gt=0, description="default: training.lr")
+
+
+class ObjectiveConfig(Section):
+    """The loss: a ``preset`` or explicit ``terms``."""
+
+    preset: Literal["hinton", "tinybert", "minilm"] | None = None
+    temperature: float | None = Field(None, gt=0, description="soft-label temperature; default 4 (hinton), 1 (tinybert)")
+    alpha: float | None = Field(
+        None, ge=0, le=1, description="weight of the soft labels against the hard ones; default 0.5 (tinybert: 1)"
+    )
+    terms: dict[str, Any] | None = Field(None, description="name: {type: <a registered term>, weight:, ...}")
+    tinybert: TinyBERTSettings | None = None
+    minilm: MiniLMSettings | None = None
+
+    @model_validator(mode="after")
+    def _preset_or_terms(self) -> ObjectiveConfig:
+        if self.terms is not None:
+            if self.preset is not None:
+                raise ValueError("give either preset: or terms:, not both")
+            if not self.terms:
+                raise ValueError("terms: needs at least one term")
+            if all(term.weight == 0 for term in self.terms.values()):
+                raise ValueError("every term has weight 0: nothing would be trained")
+            for name in ("temperature", "alpha"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: belongs to a preset; with terms: set it on each term")
+        elif self.preset is None:
+            self.preset = "hinton"
+        if self.preset is not None:
+            temperature, alpha = PRESET_DEFAULTS[self.preset]
+            if self.temperature is None:
+                self.temperature = temperature
+            if self.alpha is None:
+                self.alpha = alpha
+            if self.preset in ("tinybert", "minilm") and getattr(self, self.preset) is None:
+                setattr(self, self.preset, {})
+        for name in ("tinybert", "minilm"):
+            if getattr(self, name) is not None and self.preset != name:
+                raise ValueError(f"the {name}: block needs preset: {name}")
+        return self
+
+    @property
+    def positional_terms(self) -> list[str]:
+        """Names of the terms that compare the models token by token (they need one tokenizer)."""
+        if self.preset in ("tinybert", "minilm"):
+            return [f"preset {self.preset}"]
+        return [name for name, term in (self.terms or {}).items()
+                if term_class(term.type).compares_positions and term.weight > 0]
+
+
+class TrainingConfig(Section):
+    """How the student is trained."""
+
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
+    max_steps: int | None = Field(None, ge=1, le=10**9, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_BATCH)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: Seed = 42
+    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps; default: each epoch")
+    log_every: int = Field(10, ge=1)
+    group_by_length: bool = Field(True, description="batch texts of similar length together (less padding)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN or infinite loss: stop the run (the last good checkpoint stays) or skip the step"
+    )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _bare_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false
+        return "no" if value is False else value
+
+
+class OutputConfig(Section):
+    """Where the run folder goes."""
+
+    dir: str = Field(
+        "runs/kdistill", min_length=1,
+        description="the run folder; one that already holds a run is refused unless the command is given "
+        "--overwrite (start again) or --resume DIR (continue it)",
+    )
+    save_checkpoints: bool = Field(True, description="checkpoint each stage (what --resume continues from)")
+    save_best: bool = Field(
+        True, description="keep the student of the best validation score (the task's primary metric) in "
+        "checkpoints/best-student/ (student/ is the last step's)"
+    )
+    save_every: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps; default: each epoch")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="newest checkpoints kept per stage (and the best student)")
+
+
+class RunConfig(Section):
+    """A whole ``kdistill distill`` run; :func:`run_config_class` gives the class of a task's runs."""
+
+    task: str = Field("text_classification", description="what the models do (see kdistill.tasks)")
+    teacher: TeacherConfig
+    student: StudentConfig | None = Field(None, description="leave it out for a run that only fine-tunes the teacher")
+    data: Any
+    objective: ObjectiveConfig | None = None
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.student is None:
+            if self.teacher.finetune is None:
+                raise ValueError("no student: and no teacher.finetune:, so there is nothing to train; add a student "
+                                 "to distil, or teacher.finetune to fine-tune the teacher alone")
+            if self.objective is not None:
+                raise ValueError("objective: needs a student: (a run without one only fine-tunes the teacher)")
+        elif self.objective is None:
+            self.objective = {}  # type: ignore[assignment] - validated into the task's ObjectiveConfig
+        positional = self.objective.positional_terms if self.objective is not None else []
+        if getattr(self.data, "allow_different_tokenizers", False) and positional:
+            raise ValueError(
+                "data.allow_different_tokenizers works only with sequence-level terms (kd, ce, reverse_kl, jsd, "
+                f"logit_mse); these compare tokens: {', '.join(positional)}"
+            )
+        if self.student is not None and self.student.from_teacher is not None and self.student.tokenizer is not None:
+            raise ValueError("student.tokenizer: a student built from_teacher uses the teacher's tokenizer")
+        self._fill_defaults()
+        return self
+
+    def _fill_defaults(self) -> None:
+        """Write into the config what its left-out settings default to, so that it records what ran."""
+        training = self.training
+        if self.teacher.finetune is not None and self.teacher.finetune.batch_size is None:
+            self.teacher.finetune.batch_size = training.batch_size
+        if self.student is not None and self.student.from_teacher is not None and self.student.from_teacher.seed is None:
+            self.student.from_teacher.seed = training.seed
+        objective = self.objective
+        stage_settings = {"tinybert": ("intermediate", "prediction"), "minilm": ("relation",)}
+        if objective is not None and objective.preset in stage_settings:
+            block = getattr(objective, objective.preset)
+            for stage in stage_settings[objective.preset]:
+                if getattr(block, f"{stage}_epochs") is None:
+                    setattr(block, f"{stage}_epochs", training.epochs)
+                if getattr(block, f"{stage}_lr") is None:
+                    setattr(block, f"{stage}_lr", training.lr)
+
+
+@functools.lru_cache(maxsize=None)
+def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]:
+    from kdistill.tasks import get_task
+
+    task = get_task(task_name)
+    teacher = TeacherConfig
+    if task.teacher_options is not None:
+        teacher = create_model("TeacherConfig", __base__=(TeacherConfig, task.teacher_options))
+    objective = create_model("ObjectiveConfig", __base__=ObjectiveConfig,
+                             terms=(dict[str, settings_union()] | None, None))  # type: ignore[valid-type]
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "RunConfig", __base__=RunConfig, task=(Literal[task_name], task_name), teacher=(teacher, ...),
+        data=(task.data_section, ...), objective=(objective | None, None),
+    )
+
+
+def run_config_class(task_name: str = "text_classification") -> type[RunConfig]:
+    """The config class of a task's runs: the task's sections, the loss terms registered now.
+
+    Raises:
+        ConfigError: no task has that name.
+    """
+    return _run_config_class(task_name, term_types())

@@ -1,0 +1,154 @@
+"""``kdistill eval``: measure a model (or a run's student) on data, beside its teacher.
+
+A run folder brings its task, its teacher, its data section (columns, format, length) and its
+test file; a model folder brings nothing but itself (``--task`` names its task). The task reads
+the file and measures; size and speed are measured as a run measures them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdistill.app.config_loading import load_config
+from kdistill.app.report import check_metrics_file, comparison_table, measure_models, update_metrics_file
+from kdistill.app.run_folder import RunFolder
+from kdistill.datasets import Routed, make_loader
+from kdistill.errors import DataError, KdistillError, OutputFileError
+from kdistill.loading import looks_local
+from kdistill.tasks import get_task
+
+__all__ = ["EvalResult", "EvalTarget", "evaluate", "resolve_target"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalTarget:
+    """What ``kdistill eval`` measures.
+
+    Attributes:
+        task: the task's name.
+        model: the model folder (a run's ``student/``, or any model folder or hub id).
+        teacher: the teacher to compare with, if known.
+        data: the task's data section (columns, format, encoding) to read ``--data`` with.
+        default_data: the run's own test (or validation) file, when ``--data`` is not given.
+        metrics_file: where the results are written.
+        run_folder: the run folder, when the target is a run.
+    """
+
+    task: str
+    model: str
+    teacher: str | None
+    data: Any
+    default_data: str | None
+    metrics_file: Path
+    run_folder: Path | None = None
+
+
+@dataclass
+class EvalResult:
+    """The measurements, where they were written, and the task's columns of the table."""
+
+    metrics: dict[str, Any]
+    metrics_file: Path
+    metric_columns: tuple[tuple[str, str], ...] = ()
+
+    def table(self) -> str:
+        """The comparison table (the model and, with a teacher, the teacher)."""
+        return comparison_table(self.metrics, self.metric_columns)
+
+
+def resolve_target(target: str, teacher: str | None = None, output: str | None = None,
+                   task: str | None = None) -> EvalTarget:
+    """Tell a run folder from a model folder or hub id.
+
+    Raises:
+        KdistillError: the target does not exist, a run's config cannot be read back, or the
+            metrics file would replace a file kdistill did not write.
+    """
+    path = Path(target)
+    if path.is_dir() and RunFolder(path).holds_run() and (path / "student").is_dir():
+        config = load_config(path / "config.yaml")
+        run_teacher = teacher
+        if run_teacher is None:
+            saved_teacher = path / "teacher"
+            run_teacher = str(saved_teacher) if (saved_teacher / "config.json").is_file() else config.teacher.location()
+        default = getattr(config.data, "test", None) or getattr(config.data, "validation", None)
+        return EvalTarget(config.task, str(path / "student"), run_teacher, config.data, default,
+                          _checked_output(Path(output) if output else path / "metrics.json"), path)
+    if looks_local(target) and not path.exists():
+        raise KdistillError(f"{target!r}: no such run or model folder")
+    name = task or "text_classification"
+    # never write into a model folder (it may be another project's, or an installed package's)
+    metrics_file = Path(output) if output else Path("metrics.json")
+    return EvalTarget(name, target, teacher, get_task(name).data_section.model_validate({"train": "-"}), None,
+                      _checked_output(metrics_file))
+
+
+def _checked_output(path: Path) -> Path:
+    """The metrics file to write, refused before any work when it would replace what kdistill did not write."""
+    if path.suffix.lower() != ".json":
+        raise OutputFileError(f"--output {str(path)!r}: the metrics are JSON; give a file name ending in .json")
+    check_metrics_file(path)
+    return path
+
+
+def evaluate(
+    target: EvalTarget,
+    data_path: str | None = None,
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    max_examples: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Measure the target's model (and its teacher) on a file and write ``metrics.json``.
+
+    Measures the task's metrics, agreement with the teacher, parameters, weights on disk, the
+    CPU latency of one batch, throughput and the speed-up against the teacher.
+
+    Args:
+        target: from :func:`resolve_target`.
+        data_path: the file; default the run's test (or validation) file.
+        batch_size: examples per batch (also the batch that is timed).
+        max_length: tokens per example; default the run's (else the task's default), shortened
+            to what the models read.
+        max_examples: measure on the first examples only.
+        progress: show progress bars.
+
+    Raises:
+        KdistillError: a missing file, column or label; a model that cannot be loaded.
+    """
+    task = get_task(target.task)
+    data_path = data_path or target.default_data
+    if data_path is None:
+        raise DataError("give the data to evaluate on: --data FILE")
+    loaded = {"student": task.load_trained(target.model, "model")}
+    if target.teacher is not None:
+        loaded["teacher"] = task.load_trained(target.teacher, "teacher")
+    data = task.eval_data(target.data, data_path, loaded, max_length=max_length, max_examples=max_examples,
+                          progress=progress)
+    separate = data.separate_teacher_tokens
+    models: dict[str, nn.Module] = {
+        name: Routed(model, name == "teacher") if separate else model for name, (model, _) in loaded.items()
+    }
+    loader = make_loader(data.test, batch_size, data.collate)
+    folders = {"student": _folder(target.model), "teacher": _folder(target.teacher)}
+    measured, _ = measure_models(task, models, folders, loader, next(iter(loader)), progress=progress,
+                                 desc=Path(data_path).name)
+    results: dict[str, Any] = {"data": {"file": str(data_path), "examples": len(data.test), "batch_size": batch_size},
+                               **measured, "model": target.model, "teacher_model": target.teacher}
+    update_metrics_file(target.metrics_file, {"eval": results})
+    return EvalResult(results, target.metrics_file, task.metric_columns)
+
+
+def _folder(location: str | None) -> Path | None:
+    if location is None:
+        return None
+    path = Path(location)
+    return path if path.is_dir() else None

@@ -1,0 +1,297 @@
+"""What a run reports: the comparison table, the metrics file and ``report.md``.
+
+``kdistill distill``, ``kdistill eval`` and the demo measure with the task's own metrics and one
+definition of size and speed (:func:`measure_models`), and print them with the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdistill.loading import count_parameters
+
+__all__ = [
+    "WEIGHT_SUFFIXES",
+    "check_metrics_file",
+    "comparison_table",
+    "format_bytes",
+    "format_table",
+    "markdown_table",
+    "measure_models",
+    "update_metrics_file",
+    "weights_size",
+    "write_report",
+]
+
+#: files that hold weights, counted by :func:`weights_size`
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_size(model: nn.Module | None = None, folder: str | Path | None = None) -> int:
+    """Bytes of the weights: the weight files in ``folder`` if it has any, else the parameters' bytes."""
+    if folder is not None and Path(folder).is_dir():
+        files = [p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+        if files:
+            return sum(p.stat().st_size for p in files)
+    if model is None:
+        return 0
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+
+
+def format_bytes(count: float) -> str:
+    """``12.3 MB`` style (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A plain-text table: ``columns`` are ``(key, header)``; numbers right-aligned."""
+    cells = [[header for _, header in columns]]
+    for row in rows:
+        cells.append([_cell(row.get(key)) for key, _ in columns])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = []
+    for n, line in enumerate(cells):
+        parts = [value.ljust(widths[i]) if i == 0 else value.rjust(widths[i]) for i, value in enumerate(line)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """The same table in Markdown."""
+    lines = ["| " + " | ".join(header for _, header in columns) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+#: the columns of the comparison table (eval, distill and report.md)
+#: the columns every comparison table has after the task's metrics: ``(key, header)``
+SIZE_COLUMNS = (
+    ("parameters", "parameters"),
+    ("size", "weights"),
+    ("latency", "latency/batch"),
+    ("throughput", "examples/s"),
+    ("speedup", "speed-up"),
+)
+
+
+def comparison_columns(metric_columns: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The comparison table's columns: the model, the task's metrics, then size and speed."""
+    return (("model", "model"), *metric_columns, *SIZE_COLUMNS)
+
+
+def comparison_rows(models: Mapping[str, Mapping[str, Any]],
+                    metric_columns: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Rows for :func:`comparison_columns` from ``{"teacher": metrics, "student": metrics}``."""
+    rows = []
+    for name, metrics in models.items():
+        row: dict[str, Any] = {"model": name, **{key: metrics.get(key) for key, _ in metric_columns}}
+        row.update(
+            parameters=metrics.get("parameters"),
+            size=format_bytes(metrics["size_bytes"]) if metrics.get("size_bytes") is not None else None,
+            latency=f"{metrics['latency_ms']:.1f} ms" if metrics.get("latency_ms") is not None else None,
+            throughput=f"{metrics['throughput']:,.0f}" if metrics.get("throughput") is not None else None,
+            speedup=f"{metrics['speedup']:.2f}x" if metrics.get("speedup") is not None else None,
+        )
+        rows.append(row)
+    return rows
+
+
+def comparison_table(metrics: Mapping[str, Any], metric_columns: Sequence[tuple[str, str]],
+                     markdown: bool = False) -> str:
+    """The teacher-versus-student table of a metrics record (``kdistill distill``, ``eval`` and ``report.md``)."""
+    models = {name: metrics[name] for name in ("teacher", "student") if name in metrics}
+    rows, columns = comparison_rows(models, metric_columns), comparison_columns(metric_columns)
+    return markdown_table(rows, columns) if markdown else format_table(rows, columns)
+
+
+def measure_models(task: Any, models: Mapping[str, nn.Module], folders: Mapping[str, Path | None], loader: Any,
+                   probe: Any, *, progress: bool, desc: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Everything the comparison table shows, for each model: the task's metrics on ``loader``,
+    parameters, weights on disk (the files in its folder where it has one), latency,
+    throughput and speed-up on ``probe``.
+
+    Returns:
+        ``(metrics by model, how speed was measured)``.
+    """
+    results = task.evaluate(models, loader, progress=progress, desc=desc)
+    speeds = task.measure_speed(models, probe)
+    for name, model in models.items():
+        speed = speeds[name]
+        results[name].update(parameters=count_parameters(model), size_bytes=weights_size(model, folders.get(name)),
+                             latency_ms=speed["latency_ms"], throughput=speed["throughput"])
+        if "speedup" in speed:
+            results[name]["speedup"] = speed["speedup"]
+    first = next(iter(speeds.values()))
+    return results, {"batch_size": first.get("batch_size"), "threads": torch.get_num_threads(), "device": "cpu"}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write through a temporary file, so a crash never leaves half a file over a whole one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _is_metrics_file(content: Any) -> bool:
+    """Whether parsed JSON is a metrics file kdistill wrote (it names kdistill inside)."""
+    if not isinstance(content, dict):
+        return False
+    run = content.get("run")
+    return "kdistill" in content or (isinstance(run, dict) and "kdistill_version" in run)
+
+
+def check_metrics_file(path: str | Path) -> None:
+    """Refuse, writing nothing, a metrics file path that holds something kdistill did not write.
+
+    Raises:
+        OutputFileError: ``path`` is a folder, or a file that is not a kdistill metrics file.
+    """
+    from kdistill.errors import OutputFileError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputFileError(f"{str(path)!r} is a folder; give a .json file for the metrics")
+    if not path.exists():
+        return
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        content = None
+    if not _is_metrics_file(content):
+        raise OutputFileError(f"{str(path)!r} exists and is not a metrics file kdistill wrote: kdistill never "
+                              "replaces a file it did not write; give a new file name")
+
+
+def update_metrics_file(path: str | Path, updates: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``updates`` into the metrics JSON file at ``path`` (created if absent), keeping the other keys.
+
+    Returns:
+        The whole merged content.
+
+    Raises:
+        OutputFileError: ``path`` exists and is not a metrics file kdistill wrote (it is left as it is).
+    """
+    from kdistill._version import __version__
+
+    path = Path(path)
+    check_metrics_file(path)
+    content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    content.update(updates)
+    content["kdistill"] = {"version": __version__}
+    _atomic_write(path, json.dumps(content, indent=2, default=_json_default) + "\n")
+    return content
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+#: what each file of a run folder holds, for report.md's list of files
+FILE_NOTES = {
+    "config.yaml": "the resolved config (every value that ran)",
+    "run.log": "the log",
+    "checkpoints": "the student during training (and `best-student/`, the best on validation)",
+    "student": "the final student and its tokenizer (plain `transformers` loads it)",
+    "teacher": "the fine-tuned teacher and its tokenizer",
+    "metrics.json": "every number above",
+    "training_curves.png": "the training curves",
+}
+
+
+def _summary(metrics: Mapping[str, Any]) -> str:
+    run = metrics.get("run", {})
+    if "student" not in metrics:
+        return (f"Teacher `{run.get('teacher', '?')}` fine-tuned on the data (no student in this run), "
+                f"in {run.get('seconds', 0):.0f} s.")
+    return (f"Teacher `{run.get('teacher', '?')}` distilled into a student with "
+            f"{metrics['student'].get('parameters', 0):,} parameters "
+            f"({run.get('compression', float('nan')):.1f}x fewer than the teacher's), "
+            f"objective `{run.get('objective', '?')}`, in {run.get('seconds', 0):.0f} s.")
+
+
+def _validation_lines(metrics: Mapping[str, Any], primary: str, higher_is_better: bool) -> list[str]:
+    """Which student the table measures and where the best one on validation is."""
+    validations = [record for record in metrics.get("validation", []) if primary in record]
+    if not validations:
+        return []
+    last = validations[-1]
+    best = (max if higher_is_better else min)(validations, key=lambda record: record[primary])
+    kept = metrics.get("training", {}).get("best_student")
+    where = f"kept in `{kept['folder']}/`" if kept else "not kept (output.save_best is false)"
+    return [f"- `student/` (measured above) is the student after the last step: validation {primary} "
+            f"{last[primary]:.4f} at step {int(last.get('global_step', last['step']))}",
+            f"- the best validation {primary}, {best[primary]:.4f} at step "
+            f"{int(best.get('global_step', best['step']))}, is the student {where}"]
+
+
+def write_report(path: str | Path, metrics: Mapping[str, Any], *, metric_columns: Sequence[tuple[str, str]],
+                 primary: str, higher_is_better: bool = True, files: Sequence[str] = ()) -> Path:
+    """Write ``report.md``: what was distilled, the comparison table, the training and the files.
+
+    Args:
+        path: the Markdown file.
+        metrics: the content of ``metrics.json``.
+        metric_columns: the task's columns of the table.
+        primary: the task's primary metric (how the best student was chosen).
+        higher_is_better: the direction of ``primary``.
+        files: the run folder's entries, listed with what each holds.
+    """
+    data = metrics.get("data", {})
+    evaluated = data.get("evaluated_on", "validation")
+    lines = [f"# kdistill run: {metrics.get('run', {}).get('name', '')}", "", _summary(metrics), "",
+             f"## Results on the {evaluated} split ({data.get(evaluated, '?')} examples)", "",
+             comparison_table(metrics, metric_columns, markdown=True)]
+    speed = metrics.get("speed", {})
+    if speed:
+        lines += ["", f"Latency is the median CPU time of one batch of {int(speed.get('batch_size') or 0)} examples "
+                      f"({speed.get('threads', '?')} threads); weights are the weight files on disk."]
+    lines += ["", "## Training", ""]
+    for stage in metrics.get("training", {}).get("stages", []):
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in stage.get("final", {}).items())
+        lines.append(f"- stage `{stage['name']}`: {stage['steps']} steps, objective `{stage['objective']}`; "
+                     f"last epoch: {losses}")
+    lines += _validation_lines(metrics, primary, higher_is_better)
+    details = ", ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in data.items()
+                        if not isinstance(v, int) and k != "evaluated_on")
+    lines += ["", f"Data: {', '.join(f'{k} {v:,}' for k, v in data.items() if isinstance(v, int))} examples"
+                  + (f"; {details}." if details else ".")]
+    if "training_curves.png" in files:
+        lines += ["", "![training curves](training_curves.png)"]
+    lines += ["", "## Files", ""] + [f"- `{name}`: {FILE_NOTES[name]}" for name in files if name in FILE_NOTES] + [""]
+    path = Path(path)
+    _atomic_write(path, "\n".join(lines))
+    return path

