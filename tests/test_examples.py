@@ -80,7 +80,7 @@ def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: 
 
 QUALITY = sorted((ROOT / "examples" / "quality").glob("*.yaml"))
 QUALITY_STAGES = {
-    "teacher.yaml": ["distill"], "no_teacher.yaml": ["distill"], "hinton.yaml": ["distill"],
+    "teacher.yaml": [], "no_teacher.yaml": ["distill"], "hinton.yaml": ["distill"],
     "kd_hidden.yaml": ["distill"], "kd_augmented.yaml": ["distill"], "tinybert.yaml": ["intermediate", "prediction"],
     "minilm.yaml": ["relations", "prediction"], "tinybert_augmented.yaml": ["distill"],
 }
@@ -99,8 +99,17 @@ def test_every_quality_recipe_has_a_config() -> None:
     assert {f"{recipe}.yaml" for recipe in quality.RECIPES} | {"teacher.yaml"} == set(QUALITY_STAGES)
 
 
+def test_the_quality_teacher_config_fine_tunes_the_teacher_alone(minilm_shaped_teacher: Path) -> None:
+    prepared = prepare_run(load_config(ROOT / "examples" / "quality" / "teacher.yaml", [
+        "teacher.package=null", f"teacher.path={minilm_shaped_teacher}",
+        f"data.train={minilm_shaped_teacher / 'train.csv'}", "data.validation=null", "data.test=null",
+    ]), progress=False)
+    assert prepared.models.student is None and prepared.stages == [] and prepared.config.objective is None
+    assert prepared.config.teacher.finetune.epochs == 3
+
+
 @pytest.mark.parametrize("student", ["a", "b"])
-@pytest.mark.parametrize("path", QUALITY, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in QUALITY if p.name != "teacher.yaml"], ids=lambda p: p.name)
 def test_quality_configs_build_for_both_students(path: Path, student: str, minilm_shaped_teacher: Path,
                                                  tmp_path: Path) -> None:
     """Each benchmark row's config, with the script's student overrides, fits all-MiniLM-L6-v2's shape."""
