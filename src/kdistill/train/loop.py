@@ -5,6 +5,13 @@ top of it. Accelerate places the student and the data on the right device and, w
 script runs under ``accelerate launch`` or ``torchrun``, wraps the student in PyTorch's DDP and
 shards the data. The teacher is never wrapped: it runs in eval mode under ``no_grad`` on the
 student's device.
+
+One optimizer step, :class:`_Loop` in order::
+
+    for each accumulation group of micro-batches:   _groups
+        loss of each micro-batch, backward          _loss_step (the teacher's features, the objective)
+        clip, check, step, schedule                 _optimizer_step
+        record, evaluate, checkpoint                _after_step
 """
 
 from __future__ import annotations
@@ -13,8 +20,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,6 +42,16 @@ from kdistill.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from kdistill.train.history import History, StepRecorder
+from kdistill.train.setup import (
+    PRECISIONS,
+    autocast,
+    check_args,
+    default_accelerator,
+    nonfinite_kind,
+    prepare_optimizer,
+    shuffle_generators,
+)
 from kdistill.train.teacher import (
     NonFiniteTeacherError,
     check_teacher_source,
@@ -50,110 +66,8 @@ __all__ = ["History", "NonFiniteLossError", "PRECISIONS", "distill", "train_dist
 
 logger = logging.getLogger(__name__)
 
-#: values of ``precision``: no autocast, bfloat16 autocast, float16 autocast with loss scaling
-PRECISIONS = ("no", "bf16", "fp16")
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
-
-
-
-
-@dataclass
-class History:
-    """What happened during a run, for plots and reports.
-
-    Attributes:
-        steps: one record per optimizer step: ``step``, ``epoch``, ``loss`` (the objective's
-            total), each term's unweighted value by name, and ``lr``.
-        epochs: one record per epoch with the mean of each of those values.
-        evals: one record per evaluation: ``step``, ``epoch`` and what ``eval_fn`` returned.
-        skipped_steps: updates dropped for a non-finite loss (``on_nonfinite="skip"``).
-    """
-
-    steps: list[dict[str, float]] = field(default_factory=list)
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, float]] = field(default_factory=list)
-    skipped_steps: int = 0
-
-    def series(self, key: str) -> list[float]:
-        """The values of ``key`` over the optimizer steps, e.g. ``history.series("kd")``."""
-        return [record[key] for record in self.steps if key in record]
-
-
-def _check_args(
-    teacher: nn.Module | None,
-    student: nn.Module,
-    epochs: int,
-    max_steps: int | None,
-    gradient_accumulation_steps: int,
-    max_grad_norm: float | None,
-    precision: str,
-    log_every: int,
-    eval_every: int | None,
-    on_nonfinite: str = "stop",
-) -> None:
-    if not isinstance(student, nn.Module):
-        raise TypeError(f"the student must be a torch.nn.Module, got {type(student).__name__}")
-    if teacher is student:
-        raise ValueError("the teacher and the student are the same module; the student must be a separate model")
-    for name, value, minimum in (
-        ("epochs", epochs, 1),
-        ("gradient_accumulation_steps", gradient_accumulation_steps, 1),
-        ("log_every", log_every, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    for name, value in (("max_steps", max_steps), ("eval_every", eval_every)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
-    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
-        raise ValueError(f"max_grad_norm must be None or a number > 0, got {max_grad_norm!r}")
-    if on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
-def _prepare_optimizer(
-    optimizer: torch.optim.Optimizer | None, teacher: nn.Module | None, student: nn.Module, objective: Objective,
-    lr: float,
-) -> torch.optim.Optimizer:
-    """Return an optimizer over the student and the objective's trainable parts.
-
-    A user's optimizer is checked (it must not hold teacher weights) and given the objective's
-    parameters (projections) as a group of their own if it lacks them.
-    """
-    objective_params = [p for p in objective.parameters() if p.requires_grad]
-    if optimizer is None:
-        return torch.optim.AdamW([p for p in student.parameters() if p.requires_grad] + objective_params, lr=lr)
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if teacher is not None and any(id(p) in held for p in teacher.parameters()):
-        raise ValueError(
-            "the optimizer holds teacher parameters; the teacher must stay frozen: build the optimizer over "
-            "student.parameters() only"
-        )
-    missing = [p for p in objective_params if id(p) not in held]
-    if missing:
-        optimizer.add_param_group({"params": missing})
-    return optimizer
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "no":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def default_accelerator() -> Accelerator:
-    """An ``Accelerator`` for this process: DDP over gloo when launched on several CPU processes."""
-    # Accelerate only picks its multi-CPU (gloo) mode when told to use the CPU
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) != -1
-    return Accelerator(cpu=launched and not torch.cuda.is_available())
-
-
-def _current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
 
 
 def distill(
@@ -232,7 +146,7 @@ def distill(
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
     """
-    _check_args(teacher, student, epochs, max_steps, gradient_accumulation_steps, max_grad_norm, precision,
+    check_args(teacher, student, epochs, max_steps, gradient_accumulation_steps, max_grad_norm, precision,
                 log_every, eval_every, on_nonfinite)
     if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
         raise ValueError(f"save_every must be None or an integer >= 1, got {save_every!r}")
@@ -244,111 +158,273 @@ def distill(
         raise ValueError(
             "pass gradient_accumulation_steps to distill(), not to the Accelerator (it would divide the loss twice)"
         )
-    device = accelerator.device
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir=, the folder the run wrote its checkpoints to")
+    loop = _Loop(teacher, student, train_loader, objective=objective, optimizer=optimizer, lr=lr, scheduler=scheduler,
+                 accelerator=accelerator, teacher_cache=teacher_cache, precision=precision, label_key=label_key,
+                 accumulation=gradient_accumulation_steps, max_grad_norm=max_grad_norm)
+    loop.plan(epochs=epochs, max_steps=max_steps, eval_fn=eval_fn, eval_every=eval_every, log_every=log_every,
+              checkpoint_dir=checkpoint_dir, save_every=save_every, keep_checkpoints=keep_checkpoints,
+              on_nonfinite=on_nonfinite)
+    return loop.run(resume=resume, progress=progress)
 
-    if teacher is not None:
-        teacher.to(device).eval()
-    objective.to(device)
-    optimizer = _prepare_optimizer(optimizer, teacher, student, objective, lr)
-    student = accelerator.prepare(student)
-    prepared_loader = isinstance(train_loader, DataLoader)
-    if prepared_loader:
-        train_loader = accelerator.prepare(train_loader)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    student_request, teacher_request = objective.request("student"), objective.request("teacher")
-    check_teacher_source(teacher, teacher_cache, teacher_request)
-    student_module = accelerator.unwrap_model(student)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
-    # a loader that shuffles with its own generator: checkpointed with the RNG states
-    generators = _shuffle_generators(train_loader)
-    num_batches = len(train_loader) if hasattr(train_loader, "__len__") else None  # type: ignore[arg-type]
-    if num_batches == 0:
-        raise ValueError("train_loader is empty: there is nothing to train on")
-    steps_per_epoch = math.ceil(num_batches / gradient_accumulation_steps) if num_batches else None
-    total_steps = steps_per_epoch * epochs if steps_per_epoch else None
-    if max_steps is not None:
-        total_steps = min(total_steps, max_steps) if total_steps else max_steps
+class _Loop:
+    """One :func:`distill` call: the models, the objective and the optimizer, set up once, then run."""
 
-    history = History()
-    global_step, start_epoch, skip_batches = 0, 0, 0
-    resumed: TrainingState | None = None
-    if resume:
-        if checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir=, the folder the run wrote its checkpoints to")
-        found = find_resumable(checkpoint_dir)
+    def __init__(self, teacher: nn.Module | None, student: nn.Module, loader: Iterable[Any], *, objective: Objective,
+                 optimizer: torch.optim.Optimizer | None, lr: float, scheduler: Any, accelerator: Accelerator,
+                 teacher_cache: TeacherCache | None, precision: str, label_key: str | None, accumulation: int,
+                 max_grad_norm: float | None) -> None:
+        self.accelerator, self.device = accelerator, accelerator.device
+        self.teacher, self.objective, self.scheduler = teacher, objective, scheduler
+        self.cache, self.precision, self.label_key = teacher_cache, precision, label_key
+        self.accumulation, self.max_grad_norm = accumulation, max_grad_norm
+        if teacher is not None:
+            teacher.to(self.device).eval()
+        objective.to(self.device)
+        self.optimizer = prepare_optimizer(optimizer, teacher, student, objective, lr)
+        self.student = accelerator.prepare(student)
+        self.prepared_loader = isinstance(loader, DataLoader)
+        self.loader = accelerator.prepare(loader) if self.prepared_loader else loader
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.student_request, self.teacher_request = objective.request("student"), objective.request("teacher")
+        check_teacher_source(teacher, teacher_cache, self.teacher_request)
+        self.student_module = accelerator.unwrap_model(self.student)
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        # a loader that shuffles with its own generator: checkpointed with the RNG states
+        self.generators = shuffle_generators(self.loader)
+        self.num_batches = len(self.loader) if hasattr(self.loader, "__len__") else None  # type: ignore[arg-type]
+        if self.num_batches == 0:
+            raise ValueError("train_loader is empty: there is nothing to train on")
+        self.history = History()
+        self.global_step, self.start_epoch, self.skip_batches = 0, 0, 0
+        self.resumed: TrainingState | None = None
+
+    def plan(self, *, epochs: int, max_steps: int | None, eval_fn: EvalFn | None, eval_every: int | None,
+             log_every: int, checkpoint_dir: Any, save_every: int | None, keep_checkpoints: int,
+             on_nonfinite: str) -> None:
+        """How long to train, and when to evaluate, record and checkpoint."""
+        self.epochs, self.max_steps, self.eval_fn, self.eval_every = epochs, max_steps, eval_fn, eval_every
+        self.log_every, self.checkpoint_dir, self.save_every = log_every, checkpoint_dir, save_every
+        self.keep_checkpoints, self.on_nonfinite = keep_checkpoints, on_nonfinite
+        steps_per_epoch = math.ceil(self.num_batches / self.accumulation) if self.num_batches else None
+        self.total_steps = steps_per_epoch * epochs if steps_per_epoch else None
+        if max_steps is not None:
+            self.total_steps = min(self.total_steps, max_steps) if self.total_steps else max_steps
+
+    # -- the run, top to bottom ------------------------------------------------------------
+
+    def run(self, *, resume: bool, progress: bool) -> History:
+        if resume:
+            self._restore()
+        self.show = progress and self.accelerator.is_main_process
+        self.bar = tqdm(total=self.total_steps, initial=self.global_step, desc="distill", unit="step",
+                        dynamic_ncols=True, disable=not self.show)
+        reduce = ((lambda v: self.accelerator.reduce(v, reduction="mean")) if self.accelerator.num_processes > 1
+                  else (lambda v: v))  # the global batch's loss, on every process
+        self.recorder = StepRecorder(self.history, reduce, self.bar)
+        done = self.max_steps is not None and self.global_step >= self.max_steps  # a resumed run that had finished
+        self.student.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        epoch, epoch_rng = self.start_epoch, rng_state(self.generators)
+        for epoch in range(self.start_epoch, self.epochs if not done else self.start_epoch):
+            epoch_rng = self._start_epoch(epoch)
+            done = self._epoch(epoch, epoch_rng)
+            self._end_epoch(epoch, done)
+            if done:
+                break
+        self.recorder.flush()
+        if self.checkpoint_dir is not None and done and self.global_step > (self.resumed.step if self.resumed else 0):
+            self._save(epoch, 0 if self.num_batches is None else self.num_batches, epoch_rng)
+        self.bar.close()
+        return self.history
+
+    def _restore(self) -> None:
+        """Continue from the newest intact checkpoint (a damaged newest one falls back to the one before)."""
+        found = find_resumable(self.checkpoint_dir)
         if found is None:
-            logger.warning("no usable checkpoint in %s: starting from the beginning", checkpoint_dir)
+            logger.warning("no usable checkpoint in %s: starting from the beginning", self.checkpoint_dir)
+            return
+        state = self.resumed = load_checkpoint(found, self.student_module, self.objective)
+        self.optimizer.load_state_dict(state.optimizer)
+        if self.scheduler is not None and state.scheduler is not None:
+            self.scheduler.load_state_dict(state.scheduler)
+        if self.scaler is not None and state.scaler is not None:
+            self.scaler.load_state_dict(state.scaler)
+        self.history = History(**state.history)
+        self.global_step, self.start_epoch, self.skip_batches = state.step, state.epoch, state.batches_done
+        logger.info("resuming from %s (step %d, epoch %d)", found, self.global_step, self.start_epoch)
+
+    def _start_epoch(self, epoch: int) -> dict[str, Any]:
+        if self.resumed is not None and epoch == self.resumed.epoch:
+            set_rng_state(self.resumed.epoch_rng, self.generators)  # the same shuffle as the interrupted epoch
+        epoch_rng = rng_state(self.generators)
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)  # reshuffles per epoch under DDP
+        return epoch_rng
+
+    def _epoch(self, epoch: int, epoch_rng: dict[str, Any]) -> bool:
+        """Train one epoch; True when ``max_steps`` is reached."""
+        for group in self._groups():
+            if self._update(group, epoch) and self._after_step(epoch, group[-1][0] + 1, epoch_rng):
+                return True
+        return False
+
+    def _end_epoch(self, epoch: int, done: bool) -> None:
+        self.skip_batches = 0
+        self.recorder.flush()
+        summary = self.history.close_epoch(epoch, self.global_step)
+        if summary is not None and self.show:
+            self.bar.write(f"epoch {epoch}: loss = {summary['loss']:.4f}")
+        if self.eval_fn is not None and self.eval_every is None:
+            self._evaluate(epoch)
+        if self.checkpoint_dir is not None and not done:
+            self._save(epoch + 1, 0, rng_state(self.generators))  # the next epoch starts from here
+
+    def _groups(self) -> Iterator[list[tuple[int, Any]]]:
+        """The epoch's batches in accumulation groups of ``(index, batch)``; batches a resumed run
+        consumed before its interruption are skipped (the last group of an epoch may be shorter)."""
+        group: list[tuple[int, Any]] = []
+        for index, batch in enumerate(self.loader):
+            if index < self.skip_batches:
+                continue  # consumed before the interruption
+            if self.resumed is not None and index == self.skip_batches and self.skip_batches:
+                set_rng_state(self.resumed.rng, self.generators)  # continue exactly where the checkpoint was taken
+            group.append((index, batch if self.prepared_loader else send_to_device(batch, self.device)))
+            if len(group) == self.accumulation:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    # -- one optimizer step -----------------------------------------------------------------
+
+    def _update(self, group: list[tuple[int, Any]], epoch: int) -> bool:
+        """Accumulate the group's gradients and take one optimizer step; False when a non-finite
+        loss or gradient dropped the update (``on_nonfinite="skip"``)."""
+        total: Tensor | None = None
+        parts: dict[str, Tensor] = {}
+        poisoned = False
+        for position, (index, batch) in enumerate(group):
+            result = self._loss_step(batch, len(group), at_boundary=position == len(group) - 1, epoch=epoch,
+                                     index=index)
+            if result is None:
+                poisoned = True
+                continue
+            loss, step_parts = result
+            total = loss if total is None else total + loss
+            for name, value in step_parts.items():
+                parts[name] = value if name not in parts else parts[name] + value
+        if not poisoned and not self._optimizer_step(epoch, group[-1][0]):
+            poisoned = True
+        if poisoned:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        assert total is not None
+        self.recorder.add(self.global_step, epoch, self.lr, parts, total)
+        return True
+
+    def _loss_step(self, batch: Any, group_size: int, *, at_boundary: bool, epoch: int,
+                   index: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """Forward both models on one micro-batch and backward its share of the loss; the loss and
+        its parts (detached, scaled to the group), or None when the loss is not finite."""
+        inputs, labels = split_batch(batch, self.label_key)
+        # skip DDP's gradient all-reduce until the last batch of an accumulation group
+        sync = contextlib.nullcontext() if at_boundary else self.accelerator.no_sync(self.student)
+        with sync:
+            with autocast(self.device, self.precision):
+                teacher_side = teacher_features(self.teacher, inputs, self.teacher_request, cache=self.cache,
+                                                indices=example_indices(batch), device=self.device)
+                student_side = capture(self.student, inputs, self.student_request, module=self.student_module)
+            result = self.objective(student_side, teacher_side, labels)
+            loss = result.total / group_size
+            if not bool(torch.isfinite(loss)):
+                bad = [name for name, value in result.parts.items() if not bool(torch.isfinite(value))]
+                self._nonfinite(f"the loss part {', '.join(bad) or 'total'} is {nonfinite_kind(loss)}", epoch, index,
+                                nonfinite_teacher_fields(teacher_side))
+                return None
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                self.accelerator.backward(loss)
+        return loss.detach(), {name: value / group_size for name, value in result.parts.items()}
+
+    def _optimizer_step(self, epoch: int, index: int) -> bool:
+        """Clip, check and apply the accumulated gradients; False when the gradient norm is not finite."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+            # fp16's scaler skips inf gradients itself; elsewhere they would corrupt the student
+            if self.scaler is None and not bool(torch.isfinite(norm)):
+                self._nonfinite(f"the gradient norm is {nonfinite_kind(norm)}", epoch, index)
+                return False
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
-            resumed = load_checkpoint(found, student_module, objective)
-            optimizer.load_state_dict(resumed.optimizer)
-            if scheduler is not None and resumed.scheduler is not None:
-                scheduler.load_state_dict(resumed.scheduler)
-            if scaler is not None and resumed.scaler is not None:
-                scaler.load_state_dict(resumed.scaler)
-            history = History(**resumed.history)
-            global_step, start_epoch, skip_batches = resumed.step, resumed.epoch, resumed.batches_done
-            logger.info("resuming from %s (step %d, epoch %d)", found, global_step, start_epoch)
+            self.optimizer.step()
+        self.lr = float(self.optimizer.param_groups[0]["lr"])
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        return True
 
-    pending: list[tuple[int, int, float, dict[str, Tensor], Tensor]] = []
-    bar = tqdm(total=total_steps, initial=global_step, desc="distill", unit="step", dynamic_ncols=True,
-               disable=not progress or not accelerator.is_main_process)
+    def _after_step(self, epoch: int, batches_done: int, epoch_rng: dict[str, Any]) -> bool:
+        """Record, evaluate and checkpoint as planned; True when ``max_steps`` is reached."""
+        step = self.global_step
+        if step % self.log_every == 0:
+            self.recorder.flush()
+        if self.eval_every is not None and step % self.eval_every == 0:
+            self.recorder.flush()
+            self._evaluate(epoch)
+        if self.save_every is not None and step % self.save_every == 0:
+            self._save(epoch, batches_done, epoch_rng)
+        return self.max_steps is not None and step >= self.max_steps
 
-    def flush() -> None:
-        """Move pending step records (device tensors) into the history in one sync."""
-        if not pending:
+    # -- around the steps ------------------------------------------------------------------
+
+    def _evaluate(self, epoch: int) -> None:
+        if self.eval_fn is None:
             return
-        names = list(pending[0][3])
-        values = torch.stack([torch.stack([rec[4]] + [rec[3][n] for n in names]) for rec in pending])
-        if accelerator.num_processes > 1:
-            values = accelerator.reduce(values, reduction="mean")  # the global batch's loss, on every process
-        rows = values.tolist()
-        for (step, epoch, lr_value, _, _), row in zip(pending, rows):
-            record = {"step": float(step), "epoch": float(epoch), "loss": row[0], "lr": lr_value}
-            record.update(zip(names, row[1:]))
-            history.steps.append(record)
-        bar.update(len(pending))
-        bar.set_postfix(loss=f"{sum(r[0] for r in rows) / len(rows):.4f}")
-        pending.clear()
-
-    def evaluate(epoch: int) -> None:
-        if eval_fn is None:
-            return
-        student_module.eval()
+        self.student_module.eval()
         with torch.no_grad():
-            metrics = dict(eval_fn(student_module))
-        student_module.train()
-        history.evals.append({"step": float(global_step), "epoch": float(epoch), **metrics})
+            metrics = dict(self.eval_fn(self.student_module))
+        self.student_module.train()
+        self.history.evals.append({"step": float(self.global_step), "epoch": float(epoch), **metrics})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-        if accelerator.is_main_process and progress:
-            bar.write(f"eval at step {global_step}: {shown}")
+        if self.show:
+            self.bar.write(f"eval at step {self.global_step}: {shown}")
 
-    def save(epoch: int, batches_done: int, epoch_rng: dict[str, Any]) -> None:
-        flush()
-        if accelerator.is_main_process and checkpoint_dir is not None:
+    def _save(self, epoch: int, batches_done: int, epoch_rng: dict[str, Any]) -> None:
+        self.recorder.flush()
+        if self.accelerator.is_main_process and self.checkpoint_dir is not None:
             state = TrainingState(
-                step=global_step, epoch=epoch, batches_done=batches_done, epoch_rng=epoch_rng,
-                rng=rng_state(generators),
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler is not None else None,
-                scaler=scaler.state_dict() if scaler is not None else None,
-                history={"steps": history.steps, "epochs": history.epochs, "evals": history.evals},
+                step=self.global_step, epoch=epoch, batches_done=batches_done, epoch_rng=epoch_rng,
+                rng=rng_state(self.generators), optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+                scaler=self.scaler.state_dict() if self.scaler is not None else None, history=self.history.state(),
             )
-            path = save_checkpoint(checkpoint_dir, student_module, objective, state, keep=keep_checkpoints)
+            path = save_checkpoint(self.checkpoint_dir, self.student_module, self.objective, state,
+                                   keep=self.keep_checkpoints)
             logger.info("saved checkpoint %s", path)
-        accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
 
-    def nonfinite(what: str, epoch: int, batch_index: int, teacher_fields: list[str] = ()) -> None:
-        message = (f"{what} at step {global_step + 1} (epoch {epoch}, batch {batch_index}); the update was not "
-                   "applied")
+    def _nonfinite(self, what: str, epoch: int, index: int, teacher_fields: list[str] = ()) -> None:
+        """A NaN or infinite loss part or gradient norm: skip the update, or stop naming the cause."""
+        where = f"at step {self.global_step + 1} (epoch {epoch}, batch {index})"
+        message = f"{what} {where}; the update was not applied"
         if teacher_fields:
             # the teacher's own outputs are broken: lowering the learning rate would not help
-            message = (f"the teacher's {', '.join(teacher_fields)} hold NaN or infinite values at step "
-                       f"{global_step + 1} (epoch {epoch}, batch {batch_index}), so {what}; the update was not applied")
-        if on_nonfinite == "skip":
-            history.skipped_steps += 1
-            logger.warning("%s; skipping the step (%d skipped so far)", message, history.skipped_steps)
+            message = (f"the teacher's {', '.join(teacher_fields)} hold NaN or infinite values {where}, so {what}; "
+                       "the update was not applied")
+        if self.on_nonfinite == "skip":
+            self.history.skipped_steps += 1
+            logger.warning("%s; skipping the step (%d skipped so far)", message, self.history.skipped_steps)
             return
-        kept = f"; the last good checkpoint is kept in {checkpoint_dir}" if checkpoint_dir is not None else ""
+        kept = f"; the last good checkpoint is kept in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
         if teacher_fields:
             raise NonFiniteTeacherError(f"{message}: the run stopped{kept}. The teacher is broken, not the training "
                                         "settings: check its weights, run it in float32 (fp16 overflows), or give "
@@ -356,130 +432,6 @@ def distill(
         raise NonFiniteLossError(f"{message}: the run stopped{kept}. Lower the learning rate, use bf16 instead "
                                  "of fp16, or set on_nonfinite='skip' (training.on_nonfinite: skip in a config) "
                                  "to skip such steps")
-
-    done = max_steps is not None and global_step >= max_steps  # a resumed run that had already finished
-    student.train()
-    optimizer.zero_grad(set_to_none=True)
-    for epoch in range(start_epoch, epochs if not done else start_epoch):
-        if resumed is not None and epoch == resumed.epoch:
-            set_rng_state(resumed.epoch_rng, generators)  # the same shuffle as the interrupted epoch
-        epoch_rng = rng_state(generators)
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)  # reshuffles per epoch under DDP
-        micro_step, group_size, poisoned = 0, gradient_accumulation_steps, False
-        group_total: Tensor | None = None
-        group_parts: dict[str, Tensor] = {}
-        for batch_index, batch in enumerate(train_loader):
-            if batch_index < skip_batches:
-                continue  # consumed before the interruption
-            if resumed is not None and batch_index == skip_batches and skip_batches:
-                set_rng_state(resumed.rng, generators)  # continue exactly where the checkpoint was taken
-            if not prepared_loader:
-                batch = send_to_device(batch, device)
-            if micro_step == 0 and num_batches is not None:
-                # a short last group is averaged over the batches it has
-                group_size = min(gradient_accumulation_steps, num_batches - batch_index)
-            inputs, labels = split_batch(batch, label_key)
-            at_boundary = micro_step + 1 >= group_size
-            # skip DDP's gradient all-reduce until the last batch of an accumulation group
-            sync = contextlib.nullcontext() if at_boundary else accelerator.no_sync(student)
-            with sync:
-                with _autocast(device, precision):
-                    teacher_side = teacher_features(teacher, inputs, teacher_request, cache=teacher_cache,
-                                                    indices=example_indices(batch), device=device)
-                    student_side = capture(student, inputs, student_request, module=student_module)
-                result = objective(student_side, teacher_side, labels)
-                loss = result.total / group_size
-                if not bool(torch.isfinite(loss)):
-                    bad = [name for name, value in result.parts.items() if not bool(torch.isfinite(value))]
-                    nonfinite(f"the loss part {', '.join(bad) or 'total'} is {_kind(loss)}", epoch, batch_index,
-                              nonfinite_teacher_fields(teacher_side))
-                    poisoned = True
-                elif scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    accelerator.backward(loss)
-            if not poisoned:
-                group_total = loss.detach() if group_total is None else group_total + loss.detach()
-                for name, value in result.parts.items():
-                    scaled = value / group_size
-                    group_parts[name] = scaled if name not in group_parts else group_parts[name] + scaled
-            micro_step += 1
-            if not at_boundary:
-                continue
-
-            if scaler is not None and not poisoned:
-                scaler.unscale_(optimizer)
-            if max_grad_norm is not None and not poisoned:
-                norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-                # fp16's scaler skips inf gradients itself; elsewhere they would corrupt the student
-                if scaler is None and not bool(torch.isfinite(norm)):
-                    nonfinite(f"the gradient norm is {_kind(norm)}", epoch, batch_index)
-                    poisoned = True
-            if poisoned:
-                optimizer.zero_grad(set_to_none=True)
-                micro_step, group_total, group_parts, poisoned = 0, None, {}, False
-                continue
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr_value = _current_lr(optimizer)
-            if scheduler is not None:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            assert group_total is not None
-            pending.append((global_step, epoch, lr_value, group_parts, group_total))
-            micro_step, group_total, group_parts = 0, None, {}
-            if global_step % log_every == 0:
-                flush()
-            if eval_every is not None and global_step % eval_every == 0:
-                flush()
-                evaluate(epoch)
-            if save_every is not None and global_step % save_every == 0:
-                save(epoch, batch_index + 1, epoch_rng)
-            if max_steps is not None and global_step >= max_steps:
-                done = True
-                break
-        skip_batches = 0
-        flush()
-        records = [r for r in history.steps if r["epoch"] == epoch]
-        if records and not any(e["epoch"] == epoch for e in history.epochs):
-            summary = {"epoch": float(epoch), "step": float(global_step)}
-            for key in records[0]:
-                if key not in ("step", "epoch"):
-                    summary[key] = sum(r[key] for r in records) / len(records)
-            history.epochs.append(summary)
-            if accelerator.is_main_process and progress:
-                bar.write(f"epoch {epoch}: loss = {summary['loss']:.4f}")
-        if eval_fn is not None and eval_every is None:
-            evaluate(epoch)
-        if checkpoint_dir is not None and not done:
-            save(epoch + 1, 0, rng_state(generators))  # the next epoch starts from here
-        if done:
-            break
-    flush()
-    if checkpoint_dir is not None and done and global_step > (resumed.step if resumed else 0):
-        save(epoch, 0 if num_batches is None else num_batches, epoch_rng)
-    bar.close()
-    return history
-
-
-def _shuffle_generators(loader: Any) -> list[torch.Generator]:
-    """The private generators a data loader shuffles with (its own, its sampler's), each once."""
-    found: dict[int, torch.Generator] = {}
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for holder in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
-        generator = getattr(holder, "generator", None)
-        if isinstance(generator, torch.Generator):
-            found.setdefault(id(generator), generator)
-    return list(found.values())
-
-
-def _kind(value: Tensor) -> str:
-    return "NaN" if bool(torch.isnan(value).any()) else "infinite"
 
 
 def train_distillation(

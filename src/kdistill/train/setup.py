@@ -1,0 +1,108 @@
+"""Checking :func:`~kdistill.train.loop.distill`'s arguments and setting up what it trains with:
+the optimizer over the student and the objective's own parameters, autocast, the Accelerator,
+and the loader's private shuffling generators (checkpointed with the RNG states)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from kdistill.losses.objective import Objective
+
+__all__ = ["PRECISIONS", "check_args", "default_accelerator", "prepare_optimizer"]
+
+#: values of ``precision``: no autocast, bfloat16 autocast, float16 autocast with loss scaling
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def check_args(
+    teacher: nn.Module | None,
+    student: nn.Module,
+    epochs: int,
+    max_steps: int | None,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float | None,
+    precision: str,
+    log_every: int,
+    eval_every: int | None,
+    on_nonfinite: str = "stop",
+) -> None:
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"the student must be a torch.nn.Module, got {type(student).__name__}")
+    if teacher is student:
+        raise ValueError("the teacher and the student are the same module; the student must be a separate model")
+    for name, value, minimum in (
+        ("epochs", epochs, 1),
+        ("gradient_accumulation_steps", gradient_accumulation_steps, 1),
+        ("log_every", log_every, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    for name, value in (("max_steps", max_steps), ("eval_every", eval_every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be None or a number > 0, got {max_grad_norm!r}")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def prepare_optimizer(
+    optimizer: torch.optim.Optimizer | None, teacher: nn.Module | None, student: nn.Module, objective: Objective,
+    lr: float,
+) -> torch.optim.Optimizer:
+    """Return an optimizer over the student and the objective's trainable parts.
+
+    A user's optimizer is checked (it must not hold teacher weights) and given the objective's
+    parameters (projections) as a group of their own if it lacks them.
+    """
+    objective_params = [p for p in objective.parameters() if p.requires_grad]
+    if optimizer is None:
+        return torch.optim.AdamW([p for p in student.parameters() if p.requires_grad] + objective_params, lr=lr)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if teacher is not None and any(id(p) in held for p in teacher.parameters()):
+        raise ValueError(
+            "the optimizer holds teacher parameters; the teacher must stay frozen: build the optimizer over "
+            "student.parameters() only"
+        )
+    missing = [p for p in objective_params if id(p) not in held]
+    if missing:
+        optimizer.add_param_group({"params": missing})
+    return optimizer
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_accelerator() -> Accelerator:
+    """An ``Accelerator`` for this process: DDP over gloo when launched on several CPU processes."""
+    # Accelerate only picks its multi-CPU (gloo) mode when told to use the CPU
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) != -1
+    return Accelerator(cpu=launched and not torch.cuda.is_available())
+
+
+
+def shuffle_generators(loader: Any) -> list[torch.Generator]:
+    """The private generators a data loader shuffles with (its own, its sampler's), each once."""
+    found: dict[int, torch.Generator] = {}
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for holder in (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+        generator = getattr(holder, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
+
+
+def nonfinite_kind(value: Tensor) -> str:
+    return "NaN" if bool(torch.isnan(value).any()) else "infinite"
