@@ -121,14 +121,14 @@ def test_prepare_data_tokenises_once_and_maps_labels(tmp_path: Path) -> None:
     validation = write_csv(tmp_path / "dev.csv", sentences(10, seed=2, labels=("neg", "pos")))
     data = prepare_data(DataConfig(train=str(train), validation=str(validation), max_length=6), tokenizer, tokenizer,
                         progress=False)
-    assert data.label_names == ["neg", "pos"] and data.label2id == {"neg": 0, "pos": 1}
+    assert data.label_names == ["neg", "pos"]
     assert not data.separate_teacher_tokens
     item = data.train[0]
     assert set(item) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
     assert max(data.train.lengths) <= 6
     expected = tokenizer(data.tables["train"].texts[0], truncation=True, max_length=6)["input_ids"]
     assert item["input_ids"] == expected
-    assert item["labels"] == data.label2id[data.tables["train"].labels[0]]
+    assert item["labels"] == data.label_names.index(data.tables["train"].labels[0])
 
 
 def test_an_unseen_label_in_validation_is_named(tmp_path: Path) -> None:

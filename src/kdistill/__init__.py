@@ -15,13 +15,13 @@ The public API:
 """
 
 from kdistill._version import __version__
-from kdistill.batch import with_example_index
-from kdistill.cache import CacheSpec, TeacherCache
-from kdistill.capture import CaptureRequest, Features
 from kdistill.app.config import RunConfig
 from kdistill.app.config_loading import load_config
 from kdistill.app.demo import run_demo
 from kdistill.app.run import run_distill
+from kdistill.batch import with_example_index
+from kdistill.cache import CacheSpec, TeacherCache
+from kdistill.capture import CaptureRequest, Features
 from kdistill.errors import KdistillError, NonFiniteLossError
 from kdistill.losses import (
     JSD,

@@ -31,6 +31,7 @@ __all__ = [
     "attention_probs",
     "attention_scores",
     "base_model",
+    "config_int",
     "layer_attention",
     "layer_stack",
     "map_blocks",
@@ -215,7 +216,8 @@ class ModelDims:
     num_heads: int | None
 
 
-def _config_int(config: Any, names: Iterable[str]) -> int | None:
+def config_int(config: Any, *names: str) -> int | None:
+    """The first of a config's attributes ``names`` that holds an integer (names differ across families)."""
     for name in names:
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -235,14 +237,14 @@ def model_dims(model: nn.Module) -> ModelDims:
             f"{type(model).__name__} has no Hugging Face config, so kdistill cannot tell its depth or width; "
             "name the modules to compare by path (e.g. {'layer2': 'layer3'}) and give the widths explicitly"
         )
-    num_layers = _config_int(config, ("num_hidden_layers", "n_layers", "num_layers"))
-    hidden_size = _config_int(config, ("hidden_size", "dim", "d_model"))
+    num_layers = config_int(config, "num_hidden_layers", "n_layers", "num_layers")
+    hidden_size = config_int(config, "hidden_size", "dim", "d_model")
     if num_layers is None or hidden_size is None:
         raise TypeError(
             f"cannot read the depth and width of {type(model).__name__} from its config "
             "(num_hidden_layers/hidden_size); give them explicitly"
         )
-    return ModelDims(num_layers, hidden_size, _config_int(config, ("num_attention_heads", "n_heads", "num_heads")))
+    return ModelDims(num_layers, hidden_size, config_int(config, "num_attention_heads", "n_heads", "num_heads"))
 
 
 # ---------------------------------------------------------------------------
@@ -322,7 +324,7 @@ def layer_attention(model: nn.Module, layers: Iterable[int]) -> dict[int, LayerA
             projections.append(hit)
         (query_path, query), (_, key), (_, value) = projections
         attention_module = layer.get_submodule(query_path.rsplit(".", 1)[0]) if "." in query_path else layer
-        num_heads = _config_int(attention_module, ("num_attention_heads", "n_heads", "num_heads"))
+        num_heads = config_int(attention_module, "num_attention_heads", "n_heads", "num_heads")
         if num_heads is None:
             num_heads = model_dims(model).num_heads
         if num_heads is None or query.out_features % num_heads:

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from kdistill.attention import model_dims
 from kdistill.errors import ConfigError, ModelLoadError
 
 __all__ = ["check_max_length", "check_memory", "check_token_ids", "estimate_parameters", "machine_memory",
@@ -108,8 +109,6 @@ def model_memory_per_layer(model: nn.Module, batch: int, length: int, *, all_lay
     """Bytes of activations one transformer layer of ``model`` keeps for a batch, in float32
     (Korthikanti et al. 2022: ``34·s·b·h + 5·a·s²·b`` bytes at 16 bits); for every layer with
     ``all_layers`` (training keeps them all for backward). 0 for a model without a config."""
-    from kdistill.attention import model_dims
-
     try:
         dims = model_dims(model)
     except TypeError:

@@ -11,12 +11,13 @@ import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from kdistill.attention import layer_stack, model_dims
+from kdistill.loading import count_parameters
 from kdistill.mapping import uniform_map, validate_layer_map
 
 __all__ = ["StudentReport", "make_student"]
@@ -74,14 +75,34 @@ class StudentReport:
         )
 
 
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _positive(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _student_config(config: Any, dims: Any, num_layers: int, width: int, num_heads: int | None,
+                    intermediate_size: int | None) -> Any:
+    """The teacher's config with the student's depth, and for a narrower student its width, heads
+    and feed-forward width (scaled with the width unless given)."""
+    student_config = copy.deepcopy(config)
+    student_config.num_hidden_layers = num_layers  # attribute_map renames it (DistilBERT: n_layers)
+    if width == dims.hidden_size:
+        if num_heads is not None or intermediate_size is not None:
+            raise ValueError("num_heads and intermediate_size apply to a narrower student; give hidden_size too")
+        return student_config
+    heads = num_heads if num_heads is not None else dims.num_heads
+    if heads is None or width % _positive(heads, "num_heads"):
+        raise ValueError(f"hidden_size {width} is not divisible by {heads} attention heads; pass num_heads= that divides it")
+    student_config.num_attention_heads = heads
+    student_config.hidden_size = width
+    for name in _INTERMEDIATE_NAMES:
+        teacher_ffn = getattr(config, name, None)
+        if isinstance(teacher_ffn, int) and not isinstance(teacher_ffn, bool):
+            ffn = intermediate_size if intermediate_size is not None else max(1, round(teacher_ffn * width / dims.hidden_size))
+            setattr(student_config, name, _positive(ffn, "intermediate_size"))
+            break
+    return student_config
 
 
 def make_student(
@@ -144,25 +165,7 @@ def make_student(
             f"use num_layers <= {dims.num_layers} or init='random'"
         )
 
-    student_config = copy.deepcopy(config)
-    student_config.num_hidden_layers = num_layers  # attribute_map renames it (DistilBERT: n_layers)
-    if narrower:
-        heads = num_heads if num_heads is not None else dims.num_heads
-        if heads is None or width % _positive(heads, "num_heads"):
-            raise ValueError(
-                f"hidden_size {width} is not divisible by {heads} attention heads; pass num_heads= that divides it"
-            )
-        student_config.num_attention_heads = heads
-        student_config.hidden_size = width
-        for name in _INTERMEDIATE_NAMES:
-            teacher_ffn = getattr(config, name, None)
-            if isinstance(teacher_ffn, int) and not isinstance(teacher_ffn, bool):
-                ffn = intermediate_size if intermediate_size is not None else max(1, round(teacher_ffn * width / dims.hidden_size))
-                setattr(student_config, name, _positive(ffn, "intermediate_size"))
-                break
-    elif num_heads is not None or intermediate_size is not None:
-        raise ValueError("num_heads and intermediate_size apply to a narrower student; give hidden_size too")
-
+    student_config = _student_config(config, dims, num_layers, width, num_heads, intermediate_size)
     if seed is not None:
         torch.manual_seed(seed)
     student = type(teacher)(student_config)
@@ -176,8 +179,8 @@ def make_student(
         raise ValueError("layer_map chooses teacher layers to copy; a randomly initialised student does not use it")
 
     report = StudentReport(
-        teacher_parameters=_count(teacher),
-        student_parameters=_count(student),
+        teacher_parameters=count_parameters(teacher),
+        student_parameters=count_parameters(student),
         teacher_layers=dims.num_layers,
         student_layers=num_layers,
         teacher_hidden_size=dims.hidden_size,

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import Field, create_model, field_validator, model_validator
 
 from kdistill.losses.registry import settings_union, term_class, term_types
-from kdistill.schema import MAX_BATCH, MAX_EPOCHS, LayerMapSpec, ModelSource, Seed, Section
+from kdistill.schema import MAX_BATCH, MAX_EPOCHS, LayerMapSpec, ModelSource, Section, Seed
+from kdistill.tasks import get_task
 
 __all__ = [
     "PRESET_DEFAULTS",
@@ -314,8 +315,6 @@ class RunConfig(Section):
 
 @functools.lru_cache(maxsize=None)
 def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]:
-    from kdistill.tasks import get_task
-
     task = get_task(task_name)
     teacher = TeacherConfig
     if task.teacher_options is not None:

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdistill.losses import HardCE, Objective
 from kdistill.app.report import format_table
+from kdistill.loading import count_parameters
+from kdistill.losses import HardCE, Objective
 from kdistill.speed import measure_speed
 from kdistill.train.loop import distill
 
@@ -198,7 +199,7 @@ def run_demo(quick: bool = False, seed: int = 0, *, settings: DemoSettings | Non
     distill(nn.Identity(), teacher, loader(1), objective=hard_labels_only, optimizer=optimizer, scheduler=scheduler,
             epochs=settings.teacher_epochs, progress=progress, log_every=steps_per_epoch)
     teacher.eval()
-    rows.append(DemoRow("teacher", _accuracy(teacher, test_x, test_y), _count(teacher), 0.0, time.perf_counter() - tick))
+    rows.append(DemoRow("teacher", _accuracy(teacher, test_x, test_y), count_parameters(teacher), 0.0, time.perf_counter() - tick))
 
     initial = _vit(settings.student_hidden, settings.student_layers, settings.student_heads, seed + 100)
     students = {}
@@ -216,7 +217,7 @@ def run_demo(quick: bool = False, seed: int = 0, *, settings: DemoSettings | Non
                 log_every=steps_per_epoch)
         student.eval()
         students[name] = student
-        rows.append(DemoRow(name, _accuracy(student, test_x, test_y), _count(student), 0.0, time.perf_counter() - tick))
+        rows.append(DemoRow(name, _accuracy(student, test_x, test_y), count_parameters(student), 0.0, time.perf_counter() - tick))
 
     probe = {"pixel_values": test_x[:256]}
     # both students have one architecture: one measurement serves both rows. Teacher and student
@@ -230,7 +231,3 @@ def run_demo(quick: bool = False, seed: int = 0, *, settings: DemoSettings | Non
         row.latency_ms = teacher_ms if row.model == "teacher" else student_ms
         row.speedup = teacher_ms / row.latency_ms
     return DemoResult(rows=rows, seconds=time.perf_counter() - started, test_examples=len(test_y), settings=settings)
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

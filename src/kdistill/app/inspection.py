@@ -7,9 +7,12 @@ from typing import Any
 
 from torch import nn
 
+from kdistill.app.report import format_table
+from kdistill.attention import base_model, config_int, layer_stack
 from kdistill.errors import ConfigError
 from kdistill.loading import count_parameters, load_any_model
-from kdistill.app.report import format_table
+from kdistill.mapping import describe_layer_map
+from kdistill.student import make_student
 
 __all__ = ["ModelSummary", "describe_models", "summarize_model"]
 
@@ -56,18 +59,8 @@ COLUMNS = (("name", "model"), ("architecture", "class"), ("layers", "layers"), (
            ("embeddings", "embeddings"), ("in layers", "in layers"))
 
 
-def _config_int(config: Any, *names: str) -> int | None:
-    for name in names:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
 def summarize_model(model: nn.Module, name: str) -> ModelSummary:
     """Depth, widths, heads and parameter counts of a Hugging Face model."""
-    from kdistill.attention import base_model, layer_stack
-
     config = getattr(model, "config", None)
     embeddings = getattr(base_model(model), "embeddings", None)
     embedding_parameters = count_parameters(embeddings) if isinstance(embeddings, nn.Module) else 0
@@ -76,11 +69,11 @@ def summarize_model(model: nn.Module, name: str) -> ModelSummary:
     return ModelSummary(
         name=name,
         architecture=type(model).__name__,
-        layers=_config_int(config, "num_hidden_layers", "n_layers", "num_layers"),
-        hidden_size=_config_int(config, "hidden_size", "dim", "d_model"),
-        heads=_config_int(config, "num_attention_heads", "n_heads", "num_heads"),
-        intermediate_size=_config_int(config, "intermediate_size", "hidden_dim", "ffn_dim"),
-        vocab_size=_config_int(config, "vocab_size"),
+        layers=config_int(config, "num_hidden_layers", "n_layers", "num_layers"),
+        hidden_size=config_int(config, "hidden_size", "dim", "d_model"),
+        heads=config_int(config, "num_attention_heads", "n_heads", "num_heads"),
+        intermediate_size=config_int(config, "intermediate_size", "hidden_dim", "ffn_dim"),
+        vocab_size=config_int(config, "vocab_size"),
         parameters=count_parameters(model),
         embedding_parameters=embedding_parameters,
         layer_parameters=layer_parameters,
@@ -105,9 +98,6 @@ def describe_models(
     Raises:
         KdistillError: a model cannot be loaded, or the map does not fit the two models.
     """
-    from kdistill.mapping import describe_layer_map
-    from kdistill.student import make_student
-
     teacher_name = teacher if isinstance(teacher, str) else "teacher"
     teacher_model = load_any_model(teacher, "teacher", trust_remote_code=trust_remote_code) if isinstance(teacher, str) else teacher
     notes = []

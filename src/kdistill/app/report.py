@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdistill._version import __version__
+from kdistill.errors import OutputFileError
 from kdistill.loading import count_parameters
 
 __all__ = [
@@ -176,8 +178,6 @@ def check_metrics_file(path: str | Path) -> None:
     Raises:
         OutputFileError: ``path`` is a folder, or a file that is not a kdistill metrics file.
     """
-    from kdistill.errors import OutputFileError
-
     path = Path(path)
     if path.is_dir():
         raise OutputFileError(f"{str(path)!r} is a folder; give a .json file for the metrics")
@@ -201,8 +201,6 @@ def update_metrics_file(path: str | Path, updates: Mapping[str, Any]) -> dict[st
     Raises:
         OutputFileError: ``path`` exists and is not a metrics file kdistill wrote (it is left as it is).
     """
-    from kdistill._version import __version__
-
     path = Path(path)
     check_metrics_file(path)
     content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

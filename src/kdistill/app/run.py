@@ -53,6 +53,7 @@ from kdistill.app.run_folder import (
 )
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.training import Loaders, Trained, make_loaders, routed, train
+from kdistill.cache import check_cache_folder
 from kdistill.errors import KdistillError, RunFolderError
 from kdistill.loading import looks_local
 from kdistill.preflight import check_memory, model_memory_per_layer
@@ -179,8 +180,6 @@ def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"output.dir {str(path)!r} is a file, not a folder")
     if config.teacher.cache is not None and config.teacher.cache.dir is not None:
-        from kdistill.cache import check_cache_folder
-
         cache = Path(config.teacher.cache.dir).resolve()
         if cache == path.resolve() or path.resolve().is_relative_to(cache):
             raise RunFolderError(f"teacher.cache {config.teacher.cache.dir!r} holds output.dir {str(path)!r}: the "

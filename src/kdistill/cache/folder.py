@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kdistill.cache.keys import MANIFEST, MARKER, CacheFolderError
 from kdistill.fileio import FolderInUseError, exclusive_lock, is_staging_name, unowned_files
 
 logger = logging.getLogger("kdistill.cache")
-
-from kdistill.cache.keys import MANIFEST, MARKER, CacheFolderError
 
 
 def _changed_parts(folder: Path, parts: dict[str, str]) -> str:

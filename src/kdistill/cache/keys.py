@@ -17,9 +17,6 @@ from kdistill.capture import CaptureRequest
 from kdistill.errors import KdistillError
 from kdistill.losses.functional import check_temperature
 
-
-
-
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: written first into every cache folder: the cache's identity (a folder without it is not a cache)

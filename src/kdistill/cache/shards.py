@@ -13,12 +13,12 @@ import torch
 from torch import Tensor
 
 from kdistill.batch import batches_by_length
-from kdistill.fileio import file_sha256
 
 #: the largest float16: fp16 storage clamps to it (larger logits would become inf and poison the loss)
-_FP16_MAX = 65504.0
-
 from kdistill.cache.keys import CacheSpec
+from kdistill.fileio import file_sha256
+
+_FP16_MAX = 65504.0
 
 # ---------------------------------------------------------------------------
 # storage helpers

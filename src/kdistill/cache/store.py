@@ -21,15 +21,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from kdistill.batch import example_indices, split_batch
+from kdistill.cache.folder import _build_lock, _changed_parts, _check_replaceable, _replace_folder
+from kdistill.cache.keys import FORMAT_VERSION, MANIFEST, MARKER, STORAGE_DTYPES, CacheError, CacheSpec, cache_key
+from kdistill.cache.shards import _from_storage, _in_example_order, _length_sorted_windows, _ShardWriter, _to_storage
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
 from kdistill.fileio import file_sha256
 from kdistill.train.teacher import NonFiniteTeacherError, nonfinite_teacher_fields
 
 logger = logging.getLogger("kdistill.cache")
-
-from kdistill.cache.folder import _build_lock, _changed_parts, _check_replaceable, _replace_folder
-from kdistill.cache.keys import FORMAT_VERSION, MANIFEST, MARKER, STORAGE_DTYPES, CacheError, CacheSpec, cache_key
-from kdistill.cache.shards import _from_storage, _in_example_order, _length_sorted_windows, _ShardWriter, _to_storage
 
 
 class TeacherCache:

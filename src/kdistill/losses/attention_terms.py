@@ -18,8 +18,8 @@ from kdistill.losses import functional as LF
 from kdistill.losses.intermediate import Side, _mask
 from kdistill.losses.registry import TermSettings, register_term
 from kdistill.losses.terms import Term
-from kdistill.schema import LayerMapSpec
 from kdistill.mapping import check_layer_map, resolve_layer_map, validate_layer_map
+from kdistill.schema import LayerMapSpec
 
 __all__ = ["AttentionKL", "AttentionMSE", "MiniLMv1", "MiniLMv2"]
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from kdistill.attention import model_dims
@@ -23,8 +22,8 @@ from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
 from kdistill.losses.registry import TermSettings, register_term
 from kdistill.losses.terms import Term
-from kdistill.schema import LayerMapSpec
 from kdistill.mapping import LayerKey, LayerMap, check_layer_map, num_layers, resolve_layer_map
+from kdistill.schema import LayerMapSpec
 
 __all__ = [
     "AttentionKL",

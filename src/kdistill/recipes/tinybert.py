@@ -28,6 +28,7 @@ from kdistill.losses.terms import HardCE, LogitKD
 from kdistill.mapping import resolve_layer_map
 from kdistill.train.loop import History, distill
 from kdistill.train.teacher import teacher_features
+from kdistill.train.trainer import DistillationTrainer
 
 __all__ = ["TinyBERTConfig", "TinyBERTDistillation", "TinyBERTHistory"]
 
@@ -229,8 +230,6 @@ class TinyBERTDistillation:
         Example:
             >>> recipe.trainer(1, args=TrainingArguments("out/stage1"), train_dataset=data).train()  # doctest: +SKIP
         """
-        from kdistill.train.trainer import DistillationTrainer
-
         return DistillationTrainer(
             teacher_model=self.teacher, model=self.student, objective=self.stage_objective(stage), **trainer_kwargs
         )

@@ -46,8 +46,9 @@ from kdistill.train.history import History, StepRecorder
 from kdistill.train.setup import (
     PRECISIONS,
     autocast,
+    check_accelerator,
     check_args,
-    default_accelerator,
+    check_objective,
     nonfinite_kind,
     prepare_optimizer,
     shuffle_generators,
@@ -115,51 +116,34 @@ def distill(
         epochs: passes over ``train_loader``.
         max_steps: stop after this many optimizer steps (overrides ``epochs`` when reached).
         scheduler: a learning-rate scheduler, stepped once per optimizer step.
-        gradient_accumulation_steps: batches per optimizer step; the update equals that of one
-            batch as large as those batches together.
+        gradient_accumulation_steps: batches per optimizer step (one update as one large batch).
         max_grad_norm: clip the gradient norm of the student and the objective; None disables.
         precision: ``"no"``, ``"bf16"`` or ``"fp16"`` autocast for both forward passes; losses
             are always computed in float32.
         eval_fn: called as ``eval_fn(student)`` in eval mode under ``no_grad``; returns metrics.
         eval_every: evaluate every this many optimizer steps; default: after every epoch.
-        log_every: optimizer steps between history flushes and progress-bar updates (reading
-            losses forces a device sync, so it is not done every step).
+        log_every: optimizer steps between history flushes (a read of the losses syncs the device).
         progress: show a progress bar with the running loss.
         label_key: key of the labels in dict batches (default ``labels`` or ``label``).
         accelerator: an ``accelerate.Accelerator`` to use instead of a default one.
-        teacher_cache: a :class:`~kdistill.cache.TeacherCache` of the teacher's outputs over the
-            training set: batches that carry example indices (see
-            :func:`~kdistill.batch.with_example_index`) read the teacher's features from it
-            instead of running the teacher.
-        checkpoint_dir: write checkpoints here (student, objective, optimizer, scheduler, RNG
-            states, data position, history) after every epoch and every ``save_every`` steps.
+        teacher_cache: a :class:`~kdistill.cache.TeacherCache`: batches with example indices
+            (:func:`~kdistill.batch.with_example_index`) read the teacher's features from it.
+        checkpoint_dir: write checkpoints here (weights, optimizer, scheduler, RNG states, data
+            position, history) after every epoch and every ``save_every`` steps.
         save_every: also checkpoint every this many optimizer steps.
         keep_checkpoints: how many of the newest checkpoints to keep.
-        resume: continue from the newest intact checkpoint in ``checkpoint_dir`` (a damaged
-            newest one is reported and the one before it used); the run ends with the same
-            student as an uninterrupted one.
-        on_nonfinite: what a NaN or infinite loss part (or gradient norm) does: ``"stop"``
-            raises :class:`NonFiniteLossError` naming the part and the step, before the update,
-            so the student and the checkpoints stay good; ``"skip"`` drops that update and
-            counts it in ``History.skipped_steps``.
+        resume: continue from the newest intact checkpoint in ``checkpoint_dir``; the run ends
+            with the same student as an uninterrupted one.
+        on_nonfinite: a NaN or infinite loss part or gradient norm: ``"stop"`` raises
+            :class:`NonFiniteLossError` before the update; ``"skip"`` drops the update and counts it.
 
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
     """
     check_args(teacher, student, epochs, max_steps, gradient_accumulation_steps, max_grad_norm, precision,
-                log_every, eval_every, on_nonfinite)
-    if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
-        raise ValueError(f"save_every must be None or an integer >= 1, got {save_every!r}")
-    objective = objective if objective is not None else Objective.hinton(temperature=4.0, alpha=0.7)
-    if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
-    accelerator = accelerator or default_accelerator()
-    if accelerator.gradient_accumulation_steps != 1:
-        raise ValueError(
-            "pass gradient_accumulation_steps to distill(), not to the Accelerator (it would divide the loss twice)"
-        )
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir=, the folder the run wrote its checkpoints to")
+               log_every, eval_every, on_nonfinite, save_every, resume, checkpoint_dir)
+    objective = check_objective(objective)
+    accelerator = check_accelerator(accelerator)
     loop = _Loop(teacher, student, train_loader, objective=objective, optimizer=optimizer, lr=lr, scheduler=scheduler,
                  accelerator=accelerator, teacher_cache=teacher_cache, precision=precision, label_key=label_key,
                  accumulation=gradient_accumulation_steps, max_grad_norm=max_grad_norm)

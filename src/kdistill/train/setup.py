@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kdistill.losses.objective import Objective
 
-__all__ = ["PRECISIONS", "check_args", "default_accelerator", "prepare_optimizer"]
+__all__ = ["PRECISIONS", "check_accelerator", "check_args", "check_objective", "default_accelerator", "prepare_optimizer"]
 
 #: values of ``precision``: no autocast, bfloat16 autocast, float16 autocast with loss scaling
 PRECISIONS = ("no", "bf16", "fp16")
@@ -31,6 +31,9 @@ def check_args(
     log_every: int,
     eval_every: int | None,
     on_nonfinite: str = "stop",
+    save_every: int | None = None,
+    resume: bool = False,
+    checkpoint_dir: Any = None,
 ) -> None:
     if not isinstance(student, nn.Module):
         raise TypeError(f"the student must be a torch.nn.Module, got {type(student).__name__}")
@@ -52,6 +55,28 @@ def check_args(
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+        raise ValueError(f"save_every must be None or an integer >= 1, got {save_every!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir=, the folder the run wrote its checkpoints to")
+
+
+def check_objective(objective: Objective | None) -> Objective:
+    """The objective to train with: the given one, or Hinton's with T = 4 and alpha = 0.7."""
+    objective = objective if objective is not None else Objective.hinton(temperature=4.0, alpha=0.7)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
+    return objective
+
+
+def check_accelerator(accelerator: Accelerator | None) -> Accelerator:
+    """The Accelerator to train with: the given one (without gradient accumulation of its own), or a default one."""
+    accelerator = accelerator or default_accelerator()
+    if accelerator.gradient_accumulation_steps != 1:
+        raise ValueError(
+            "pass gradient_accumulation_steps to distill(), not to the Accelerator (it would divide the loss twice)"
+        )
+    return accelerator
 
 
 def prepare_optimizer(

@@ -13,21 +13,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from kdistill.datasets import PADDED_KEYS, TEACHER_PREFIX, TokenizedDataset
 from kdistill.errors import DataError
+from kdistill.tasks.text_classification.augment import NO_LABEL, Augmenter
 from kdistill.tasks.text_classification.config import DataConfig
-
-if TYPE_CHECKING:
-    from kdistill.tasks.text_classification.augment import Augmenter
-
-logger = logging.getLogger("kdistill.data")
-
 from kdistill.tasks.text_classification.labels import build_label_names, encode_labels
 from kdistill.tasks.text_classification.reading import TableSplit, load_splits
+
+logger = logging.getLogger("kdistill.data")
 
 __all__ = ["PreparedData", "describe_tokenizer_difference", "prepare_data", "tokenize"]
 
@@ -104,16 +101,6 @@ class PreparedData:
         """The examples the student is distilled on: train, then the generated sentences if any."""
         return self.train if self.augmented is None else self.train.concat(self.augmented)
 
-    @property
-    def id2label(self) -> dict[int, str]:
-        """``{id: name}`` for the model config."""
-        return dict(enumerate(self.label_names))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        """``{name: id}`` for the model config."""
-        return {name: i for i, name in enumerate(self.label_names)}
-
     def sizes(self) -> dict[str, int]:
         """Examples per split."""
         sizes = {"train": len(self.train), "validation": len(self.validation)}
@@ -124,15 +111,12 @@ class PreparedData:
         return sizes
 
 
-
-
 def prepare_data(
     config: DataConfig,
     student_tokenizer: Any,
     teacher_tokenizer: Any | None = None,
     *,
-    teacher_id2label: Mapping[int, str] | None = None,
-    teacher_num_labels: int | None = None,
+    label_names: Sequence[str] | None = None,
     splits: Mapping[str, TableSplit] | None = None,
     augmenter: Augmenter | None = None,
     progress: bool = True,
@@ -147,8 +131,8 @@ def prepare_data(
         config: the ``data:`` block of the run.
         student_tokenizer: the student's tokenizer.
         teacher_tokenizer: the teacher's tokenizer, to check (and use) when it differs.
-        teacher_id2label: the teacher's class names, to keep its class order.
-        teacher_num_labels: the teacher's number of classes, checked against the data.
+        label_names: the class names in id order (a run names them once, against its teacher);
+            default: the training labels, sorted.
         splits: raw splits already loaded (default: :func:`load_splits`).
         augmenter: makes new, unlabelled training sentences for the teacher to label
             (``PreparedData.augmented``); the other splits are never augmented.
@@ -158,7 +142,7 @@ def prepare_data(
         DataError: anything about the data that does not fit.
     """
     splits = dict(splits) if splits is not None else load_splits(config)
-    label_names = build_label_names(splits["train"].labels, teacher_id2label, teacher_num_labels)
+    label_names = list(label_names) if label_names is not None else build_label_names(splits["train"].labels)
     separate = False
     if teacher_tokenizer is not None and teacher_tokenizer is not student_tokenizer:
         difference = describe_tokenizer_difference(teacher_tokenizer, student_tokenizer, splits["train"].texts[:200])
@@ -179,8 +163,6 @@ def prepare_data(
         datasets[role] = TokenizedDataset(columns, encode_labels(table, label_names), table.source)
     augmented = None
     if augmenter is not None:
-        from kdistill.tasks.text_classification.augment import NO_LABEL
-
         texts, _ = augmenter.augment(splits["train"].texts)
         if texts:
             table = TableSplit(texts, None, [NO_LABEL] * len(texts), f"{splits['train'].source} (augmented)")

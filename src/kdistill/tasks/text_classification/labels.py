@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kdistill.errors import DataError
+from kdistill.tasks.text_classification.reading import TableSplit
 
 logger = logging.getLogger("kdistill.data")
-
-from kdistill.tasks.text_classification.reading import TableSplit
 
 __all__ = ["build_label_names", "encode_labels", "is_default_names", "model_label_ids"]
 

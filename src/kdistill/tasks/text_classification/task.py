@@ -16,6 +16,7 @@ from kdistill.losses import HardCE, Objective
 from kdistill.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.speed import measure_speed
 from kdistill.tasks.base import Models, Task, TaskData
+from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
 from kdistill.tasks.text_classification.config import ClassifierOptions, DataConfig
 from kdistill.tasks.text_classification.data import describe_tokenizer_difference, prepare_data, tokenize
 from kdistill.tasks.text_classification.labels import build_label_names, model_label_ids
@@ -87,8 +88,8 @@ class TextClassification(Task):
         readers = [("teacher", models.teacher)] + ([("student", models.student)] if models.student is not None else [])
         check_max_length(data.max_length, readers)
         prepared = prepare_data(data, models.tokenizer, models.teacher_tokenizer, splits=raw.splits,
-                                augmenter=self._augmenter(data, models, raw), teacher_id2label=dict(enumerate(raw.label_names)),
-                                teacher_num_labels=len(raw.label_names), progress=progress)
+                                augmenter=self._augmenter(data, models, raw), label_names=raw.label_names,
+                                progress=progress)
         splits = [prepared.train, prepared.validation, *([prepared.test] if prepared.test is not None else [])]
         for split in splits:
             if models.student is not None:
@@ -109,8 +110,6 @@ class TextClassification(Task):
         settings = data.augment
         if settings is None:
             return None
-        from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
-
         teacher = models.teacher
         embeddings = teacher.get_input_embeddings() if hasattr(teacher, "get_input_embeddings") else None
         neighbours: dict[str, list[str]] = {}
