@@ -159,8 +159,24 @@ def test_max_steps_and_eval_every(bert_pair):
 def test_bf16_autocast_keeps_losses_in_float32(bert_pair):
     teacher, student = bert_pair
     objective = Objective({"kd": LogitKD(4.0), "ce": HardCE()}, weights={"kd": 0.5, "ce": 0.5})
-    history = distill(teacher, student, token_batches(num_batches=2, batch_size=4), objective=objective,
-                      precision="bf16", lr=1e-3, progress=False, log_every=1)
+    seen = []
+    forward = Objective.forward
+
+    def recording(self, student_side, teacher_side, labels=None):
+        result = forward(self, student_side, teacher_side, labels)
+        seen.append((student_side.logits.dtype, teacher_side.logits.dtype, result.total.dtype,
+                     {part.dtype for part in result.parts.values()}))
+        return result
+
+    Objective.forward = recording
+    try:
+        history = distill(teacher, student, token_batches(num_batches=2, batch_size=4), objective=objective,
+                          precision="bf16", lr=1e-3, progress=False, log_every=1)
+    finally:
+        Objective.forward = forward
+    # the forward passes ran in bf16 (autocast really was on); the loss and every part are float32
+    assert seen and all(s == t == torch.bfloat16 for s, t, _, _ in seen)
+    assert all(total == torch.float32 and parts == {torch.float32} for _, _, total, parts in seen)
     assert len(history.steps) == 2
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history.steps)
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from kdistill import __version__
 from kdistill.app.cli import main
 
 
 def test_version(capsys):
-    try:
+    with pytest.raises(SystemExit) as exited:
         main(["--version"])
-    except SystemExit as exit_:
-        assert exit_.code == 0
-    assert __version__ in capsys.readouterr().out
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kdistill {__version__}"
 
 
 def test_console_script_is_installed():

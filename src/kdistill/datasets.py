@@ -141,7 +141,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
 
 
 def make_loader(
-    dataset: TokenizedDataset,
+    dataset: Dataset,
     batch_size: int,
     collator: PaddingCollator,
     *,
@@ -158,9 +158,11 @@ def make_loader(
         shuffle: shuffle every epoch (training).
         group_by_length: batch examples of similar length together: with ``shuffle`` in random
             pools (training), without it in one fixed shortest-first order (evaluation: batches
-            in another order than the dataset's, but every pass the same).
+            in another order than the dataset's, but every pass the same). Only for a dataset
+            that knows its examples' ``lengths``; others are batched in order.
         seed: seed of the shuffling.
     """
+    group_by_length = group_by_length and hasattr(dataset, "lengths")
     if shuffle and group_by_length:
         return DataLoader(dataset, batch_sampler=LengthGroupedSampler(dataset.lengths, batch_size, seed), collate_fn=collator)
     if group_by_length:

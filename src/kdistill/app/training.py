@@ -215,7 +215,7 @@ def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) 
     teacher = models.teacher
     if resume and (saved / "config.json").is_file():
         # written whole or not at all (renamed into place), so a teacher/ folder is complete
-        teacher.load_state_dict(type(teacher).from_pretrained(saved).state_dict())
+        run.task.read_weights(teacher, saved)
         logger.info("the teacher was fine-tuned before the interruption: read back from %s", saved)
         history_file = saved / "training_history.json"
         return History(**json.loads(history_file.read_text(encoding="utf-8"))) if history_file.is_file() else None

@@ -176,3 +176,7 @@ class Task(ABC):
         """Write a model and its tokenizer where plain ``transformers`` can load them."""
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+
+    def read_weights(self, model: nn.Module, folder: Path) -> None:
+        """Load into ``model`` the weights :meth:`save` wrote to ``folder`` (a resumed run's fine-tuned teacher)."""
+        model.load_state_dict(type(model).from_pretrained(folder).state_dict())
