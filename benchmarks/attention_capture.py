@@ -48,9 +48,16 @@ def build(num_layers: int, seed: int, attention: str, dropout: float, attention_
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=30522, hidden_size=384, num_hidden_layers=num_layers, num_attention_heads=12,
-        intermediate_size=1536, num_labels=2, max_position_embeddings=512, hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=attention_dropout, attn_implementation=attention,
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=num_layers,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_labels=2,
+        max_position_embeddings=512,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=attention_dropout,
+        attn_implementation=attention,
     )
     return BertForSequenceClassification(config)
 
@@ -75,7 +82,9 @@ def seed_step(teacher, student, inputs):
     student_out = student(**inputs, output_hidden_states=True, output_attentions=True)
     hidden = sum(F.mse_loss(student_out.hidden_states[s], teacher_out.hidden_states[t]) for s, t in LAYER_MAP.items())
     # HF's attentions tuple starts at the first layer
-    attention = sum(F.mse_loss(student_out.attentions[s - 1], teacher_out.attentions[t - 1]) for s, t in LAYER_MAP.items())
+    attention = sum(
+        F.mse_loss(student_out.attentions[s - 1], teacher_out.attentions[t - 1]) for s, t in LAYER_MAP.items()
+    )
     return hidden / len(LAYER_MAP) + attention / len(LAYER_MAP)
 
 
@@ -137,9 +146,24 @@ def worker(args: argparse.Namespace) -> dict:
 
 def run_worker(contender: str, batch_size: int, length: int, steps: int, args: argparse.Namespace) -> dict:
     command = [
-        sys.executable, __file__, "--worker", contender, "--batch-size", str(batch_size), "--length", str(length),
-        "--steps", str(steps), "--device", args.device, "--dropout", str(args.dropout),
-        "--attention-dropout", str(args.attention_dropout), "--threads", str(args.threads),
+        sys.executable,
+        __file__,
+        "--worker",
+        contender,
+        "--batch-size",
+        str(batch_size),
+        "--length",
+        str(length),
+        "--steps",
+        str(steps),
+        "--device",
+        args.device,
+        "--dropout",
+        str(args.dropout),
+        "--attention-dropout",
+        str(args.attention_dropout),
+        "--threads",
+        str(args.threads),
     ]
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -170,7 +194,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dropout", type=float, default=0.1, help="hidden dropout of both models")
     parser.add_argument(
-        "--attention-dropout", type=float, default=0.0,
+        "--attention-dropout",
+        type=float,
+        default=0.0,
         help="attention dropout of both models (on CPU, PyTorch's SDPA falls back to its unfused kernel under "
         "attention dropout, which materialises the maps like eager attention)",
     )
@@ -189,19 +215,32 @@ def main() -> None:
     short = compare(16, 128, steps_short, rounds, args)
     import torch
 
-    print(json.dumps({
-        "speedup": round(long["speedup"], 3),
-        "memory_ratio": round(long["memory_ratio"], 3),
-        "speedup_len128": round(short["speedup"], 3),
-        "len512": long,
-        "len128": short,
-        "setup": {
-            "teacher_layers": 6, "student_layers": 3, "hidden": 384, "heads": 12, "layer_map": LAYER_MAP,
-            "dropout": args.dropout, "attention_dropout": args.attention_dropout, "padded_rows": "a quarter of each batch, to half length",
-            "device": args.device, "quick": args.quick, "torch": torch.__version__,
-            "threads": args.threads or torch.get_num_threads(), "platform": platform.platform(),
-        },
-    }))
+    print(
+        json.dumps(
+            {
+                "speedup": round(long["speedup"], 3),
+                "memory_ratio": round(long["memory_ratio"], 3),
+                "speedup_len128": round(short["speedup"], 3),
+                "len512": long,
+                "len128": short,
+                "setup": {
+                    "teacher_layers": 6,
+                    "student_layers": 3,
+                    "hidden": 384,
+                    "heads": 12,
+                    "layer_map": LAYER_MAP,
+                    "dropout": args.dropout,
+                    "attention_dropout": args.attention_dropout,
+                    "padded_rows": "a quarter of each batch, to half length",
+                    "device": args.device,
+                    "quick": args.quick,
+                    "torch": torch.__version__,
+                    "threads": args.threads or torch.get_num_threads(),
+                    "platform": platform.platform(),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

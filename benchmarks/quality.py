@@ -45,16 +45,25 @@ RECIPES = ("no_teacher", "hinton", "kd_hidden", "tinybert", "minilm", "kd_augmen
 STARTS_FROM = {"tinybert_augmented": "tinybert"}
 STUDENTS: dict[str, dict[str, Any]] = {
     "a": {"description": "2 layers from the teacher", "overrides": []},
-    "b": {"description": "4 layers, hidden 192, random init",
-          "overrides": ["student.from_teacher={num_layers: 4, hidden_size: 192, num_heads: 12, "
-                        "intermediate_size: 768, init: random}", "training.lr=3.0e-4"]},
+    "b": {
+        "description": "4 layers, hidden 192, random init",
+        "overrides": [
+            "student.from_teacher={num_layers: 4, hidden_size: 192, num_heads: 12, "
+            "intermediate_size: 768, init: random}",
+            "training.lr=3.0e-4",
+        ],
+    },
 }
 TASKS: dict[str, dict[str, Any]] = {
-    "sst2": {"metric": "accuracy", "files": {"train": "sst2/train.csv", "validation": "sst2/dev.csv",
-                                              "test": "sst2/test.csv"}},
+    "sst2": {
+        "metric": "accuracy",
+        "files": {"train": "sst2/train.csv", "validation": "sst2/dev.csv", "test": "sst2/test.csv"},
+    },
     # no validation file: kdistill holds 10% of train out, stratified and seeded
-    "sms_spam": {"metric": "macro_f1", "files": {"train": "sms_spam/train.csv", "validation": None,
-                                                  "test": "sms_spam/test.csv"}},
+    "sms_spam": {
+        "metric": "macro_f1",
+        "files": {"train": "sms_spam/train.csv", "validation": None, "test": "sms_spam/test.csv"},
+    },
 }
 
 
@@ -70,9 +79,19 @@ def kdistill(config: Path, folder: Path, overrides: list[str], log: Path) -> dic
         return json.loads((folder / "metrics.json").read_text())
     if folder.exists():
         shutil.rmtree(folder)  # a run killed part-way (a session ended): start it again
-    command = [sys.executable, "-m", "kdistill.app.cli", "distill", str(config), "--no-progress", *overrides,
-               f"output.dir={folder}"]
-    print("$ kdistill distill " + " ".join(f"'{a}'" if " " in a else a for a in command[4:]), file=sys.stderr, flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "kdistill.app.cli",
+        "distill",
+        str(config),
+        "--no-progress",
+        *overrides,
+        f"output.dir={folder}",
+    ]
+    print(
+        "$ kdistill distill " + " ".join(f"'{a}'" if " " in a else a for a in command[4:]), file=sys.stderr, flush=True
+    )
     with log.open("a", encoding="utf-8") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
@@ -97,8 +116,10 @@ def measure_speedup(teacher_dir: Path, student_overrides: list[str], repeats: in
     student, _ = build_student(config.student, teacher, dict(teacher.config.id2label))
     student.eval()
     generator = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, teacher.config.vocab_size, (32, 64), generator=generator),
-             "attention_mask": torch.ones(32, 64, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(1000, teacher.config.vocab_size, (32, 64), generator=generator),
+        "attention_mask": torch.ones(32, 64, dtype=torch.long),
+    }
     times: dict[str, list[float]] = {"teacher": [], "student": []}
     with torch.inference_mode():
         for model in (teacher, student):
@@ -110,8 +131,13 @@ def measure_speedup(teacher_dir: Path, student_overrides: list[str], repeats: in
                 times[name].append(time.perf_counter() - start)
     teacher_ms = statistics.median(times["teacher"]) * 1000
     student_ms = statistics.median(times["student"]) * 1000
-    return {"teacher_ms": teacher_ms, "student_ms": student_ms, "speedup": teacher_ms / student_ms,
-            "teacher_params": count_parameters(teacher), "student_params": count_parameters(student)}
+    return {
+        "teacher_ms": teacher_ms,
+        "student_ms": student_ms,
+        "speedup": teacher_ms / student_ms,
+        "teacher_params": count_parameters(teacher),
+        "student_params": count_parameters(student),
+    }
 
 
 def summarise(results: dict[str, Any], metric: str) -> list[dict[str, Any]]:
@@ -121,9 +147,19 @@ def summarise(results: dict[str, Any], metric: str) -> list[dict[str, Any]]:
     if teacher is None:
         return rows
     teacher_score = teacher["metric"]
-    rows.append({"student": "teacher", "recipe": "teacher", "metric_mean": teacher_score, "metric_std": 0.0,
-                 "retention": 1.0, "speedup": 1.0, "params": teacher["params"], "seeds": 1,
-                 "train_seconds": teacher["seconds"]})
+    rows.append(
+        {
+            "student": "teacher",
+            "recipe": "teacher",
+            "metric_mean": teacher_score,
+            "metric_std": 0.0,
+            "retention": 1.0,
+            "speedup": 1.0,
+            "params": teacher["params"],
+            "seeds": 1,
+            "train_seconds": teacher["seconds"],
+        }
+    )
     for student in STUDENTS:
         speed = results.get("speed", {}).get(student)
         for recipe in RECIPES:
@@ -132,23 +168,31 @@ def summarise(results: dict[str, Any], metric: str) -> list[dict[str, Any]]:
                 continue
             scores = [run["metric"] for run in runs]
             mean = statistics.fmean(scores)
-            rows.append({
-                "student": student, "recipe": recipe, "metric_mean": mean,
-                "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "retention": mean / teacher_score,
-                "speedup": speed["speedup"] if speed else None,
-                "params": runs[0]["params"], "seeds": len(scores), "scores": scores,
-                "train_seconds": statistics.fmean(run["seconds"] for run in runs),
-                "description": STUDENTS[student]["description"],
-            })
+            rows.append(
+                {
+                    "student": student,
+                    "recipe": recipe,
+                    "metric_mean": mean,
+                    "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                    "retention": mean / teacher_score,
+                    "speedup": speed["speedup"] if speed else None,
+                    "params": runs[0]["params"],
+                    "seeds": len(scores),
+                    "scores": scores,
+                    "train_seconds": statistics.fmean(run["seconds"] for run in runs),
+                    "description": STUDENTS[student]["description"],
+                }
+            )
     return rows
 
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The rows as a Markdown table (``--table``), as docs/results.md shows them."""
     metric = results["metric"]
-    lines = [f"| student | recipe | {metric} (mean ± std) | seeds | retention | speed-up | parameters | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| student | recipe | {metric} (mean ± std) | seeds | retention | speed-up | parameters | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     baselines = {row["student"]: row["metric_mean"] for row in results["rows"] if row["recipe"] == "no_teacher"}
     for row in results["rows"]:
         gain = ""
@@ -156,7 +200,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             gain = f" ({100 * (row['metric_mean'] - baselines[row['student']]):+.1f})"
         speed = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
         lines.append(
-            f"| {row['student']} | {row['recipe']} | {100 * row['metric_mean']:.2f} ± {100 * row['metric_std']:.2f}{gain} "
+            f"| {row['student']} | {row['recipe']} | {100 * row['metric_mean']:.2f} ± "
+            f"{100 * row['metric_std']:.2f}{gain} "
             f"| {row['seeds']} | {100 * row['retention']:.1f}% | {speed} | {row['params'] / 1e6:.1f}M "
             f"| {row['train_seconds']:.0f} |"
         )
@@ -167,8 +212,13 @@ def machine() -> dict[str, Any]:
     """Where the runs of this invocation train: the platform, its CPUs and its GPU if any."""
     import torch
 
-    found = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    found = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     if torch.cuda.is_available():
         found["gpu"] = torch.cuda.get_device_name(0)
     return found
@@ -191,10 +241,18 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality", help="where the run folders go")
     parser.add_argument("--output", type=Path, help="the results JSON (default benchmarks/results/quality_TASK.json)")
     parser.add_argument("--quick", action="store_true", help="500 training sentences, 1 epoch, 1 seed: a smoke test")
-    parser.add_argument("--table", action="store_true", help="print the saved results as a Markdown table; run nothing")
-    parser.add_argument("--remeasure", action="store_true", help="measure the speed-ups again (on a quiet machine); train nothing")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once (on a GPU or a many-core machine); training times are then not comparable")
+    parser.add_argument(
+        "--table", action="store_true", help="print the saved results as a Markdown table; run nothing"
+    )
+    parser.add_argument(
+        "--remeasure", action="store_true", help="measure the speed-ups again (on a quiet machine); train nothing"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (on a GPU or a many-core machine); training times are then not comparable",
+    )
     args = parser.parse_args()
     if args.table:
         saved = args.output or ROOT / "benchmarks" / "results" / f"quality_{args.task}.json"
@@ -205,8 +263,9 @@ def main() -> None:
     task, metric = args.task, TASKS[args.task]["metric"]
     runs_dir = args.runs_dir / (f"{task}-quick" if args.quick else task)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    output = args.output or (runs_dir / "quality.json" if args.quick else
-                             ROOT / "benchmarks" / "results" / f"quality_{task}.json")
+    output = args.output or (
+        runs_dir / "quality.json" if args.quick else ROOT / "benchmarks" / "results" / f"quality_{task}.json"
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     log = runs_dir / "runs.log"
     logs = runs_dir / "logs"  # one console log per run when several run at once
@@ -220,11 +279,18 @@ def main() -> None:
     results.setdefault("task", task)
     results["metric"] = metric
     results.setdefault("runs", {})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    results.setdefault("code", {})[commit or "unknown"] = time.strftime("%Y-%m-%d %H:%M")  # every commit that added runs
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    results.setdefault("code", {})[commit or "unknown"] = time.strftime(
+        "%Y-%m-%d %H:%M"
+    )  # every commit that added runs
     results["machine"] = machine()
-    results["commands"] = {"benchmark": f"python benchmarks/quality.py {args.data_dir} --task {task} --seeds {args.seeds}",
-                           "data": common, "students": {k: v["overrides"] for k, v in STUDENTS.items()}}
+    results["commands"] = {
+        "benchmark": f"python benchmarks/quality.py {args.data_dir} --task {task} --seeds {args.seeds}",
+        "data": common,
+        "students": {k: v["overrides"] for k, v in STUDENTS.items()},
+    }
 
     teacher_run = runs_dir / "teacher"
     teacher_quick = ["teacher.finetune.epochs=1"] if args.quick else []
@@ -233,9 +299,12 @@ def main() -> None:
     except RuntimeError as error:
         raise SystemExit(f"the teacher could not be fine-tuned: {error}") from None
     teacher_dir = teacher_run / "teacher"
-    results["teacher"] = {"metric": metrics["teacher"][metric], "params": metrics["teacher"]["parameters"],
-                          "seconds": metrics["run"]["seconds"], "folder": str(teacher_dir.relative_to(ROOT))
-                          if teacher_dir.is_relative_to(ROOT) else str(teacher_dir)}
+    results["teacher"] = {
+        "metric": metrics["teacher"][metric],
+        "params": metrics["teacher"]["parameters"],
+        "seconds": metrics["run"]["seconds"],
+        "folder": str(teacher_dir.relative_to(ROOT)) if teacher_dir.is_relative_to(ROOT) else str(teacher_dir),
+    }
     save(output, results, metric)
 
     students = [s for s in args.students.split(",") if s]
@@ -259,8 +328,11 @@ def main() -> None:
             for recipe in recipes:
                 # a chained recipe needs its starting row of the same seed: run it first where it is missing
                 before = [(student, STARTS_FROM[recipe], seed)] if recipe in STARTS_FROM else []
-                pending += [job for job in [*before, (student, recipe, seed)]
-                            if "{}/{}/{}".format(*job) not in results["runs"] and job not in pending]
+                pending += [
+                    job
+                    for job in [*before, (student, recipe, seed)]
+                    if "{}/{}/{}".format(*job) not in results["runs"] and job not in pending
+                ]
     submitted: dict[tuple[str, str, int], Any] = {}
     device = results["machine"].get("gpu") or "cpu"
 
@@ -279,9 +351,13 @@ def main() -> None:
                 raise RuntimeError(f"{name} starts from {start_from}, which its run did not leave")
             overrides += ["student.from_teacher=null", f"student.path={start_from}"]
         began = time.time()
-        metrics = kdistill(EXAMPLES / f"{recipe}.yaml", folder(student, recipe, seed), overrides,
-                           logs / f"{name}.log" if args.jobs > 1 else log)
-        return {"metrics": metrics, "overrides": overrides[len(common) + 1:], "seconds": time.time() - began}
+        metrics = kdistill(
+            EXAMPLES / f"{recipe}.yaml",
+            folder(student, recipe, seed),
+            overrides,
+            logs / f"{name}.log" if args.jobs > 1 else log,
+        )
+        return {"metrics": metrics, "overrides": overrides[len(common) + 1 :], "seconds": time.time() - began}
 
     def record(student: str, recipe: str, seed: int, outcome: dict[str, Any] | RuntimeError) -> None:
         key = f"{student}/{recipe}/{seed}"
@@ -294,15 +370,24 @@ def main() -> None:
         metrics = outcome["metrics"]
         results.get("failures", {}).pop(key, None)
         results["runs"][key] = {
-            "metric": metrics["student"][metric], "accuracy": metrics["student"]["accuracy"],
-            "macro_f1": metrics["student"]["macro_f1"], "agreement": metrics["student"]["agreement"],
-            "params": metrics["student"]["parameters"], "seconds": metrics["run"]["seconds"],
+            "metric": metrics["student"][metric],
+            "accuracy": metrics["student"]["accuracy"],
+            "macro_f1": metrics["student"]["macro_f1"],
+            "agreement": metrics["student"]["agreement"],
+            "params": metrics["student"]["parameters"],
+            "seconds": metrics["run"]["seconds"],
             "teacher_metric": metrics["teacher"][metric],
-            "config": f"examples/quality/{recipe}.yaml", "overrides": outcome["overrides"],
-            "device": device, "jobs": args.jobs,
+            "config": f"examples/quality/{recipe}.yaml",
+            "overrides": outcome["overrides"],
+            "device": device,
+            "jobs": args.jobs,
         }
         save(output, results, metric)  # only this thread writes the JSON
-        print(f"{key}: {metric} {metrics['student'][metric]:.4f} ({outcome['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"{key}: {metric} {metrics['student'][metric]:.4f} ({outcome['seconds']:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     if args.jobs > 1:
         logs.mkdir(exist_ok=True)

@@ -30,8 +30,13 @@ from kdistill import Objective, distill
 def build(num_layers: int, seed: int) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=30522, hidden_size=384, num_hidden_layers=num_layers, num_attention_heads=12,
-        intermediate_size=1536, num_labels=2, max_position_embeddings=512,
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=num_layers,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_labels=2,
+        max_position_embeddings=512,
     )
     return BertForSequenceClassification(config)
 
@@ -114,8 +119,18 @@ def main() -> None:
     def kdistill_steps(repeats: int) -> list[float]:
         clock = StepClock(device)
         # one extra step: the first gap starts at the end of step 1
-        distill(teacher, student, [batch] * (repeats + 1), objective=objective, optimizer=kd_optimizer,
-                scheduler=clock, max_grad_norm=None, precision=args.precision, progress=False, log_every=10)
+        distill(
+            teacher,
+            student,
+            [batch] * (repeats + 1),
+            objective=objective,
+            optimizer=kd_optimizer,
+            scheduler=clock,
+            max_grad_norm=None,
+            precision=args.precision,
+            progress=False,
+            log_every=10,
+        )
         return clock.durations()
 
     # warm-up: allocator, kernels, optimizer state
@@ -132,19 +147,33 @@ def main() -> None:
     teacher_ms = statistics.median(teacher_times) * 1e3
     student_ms = statistics.median(student_times) * 1e3
     kdistill_ms = statistics.median(kdistill_times) * 1e3
-    print(json.dumps({
-        "overhead_ratio": round(kdistill_ms / (teacher_ms + student_ms), 4),
-        "kdistill_step_ms": round(kdistill_ms, 2),
-        "teacher_forward_ms": round(teacher_ms, 2),
-        "student_step_ms": round(student_ms, 2),
-        "samples_per_contender": len(kdistill_times),
-        "settings": {
-            "teacher_layers": 6, "student_layers": 2, "hidden": 384, "batch": 32, "length": 64,
-            "device": str(device), "precision": args.precision, "quick": args.quick,
-        },
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "processor": platform.machine()},
-    }))
+    print(
+        json.dumps(
+            {
+                "overhead_ratio": round(kdistill_ms / (teacher_ms + student_ms), 4),
+                "kdistill_step_ms": round(kdistill_ms, 2),
+                "teacher_forward_ms": round(teacher_ms, 2),
+                "student_step_ms": round(student_ms, 2),
+                "samples_per_contender": len(kdistill_times),
+                "settings": {
+                    "teacher_layers": 6,
+                    "student_layers": 2,
+                    "hidden": 384,
+                    "batch": 32,
+                    "length": 64,
+                    "device": str(device),
+                    "precision": args.precision,
+                    "quick": args.quick,
+                },
+                "machine": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "processor": platform.machine(),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,11 +39,13 @@ BATCH, LENGTH = 32, 64
 def build(kind: str) -> BertForSequenceClassification:
     torch.manual_seed(0 if kind == "teacher" else 1)
     if kind == "teacher":
-        config = BertConfig(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
-                            num_labels=2)
+        config = BertConfig(
+            num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_labels=2
+        )
     else:
-        config = BertConfig(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200,
-                            num_labels=2)
+        config = BertConfig(
+            num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200, num_labels=2
+        )
     return BertForSequenceClassification(config)
 
 
@@ -51,11 +53,13 @@ def dataset(num_batches: int) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     examples = []
     for _ in range(num_batches * BATCH):
-        examples.append({
-            "input_ids": torch.randint(1000, 30000, (LENGTH,), generator=generator),
-            "attention_mask": torch.ones(LENGTH, dtype=torch.long),
-            "labels": torch.randint(0, 2, (), generator=generator),
-        })
+        examples.append(
+            {
+                "input_ids": torch.randint(1000, 30000, (LENGTH,), generator=generator),
+                "attention_mask": torch.ones(LENGTH, dtype=torch.long),
+                "labels": torch.randint(0, 2, (), generator=generator),
+            }
+        )
     return examples
 
 
@@ -76,8 +80,14 @@ def seed_loop(teacher, student, loader, optimizer, device, epoch_times) -> None:
             with torch.no_grad():
                 teacher_logits = teacher(**batch).logits
             student_logits = student(**batch).logits
-            soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
-                            F.softmax(teacher_logits / temperature, dim=-1), reduction="batchmean") * temperature**2
+            soft = (
+                F.kl_div(
+                    F.log_softmax(student_logits / temperature, dim=-1),
+                    F.softmax(teacher_logits / temperature, dim=-1),
+                    reduction="batchmean",
+                )
+                * temperature**2
+            )
             loss = alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
             optimizer.zero_grad()
             loss.backward()
@@ -121,25 +131,56 @@ def run_contender(name: str, num_batches: int, device: torch.device) -> dict:
     sync(device)
     start = time.perf_counter()
     if name == "seed":
-        seed_loop(teacher, student, DataLoader(data, batch_size=BATCH, shuffle=True, generator=loader_seed),
-                  optimizer, device, epoch_times)
+        seed_loop(
+            teacher,
+            student,
+            DataLoader(data, batch_size=BATCH, shuffle=True, generator=loader_seed),
+            optimizer,
+            device,
+            epoch_times,
+        )
     elif name == "plain":
-        plain_loop(student, DataLoader(data, batch_size=BATCH, shuffle=True, generator=loader_seed), optimizer,
-                   device, epoch_times)
+        plain_loop(
+            student,
+            DataLoader(data, batch_size=BATCH, shuffle=True, generator=loader_seed),
+            optimizer,
+            device,
+            epoch_times,
+        )
     elif name == "online":
-        distill(teacher, student, DataLoader(data, batch_size=BATCH, shuffle=True, generator=loader_seed),
-                objective=Objective.hinton(4.0, 0.7), optimizer=optimizer, epochs=EPOCHS, max_grad_norm=None,
-                eval_fn=mark, progress=False, accelerator=accelerator)
+        distill(
+            teacher,
+            student,
+            DataLoader(data, batch_size=BATCH, shuffle=True, generator=loader_seed),
+            objective=Objective.hinton(4.0, 0.7),
+            optimizer=optimizer,
+            epochs=EPOCHS,
+            max_grad_norm=None,
+            eval_fn=mark,
+            progress=False,
+            accelerator=accelerator,
+        )
     elif name == "cached":
         with tempfile.TemporaryDirectory() as folder:
-            cache = TeacherCache.build(teacher, data, f"{folder}/cache", batch_size=BATCH, device=device,
-                                       progress=False)
+            cache = TeacherCache.build(
+                teacher, data, f"{folder}/cache", batch_size=BATCH, device=device, progress=False
+            )
             sync(device)
             epoch_times.append(time.perf_counter())  # the cache is built: "epoch 0" of teacher passes
             loader = DataLoader(with_example_index(data), batch_size=BATCH, shuffle=True, generator=loader_seed)
-            distill(None, student, loader, teacher_cache=cache, objective=Objective.hinton(4.0, 0.7),
-                    optimizer=optimizer, epochs=EPOCHS, max_grad_norm=None, eval_fn=mark, progress=False,
-                    accelerator=accelerator)
+            distill(
+                None,
+                student,
+                loader,
+                teacher_cache=cache,
+                objective=Objective.hinton(4.0, 0.7),
+                optimizer=optimizer,
+                epochs=EPOCHS,
+                max_grad_norm=None,
+                eval_fn=mark,
+                progress=False,
+                accelerator=accelerator,
+            )
     else:
         raise ValueError(name)
     total = time.perf_counter() - start
@@ -196,7 +237,16 @@ def main() -> None:
 
     results = {}
     for name in ("seed", "online", "cached", "plain"):
-        command = [sys.executable, __file__, "--contender", name, "--batches", str(num_batches), "--device", args.device]
+        command = [
+            sys.executable,
+            __file__,
+            "--contender",
+            name,
+            "--batches",
+            str(num_batches),
+            "--device",
+            args.device,
+        ]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
             raise SystemExit(f"contender {name} failed:\n{completed.stderr[-3000:]}")
@@ -204,20 +254,34 @@ def main() -> None:
     t, s = measure_t_and_s(device, repeats=3 if args.quick else 7)
     cached_later_epochs = results["cached"]["epoch_seconds"][2:]  # [build, epoch 1, epoch 2, epoch 3]
     plain_epochs = results["plain"]["epoch_seconds"]
-    print(json.dumps({
-        "cached_vs_seed_speedup": round(results["seed"]["seconds"] / results["cached"]["seconds"], 3),
-        "ideal_speedup": round(3 * (t + s) / (t + 3 * s), 3),
-        "cached_epoch_vs_plain": round(min(cached_later_epochs) / min(plain_epochs), 3),
-        "online_vs_seed_speedup": round(results["seed"]["seconds"] / results["online"]["seconds"], 3),
-        "peak_rss_mb": {name: round(r["peak_rss_mb"], 1) for name, r in results.items()},
-        "seconds": {name: round(r["seconds"], 2) for name, r in results.items()},
-        "teacher_forward_s": round(t, 4),
-        "student_step_s": round(s, 4),
-        "settings": {"epochs": EPOCHS, "batches_per_epoch": num_batches, "batch": BATCH, "length": LENGTH,
-                     "device": str(device), "quick": args.quick},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "processor": platform.machine()},
-    }))
+    print(
+        json.dumps(
+            {
+                "cached_vs_seed_speedup": round(results["seed"]["seconds"] / results["cached"]["seconds"], 3),
+                "ideal_speedup": round(3 * (t + s) / (t + 3 * s), 3),
+                "cached_epoch_vs_plain": round(min(cached_later_epochs) / min(plain_epochs), 3),
+                "online_vs_seed_speedup": round(results["seed"]["seconds"] / results["online"]["seconds"], 3),
+                "peak_rss_mb": {name: round(r["peak_rss_mb"], 1) for name, r in results.items()},
+                "seconds": {name: round(r["seconds"], 2) for name, r in results.items()},
+                "teacher_forward_s": round(t, 4),
+                "student_step_s": round(s, 4),
+                "settings": {
+                    "epochs": EPOCHS,
+                    "batches_per_epoch": num_batches,
+                    "batch": BATCH,
+                    "length": LENGTH,
+                    "device": str(device),
+                    "quick": args.quick,
+                },
+                "machine": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "processor": platform.machine(),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,16 @@ def main() -> None:
     distilled = mlp([64, 16, 10])
     distilled.load_state_dict(alone.state_dict())  # same initial weights: only the teacher differs
     train_alone(alone, loader, args.epochs, 3e-3)
-    train_distillation(teacher, distilled, loader, torch.optim.Adam(distilled.parameters(), lr=3e-3),
-                       epochs=args.epochs, temperature=4.0, alpha=0.7, progress=False)
+    train_distillation(
+        teacher,
+        distilled,
+        loader,
+        torch.optim.Adam(distilled.parameters(), lr=3e-3),
+        epochs=args.epochs,
+        temperature=4.0,
+        alpha=0.7,
+        progress=False,
+    )
 
     probe = x_test[:256]
     teacher_ms = latency_ms(teacher, probe)

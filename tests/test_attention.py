@@ -90,9 +90,17 @@ def _electra(attn):
 
     torch.manual_seed(0)
     config = ElectraConfig(
-        vocab_size=64, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, attn_implementation=attn,
+        vocab_size=64,
+        embedding_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation=attn,
     )
     return ElectraForSequenceClassification(config).eval()
 
@@ -185,26 +193,34 @@ def test_block_kernels_pass_gradcheck(monkeypatch):
     teacher = torch.rand(3, 4, 7, 7, dtype=torch.float64)
     pair = _padding()[:, None, :, None].double() * _padding()[:, None, None, :].double()
     student = torch.rand(3, 4, 7, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda s: _MaskedSquaredSum.apply(s, teacher.mean(1, keepdim=True), pair), (student,))
+    assert torch.autograd.gradcheck(
+        lambda s: _MaskedSquaredSum.apply(s, teacher.mean(1, keepdim=True), pair), (student,)
+    )
     teacher_query, teacher_key = (t.detach() for t in _qk(heads=2, seed=1))
     for softmax in (True, False):
         for average in (True, False):
             target = teacher.mean(1, keepdim=True) if average else teacher
             options = (0.4, 1.0, softmax, average, False)
             assert torch.autograd.gradcheck(
-                lambda q, k: attention_maps._ProjectedMapsMSE.apply(q, k, mask, pair, target, None, None, None, options),
+                lambda q, k: attention_maps._ProjectedMapsMSE.apply(
+                    q, k, mask, pair, target, None, None, None, options
+                ),
                 (query, key),
             ), (softmax, average)
             # the teacher given as its query and key (2 heads, averaged against the student's 4)
             options = (0.4, 0.3, softmax, average, True)
             assert torch.autograd.gradcheck(
-                lambda q, k: attention_maps._ProjectedMapsMSE.apply(q, k, mask, pair, None, teacher_query, teacher_key, mask, options),
+                lambda q, k: attention_maps._ProjectedMapsMSE.apply(
+                    q, k, mask, pair, None, teacher_query, teacher_key, mask, options
+                ),
                 (query, key),
             ), (softmax, average)
 
 
 @pytest.mark.parametrize("on", ["probs", "scores"])
-@pytest.mark.parametrize(("student_heads", "heads"), [(4, "per_head"), (4, "average_both"), (2, "average_teacher"), (2, "average_both")])
+@pytest.mark.parametrize(
+    ("student_heads", "heads"), [(4, "per_head"), (4, "average_both"), (2, "average_teacher"), (2, "average_both")]
+)
 def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, student_heads, heads):
     import kdistill.attention_maps as attention_maps
     from kdistill.attention import AttentionInputs

@@ -12,10 +12,10 @@ import torch
 import yaml
 from text_fixtures import save_classifier, sentences, write_csv, write_tokenizer
 
-from kdistill.tasks.text_classification.augment import NO_LABEL, Augmenter, embedding_neighbours
 from kdistill.app.cli import main
 from kdistill.app.config_loading import parse_config
 from kdistill.errors import ConfigError
+from kdistill.tasks.text_classification.augment import NO_LABEL, Augmenter, embedding_neighbours
 
 TEXTS = ["the movie was very good", "a dull and boring story", "great cast", "bad"]
 
@@ -34,9 +34,9 @@ def test_the_same_seed_gives_the_same_new_sentences_none_an_original() -> None:
 
 def test_masking_replaces_every_word_at_probability_one() -> None:
     augmenter = Augmenter(mask_prob=1.0, replace_prob=0.0, ngram_prob=0.0, mask_token="[MASK]")
-    assert augmenter.perturb("a very good film".split(), random.Random(0)) == ["[MASK]"] * 4
+    assert augmenter.perturb(["a", "very", "good", "film"], random.Random(0)) == ["[MASK]"] * 4
     deleting = Augmenter(mask_prob=1.0, replace_prob=0.0, ngram_prob=0.0, mask_token=None)
-    assert deleting.perturb("a very good film".split(), random.Random(0)) == []
+    assert deleting.perturb(["a", "very", "good", "film"], random.Random(0)) == []
 
 
 def test_replacement_draws_from_the_neighbours_and_keeps_unknown_words() -> None:
@@ -49,7 +49,7 @@ def test_replacement_draws_from_the_neighbours_and_keeps_unknown_words() -> None
 
 
 def test_ngram_sampling_keeps_a_contiguous_piece_of_at_most_max_ngram_words() -> None:
-    words = "one two three four five six seven eight nine ten".split()
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
     augmenter = Augmenter(mask_prob=0.0, replace_prob=0.0, ngram_prob=1.0, max_ngram=3)
     rng = random.Random(1)
     lengths = set()
@@ -57,15 +57,18 @@ def test_ngram_sampling_keeps_a_contiguous_piece_of_at_most_max_ngram_words() ->
         piece = augmenter.perturb(words, rng)
         lengths.add(len(piece))
         start = words.index(piece[0])
-        assert piece == words[start:start + len(piece)]
+        assert piece == words[start : start + len(piece)]
     assert lengths == {1, 2, 3}
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"mask_prob": 1.5}, "mask_prob must be in [0, 1]"),
-    ({"mask_prob": 0.6, "replace_prob": 0.6}, "mask_prob + replace_prob must be <= 1"),
-    ({"copies": 0}, "copies and max_ngram must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"mask_prob": 1.5}, "mask_prob must be in [0, 1]"),
+        ({"mask_prob": 0.6, "replace_prob": 0.6}, "mask_prob + replace_prob must be <= 1"),
+        ({"copies": 0}, "copies and max_ngram must be >= 1"),
+    ],
+)
 def test_impossible_settings_are_refused(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("+", r"\+")):
         Augmenter(**options)
@@ -102,8 +105,12 @@ def test_a_run_distils_on_the_augmented_set_with_the_teacher_labelling_it(tmp_pa
     config = {
         "teacher": {"path": str(tmp_path / "teacher"), "cache": str(tmp_path / "cache")},
         "student": {"from_teacher": {"num_layers": 1}},
-        "data": {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"), "max_length": 16,
-                 "augment": {"copies": 3, "seed": 1}},
+        "data": {
+            "train": str(tmp_path / "train.csv"),
+            "test": str(tmp_path / "test.csv"),
+            "max_length": 16,
+            "augment": {"copies": 3, "seed": 1},
+        },
         "training": {"epochs": 1, "batch_size": 16, "lr": 1.0e-3},
         "output": {"dir": str(tmp_path / "run"), "save_checkpoints": False},
     }

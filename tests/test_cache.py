@@ -23,10 +23,12 @@ def _token_examples(n=24, seed=0, num_labels=3):
     examples = []
     for _ in range(n):
         length = int(torch.randint(3, 12, (1,), generator=generator))
-        examples.append({
-            "input_ids": torch.randint(1, 64, (length,), generator=generator),
-            "labels": int(torch.randint(0, num_labels, (1,), generator=generator)),
-        })
+        examples.append(
+            {
+                "input_ids": torch.randint(1, 64, (length,), generator=generator),
+                "labels": int(torch.randint(0, num_labels, (1,), generator=generator)),
+            }
+        )
     return examples
 
 
@@ -47,22 +49,33 @@ def pad_collate(examples, extra_padding=0):
 
 
 def _shuffled_loader(dataset, seed=0):
-    return DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=pad_collate,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset, batch_size=4, shuffle=True, collate_fn=pad_collate, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_cached_run_equals_online_run(tmp_path):
     examples = _token_examples()
     teacher = tiny_bert(4, 48, seed=1)
-    cache = TeacherCache.build(teacher, examples, tmp_path / "cache", collate_fn=pad_collate, batch_size=5,
-                               progress=False)
+    cache = TeacherCache.build(
+        teacher, examples, tmp_path / "cache", collate_fn=pad_collate, batch_size=5, progress=False
+    )
     assert len(cache) == len(examples)
 
     def run(use_cache):
         student = tiny_bert(2, 32, seed=2)
         dataset = with_example_index(examples) if use_cache else examples
-        distill(None if use_cache else teacher, student, _shuffled_loader(dataset), teacher_cache=cache if use_cache else None,
-                objective=Objective.hinton(2.0, 0.7), lr=1e-3, epochs=2, gradient_accumulation_steps=2, progress=False)
+        distill(
+            None if use_cache else teacher,
+            student,
+            _shuffled_loader(dataset),
+            teacher_cache=cache if use_cache else None,
+            objective=Objective.hinton(2.0, 0.7),
+            lr=1e-3,
+            epochs=2,
+            gradient_accumulation_steps=2,
+            progress=False,
+        )
         return student.state_dict()
 
     online, cached = run(False), run(True)
@@ -80,8 +93,15 @@ def test_cached_tuple_dataset_equals_online(tmp_path):
         student = mlp(16, 8, 4, seed=4)
         data = with_example_index(dataset) if use_cache else dataset
         loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
-        distill(None if use_cache else teacher, student, loader, teacher_cache=cache if use_cache else None,
-                lr=1e-2, epochs=2, progress=False)
+        distill(
+            None if use_cache else teacher,
+            student,
+            loader,
+            teacher_cache=cache if use_cache else None,
+            lr=1e-2,
+            epochs=2,
+            progress=False,
+        )
         return student.state_dict()
 
     online, cached = run(False), run(True)
@@ -92,15 +112,25 @@ def test_cached_tuple_dataset_equals_online(tmp_path):
 def test_per_token_hidden_states_follow_the_batch_padding(tmp_path):
     examples = _token_examples(10, seed=5)
     teacher = tiny_bert(3, 32, seed=6)
-    cache = TeacherCache.build(teacher, examples, tmp_path / "c", spec=CacheSpec(hidden_states=(0, 2)),
-                               collate_fn=pad_collate, batch_size=3, progress=False)
+    cache = TeacherCache.build(
+        teacher,
+        examples,
+        tmp_path / "c",
+        spec=CacheSpec(hidden_states=(0, 2)),
+        collate_fn=pad_collate,
+        batch_size=3,
+        progress=False,
+    )
     order = [7, 2, 9, 0]
     batch = pad_collate([examples[i] for i in order], extra_padding=3)  # padded more than at build time
     mask = batch["attention_mask"]
     stored = cache.features(torch.tensor(order), mask)
     with torch.no_grad():
-        live = capture(teacher, {"input_ids": batch["input_ids"], "attention_mask": mask},
-                       CaptureRequest(hidden_states=frozenset({0, 2})))
+        live = capture(
+            teacher,
+            {"input_ids": batch["input_ids"], "attention_mask": mask},
+            CaptureRequest(hidden_states=frozenset({0, 2})),
+        )
     keep = mask.bool()
     for layer in (0, 2):
         assert_close(stored.hidden_states[layer][keep], live.hidden_states[layer][keep], rtol=1e-4, atol=1e-5)
@@ -109,7 +139,9 @@ def test_per_token_hidden_states_follow_the_batch_padding(tmp_path):
 
 
 def _build(teacher, examples, folder, **kwargs):
-    return TeacherCache.build(teacher, examples, folder, collate_fn=pad_collate, batch_size=4, progress=False, **kwargs)
+    return TeacherCache.build(
+        teacher, examples, folder, collate_fn=pad_collate, batch_size=4, progress=False, **kwargs
+    )
 
 
 def test_changed_teacher_dataset_or_tokenisation_invalidate(tmp_path, caplog):
@@ -222,7 +254,7 @@ def test_runs_side_by_side_build_one_cache_and_share_it(tmp_path):
     def build():
         try:
             caches.append(TeacherCache.build(teacher, dataset, tmp_path / "c", batch_size=8, progress=False))
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=build) for _ in range(2)]
@@ -270,7 +302,9 @@ def test_storage_precision_error_is_within_the_documented_bound(tmp_path, dtype,
     relative = ((stored - exact).abs() / exact.abs().clamp_min(1e-3)).max().item()
     assert relative <= tolerance / 2, relative
     student = torch.randn(16, 3)
-    loss_error = abs(LF.soft_kd(student, stored, 4.0) - LF.soft_kd(student, exact, 4.0)) / LF.soft_kd(student, exact, 4.0)
+    loss_error = abs(LF.soft_kd(student, stored, 4.0) - LF.soft_kd(student, exact, 4.0)) / LF.soft_kd(
+        student, exact, 4.0
+    )
     assert loss_error <= tolerance
 
 
@@ -287,8 +321,12 @@ def test_cache_that_lacks_a_requested_layer_is_a_clear_error(tmp_path):
     cache = _build(tiny_bert(2, 32, seed=1), examples, tmp_path / "c")
     assert cache.provides(CaptureRequest(hidden_states=frozenset({1}))) is not None
     assert "hidden states of teacher layers [1]" in cache.provides(CaptureRequest(hidden_states=frozenset({1})))
-    for request in (CaptureRequest(attentions={1}), CaptureRequest(attention_scores={1}), CaptureRequest(qkv={1}),
-                    CaptureRequest(modules={"bert.encoder"})):
+    for request in (
+        CaptureRequest(attentions={1}),
+        CaptureRequest(attention_scores={1}),
+        CaptureRequest(qkv={1}),
+        CaptureRequest(modules={"bert.encoder"}),
+    ):
         assert "use online distillation" in cache.provides(request)
     assert cache.provides(CaptureRequest()) is None
 
@@ -314,8 +352,8 @@ def test_bad_specs_are_clear_errors():
 
 def test_trainer_with_a_cache_equals_the_online_trainer(tmp_path):
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast, TrainingArguments
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast, TrainingArguments
 
     vocab = {f"w{i}": i for i in range(2, 64)}
     vocab["[PAD]"], vocab["[UNK]"] = 0, 1
@@ -323,9 +361,13 @@ def test_trainer_with_a_cache_equals_the_online_trainer(tmp_path):
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
     examples = _token_examples(16)
-    data = Dataset.from_dict({"input_ids": [e["input_ids"].tolist() for e in examples],
-                              "attention_mask": [[1] * len(e["input_ids"]) for e in examples],
-                              "labels": [e["labels"] for e in examples]})
+    data = Dataset.from_dict(
+        {
+            "input_ids": [e["input_ids"].tolist() for e in examples],
+            "attention_mask": [[1] * len(e["input_ids"]) for e in examples],
+            "labels": [e["labels"] for e in examples],
+        }
+    )
     collator = DataCollatorWithPadding(tokenizer)
     teacher = tiny_bert(4, 48, seed=1)
     cache = TeacherCache.build(teacher, data, tmp_path / "cache", collate_fn=collator, batch_size=4, progress=False)
@@ -334,12 +376,24 @@ def test_trainer_with_a_cache_equals_the_online_trainer(tmp_path):
 
     def run(use_cache):
         student = tiny_bert(2, 32, seed=2)
-        args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_train_epochs=2,
-                                 learning_rate=1e-3, report_to="none", save_strategy="no", use_cpu=True,
-                                 disable_tqdm=True, seed=0, gradient_accumulation_steps=2)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            per_device_train_batch_size=4,
+            num_train_epochs=2,
+            learning_rate=1e-3,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+            gradient_accumulation_steps=2,
+        )
         trainer = DistillationTrainer(
-            teacher_model=None if use_cache else teacher, teacher_cache=cache if use_cache else None,
-            model=student, args=args, data_collator=collator,
+            teacher_model=None if use_cache else teacher,
+            teacher_cache=cache if use_cache else None,
+            model=student,
+            args=args,
+            data_collator=collator,
             train_dataset=with_example_index(data) if use_cache else data,
         )
         trainer.train()
@@ -384,8 +438,16 @@ def test_length_sorted_cache_pass_stores_every_example_in_its_own_row(tmp_path, 
     monkeypatch.setattr(cache_module, "SORT_WINDOW_BATCHES", 3)
     windows = cache_module._length_sorted_windows(len(dataset), dataset.lengths, 8)
     assert [i for w in windows for b in w for i in b] != list(range(70))  # really reordered
-    cache = TeacherCache.build(teacher, dataset, tmp_path / "cache", spec=CacheSpec(hidden_states=(1,)),
-                               batch_size=8, collate_fn=collator, shard_megabytes=0.01, progress=False)
+    cache = TeacherCache.build(
+        teacher,
+        dataset,
+        tmp_path / "cache",
+        spec=CacheSpec(hidden_states=(1,)),
+        batch_size=8,
+        collate_fn=collator,
+        shard_megabytes=0.01,
+        progress=False,
+    )
     assert len(cache.manifest["shards"]) > 1
     request = CaptureRequest(logits=True, hidden_states=frozenset({1}))
     for picked in ([5, 69, 0, 33], [12, 13, 40]):

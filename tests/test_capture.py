@@ -113,7 +113,7 @@ def test_hooks_are_removed_when_the_forward_pass_raises():
         capture(model, torch.randn(1, 1, 4, 4), CaptureRequest(modules={"stages.0"}))
     assert _hook_count(model) == 0
     bert = tiny_bert(seed=1)
-    with pytest.raises(Exception):
+    with pytest.raises((IndexError, RuntimeError)):
         capture(bert, {"input_ids": torch.full((1, 100), 2)}, CaptureRequest(attentions={1}))  # too long
     assert _hook_count(bert) == 0
 

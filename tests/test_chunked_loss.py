@@ -46,8 +46,15 @@ def _grads(value, student, scale=0.5):
 
 def _chunked(student, teacher, targets, kind, **kwargs):
     return chunked_token_loss(
-        student["hidden"], student["weight"], student["bias"], targets, kind, teacher_hidden=teacher["hidden"],
-        teacher_weight=teacher["weight"], teacher_bias=teacher["bias"], **kwargs,
+        student["hidden"],
+        student["weight"],
+        student["bias"],
+        targets,
+        kind,
+        teacher_hidden=teacher["hidden"],
+        teacher_weight=teacher["weight"],
+        teacher_bias=teacher["bias"],
+        **kwargs,
     )
 
 
@@ -117,7 +124,13 @@ def test_topk_teacher_equals_the_dense_topk_loss(kind, k):
     topk = _topk(_logits(teacher), k, KWARGS["temperature"])
     dense = token_loss_topk(_logits(student), *topk, targets, kind, **KWARGS)
     chunked = chunked_token_loss(
-        student["hidden"], student["weight"], student["bias"], targets, kind, teacher_topk=topk, chunk_size=5,
+        student["hidden"],
+        student["weight"],
+        student["bias"],
+        targets,
+        kind,
+        teacher_topk=topk,
+        chunk_size=5,
         **KWARGS,
     )
     _assert_same(chunked, dense, student, 1e-10, 1e-12)
@@ -194,8 +207,12 @@ def test_default_chunk_size_bounds_the_logits_of_a_chunk():
 def test_bad_arguments_raise_clear_errors(change, message):
     student, teacher, targets = _make(seed=10)
     args = {
-        "student_hidden": student["hidden"], "student_weight": student["weight"], "student_bias": None,
-        "targets": targets, "kind": "forward_kl", "teacher_hidden": teacher["hidden"],
+        "student_hidden": student["hidden"],
+        "student_weight": student["weight"],
+        "student_bias": None,
+        "targets": targets,
+        "kind": "forward_kl",
+        "teacher_hidden": teacher["hidden"],
         "teacher_weight": teacher["weight"],
     }
     args.update(change)

@@ -59,8 +59,11 @@ def finished_run(workspace: Path) -> tuple[Path, str]:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, str]) -> None:
@@ -86,10 +89,15 @@ def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, s
     checkpoints = folder / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best-student", "distill"]
     assert sorted(p.name for p in (checkpoints / "distill").iterdir()) == [
-        "checkpoint-00000006", "checkpoint-00000012", "finished.json"]
+        "checkpoint-00000006",
+        "checkpoint-00000012",
+        "finished.json",
+    ]
     state = json.loads((checkpoints / "best-student" / "trainer_state.json").read_text())
     assert state["stage"] == "distill" and state["step"] in (6, 12) and 0.0 <= state["accuracy"] <= 1.0
-    assert AutoModelForSequenceClassification.from_pretrained(checkpoints / "best-student").config.num_hidden_layers == 2
+    assert (
+        AutoModelForSequenceClassification.from_pretrained(checkpoints / "best-student").config.num_hidden_layers == 2
+    )
 
     metrics = json.loads((folder / "metrics.json").read_text())
     for model in ("teacher", "student"):
@@ -97,7 +105,13 @@ def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, s
             assert key in metrics[model], (model, key)
     assert 0.0 <= metrics["student"]["agreement"] <= 1.0
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
-    assert metrics["data"] == {"train": 86, "validation": 10, "test": 40, "labels": ["neg", "pos"], "evaluated_on": "test"}
+    assert metrics["data"] == {
+        "train": 86,
+        "validation": 10,
+        "test": 40,
+        "labels": ["neg", "pos"],
+        "evaluated_on": "test",
+    }
     assert [round(v["step"]) for v in metrics["validation"]] == [6, 12]
     assert set(metrics["training"]["stages"][0]["final"]) == {"loss", "kd", "ce"}
 
@@ -108,8 +122,9 @@ def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, s
     assert "stage distill: loss = 0.7·kd + 0.3·ce" in log and "run finished" in log
 
 
-def test_eval_on_the_run_measures_and_keeps_the_run_metrics(finished_run: tuple[Path, str],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_on_the_run_measures_and_keeps_the_run_metrics(
+    finished_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _ = finished_run
     before = json.loads((folder / "metrics.json").read_text())
     code, out, err = run_cli(["eval", str(folder), "--no-progress"], capsys)
@@ -127,21 +142,36 @@ def test_eval_on_the_run_measures_and_keeps_the_run_metrics(finished_run: tuple[
     assert student["size_bytes"] == (folder / "student" / "model.safetensors").stat().st_size
 
 
-def test_eval_on_a_model_folder_with_a_teacher(finished_run: tuple[Path, str], workspace: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_on_a_model_folder_with_a_teacher(
+    finished_run: tuple[Path, str], workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _ = finished_run
     output = tmp_path / "m.json"
-    code, out, err = run_cli(["eval", str(folder / "student"), "--teacher", str(workspace / "teacher"), "--data",
-                              str(workspace / "train.csv"), "--batch-size", "8", "--output", str(output),
-                              "--no-progress"], capsys)
+    code, out, err = run_cli(
+        [
+            "eval",
+            str(folder / "student"),
+            "--teacher",
+            str(workspace / "teacher"),
+            "--data",
+            str(workspace / "train.csv"),
+            "--batch-size",
+            "8",
+            "--output",
+            str(output),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     written = json.loads(output.read_text())["eval"]
     assert written["data"]["examples"] == 96 and written["data"]["batch_size"] == 8
     assert 0 <= written["student"]["agreement"] <= 1 and written["teacher"]["speedup"] == 1.0
 
 
-def test_inspect_shows_both_models_and_the_layer_map(finished_run: tuple[Path, str], workspace: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_shows_both_models_and_the_layer_map(
+    finished_run: tuple[Path, str], workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _ = finished_run
     code, out, _ = run_cli(["inspect", str(workspace / "teacher"), str(folder / "student")], capsys)
     assert code == 0
@@ -152,8 +182,16 @@ def test_inspect_shows_both_models_and_the_layer_map(finished_run: tuple[Path, s
 
 
 def test_check_validates_without_training(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--check", "--no-progress",
-                              f"output.dir={workspace / 'runs' / 'never'}"], capsys)
+    code, out, err = run_cli(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "--check",
+            "--no-progress",
+            f"output.dir={workspace / 'runs' / 'never'}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert out.startswith("config OK: train 86, validation 10, test 40 examples, labels neg, pos")
     assert not (workspace / "runs" / "never").exists()
@@ -168,24 +206,36 @@ BAD_INPUTS = [
     (["data.train=latin.csv"], "is not valid utf-8 text (line 2, byte 14): set data.encoding"),
     (["teacher.path=./no/such/teacher"], "teacher './no/such/teacher': no such folder"),
     (["student.from_teacher.num_layers=9"], "student.from_teacher: cannot copy 9 student layers"),
-    (["objective.preset=null", "objective.temperature=null", "objective.alpha=null", "objective.terms.h.type=hidden_mse",
-      "objective.terms.h.layer_map={1: 7}"],
-     "objective: teacher layer 7 is out of range: the teacher (BertForSequenceClassification) has layers 0..4"),
+    (
+        [
+            "objective.preset=null",
+            "objective.temperature=null",
+            "objective.alpha=null",
+            "objective.terms.h.type=hidden_mse",
+            "objective.terms.h.layer_map={1: 7}",
+        ],
+        "objective: teacher layer 7 is out of range: the teacher (BertForSequenceClassification) has layers 0..4",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "expected"), BAD_INPUTS, ids=[b[1][:30] for b in BAD_INPUTS])
-def test_bad_inputs_exit_2_with_one_line_and_lose_nothing(finished_run: tuple[Path, str], workspace: Path,
-                                                          overrides: list[str], expected: str,
-                                                          capsys: pytest.CaptureFixture[str],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_inputs_exit_2_with_one_line_and_lose_nothing(
+    finished_run: tuple[Path, str],
+    workspace: Path,
+    overrides: list[str],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     folder, _ = finished_run
     before = snapshot(folder)
     runs_before = sorted(p.name for p in folder.parent.iterdir())
     monkeypatch.chdir(workspace)
     # --overwrite: the earlier run in output.dir would be deleted, but only once the new run is prepared
-    code, out, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", "--overwrite", *overrides],
-                             capsys)
+    code, out, err = run_cli(
+        ["distill", str(workspace / "run.yaml"), "--no-progress", "--overwrite", *overrides], capsys
+    )
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -195,55 +245,84 @@ def test_bad_inputs_exit_2_with_one_line_and_lose_nothing(finished_run: tuple[Pa
     assert sorted(p.name for p in folder.parent.iterdir()) == runs_before
 
 
-def test_a_teacher_with_an_untrained_head_is_refused(workspace: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_teacher_with_an_untrained_head_is_refused(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from transformers import BertConfig, BertModel
 
     save_classifier(tmp_path / "base")  # writes the tokenizer; the weights are replaced by a headless encoder
-    BertModel(BertConfig(vocab_size=35, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                         intermediate_size=64)).save_pretrained(tmp_path / "base")
-    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.path={tmp_path / 'base'}",
-                            "teacher.num_labels=2", f"output.dir={tmp_path / 'run'}"], capsys)
+    BertModel(
+        BertConfig(vocab_size=35, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    ).save_pretrained(tmp_path / "base")
+    code, _, err = run_cli(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "--no-progress",
+            f"teacher.path={tmp_path / 'base'}",
+            "teacher.num_labels=2",
+            f"output.dir={tmp_path / 'run'}",
+        ],
+        capsys,
+    )
     assert code == 2
     assert "has untrained weights" in err and "teacher.finetune" in err
 
 
-def test_different_tokenizers_are_refused_with_a_way_out(workspace: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_different_tokenizers_are_refused_with_a_way_out(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     save_classifier(tmp_path / "student", num_layers=1, hidden=16, heads=2, tokenizer_extra=("extra", "tokens"))
-    args = ["distill", str(workspace / "run.yaml"), "--no-progress", "student.from_teacher=null",
-            f"student.path={tmp_path / 'student'}", f"output.dir={tmp_path / 'run'}"]
+    args = [
+        "distill",
+        str(workspace / "run.yaml"),
+        "--no-progress",
+        "student.from_teacher=null",
+        f"student.path={tmp_path / 'student'}",
+        f"output.dir={tmp_path / 'run'}",
+    ]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "tokenizers differ (vocabularies of 35 and 37 tokens)" in err
     assert not (tmp_path / "run").exists()
     # allowed for sequence-level terms: each model reads its own tokens
-    code, out, err = run_cli(args + ["data.allow_different_tokenizers=true", "training.epochs=1",
-                                     "output.save_checkpoints=false"], capsys)
+    code, out, err = run_cli(
+        args + ["data.allow_different_tokenizers=true", "training.epochs=1", "output.save_checkpoints=false"], capsys
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
 
 
-def test_an_output_folder_that_holds_a_run_is_refused_in_one_line(finished_run: tuple[Path, str], workspace: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_output_folder_that_holds_a_run_is_refused_in_one_line(
+    finished_run: tuple[Path, str], workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _ = finished_run
     before = snapshot(folder)
     runs_before = sorted(p.name for p in folder.parent.iterdir())
     code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", "training.max_steps=2"], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0] == (f"kdistill distill: error: output.dir {str(folder)!r} already holds a run: add --overwrite to "
-                        f"start again (its files are deleted) or --resume {folder} to continue it (in Python: "
-                        "overwrite=True or resume=True)")
+    assert lines[0] == (
+        f"kdistill distill: error: output.dir {str(folder)!r} already holds a run: add --overwrite to "
+        f"start again (its files are deleted) or --resume {folder} to continue it (in Python: "
+        "overwrite=True or resume=True)"
+    )
     assert snapshot(folder) == before
     assert sorted(p.name for p in folder.parent.iterdir()) == runs_before
 
 
 def test_overwrite_starts_again_and_deletes_only_the_old_run_once_the_new_one_is_prepared(
-        workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "run"
-    args = ["distill", str(workspace / "run.yaml"), "--no-progress", "training.max_steps=2", "training.epochs=1",
-            f"output.dir={folder}"]
+    args = [
+        "distill",
+        str(workspace / "run.yaml"),
+        "--no-progress",
+        "training.max_steps=2",
+        "training.epochs=1",
+        f"output.dir={folder}",
+    ]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
@@ -267,8 +346,9 @@ def test_overwrite_starts_again_and_deletes_only_the_old_run_once_the_new_one_is
     assert sorted(p.name for p in other.iterdir()) == ["data.csv"]
 
 
-def test_a_failure_during_the_run_keeps_what_was_written(workspace: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_during_the_run_keeps_what_was_written(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import kdistill.app.run as run_module
 
     def broken_plot(*args: object, **kwargs: object) -> None:
@@ -276,11 +356,27 @@ def test_a_failure_during_the_run_keeps_what_was_written(workspace: Path, tmp_pa
 
     monkeypatch.setattr(run_module, "plot_curves", broken_plot)
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "home"))
-    assert main(["distill", str(workspace / "run.yaml"), "--no-progress", "training.epochs=1",
-                 f"output.dir={tmp_path / 'run'}"]) == 1  # a bug: exit 1, the traceback in a crash file
+    assert (
+        main(
+            [
+                "distill",
+                str(workspace / "run.yaml"),
+                "--no-progress",
+                "training.epochs=1",
+                f"output.dir={tmp_path / 'run'}",
+            ]
+        )
+        == 1
+    )  # a bug: exit 1, the traceback in a crash file
     folder = tmp_path / "run"
-    for name in ("config.yaml", "run.log", "metrics.json", "student/model.safetensors",
-                 "checkpoints/distill/checkpoint-00000006", "checkpoints/distill/finished.json"):
+    for name in (
+        "config.yaml",
+        "run.log",
+        "metrics.json",
+        "student/model.safetensors",
+        "checkpoints/distill/checkpoint-00000006",
+        "checkpoints/distill/finished.json",
+    ):
         assert (folder / name).exists(), name
     assert "run stopped: RuntimeError: disk full" in (folder / "run.log").read_text()
 
@@ -302,26 +398,49 @@ def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 0 and "expected a number >= 1" in err
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_one_line_without_a_traceback(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("teacher: {path: t}\nstudent: {from_teacher: {num_layers: 2}}\ndata: {train: x.csv}\n"
-                      "training: {epochs: 0}\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "kdistill.app.cli", "distill", str(config)], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    config.write_text(
+        "teacher: {path: t}\nstudent: {from_teacher: {num_layers: 2}}\ndata: {train: x.csv}\ntraining: {epochs: 0}\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "kdistill.app.cli", "distill", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("kdistill distill: error: training.epochs: Input should be greater than or "
-                                     "equal to 1, got 0")
+    assert result.stderr.strip() == (
+        "kdistill distill: error: training.epochs: Input should be greater than or equal to 1, got 0"
+    )
 
 
-@pytest.mark.parametrize(("preset", "stages"), [("tinybert", ["intermediate", "prediction"]),
-                                                ("minilm", ["relations", "prediction"])])
-def test_two_stage_presets_run_end_to_end(workspace: Path, tmp_path: Path, preset: str, stages: list[str],
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("preset", "stages"), [("tinybert", ["intermediate", "prediction"]), ("minilm", ["relations", "prediction"])]
+)
+def test_two_stage_presets_run_end_to_end(
+    workspace: Path, tmp_path: Path, preset: str, stages: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / preset
-    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", f"objective.preset={preset}",
-                            "objective.temperature=null", "objective.alpha=null", "student.from_teacher.hidden_size=16",
-                            "student.from_teacher.num_heads=2", "training.max_steps=2", "training.epochs=1",
-                            f"output.dir={folder}"], capsys)
+    code, _, err = run_cli(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "--no-progress",
+            f"objective.preset={preset}",
+            "objective.temperature=null",
+            "objective.alpha=null",
+            "student.from_teacher.hidden_size=16",
+            "student.from_teacher.num_heads=2",
+            "training.max_steps=2",
+            "training.epochs=1",
+            f"output.dir={folder}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [stage["name"] for stage in metrics["training"]["stages"]] == stages
@@ -343,13 +462,16 @@ def _weight_names(path: Path) -> list[str]:
         return list(handle.keys())
 
 
-def test_eval_and_inspect_refuse_bad_inputs_in_one_line(finished_run: tuple[Path, str], workspace: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_and_inspect_refuse_bad_inputs_in_one_line(
+    finished_run: tuple[Path, str], workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _ = finished_run
     cases = [
         (["eval", str(workspace / "no-run")], "no such run or model folder"),
-        (["eval", str(folder), "--data", str(workspace / "train.csv"), "--label-column", "gold"],
-         "has no column 'gold' (data.label_column)"),
+        (
+            ["eval", str(folder), "--data", str(workspace / "train.csv"), "--label-column", "gold"],
+            "has no column 'gold' (data.label_column)",
+        ),
         (["eval", str(folder / "student")], "give the data to evaluate on: --data FILE"),
         (["eval", str(folder), "--data", str(workspace / "latin.csv"), "--encoding", "latin-9x"], "encoding"),
         (["inspect", "./no/such/teacher"], "teacher './no/such/teacher': no such folder"),
@@ -363,20 +485,25 @@ def test_eval_and_inspect_refuse_bad_inputs_in_one_line(finished_run: tuple[Path
     assert snapshot(folder) == before
 
 
-def test_an_output_folder_that_cannot_be_made_is_one_line(workspace: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_output_folder_that_cannot_be_made_is_one_line(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder", encoding="utf-8")
-    code, _, err = run_cli(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={blocker / 'run'}"],
-                           capsys)
+    code, _, err = run_cli(
+        ["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={blocker / 'run'}"], capsys
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Not a directory" in lines[0] and str(blocker) in lines[0], err
     assert blocker.read_text(encoding="utf-8") == "not a folder"
 
 
 def test_distill_launched_as_several_processes_is_refused_before_anything_is_written(
-        finished_run: tuple[Path, str], workspace: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    finished_run: tuple[Path, str],
+    workspace: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     folder, _ = finished_run
     before = snapshot(folder)
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set in each process

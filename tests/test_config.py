@@ -42,10 +42,19 @@ def test_minimal_config_gets_defaults() -> None:
         (["training.epoch=3"], "training.epoch: unknown key; did you mean 'epochs'?"),
         (["teachr.path=x"], "teachr: unknown key; did you mean 'teacher'?"),
         (["data.text_colum=sentence"], "data.text_colum: unknown key; did you mean 'text_column'?"),
-        (["objective.terms.kd.type=kd", "objective.terms.kd.temprature=2"],
-         "objective.terms.kd.temprature: unknown key; did you mean 'temperature'?"),
-        (["student.from_teacher.num_layer=2"], "student.from_teacher.num_layer: unknown key; did you mean 'num_layers'?"),
-        (["output.zzz=1"], "output.zzz: unknown key; the keys here are dir, save_checkpoints, save_best, save_every, keep_checkpoints"),
+        (
+            ["objective.terms.kd.type=kd", "objective.terms.kd.temprature=2"],
+            "objective.terms.kd.temprature: unknown key; did you mean 'temperature'?",
+        ),
+        (
+            ["student.from_teacher.num_layer=2"],
+            "student.from_teacher.num_layer: unknown key; did you mean 'num_layers'?",
+        ),
+        (
+            ["output.zzz=1"],
+            "output.zzz: unknown key; the keys here are dir, save_checkpoints, save_best, save_every, "
+            "keep_checkpoints",
+        ),
     ],
 )
 def test_unknown_keys_name_the_closest_known_key(overrides: list[str], expected: str) -> None:
@@ -79,18 +88,24 @@ def test_wrong_types_are_one_line(overrides: list[str], expected: str) -> None:
         (["data.encoding=klingon-8"], "data.encoding: unknown text encoding 'klingon-8'"),
         (["data.validation_fraction=1.5"], "data.validation_fraction: Input should be less than 1"),
         (["student.path=models/s"], "student: give exactly one of path"),
-        (["student.from_teacher.hidden_size=30", "student.from_teacher.num_heads=4"],
-         "student.from_teacher: hidden_size 30 is not divisible by num_heads 4"),
+        (
+            ["student.from_teacher.hidden_size=30", "student.from_teacher.num_heads=4"],
+            "student.from_teacher: hidden_size 30 is not divisible by num_heads 4",
+        ),
         (["objective.terms.kd.type=kdd"], "objective.terms.kd: Input tag 'kdd'"),
         (["objective.terms.kd.weight=1"], "objective.terms.kd: needs a type: (kd, ce"),
-        (["objective.terms.h.type=hidden_mse", "objective.terms.h.layer_map=middle"],
-         "objective.terms.h.layer_map: must be 'uniform', 'every-K', 'last-K'"),
+        (
+            ["objective.terms.h.type=hidden_mse", "objective.terms.h.layer_map=middle"],
+            "objective.terms.h.layer_map: must be 'uniform', 'every-K', 'last-K'",
+        ),
         (["objective.terms.kd.type=kd", "objective.terms.kd.weight=0"], "objective: every term has weight 0"),
         (["objective.preset=hinton", "objective.terms.kd.type=kd"], "objective: give either preset: or terms:"),
         (["objective.tinybert.layer_map=uniform"], "objective: the tinybert: block needs preset: tinybert"),
         (["teacher.package=gt.models", "teacher.path=null"], "teacher.package: must be the name of a top-level"),
-        (["data.allow_different_tokenizers=true", "objective.preset=tinybert"],
-         "data.allow_different_tokenizers works only with sequence-level terms"),
+        (
+            ["data.allow_different_tokenizers=true", "objective.preset=tinybert"],
+            "data.allow_different_tokenizers works only with sequence-level terms",
+        ),
     ],
 )
 def test_impossible_values_are_one_line(overrides: list[str], expected: str) -> None:
@@ -102,7 +117,8 @@ def test_a_missing_section_is_named() -> None:
     # no student is a run that fine-tunes the teacher alone: without teacher.finetune it has nothing to do
     assert problem([], {"teacher": {"path": "t"}, "data": {"train": "x.csv"}}) == (
         "config: no student: and no teacher.finetune:, so there is nothing to train; add a student to distil, or "
-        "teacher.finetune to fine-tune the teacher alone")
+        "teacher.finetune to fine-tune the teacher alone"
+    )
 
 
 def test_several_problems_are_counted_on_one_line() -> None:
@@ -115,8 +131,12 @@ def test_config_errors_are_user_errors() -> None:
 
 
 def test_overrides_are_read_as_yaml() -> None:
-    parsed = dict((".".join(k), v) for k, v in parse_overrides(
-        ["a.b=3", "a.c=1.0e-4", "a.d=true", "a.e=[1, 2]", "a.f=hello", "a.g=", "a.h={1: 2}"]))
+    parsed = dict(
+        (".".join(k), v)
+        for k, v in parse_overrides(
+            ["a.b=3", "a.c=1.0e-4", "a.d=true", "a.e=[1, 2]", "a.f=hello", "a.g=", "a.h={1: 2}"]
+        )
+    )
     assert parsed == {"a.b": 3, "a.c": 1e-4, "a.d": True, "a.e": [1, 2], "a.f": "hello", "a.g": None, "a.h": {1: 2}}
 
 
@@ -171,9 +191,16 @@ def test_load_config_names_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_dump_config_round_trips(tmp_path: Path) -> None:
-    config = parse_config(apply_overrides(BASE, [
-        "objective.preset=tinybert", "objective.tinybert.layer_map={1: 2, 2: 4}", "training.lr=1.0e-4",
-    ]))
+    config = parse_config(
+        apply_overrides(
+            BASE,
+            [
+                "objective.preset=tinybert",
+                "objective.tinybert.layer_map={1: 2, 2: 4}",
+                "training.lr=1.0e-4",
+            ],
+        )
+    )
     path = tmp_path / "config.yaml"
     path.write_text(dump_config(config), encoding="utf-8")
     again = load_config(path)
@@ -181,7 +208,9 @@ def test_dump_config_round_trips(tmp_path: Path) -> None:
     assert again.objective.tinybert is not None and again.objective.tinybert.layer_map == {1: 2, 2: 4}
 
 
-def test_a_package_model_is_found_without_importing_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_package_model_is_found_without_importing_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "site" / "fake_model_pkg"
     (package / "model").mkdir(parents=True)
     # importing this package would fail: finding its folder must not import it

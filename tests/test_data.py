@@ -9,15 +9,20 @@ import pytest
 import torch
 from text_fixtures import sentences, write_csv, write_tokenizer
 
-from kdistill.tasks.text_classification.config import DataConfig
 from kdistill.datasets import LengthGroupedSampler, PaddingCollator, TokenizedDataset, make_loader
+from kdistill.errors import DataError
+from kdistill.tasks.text_classification.config import DataConfig
 from kdistill.tasks.text_classification.data import prepare_data
 from kdistill.tasks.text_classification.labels import build_label_names
 from kdistill.tasks.text_classification.reading import load_splits, load_table, split_table
-from kdistill.errors import DataError
 
-ROWS = [("the film was good", "pos"), ("a dull, boring plot", "neg"), ('she said "fine"', "pos"),
-        ("NA", "neg"), ("café au lait", "pos")]
+ROWS = [
+    ("the film was good", "pos"),
+    ("a dull, boring plot", "neg"),
+    ('she said "fine"', "pos"),
+    ("NA", "neg"),
+    ("café au lait", "pos"),
+]
 
 
 def write_all_formats(folder: Path) -> dict[str, Path]:
@@ -57,11 +62,15 @@ def test_a_file_in_another_encoding_needs_the_encoding(tmp_path: Path) -> None:
 
 
 def test_columns_are_chosen_by_name_and_a_missing_one_is_named(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "pairs.csv", [("a b", "c d", "yes"), ("e", "f", "no")], header=("premise", "hypothesis", "gold"))
+    path = write_csv(
+        tmp_path / "pairs.csv", [("a b", "c d", "yes"), ("e", "f", "no")], header=("premise", "hypothesis", "gold")
+    )
     config = DataConfig(train=str(path), text_column="premise", text_pair_column="hypothesis", label_column="gold")
     table = load_table(path, config)
     assert table.texts == ["a b", "e"] and table.pairs == ["c d", "f"] and table.labels == ["yes", "no"]
-    with pytest.raises(DataError, match=r"has no column 'label' \(data.label_column\); its columns are premise, hypothesis, gold"):
+    with pytest.raises(
+        DataError, match=r"has no column 'label' \(data.label_column\); its columns are premise, hypothesis, gold"
+    ):
         load_table(path, DataConfig(train=str(path), text_column="premise"))
 
 
@@ -119,8 +128,9 @@ def test_prepare_data_tokenises_once_and_maps_labels(tmp_path: Path) -> None:
     tokenizer = write_tokenizer(tmp_path / "tok")
     train = write_csv(tmp_path / "train.csv", sentences(60, seed=1, labels=("neg", "pos")))
     validation = write_csv(tmp_path / "dev.csv", sentences(10, seed=2, labels=("neg", "pos")))
-    data = prepare_data(DataConfig(train=str(train), validation=str(validation), max_length=6), tokenizer, tokenizer,
-                        progress=False)
+    data = prepare_data(
+        DataConfig(train=str(train), validation=str(validation), max_length=6), tokenizer, tokenizer, progress=False
+    )
     assert data.label_names == ["neg", "pos"]
     assert not data.separate_teacher_tokens
     item = data.train[0]
@@ -143,19 +153,25 @@ def test_different_tokenizers_are_refused_unless_allowed(tmp_path: Path) -> None
     student = write_tokenizer(tmp_path / "student_tok")
     teacher = write_tokenizer(tmp_path / "teacher_tok", extra=("extra", "words"))
     train = write_csv(tmp_path / "train.csv", sentences(30, seed=1))
-    with pytest.raises(DataError, match="the teacher's and the student's tokenizers differ .*allow_different_tokenizers"):
+    with pytest.raises(
+        DataError, match="the teacher's and the student's tokenizers differ .*allow_different_tokenizers"
+    ):
         prepare_data(DataConfig(train=str(train)), student, teacher, progress=False)
-    data = prepare_data(DataConfig(train=str(train), allow_different_tokenizers=True), student, teacher, progress=False)
+    data = prepare_data(
+        DataConfig(train=str(train), allow_different_tokenizers=True), student, teacher, progress=False
+    )
     assert data.separate_teacher_tokens
     assert {"teacher_input_ids", "teacher_attention_mask", "input_ids"} <= set(data.train[0])
 
 
 def test_collator_pads_to_the_longest_example() -> None:
     collate = PaddingCollator(pad_token_id=0, teacher_pad_token_id=9)
-    batch = collate([
-        {"input_ids": [2, 5, 3], "attention_mask": [1, 1, 1], "teacher_input_ids": [2, 3], "labels": 1},
-        {"input_ids": [2, 3], "attention_mask": [1, 1], "teacher_input_ids": [2, 7, 7, 3], "labels": 0},
-    ])
+    batch = collate(
+        [
+            {"input_ids": [2, 5, 3], "attention_mask": [1, 1, 1], "teacher_input_ids": [2, 3], "labels": 1},
+            {"input_ids": [2, 3], "attention_mask": [1, 1], "teacher_input_ids": [2, 7, 7, 3], "labels": 0},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["teacher_input_ids"].tolist() == [[2, 3, 9, 9], [2, 7, 7, 3]]
@@ -169,15 +185,16 @@ def test_length_grouped_batches_cover_every_example_once_with_less_padding() -> 
     assert len(batches) == len(sampler) == 32
     assert sorted(i for b in batches for i in b) == list(range(500))
     grouped_padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
-    plain = [list(range(500))[i:i + 16] for i in range(0, 500, 16)]
+    plain = [list(range(500))[i : i + 16] for i in range(0, 500, 16)]
     plain_padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in plain)
     assert grouped_padding < plain_padding / 3
     assert [b for b in sampler] != batches  # a new order each epoch
 
 
 def test_make_loader_gives_padded_dict_batches(tmp_path: Path) -> None:
-    dataset = TokenizedDataset({"input_ids": [[2, 3], [2, 5, 6, 3], [2, 4, 3]], "attention_mask": [[1, 1], [1] * 4, [1] * 3]},
-                               [0, 1, 0])
+    dataset = TokenizedDataset(
+        {"input_ids": [[2, 3], [2, 5, 6, 3], [2, 4, 3]], "attention_mask": [[1, 1], [1] * 4, [1] * 3]}, [0, 1, 0]
+    )
     loader = make_loader(dataset, 2, PaddingCollator(), shuffle=True, group_by_length=True, seed=1)
     seen = [batch["labels"].numel() for batch in loader]
     assert sorted(seen) == [1, 2]
@@ -201,7 +218,9 @@ def test_a_hub_data_set_is_read_through_datasets(monkeypatch: pytest.MonkeyPatch
     splits = load_splits(config)
     assert calls == [("glue", "sst2", None)]
     assert {k: len(v) for k, v in splits.items()} == {"train": 30, "validation": 6}
-    assert splits["train"].source == "glue[train]" and splits["train"].labels[:3] == [y for _, y in sentences(3, seed=4)]
+    assert splits["train"].source == "glue[train]" and splits["train"].labels[:3] == [
+        y for _, y in sentences(3, seed=4)
+    ]
 
 
 def test_an_unreachable_hub_data_set_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,8 +238,10 @@ def test_an_evaluation_loader_grouped_by_length_sees_every_example_once_shortest
     from kdistill.datasets import PaddingCollator, TokenizedDataset, make_loader
 
     lengths = [5, 2, 9, 2, 7, 3, 1]
-    dataset = TokenizedDataset({"input_ids": [[1] * n for n in lengths], "attention_mask": [[1] * n for n in lengths]},
-                               list(range(len(lengths))))
+    dataset = TokenizedDataset(
+        {"input_ids": [[1] * n for n in lengths], "attention_mask": [[1] * n for n in lengths]},
+        list(range(len(lengths))),
+    )
     loader = make_loader(dataset, 3, PaddingCollator(), group_by_length=True)
     batches = [batch["labels"].tolist() for batch in loader]
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))

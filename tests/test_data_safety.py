@@ -28,8 +28,11 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (links too) with the SHA-256 of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,9 @@ def test_a_cache_pointed_at_the_users_folder_leaves_it_whole(workspace: Path, tm
     (cache / "notes.txt").write_text("mine\n", encoding="utf-8")
     kept = snapshot(cache)
     with pytest.raises(CacheFolderError, match="notes.txt"):
-        TeacherCache.build(teacher, dataset, cache, collate_fn=collator, progress=False, tokenization={"max_length": 7})
+        TeacherCache.build(
+            teacher, dataset, cache, collate_fn=collator, progress=False, tokenization={"max_length": 7}
+        )
     assert snapshot(cache) == kept
 
 
@@ -104,7 +109,9 @@ def test_overwrite_of_a_folder_that_is_not_a_run_deletes_nothing(workspace: Path
     assert snapshot(project) == before
 
 
-def test_overwrite_never_deletes_what_the_new_run_reads_or_a_run_nested_inside(workspace: Path, tmp_path: Path) -> None:
+def test_overwrite_never_deletes_what_the_new_run_reads_or_a_run_nested_inside(
+    workspace: Path, tmp_path: Path
+) -> None:
     first = tmp_path / "A"
     succeeds(distill(workspace, f"output.dir={first}", "teacher.finetune.epochs=1", "training.max_steps=2"))
     assert (first / "teacher" / "model.safetensors").is_file()
@@ -113,14 +120,17 @@ def test_overwrite_never_deletes_what_the_new_run_reads_or_a_run_nested_inside(w
     assert f"--overwrite would delete '{first / 'teacher'}', which this run reads (teacher.path:" in line, line
     assert snapshot(first) == before
     # data read from inside the run folder: the same
-    line = one_line(distill(workspace, f"output.dir={first}", f"data.test={first / 'student' / 'vocab.txt'}",
-                           "--overwrite"))
+    line = one_line(
+        distill(workspace, f"output.dir={first}", f"data.test={first / 'student' / 'vocab.txt'}", "--overwrite")
+    )
     assert "which this run reads (data.test:" in line, line
     # a run made inside the first run's student/ is not the first run's to delete
     succeeds(distill(workspace, f"output.dir={first / 'student' / 'inner'}", "training.max_steps=1"))
     before = snapshot(first)
     line = one_line(distill(workspace, f"output.dir={first}", "--overwrite"))
-    assert f"--overwrite would delete '{first / 'student' / 'inner'}" in line and "kdistill did not write" in line, line
+    assert f"--overwrite would delete '{first / 'student' / 'inner'}" in line and "kdistill did not write" in line, (
+        line
+    )
     assert snapshot(first) == before
     # nor is a file the user put into its checkpoints/
     second = tmp_path / "B"
@@ -161,8 +171,8 @@ def test_eval_output_never_replaces_the_users_file(workspace: Path, tmp_path: Pa
 
 
 def test_a_folder_another_kdistill_process_holds_is_refused(workspace: Path, tmp_path: Path) -> None:
-    from kdistill.fileio import exclusive_lock
     from kdistill.app.run_folder import LOCK
+    from kdistill.fileio import exclusive_lock
 
     run = tmp_path / "run"
     succeeds(distill(workspace, f"output.dir={run}", "training.max_steps=2"))
@@ -176,18 +186,26 @@ def test_a_folder_another_kdistill_process_holds_is_refused(workspace: Path, tmp
         assert "is in use by kdistill process" in line, line
     after = snapshot(run)
     assert {name: digest for name, digest in after.items() if name != LOCK} == {
-        name: digest for name, digest in before.items() if name != LOCK}
+        name: digest for name, digest in before.items() if name != LOCK
+    }
 
 
 @pytest.mark.slow
-def test_overwrite_while_a_live_run_trains_is_refused_and_the_live_run_finishes(workspace: Path,
-                                                                                tmp_path: Path) -> None:
+def test_overwrite_while_a_live_run_trains_is_refused_and_the_live_run_finishes(
+    workspace: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "live"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "slow_distill.py"), "0.5", *distill(workspace, f"output.dir={run}",
-                                                                           "training.epochs=2", "output.save_every=1")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            str(SCRIPTS / "slow_distill.py"),
+            "0.5",
+            *distill(workspace, f"output.dir={run}", "training.epochs=2", "output.save_every=1"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.time() + 120

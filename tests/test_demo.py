@@ -9,6 +9,9 @@ import pytest
 from kdistill.app.cli import main
 from kdistill.app.demo import DemoResult, DemoRow, DemoSettings
 
+# subprocesses or whole runs: left out of a quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 
 def test_quick_demo_prints_the_table_and_the_distilled_student_wins(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--quick", "--no-progress"]) == 0
@@ -35,9 +38,14 @@ def test_the_student_is_several_times_smaller_than_the_teacher() -> None:
 
 
 def test_the_table_reports_the_gain() -> None:
-    result = DemoResult(rows=[DemoRow("teacher", 0.95, 100_000, 4.0, 10.0, 1.0),
-                              DemoRow("student alone", 0.90, 10_000, 1.0, 2.0, 4.0),
-                              DemoRow("student distilled", 0.93, 10_000, 1.0, 3.0, 4.0)],
-                        seconds=15.2, test_examples=540)
+    result = DemoResult(
+        rows=[
+            DemoRow("teacher", 0.95, 100_000, 4.0, 10.0, 1.0),
+            DemoRow("student alone", 0.90, 10_000, 1.0, 2.0, 4.0),
+            DemoRow("student distilled", 0.93, 10_000, 1.0, 3.0, 4.0),
+        ],
+        seconds=15.2,
+        test_examples=540,
+    )
     table = result.table()
     assert "540 held-out examples" in table and "+3.0 points" in table and "10x smaller and 4.0x faster" in table

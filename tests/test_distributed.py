@@ -14,15 +14,30 @@ from torch.testing import assert_close
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_run.py"
 
+# subprocesses or whole runs: left out of a quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 
 def _launch(mode, out, processes, batch_per_process):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     if processes == 1:
         command = [sys.executable, str(SCRIPT), mode, str(out), str(batch_per_process)]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_addr", "127.0.0.1", "--master_port", str(29500 + os.getpid() % 1000),
-                   str(SCRIPT), mode, str(out), str(batch_per_process)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            str(SCRIPT),
+            mode,
+            str(out),
+            str(batch_per_process),
+        ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=280, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     results = [json.loads((out / f"result-{rank}.json").read_text()) for rank in range(processes)]

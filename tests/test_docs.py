@@ -22,6 +22,7 @@ def _runnable_blocks(document: str) -> str:
     return "\n".join(block for block in blocks if "training_args" not in block)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_document_examples_run(document, tmp_path):
     script = tmp_path / "example.py"

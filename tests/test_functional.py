@@ -30,17 +30,22 @@ def test_identical_logits_give_zero(name, loss_fn):
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0, 20.0])
 def test_soft_kd_equals_kl_div_times_t_squared(temperature):
     student, teacher = _logits(8, 7, seed=1), _logits(8, 7, seed=2)
-    expected = F.kl_div(
-        F.log_softmax(student / temperature, dim=-1),
-        F.softmax(teacher / temperature, dim=-1),
-        reduction="batchmean",
-    ) * temperature**2
+    expected = (
+        F.kl_div(
+            F.log_softmax(student / temperature, dim=-1),
+            F.softmax(teacher / temperature, dim=-1),
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
     assert_close(LF.soft_kd(student, teacher, temperature), expected)
 
 
 def test_t_squared_scaling():
     student, teacher = _logits(8, 7, seed=1), _logits(8, 7, seed=2)
-    kl = F.kl_div(F.log_softmax(student / 4, -1), F.log_softmax(teacher / 4, -1), reduction="batchmean", log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(student / 4, -1), F.log_softmax(teacher / 4, -1), reduction="batchmean", log_target=True
+    )
     assert_close(LF.soft_kd(student, teacher, 4.0) / 16.0, kl)
 
 
@@ -86,8 +91,11 @@ def test_token_mask_averages_over_unmasked_tokens_only(name, loss_fn):
     noisy[~selected] = 1e3
     assert_close(loss_fn(noisy, teacher, mask=mask), expected)
     pad = torch.zeros(3, 4, 11)
-    padded = loss_fn(torch.cat([student, pad], 1), torch.cat([teacher, pad + 5], 1),
-                     mask=torch.cat([mask, torch.zeros(3, 4, dtype=mask.dtype)], 1))
+    padded = loss_fn(
+        torch.cat([student, pad], 1),
+        torch.cat([teacher, pad + 5], 1),
+        mask=torch.cat([mask, torch.zeros(3, 4, dtype=mask.dtype)], 1),
+    )
     assert_close(padded, expected)
 
 

@@ -41,85 +41,136 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     # a model whose embeddings are smaller than its tokenizer's vocabulary (someone else's tokenizer)
     write_tokenizer(root / "small_vocab")
-    BertForSequenceClassification(BertConfig(
-        vocab_size=12, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, id2label=labels, label2id={"neg": 0, "pos": 1},
-    )).save_pretrained(root / "small_vocab")
+    BertForSequenceClassification(
+        BertConfig(
+            vocab_size=12,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            id2label=labels,
+            label2id={"neg": 0, "pos": 1},
+        )
+    ).save_pretrained(root / "small_vocab")
     write_csv(root / "train.csv", sentences(48, seed=0, labels=("neg", "pos")))
     write_csv(root / "test.csv", sentences(16, seed=1, labels=("neg", "pos")))
     (root / "dup_header.csv").write_text("text,text,label\ngood film,bad film,pos\n" * 3, encoding="utf-8")
     write_csv(root / "empty_text.csv", [*sentences(10, labels=("neg", "pos")), ("   ", "pos")])
-    (root / "list_text.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": ["a", "b"], "label": "neg"}\n',
-                                          encoding="utf-8")
+    (root / "list_text.jsonl").write_text(
+        '{"text": "good", "label": "pos"}\n{"text": ["a", "b"], "label": "neg"}\n', encoding="utf-8"
+    )
     (root / "number_text.jsonl").write_text('{"text": 12, "label": "pos"}\n', encoding="utf-8")
     (root / "dup_key.jsonl").write_text('{"text": "good", "text": "bad", "label": "pos"}\n', encoding="utf-8")
     (root / "list_label.jsonl").write_text('{"text": "good", "label": ["pos"]}\n', encoding="utf-8")
     (root / "a_file").write_text("not a folder\n", encoding="utf-8")
-    (root / "scores.csv").write_text("text,label\n" + "".join(f"good film {i},{i / 7:.3f}\n" for i in range(30)),
-                                     encoding="utf-8")
-    (root / "ids.csv").write_text("id,text,label\n" + "".join(f"{i},good film {i},{i % 2}\n" for i in range(30)),
-                                  encoding="utf-8")
+    (root / "scores.csv").write_text(
+        "text,label\n" + "".join(f"good film {i},{i / 7:.3f}\n" for i in range(30)), encoding="utf-8"
+    )
+    (root / "ids.csv").write_text(
+        "id,text,label\n" + "".join(f"{i},good film {i},{i % 2}\n" for i in range(30)), encoding="utf-8"
+    )
     write_run_config(root)
     return root
 
 
 CASES = {
     # the most likely first mistake: an example's num_labels left unchanged on another task
-    "num_labels of another task": (["teacher.num_labels=3", "teacher.finetune.epochs=1"],
-                                   "teacher.num_labels is 3 but the training data has 2 labels (neg, pos); set "
-                                   "teacher.num_labels: 2, or leave it out to count the data's labels"),
-    "pickled weights": (["teacher.path={ws}/pickled"],
-                        "its weights file (pytorch_model.bin) holds Python objects that cannot be loaded safely "
-                        "(Trying to load unsupported GLOBAL posix.system"),
-    "truncated weights": (["teacher.path={ws}/truncated"],
-                          "its weights file (model.safetensors) is damaged or truncated"),
+    "num_labels of another task": (
+        ["teacher.num_labels=3", "teacher.finetune.epochs=1"],
+        "teacher.num_labels is 3 but the training data has 2 labels (neg, pos); set "
+        "teacher.num_labels: 2, or leave it out to count the data's labels",
+    ),
+    "pickled weights": (
+        ["teacher.path={ws}/pickled"],
+        "its weights file (pytorch_model.bin) holds Python objects that cannot be loaded safely "
+        "(Trying to load unsupported GLOBAL posix.system",
+    ),
+    "truncated weights": (
+        ["teacher.path={ws}/truncated"],
+        "its weights file (model.safetensors) is damaged or truncated",
+    ),
     "encoding that is no text codec": (["data.encoding=base64"], "data.encoding: 'base64' is not a text encoding"),
     "text transform as encoding": (["data.encoding=rot13"], "data.encoding: 'rot13' is not a text encoding"),
     "negative seed": (["training.seed=-1"], "training.seed: Input should be greater than or equal to 0, got -1"),
-    "seed too large": (["training.seed=99999999999"], "training.seed: Input should be less than or equal to 2147483647"),
+    "seed too large": (
+        ["training.seed=99999999999"],
+        "training.seed: Input should be less than or equal to 2147483647",
+    ),
     "negative split seed": (["data.split_seed=-5"], "data.split_seed: Input should be greater than or equal to 0"),
-    "max_length past the positions": (["data.max_length=100"],
-                                      "data.max_length 100 is more than the teacher's 64 token positions: it would "
-                                      "fail on the first text that long; set data.max_length to 64 or less"),
-    "absurd batch": (["training.batch_size=100000000"],
-                     "training.batch_size: Input should be less than or equal to 65536"),
-    "absurd epochs": (["training.epochs=10000000000"], "training.epochs: Input should be less than or equal to 100000"),
-    "absurd student": (["student.from_teacher.hidden_size=1000000"],
-                       "student.from_teacher.hidden_size: Input should be less than or equal to 65536"),
+    "max_length past the positions": (
+        ["data.max_length=100"],
+        "data.max_length 100 is more than the teacher's 64 token positions: it would "
+        "fail on the first text that long; set data.max_length to 64 or less",
+    ),
+    "absurd batch": (
+        ["training.batch_size=100000000"],
+        "training.batch_size: Input should be less than or equal to 65536",
+    ),
+    "absurd epochs": (
+        ["training.epochs=10000000000"],
+        "training.epochs: Input should be less than or equal to 100000",
+    ),
+    "absurd student": (
+        ["student.from_teacher.hidden_size=1000000"],
+        "student.from_teacher.hidden_size: Input should be less than or equal to 65536",
+    ),
     "NaN learning rate": (["training.lr=.nan"], "training.lr: Input should be a finite number"),
     "infinite temperature": (["objective.temperature=.inf"], "objective.temperature: Input should be a finite number"),
     "infinite clipping": (["training.max_grad_norm=.inf"], "training.max_grad_norm: Input should be a finite number"),
-    "labels read as texts": (["data.text_column=label"],
-                             "data: label_column and text_column name the same column 'label'"),
-    "test file is the training file": (["data.test={ws}/train.csv"],
-                                       "data.test is the training file '{ws}/train.csv': give held-out examples"),
-    "validation file is the training file": (["data.validation={ws}/train.csv"],
-                                             "data.validation is the training file"),
-    "a column twice in the header": (["data.train={ws}/dup_header.csv"],
-                                     "the header names the column 'text' twice (columns 1 and 2)"),
-    "an empty text": (["data.train={ws}/empty_text.csv"],
-                      "1 example(s) with an empty text (data row 11); remove them or give them a text"),
-    "a list as text": (["data.train={ws}/list_text.jsonl"],
-                       "the text of data row 2 is a list, not a string (1 such row(s)); give every text as a string"),
+    "labels read as texts": (
+        ["data.text_column=label"],
+        "data: label_column and text_column name the same column 'label'",
+    ),
+    "test file is the training file": (
+        ["data.test={ws}/train.csv"],
+        "data.test is the training file '{ws}/train.csv': give held-out examples",
+    ),
+    "validation file is the training file": (
+        ["data.validation={ws}/train.csv"],
+        "data.validation is the training file",
+    ),
+    "a column twice in the header": (
+        ["data.train={ws}/dup_header.csv"],
+        "the header names the column 'text' twice (columns 1 and 2)",
+    ),
+    "an empty text": (
+        ["data.train={ws}/empty_text.csv"],
+        "1 example(s) with an empty text (data row 11); remove them or give them a text",
+    ),
+    "a list as text": (
+        ["data.train={ws}/list_text.jsonl"],
+        "the text of data row 2 is a list, not a string (1 such row(s)); give every text as a string",
+    ),
     "a number as text": (["data.train={ws}/number_text.jsonl"], "the text of data row 1 is a number, not a string"),
-    "a key twice in a JSON record": (["data.train={ws}/dup_key.jsonl"],
-                                     "line 1: the key 'text' is given twice in one record"),
+    "a key twice in a JSON record": (
+        ["data.train={ws}/dup_key.jsonl"],
+        "line 1: the key 'text' is given twice in one record",
+    ),
     "a list as label": (["data.train={ws}/list_label.jsonl"], "the label of data row 1 is a list"),
-    "someone else's tokenizer": (["student.from_teacher=null", "student.path={ws}/small_vocab"],
-                                 "the student's embeddings have 12 rows: the tokenizer (the student's tokenizer) does not "
-                                 "belong to this model; give the model's own tokenizer"),
-    "measurements as labels": (["data.train={ws}/scores.csv", "data.test=null", "teacher.finetune.epochs=1"],
-                               "the labels are numbers with fractions (0.143 among 27 values): kdistill distils "
-                               "classifiers, which need class labels; check data.label_column"),
-    "an id column as labels": (["data.train={ws}/ids.csv", "data.test=null", "data.label_column=id",
-                                "teacher.finetune.epochs=1"],
-                               "data.label_column has 27 different values in 27 training examples: it looks like ids "
-                               "or texts, not class labels (0, 1, 2 ...)"),
-    "the cache in the run folder itself": (["teacher.cache={ws}/never", "output.dir={ws}/never"],
-                                           "teacher.cache '{ws}/never' holds output.dir '{ws}/never': the cache needs "
-                                           "a folder of its own"),
-    "a file as the cache folder": (["teacher.cache={ws}/a_file"],
-                                   "the teacher cache folder '{ws}/a_file' is a file, not a folder"),
+    "someone else's tokenizer": (
+        ["student.from_teacher=null", "student.path={ws}/small_vocab"],
+        "the student's embeddings have 12 rows: the tokenizer (the student's tokenizer) does not "
+        "belong to this model; give the model's own tokenizer",
+    ),
+    "measurements as labels": (
+        ["data.train={ws}/scores.csv", "data.test=null", "teacher.finetune.epochs=1"],
+        "the labels are numbers with fractions (0.143 among 27 values): kdistill distils "
+        "classifiers, which need class labels; check data.label_column",
+    ),
+    "an id column as labels": (
+        ["data.train={ws}/ids.csv", "data.test=null", "data.label_column=id", "teacher.finetune.epochs=1"],
+        "data.label_column has 27 different values in 27 training examples: it looks like ids "
+        "or texts, not class labels (0, 1, 2 ...)",
+    ),
+    "the cache in the run folder itself": (
+        ["teacher.cache={ws}/never", "output.dir={ws}/never"],
+        "teacher.cache '{ws}/never' holds output.dir '{ws}/never': the cache needs a folder of its own",
+    ),
+    "a file as the cache folder": (
+        ["teacher.cache={ws}/a_file"],
+        "the teacher cache folder '{ws}/a_file' is a file, not a folder",
+    ),
 }
 
 
@@ -151,8 +202,10 @@ def test_a_config_with_a_key_twice_is_refused(workspace: Path) -> None:
     merged.write_text("base: &base {epochs: 1, lr: 0.1}\n", encoding="utf-8")
     from kdistill.app.config_loading import read_yaml
 
-    assert read_yaml("base: &b {epochs: 1, lr: 0.1}\ntraining: {<<: *b, lr: 0.2}\n")["training"] == {"epochs": 1,
-                                                                                                     "lr": 0.2}
+    assert read_yaml("base: &b {epochs: 1, lr: 0.1}\ntraining: {<<: *b, lr: 0.2}\n")["training"] == {
+        "epochs": 1,
+        "lr": 0.2,
+    }
     line = one_line(["distill", str(workspace / "run.yaml"), "training.epochs={a: 1, a: 2}"])
     assert "the key 'a' is given twice" in line, line
 
@@ -170,40 +223,76 @@ def test_a_yaml_alias_bomb_and_a_huge_config_end_quickly_in_one_line(workspace: 
     assert "a config is a short YAML file" in line, line
 
 
-def test_a_batch_that_cannot_fit_in_memory_is_refused_before_the_run(workspace: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_the_run(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import kdistill.preflight as preflight
 
     monkeypatch.setattr(preflight, "machine_memory", lambda: 2 * 10**9)
     line = one_line(["distill", str(workspace / "run.yaml"), "training.batch_size=60000"])
     assert "a batch of 60000 texts of up to 16 tokens would need about" in line and "2 GB of memory" in line, line
     assert "lower training.batch_size (training.gradient_accumulation_steps keeps the effective batch)" in line
-    line = one_line(["distill", str(workspace / "run.yaml"), "student.from_teacher.hidden_size=20000",
-                     "student.from_teacher.num_heads=4", "student.from_teacher.init=random"])
+    line = one_line(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "student.from_teacher.hidden_size=20000",
+            "student.from_teacher.num_heads=4",
+            "student.from_teacher.init=random",
+        ]
+    )
     assert "a student of 1 layers and width 20000" in line and "lower student.from_teacher" in line, line
     assert not (workspace / "never").exists()
 
 
-def test_eval_refuses_a_model_without_a_trained_head_and_a_length_past_its_positions(workspace: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_eval_refuses_a_model_without_a_trained_head_and_a_length_past_its_positions(
+    workspace: Path, tmp_path: Path
+) -> None:
     from transformers import BertConfig, BertModel
 
     headless = tmp_path / "headless"
     write_tokenizer(headless)
-    BertModel(BertConfig(vocab_size=35, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(headless)
-    args = ["eval", str(headless), "--data", str(workspace / "test.csv"), "--no-progress", "--output",
-            str(tmp_path / "m.json")]
+    BertModel(
+        BertConfig(
+            vocab_size=35,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(headless)
+    args = [
+        "eval",
+        str(headless),
+        "--data",
+        str(workspace / "test.csv"),
+        "--no-progress",
+        "--output",
+        str(tmp_path / "m.json"),
+    ]
     code, err = run_command(args)
     assert code == 2 and "kdistill eval: error: the model" in err and "has untrained weights" in err, err
     assert "evaluate a classifier trained for this task" in err and not (tmp_path / "m.json").exists()
-    code, err = run_command(["eval", str(workspace / "teacher"), "--data", str(workspace / "test.csv"), "--no-progress",
-                          "--max-length", "500", "--output", str(tmp_path / "m.json")])
+    code, err = run_command(
+        [
+            "eval",
+            str(workspace / "teacher"),
+            "--data",
+            str(workspace / "test.csv"),
+            "--no-progress",
+            "--max-length",
+            "500",
+            "--output",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert code == 2 and "--max-length 500 is more than the model's 64 token positions" in err, err
 
 
-def test_a_bug_is_one_line_with_the_traceback_in_a_crash_file(workspace: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_is_one_line_with_the_traceback_in_a_crash_file(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import kdistill.app.run as run_module
 
     def broken_plot(*args: object, **kwargs: object) -> None:
@@ -215,8 +304,10 @@ def test_a_bug_is_one_line_with_the_traceback_in_a_crash_file(workspace: Path, t
     code, err = run_command(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={folder}"])
     last = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err, err
-    assert last.startswith("kdistill distill: internal error (a bug in kdistill, not in your input): RuntimeError: "
-                           "a bug in the plot; the full traceback is in "), last
+    assert last.startswith(
+        "kdistill distill: internal error (a bug in kdistill, not in your input): RuntimeError: "
+        "a bug in the plot; the full traceback is in "
+    ), last
     crash = Path(last.rsplit(" ", 1)[-1])
     assert crash.parent == tmp_path / "home" / "crashes" and "Traceback" in crash.read_text()
     log = (folder / "run.log").read_text(encoding="utf-8")
@@ -246,8 +337,11 @@ def test_a_teacher_with_nan_or_inf_logits_is_named_not_the_learning_rate() -> No
     with torch.no_grad():
         teacher[2].bias[0] = float("nan")
     batches = [(torch.randn(4, 16), torch.tensor([0, 1, 2, 1]))]
-    with pytest.raises(NonFiniteTeacherError, match=r"^the teacher's logits hold NaN or infinite values at step 1 "
-                                                    r".*The teacher is broken, not the training settings") as error:
+    with pytest.raises(
+        NonFiniteTeacherError,
+        match=r"^the teacher's logits hold NaN or infinite values at step 1 "
+        r".*The teacher is broken, not the training settings",
+    ) as error:
         distill(teacher, mlp(16, 8, 3, seed=1), batches, progress=False)
     assert isinstance(error.value, ValueError)
     assert "learning rate" not in str(error.value)
@@ -283,14 +377,24 @@ def test_losses_of_an_empty_batch_are_zero_not_nan() -> None:
 
 def test_the_report_says_which_student_its_numbers_describe(workspace: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    code, err = run_command(["distill", str(workspace / "run.yaml"), "--no-progress", f"output.dir={folder}",
-                          "training.epochs=3", "output.save_checkpoints=false"])
+    code, err = run_command(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "--no-progress",
+            f"output.dir={folder}",
+            "training.epochs=3",
+            "output.save_checkpoints=false",
+        ]
+    )
     assert code == 0, err
     report = (folder / "report.md").read_text(encoding="utf-8")
     metrics = json.loads((folder / "metrics.json").read_text())
     last = metrics["validation"][-1]
-    assert f"`student/` (measured above) is the student after the last step: validation accuracy " \
-           f"{last['accuracy']:.4f} at step {int(last['global_step'])}" in report
+    assert (
+        f"`student/` (measured above) is the student after the last step: validation accuracy "
+        f"{last['accuracy']:.4f} at step {int(last['global_step'])}" in report
+    )
     assert "is the student kept in `checkpoints/best-student/`" in report
     assert (folder / "checkpoints" / "best-student" / "model.safetensors").is_file()  # kept without checkpoints
 

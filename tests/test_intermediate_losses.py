@@ -61,7 +61,10 @@ def test_hidden_cosine_closed_form():
     assert_close(LF.hidden_cosine(-teacher, teacher), torch.tensor(2.0))
     mask = _padding_mask()
     real = mask.bool()
-    assert_close(LF.hidden_cosine(student, teacher, mask), (1 - F.cosine_similarity(student[real], teacher[real], dim=-1)).mean())
+    assert_close(
+        LF.hidden_cosine(student, teacher, mask),
+        (1 - F.cosine_similarity(student[real], teacher[real], dim=-1)).mean(),
+    )
 
 
 def _maps(batch=3, heads=4, length=6, seed=0):
@@ -112,7 +115,10 @@ def test_relation_kl_is_zero_for_identical_states_and_kl_otherwise():
     assert_close(LF.relation_kl(other, states), expected)
     # relation heads regroup the full width: (B, H, L, d) and (B, L, H·d) agree
     flat = states.transpose(1, 2).reshape(2, 5, 32)
-    assert_close(LF.relation_kl(other, states, relation_heads=2), LF.relation_kl(other.transpose(1, 2).reshape(2, 5, 32), flat, relation_heads=2))
+    assert_close(
+        LF.relation_kl(other, states, relation_heads=2),
+        LF.relation_kl(other.transpose(1, 2).reshape(2, 5, 32), flat, relation_heads=2),
+    )
     with pytest.raises(ValueError, match="does not split into 3 relation heads"):
         LF.relation_kl(other, states, relation_heads=3)
 
@@ -203,12 +209,19 @@ def test_projections_are_sized_from_the_models_and_receive_gradients(models):
 
 def test_objective_state_dict_round_trip_restores_projections(models):
     student, teacher = models
-    objective = Objective({"hidden": HiddenMSE.from_models(student, teacher), "embedding": EmbeddingMSE.from_models(student, teacher)})
+    objective = Objective(
+        {"hidden": HiddenMSE.from_models(student, teacher), "embedding": EmbeddingMSE.from_models(student, teacher)}
+    )
     state = {k: v.clone() for k, v in objective.state_dict().items()}
     assert {"terms.hidden.projections.1_to_2.weight", "terms.embedding.projections.0_to_0.weight"} <= set(state)
     torch.manual_seed(123)
-    restored = Objective({"hidden": HiddenMSE.from_models(student, teacher), "embedding": EmbeddingMSE.from_models(student, teacher)})
-    assert not torch.equal(restored.state_dict()["terms.hidden.projections.1_to_2.weight"], state["terms.hidden.projections.1_to_2.weight"])
+    restored = Objective(
+        {"hidden": HiddenMSE.from_models(student, teacher), "embedding": EmbeddingMSE.from_models(student, teacher)}
+    )
+    assert not torch.equal(
+        restored.state_dict()["terms.hidden.projections.1_to_2.weight"],
+        state["terms.hidden.projections.1_to_2.weight"],
+    )
     restored.load_state_dict(state)
     for key, value in restored.state_dict().items():
         assert_close(value, state[key])
@@ -216,9 +229,20 @@ def test_objective_state_dict_round_trip_restores_projections(models):
 
 def test_distill_trains_the_projections_with_the_student():
     teacher, student = tiny_bert(num_layers=4, hidden=48, seed=1), tiny_bert(num_layers=2, hidden=32, seed=2)
-    objective = Objective({"hidden": HiddenMSE.from_models(student, teacher), "attention": AttentionMSE.from_models(student, teacher)})
+    objective = Objective(
+        {"hidden": HiddenMSE.from_models(student, teacher), "attention": AttentionMSE.from_models(student, teacher)}
+    )
     before = objective.terms["hidden"].projections["2_to_4"].weight.detach().clone()
-    history = distill(teacher, student, text_batch(num_batches=3), objective=objective, epochs=4, lr=3e-3, progress=False, log_every=1)
+    history = distill(
+        teacher,
+        student,
+        text_batch(num_batches=3),
+        objective=objective,
+        epochs=4,
+        lr=3e-3,
+        progress=False,
+        log_every=1,
+    )
     assert not torch.equal(before, objective.terms["hidden"].projections["2_to_4"].weight)
     hidden = history.series("hidden")
     assert hidden[-1] < hidden[0]
@@ -227,18 +251,35 @@ def test_distill_trains_the_projections_with_the_student():
 
 def test_a_cnn_is_distilled_by_naming_its_modules():
     teacher, student = TinyCNN(widths=(8, 16), seed=1), TinyCNN(widths=(4, 4), seed=2)
-    term = HiddenMSE({"stages.0": "stages.0", "stages.1": "stages.1"}, student_dim={"stages.0": 4, "stages.1": 4},
-                     teacher_dim={"stages.0": 8, "stages.1": 16})
+    term = HiddenMSE(
+        {"stages.0": "stages.0", "stages.1": "stages.1"},
+        student_dim={"stages.0": 4, "stages.1": 4},
+        teacher_dim={"stages.0": 8, "stages.1": 16},
+    )
     assert term.projections["stages_1_to_stages_1"].weight.shape == (16, 4)
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(8, 1, 6, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(3)]
-    history = distill(teacher, student, batches, objective=Objective({"features": term}), epochs=6, lr=1e-2, progress=False, log_every=1)
+    batches = [
+        (torch.randn(8, 1, 6, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator))
+        for _ in range(3)
+    ]
+    history = distill(
+        teacher,
+        student,
+        batches,
+        objective=Objective({"features": term}),
+        epochs=6,
+        lr=1e-2,
+        progress=False,
+        log_every=1,
+    )
     losses = history.series("features")
     assert losses[-1] < 0.7 * losses[0]
     with pytest.raises(ValueError, match="widths differ"):
         unprojected = HiddenMSE({"stages.1": "stages.1"})
-        unprojected(capture(student, batches[0][0], unprojected.request("student")),
-                    capture(teacher, batches[0][0], unprojected.request("teacher")))
+        unprojected(
+            capture(student, batches[0][0], unprojected.request("student")),
+            capture(teacher, batches[0][0], unprojected.request("teacher")),
+        )
 
 
 def test_term_arguments_are_checked():
@@ -262,7 +303,9 @@ def test_term_requests_name_only_their_layers():
     assert term.request("teacher").attention_scores == {2, 4} and not term.request("teacher").logits
     hidden = HiddenMSE({0: 0, 2: "bert.encoder.layer.3"})
     assert hidden.request("student").hidden_states == {0, 2}
-    assert hidden.request("teacher").modules == {"bert.encoder.layer.3"} and hidden.request("teacher").hidden_states == {0}
+    assert hidden.request("teacher").modules == {"bert.encoder.layer.3"} and hidden.request(
+        "teacher"
+    ).hidden_states == {0}
 
 
 # ---------------------------------------------------------------------------
@@ -274,7 +317,9 @@ def test_layer_distillation_loss_works_as_the_seed_and_skips_padding():
     loss_fn = LayerDistillationLoss(teacher_dim=48, student_dim=32)
     assert isinstance(loss_fn.projector, torch.nn.Linear)
     teacher_hidden, student_hidden = torch.randn(3, 6, 48), torch.randn(3, 6, 32, requires_grad=True)
-    assert_close(loss_fn(teacher_hidden, student_hidden), F.mse_loss(loss_fn.projector(student_hidden), teacher_hidden))
+    assert_close(
+        loss_fn(teacher_hidden, student_hidden), F.mse_loss(loss_fn.projector(student_hidden), teacher_hidden)
+    )
     mask = _padding_mask()
     real = mask.bool()
     loss = loss_fn(teacher_hidden, student_hidden, mask)
@@ -290,23 +335,34 @@ def test_attention_distillation_loss_works_as_the_seed_with_fixes():
     teacher_attentions = tuple(_maps(heads=6, seed=i) for i in range(4))
     student_attentions = tuple(_maps(heads=4, seed=10 + i) for i in range(2))
     mapping = {0: 1, 1: 3}
-    seed_way = sum(
-        F.mse_loss(student_attentions[s], teacher_attentions[t].mean(1, keepdim=True).expand_as(student_attentions[s]))
-        for s, t in mapping.items()
-    ) / 2
+    seed_way = (
+        sum(
+            F.mse_loss(
+                student_attentions[s], teacher_attentions[t].mean(1, keepdim=True).expand_as(student_attentions[s])
+            )
+            for s, t in mapping.items()
+        )
+        / 2
+    )
     assert_close(attention_distillation_loss(teacher_attentions, student_attentions, mapping), seed_way)
     mask = _padding_mask()
     masked = attention_distillation_loss(teacher_attentions, student_attentions, mapping, mask=mask)
-    expected = sum(LF.attention_mse(student_attentions[s], teacher_attentions[t], mask) for s, t in mapping.items()) / 2
+    expected = (
+        sum(LF.attention_mse(student_attentions[s], teacher_attentions[t], mask) for s, t in mapping.items()) / 2
+    )
     assert_close(masked, expected)
     same_heads = tuple(_maps(heads=4, seed=20 + i) for i in range(2))
-    assert_close(attention_distillation_loss(same_heads, student_attentions, {0: 0, 1: 1}),
-                 (F.mse_loss(student_attentions[0], same_heads[0]) + F.mse_loss(student_attentions[1], same_heads[1])) / 2)
+    assert_close(
+        attention_distillation_loss(same_heads, student_attentions, {0: 0, 1: 1}),
+        (F.mse_loss(student_attentions[0], same_heads[0]) + F.mse_loss(student_attentions[1], same_heads[1])) / 2,
+    )
     both = attention_distillation_loss(teacher_attentions, student_attentions, {0: 0}, heads="average_both")
     assert_close(both, F.mse_loss(student_attentions[0].mean(1), teacher_attentions[0].mean(1)))
     with pytest.raises(ValueError, match="non-empty"):
         attention_distillation_loss(teacher_attentions, student_attentions, {})
-    with pytest.raises(ValueError, match=r"teacher attention layer 4 is not in the given attentions \(valid: 0\.\.3\)"):
+    with pytest.raises(
+        ValueError, match=r"teacher attention layer 4 is not in the given attentions \(valid: 0\.\.3\)"
+    ):
         attention_distillation_loss(teacher_attentions, student_attentions, {0: 4})
 
 
@@ -328,12 +384,27 @@ def test_trainer_checkpoints_and_resumes_projections_and_exports_the_student_onl
     def make(seed):
         teacher, student = tiny_bert(num_layers=4, hidden=48, seed=1), tiny_bert(num_layers=2, hidden=32, seed=2)
         torch.manual_seed(seed)
-        objective = Objective({"hidden": HiddenMSE.from_models(student, teacher), "embedding": EmbeddingMSE.from_models(student, teacher)})
-        args = TrainingArguments(
-            output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
-            save_strategy="steps", save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True, logging_steps=1,
+        objective = Objective(
+            {
+                "hidden": HiddenMSE.from_models(student, teacher),
+                "embedding": EmbeddingMSE.from_models(student, teacher),
+            }
         )
-        return DistillationTrainer(teacher_model=teacher, model=student, args=args, train_dataset=dataset, objective=objective), objective
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            per_device_train_batch_size=8,
+            max_steps=2,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=2,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            logging_steps=1,
+        )
+        return DistillationTrainer(
+            teacher_model=teacher, model=student, args=args, train_dataset=dataset, objective=objective
+        ), objective
 
     trainer, objective = make(seed=0)
     initial = objective.terms["hidden"].projections["1_to_2"].weight.detach().clone()
@@ -350,7 +421,9 @@ def test_trainer_checkpoints_and_resumes_projections_and_exports_the_student_onl
     assert not any("projection" in key for key in student_weights)
 
     resumed, fresh_objective = make(seed=99)
-    assert not torch.equal(fresh_objective.terms["hidden"].projections["1_to_2"].weight, trained["terms.hidden.projections.1_to_2.weight"])
+    assert not torch.equal(
+        fresh_objective.terms["hidden"].projections["1_to_2"].weight, trained["terms.hidden.projections.1_to_2.weight"]
+    )
     resumed.train(resume_from_checkpoint=str(checkpoint))
     for key, value in fresh_objective.state_dict().items():
         assert_close(value, trained[key], msg=key)

@@ -33,10 +33,18 @@ def test_distillation_raises_agreement_with_the_teacher():
     inputs, labels, teacher = _mlp_task()
     student = mlp(16, 32, 4, seed=7)
     before = _agreement(teacher, student, inputs)
-    loader = DataLoader(TensorDataset(inputs, labels), batch_size=64, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
-    history = distill(teacher, student, loader, objective=Objective.hinton(4.0, alpha=0.9),
-                      optimizer=torch.optim.Adam(student.parameters(), lr=1e-2), epochs=25, progress=False)
+    loader = DataLoader(
+        TensorDataset(inputs, labels), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    history = distill(
+        teacher,
+        student,
+        loader,
+        objective=Objective.hinton(4.0, alpha=0.9),
+        optimizer=torch.optim.Adam(student.parameters(), lr=1e-2),
+        epochs=25,
+        progress=False,
+    )
     after = _agreement(teacher, student, inputs)
     assert before < 0.5
     assert after > 0.85, (before, after)
@@ -87,12 +95,15 @@ def test_same_module_for_teacher_and_student_is_refused():
         distill(model, model, [(torch.randn(2, 16), torch.tensor([0, 1]))], progress=False)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"epochs": 0}, "epochs"),
-    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
-    ({"precision": "fp8"}, "precision"),
-    ({"max_grad_norm": -1.0}, "max_grad_norm"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+        ({"precision": "fp8"}, "precision"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+    ],
+)
 def test_bad_loop_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         distill(mlp(), mlp(seed=1), [(torch.randn(2, 16), torch.tensor([0, 1]))], progress=False, **kwargs)
@@ -100,8 +111,16 @@ def test_bad_loop_settings_are_clear_errors(kwargs, message):
 
 def _one_update(batches, accumulation, model_factory, make_optimizer):
     teacher, student = model_factory()
-    distill(teacher, student, batches, optimizer=make_optimizer(student), gradient_accumulation_steps=accumulation,
-            max_grad_norm=None, progress=False, objective=Objective.hinton(4.0, 0.6))
+    distill(
+        teacher,
+        student,
+        batches,
+        optimizer=make_optimizer(student),
+        gradient_accumulation_steps=accumulation,
+        max_grad_norm=None,
+        progress=False,
+        objective=Objective.hinton(4.0, 0.6),
+    )
     return student.state_dict()
 
 
@@ -138,8 +157,18 @@ def test_hf_dict_batches_history_eval_and_scheduler(bert_pair):
         calls.append(model.training)
         return {"accuracy": 0.5}
 
-    history = distill(teacher, student, batches, optimizer=optimizer, scheduler=scheduler, epochs=2,
-                      gradient_accumulation_steps=4, eval_fn=eval_fn, progress=False, log_every=1)
+    history = distill(
+        teacher,
+        student,
+        batches,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=2,
+        gradient_accumulation_steps=4,
+        eval_fn=eval_fn,
+        progress=False,
+        log_every=1,
+    )
     # 6 batches with accumulation 4: groups of 4 and 2 -> 2 optimizer steps per epoch
     assert [r["step"] for r in history.steps] == [1, 2, 3, 4]
     assert [r["lr"] for r in history.steps] == pytest.approx([1e-3, 1e-3 / 2, 1e-3 / 3, 1e-3 / 4])
@@ -150,8 +179,16 @@ def test_hf_dict_batches_history_eval_and_scheduler(bert_pair):
 
 def test_max_steps_and_eval_every(bert_pair):
     teacher, student = bert_pair
-    history = distill(teacher, student, token_batches(num_batches=5, batch_size=4), epochs=3, max_steps=7,
-                      eval_every=3, eval_fn=lambda m: {"x": 1.0}, progress=False)
+    history = distill(
+        teacher,
+        student,
+        token_batches(num_batches=5, batch_size=4),
+        epochs=3,
+        max_steps=7,
+        eval_every=3,
+        eval_fn=lambda m: {"x": 1.0},
+        progress=False,
+    )
     assert len(history.steps) == 7
     assert [e["step"] for e in history.evals] == [3, 6]
 
@@ -164,14 +201,28 @@ def test_bf16_autocast_keeps_losses_in_float32(bert_pair):
 
     def recording(self, student_side, teacher_side, labels=None):
         result = forward(self, student_side, teacher_side, labels)
-        seen.append((student_side.logits.dtype, teacher_side.logits.dtype, result.total.dtype,
-                     {part.dtype for part in result.parts.values()}))
+        seen.append(
+            (
+                student_side.logits.dtype,
+                teacher_side.logits.dtype,
+                result.total.dtype,
+                {part.dtype for part in result.parts.values()},
+            )
+        )
         return result
 
     Objective.forward = recording
     try:
-        history = distill(teacher, student, token_batches(num_batches=2, batch_size=4), objective=objective,
-                          precision="bf16", lr=1e-3, progress=False, log_every=1)
+        history = distill(
+            teacher,
+            student,
+            token_batches(num_batches=2, batch_size=4),
+            objective=objective,
+            precision="bf16",
+            lr=1e-3,
+            progress=False,
+            log_every=1,
+        )
     finally:
         Objective.forward = forward
     # the forward passes ran in bf16 (autocast really was on); the loss and every part are float32

@@ -34,11 +34,19 @@ def test_minilm_losses_are_zero_for_a_model_against_itself(family):
     batch = _inputs(batch_size=4, length=9)
     assert _loss(MiniLMv1.from_models(model, twin), model, twin, batch) == 0
     assert _loss(MiniLMv2.from_models(model, twin), model, twin, batch) == 0
-    assert _loss(MiniLMv2.from_models(model, twin, teacher_layer=2, student_layer=2, relation_heads=2), model, twin, batch) == 0
+    assert (
+        _loss(
+            MiniLMv2.from_models(model, twin, teacher_layer=2, student_layer=2, relation_heads=2), model, twin, batch
+        )
+        == 0
+    )
 
 
 def test_minilm_v1_is_attention_kl_plus_value_relation_kl():
-    teacher, student = tiny_bert(num_layers=4, hidden=48, heads=4, seed=1).eval(), tiny_bert(num_layers=2, seed=2).eval()
+    teacher, student = (
+        tiny_bert(num_layers=4, hidden=48, heads=4, seed=1).eval(),
+        tiny_bert(num_layers=2, seed=2).eval(),
+    )
     term = MiniLMv1.from_models(student, teacher)
     assert (term.student_layer, term.teacher_layer) == (2, 4)
     batch = _inputs()
@@ -76,14 +84,28 @@ def test_minilm_terms_ignore_padding():
     student = tiny_bert(num_layers=2, hidden=32, heads=4, seed=2).eval()
     batch = _inputs(batch_size=4, length=8, seed=2)
     for term in (MiniLMv1.from_models(student, teacher), MiniLMv2.from_models(student, teacher, relation_heads=4)):
-        assert_close(_loss(term, student, teacher, pad_more(batch, 6)), _loss(term, student, teacher, batch), rtol=1e-4, atol=1e-7)
+        assert_close(
+            _loss(term, student, teacher, pad_more(batch, 6)),
+            _loss(term, student, teacher, batch),
+            rtol=1e-4,
+            atol=1e-7,
+        )
 
 
 def test_minilm_v2_training_lowers_the_loss():
     teacher = tiny_bert(num_layers=4, hidden=48, heads=6, seed=1)
     student = tiny_bert(num_layers=2, hidden=32, heads=4, seed=2)
     objective = Objective({"minilm": MiniLMv2.from_models(student, teacher, relation_heads=8)})
-    history = distill(teacher, student, text_batch(num_batches=3), objective=objective, epochs=5, lr=3e-3, progress=False, log_every=1)
+    history = distill(
+        teacher,
+        student,
+        text_batch(num_batches=3),
+        objective=objective,
+        epochs=5,
+        lr=3e-3,
+        progress=False,
+        log_every=1,
+    )
     losses = history.series("minilm")
     assert sum(losses[-3:]) < sum(losses[:3])
 

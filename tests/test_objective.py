@@ -13,7 +13,11 @@ from kdistill.losses import functional as LF
 
 def _pair(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(8, 5, generator=g) * 2, torch.randn(8, 5, generator=g) * 2, torch.randint(0, 5, (8,), generator=g)
+    return (
+        torch.randn(8, 5, generator=g) * 2,
+        torch.randn(8, 5, generator=g) * 2,
+        torch.randint(0, 5, (8,), generator=g),
+    )
 
 
 def test_alpha_zero_is_pure_ce_and_alpha_one_is_pure_kd():
@@ -31,12 +35,15 @@ def test_seed_defaults():
     assert (loss.temperature, loss.alpha) == (4.0, 0.5)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"temperature": 0.0}, "temperature"),
-    ({"temperature": -2.0}, "temperature"),
-    ({"alpha": 1.2}, "alpha"),
-    ({"alpha": -0.1}, "alpha"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -2.0}, "temperature"),
+        ({"alpha": 1.2}, "alpha"),
+        ({"alpha": -0.1}, "alpha"),
+    ],
+)
 def test_distillation_loss_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DistillationLoss(**kwargs)
@@ -46,7 +53,9 @@ def test_distillation_loss_rejects_bad_settings(kwargs, message):
 
 def test_objective_returns_total_and_every_part():
     student, teacher, labels = _pair(1)
-    objective = Objective({"kd": LogitKD(2.0), "ce": HardCE(), "mse": LogitMSE()}, weights={"kd": 0.5, "ce": 0.25, "mse": 2.0})
+    objective = Objective(
+        {"kd": LogitKD(2.0), "ce": HardCE(), "mse": LogitMSE()}, weights={"kd": 0.5, "ce": 0.25, "mse": 2.0}
+    )
     out = objective(Features(logits=student), Features(logits=teacher), labels)
     expected_parts = {
         "kd": LF.soft_kd(student, teacher, 2.0),
@@ -85,13 +94,16 @@ def test_missing_labels_is_a_clear_error():
         Objective.hinton(alpha=0.5)(Features(logits=student), Features(logits=teacher), None)
 
 
-@pytest.mark.parametrize("terms,weights,error,message", [
-    ({}, None, ValueError, "at least one term"),
-    ({"kd": LogitKD()}, {"ce": 1.0}, ValueError, "unknown terms"),
-    ({"kd": torch.nn.Linear(2, 2)}, None, TypeError, "must be a kdistill Term"),
-    ({"kd": LogitKD()}, {"kd": -1.0}, ValueError, ">= 0"),
-    ({"kd": LogitKD()}, {"kd": 0.0}, ValueError, "weight 0"),
-])
+@pytest.mark.parametrize(
+    "terms,weights,error,message",
+    [
+        ({}, None, ValueError, "at least one term"),
+        ({"kd": LogitKD()}, {"ce": 1.0}, ValueError, "unknown terms"),
+        ({"kd": torch.nn.Linear(2, 2)}, None, TypeError, "must be a kdistill Term"),
+        ({"kd": LogitKD()}, {"kd": -1.0}, ValueError, ">= 0"),
+        ({"kd": LogitKD()}, {"kd": 0.0}, ValueError, "weight 0"),
+    ],
+)
 def test_objective_rejects_bad_definitions(terms, weights, error, message):
     with pytest.raises(error, match=message):
         Objective(terms, weights)
@@ -101,6 +113,8 @@ def test_token_level_terms_use_the_attention_mask():
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(2, 6, 9, generator=g), torch.randn(2, 6, 9, generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
-    out = Objective({"kd": LogitKD(2.0)})(Features(logits=student, attention_mask=mask), Features(logits=teacher), None)
+    out = Objective({"kd": LogitKD(2.0)})(
+        Features(logits=student, attention_mask=mask), Features(logits=teacher), None
+    )
     keep = mask.bool()
     assert_close(out.total, LF.soft_kd(student[keep], teacher[keep], 2.0))

@@ -16,36 +16,74 @@ from hypothesis import strategies as st
 
 from kdistill.app.config import RunConfig
 from kdistill.app.config_loading import load_config
+from kdistill.errors import KdistillError
 from kdistill.tasks.text_classification.config import DataConfig
 from kdistill.tasks.text_classification.reading import TableSplit, load_splits, load_table
-from kdistill.errors import KdistillError
 
-PROPERTY = settings(max_examples=int(__import__("os").environ.get("KD_EXAMPLES", "120")), deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=int(__import__("os").environ.get("KD_EXAMPLES", "120")),
+    deadline=2000,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 # -- configs ---------------------------------------------------------------------------------
 
 SECTION_KEYS = {
     "teacher": ["path", "package", "num_labels", "finetune", "cache", "tokenizer", "trust_remote_code"],
     "student": ["path", "from_teacher", "tokenizer"],
-    "data": ["train", "validation", "test", "format", "encoding", "text_column", "label_column", "max_length",
-             "validation_fraction", "test_fraction", "split_seed", "augment", "hub"],
+    "data": [
+        "train",
+        "validation",
+        "test",
+        "format",
+        "encoding",
+        "text_column",
+        "label_column",
+        "max_length",
+        "validation_fraction",
+        "test_fraction",
+        "split_seed",
+        "augment",
+        "hub",
+    ],
     "objective": ["preset", "temperature", "alpha", "terms", "tinybert", "minilm"],
-    "training": ["epochs", "batch_size", "lr", "seed", "precision", "max_steps", "warmup_ratio", "max_grad_norm",
-                 "gradient_accumulation_steps", "on_nonfinite"],
+    "training": [
+        "epochs",
+        "batch_size",
+        "lr",
+        "seed",
+        "precision",
+        "max_steps",
+        "warmup_ratio",
+        "max_grad_norm",
+        "gradient_accumulation_steps",
+        "on_nonfinite",
+    ],
     "output": ["dir", "save_checkpoints", "save_every", "keep_checkpoints", "save_best"],
 }
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(string.printable, max_size=12), st.sampled_from(["hinton", "tinybert", "kd", "ce", "uniform", "fp16",
-                                                             "utf-8", "base64", "nope", "runs/x", "data.csv"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(string.printable, max_size=12),
+    st.sampled_from(
+        ["hinton", "tinybert", "kd", "ce", "uniform", "fp16", "utf-8", "base64", "nope", "runs/x", "data.csv"]
+    ),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(string.ascii_lowercase, min_size=1,
-                                                                               max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(string.ascii_lowercase, min_size=1, max_size=8), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
 section = st.sampled_from(sorted(SECTION_KEYS)).flatmap(
-    lambda name: st.tuples(st.just(name), st.dictionaries(st.sampled_from(SECTION_KEYS[name] + ["typo"]), values,
-                                                          max_size=5)))
+    lambda name: st.tuples(
+        st.just(name), st.dictionaries(st.sampled_from(SECTION_KEYS[name] + ["typo"]), values, max_size=5)
+    )
+)
 configs = st.lists(section, max_size=6).map(dict)
 
 
@@ -75,8 +113,9 @@ def test_any_text_as_a_config_file_loads_or_is_one_config_error(tmp_path: Path, 
 @given(overrides=st.lists(st.text(string.printable, max_size=30), max_size=4))
 def test_any_override_applies_or_is_one_config_error(tmp_path: Path, overrides: list[str]) -> None:
     file = tmp_path / "run.yaml"
-    file.write_text("teacher: {path: t}\nstudent: {from_teacher: {num_layers: 1}}\ndata: {train: d.csv}\n",
-                    encoding="utf-8")
+    file.write_text(
+        "teacher: {path: t}\nstudent: {from_teacher: {num_layers: 1}}\ndata: {train: d.csv}\n", encoding="utf-8"
+    )
     try:
         load_config(file, overrides)
     except KdistillError as error:
@@ -91,10 +130,19 @@ BASE = {
     "training": {"epochs": 1},
     "output": {"dir": "runs/x"},
 }
-paths = st.sampled_from([f"{name}.{key}" for name, keys in SECTION_KEYS.items() for key in keys]
-                        + ["student.from_teacher.num_layers", "student.from_teacher.layer_map",
-                           "objective.tinybert.layer_map", "objective.tinybert.heads", "data.augment.mask_prob",
-                           "objective.terms.x.type", "objective.terms.x.layer_map", "teacher.finetune.lr"])
+paths = st.sampled_from(
+    [f"{name}.{key}" for name, keys in SECTION_KEYS.items() for key in keys]
+    + [
+        "student.from_teacher.num_layers",
+        "student.from_teacher.layer_map",
+        "objective.tinybert.layer_map",
+        "objective.tinybert.heads",
+        "data.augment.mask_prob",
+        "objective.terms.x.type",
+        "objective.terms.x.layer_map",
+        "teacher.finetune.lr",
+    ]
+)
 
 
 @PROPERTY
@@ -111,14 +159,16 @@ def test_a_valid_config_with_any_values_changed_loads_or_is_one_config_error(tmp
 
 # -- data files ------------------------------------------------------------------------------
 
-cells = st.one_of(st.text(max_size=15), st.sampled_from(["", " ", "pos", "neg", "1", "0", "NA", "null", '"', ",",
-                                                         "a\nb", "\t"]))
+cells = st.one_of(
+    st.text(max_size=15), st.sampled_from(["", " ", "pos", "neg", "1", "0", "NA", "null", '"', ",", "a\nb", "\t"])
+)
 headers = st.lists(st.sampled_from(["text", "label", "text_b", "extra", "Text", ""]), min_size=0, max_size=4)
 csv_files = st.tuples(headers, st.lists(st.lists(cells, max_size=5), max_size=8), st.sampled_from([",", "\t"]))
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["text", "label", "x"]),
-                                                                         inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["text", "label", "x"]), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 jsonl_lines = st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=20)), max_size=8)

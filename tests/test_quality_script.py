@@ -50,8 +50,11 @@ class FakeRuns:
                 self.finished.append(folder.name)
             seed = int(folder.name.rsplit("-s", 1)[1])
             score = 0.80 + 0.01 * seed + (0.02 if config.stem == "hinton" else 0.0)
-            return {"student": {"accuracy": score, "macro_f1": score, "agreement": 0.95, "parameters": 500},
-                    "teacher": {"accuracy": 0.9, "macro_f1": 0.9}, "run": {"seconds": 2.0}}
+            return {
+                "student": {"accuracy": score, "macro_f1": score, "agreement": 0.95, "parameters": 500},
+                "teacher": {"accuracy": 0.9, "macro_f1": 0.9},
+                "run": {"seconds": 2.0},
+            }
         finally:
             with self.lock:
                 self.running -= 1
@@ -62,10 +65,28 @@ def _run(module, monkeypatch, tmp_path: Path, runs: FakeRuns, jobs: int, recipes
     monkeypatch.setattr(module, "measure_speedup", lambda teacher, overrides: {"speedup": 3.0})
     (tmp_path / "data" / "sst2").mkdir(parents=True, exist_ok=True)
     output = tmp_path / "quality.json"
-    monkeypatch.setattr(sys, "argv", [
-        "quality.py", str(tmp_path / "data"), "--task", "sst2", "--seeds", "2", "--students", "a",
-        "--recipes", recipes, "--runs-dir", str(tmp_path / "runs"), "--output", str(output),
-        "--jobs", str(jobs)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "quality.py",
+            str(tmp_path / "data"),
+            "--task",
+            "sst2",
+            "--seeds",
+            "2",
+            "--students",
+            "a",
+            "--recipes",
+            recipes,
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--output",
+            str(output),
+            "--jobs",
+            str(jobs),
+        ],
+    )
     module.main()
     return json.loads(output.read_text())
 

@@ -24,13 +24,22 @@ PREFIX = "kdistill distill: error: "
 def _custom_code_model(folder: Path, marker: Path) -> None:
     """A model folder whose config asks for its own Python code, which would leave ``marker``."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "homemade", "architectures": ["HomemadeModel"],
-        "auto_map": {"AutoConfig": "homemade.HomemadeConfig",
-                     "AutoModelForSequenceClassification": "homemade.HomemadeModel"},
-    }), encoding="utf-8")
-    (folder / "homemade.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n",
-                                        encoding="utf-8")
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "homemade",
+                "architectures": ["HomemadeModel"],
+                "auto_map": {
+                    "AutoConfig": "homemade.HomemadeConfig",
+                    "AutoModelForSequenceClassification": "homemade.HomemadeModel",
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    (folder / "homemade.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n", encoding="utf-8"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +54,19 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # an architecture whose attention kdistill cannot recompute (its tokenizer is the teacher's)
     save_classifier(root / "electra", num_layers=1, hidden=32, heads=4, id2label=labels)
     (root / "electra" / "model.safetensors").unlink()
-    ElectraForSequenceClassification(ElectraConfig(
-        vocab_size=35, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, id2label=labels, label2id={"neg": 0, "pos": 1},
-    )).save_pretrained(root / "electra")
+    ElectraForSequenceClassification(
+        ElectraConfig(
+            vocab_size=35,
+            embedding_size=32,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            id2label=labels,
+            label2id={"neg": 0, "pos": 1},
+        )
+    ).save_pretrained(root / "electra")
     _custom_code_model(root / "homemade", root / "code-ran")
     write_csv(root / "train.csv", sentences(48, seed=0, labels=("neg", "pos")))
     write_csv(root / "test.csv", sentences(16, seed=1, labels=("neg", "pos")))
@@ -62,28 +80,41 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TERMS = ["objective.preset=null", "objective.temperature=null", "objective.alpha=null"]
 
 CASES = {
-    "teacher classes": (["teacher.path={ws}/teacher3"],
-                        "the teacher predicts 3 classes but the training data has 2 labels (neg, pos)"),
-    "student classes": (["student.from_teacher=null", "student.path={ws}/student3"],
-                        "the student '{ws}/student3' predicts 3 classes but the training data has 2 labels (neg, pos)"),
-    "unseen label": (["data.test={ws}/test_unseen.csv"],
-                     "{ws}/test_unseen.csv: label 'meh' (data row 2) is not among the known labels neg, pos"),
+    "teacher classes": (
+        ["teacher.path={ws}/teacher3"],
+        "the teacher predicts 3 classes but the training data has 2 labels (neg, pos)",
+    ),
+    "student classes": (
+        ["student.from_teacher=null", "student.path={ws}/student3"],
+        "the student '{ws}/student3' predicts 3 classes but the training data has 2 labels (neg, pos)",
+    ),
+    "unseen label": (
+        ["data.test={ws}/test_unseen.csv"],
+        "{ws}/test_unseen.csv: label 'meh' (data row 2) is not among the known labels neg, pos",
+    ),
     "empty file": (["data.train={ws}/empty.csv"], "data file '{ws}/empty.csv' holds no examples"),
     "empty split": (["data.test={ws}/empty.csv"], "data file '{ws}/empty.csv' holds no examples"),
     "too few to split": (["data.train={ws}/one_row.csv"], "has 1 example(s): too few to hold out a validation split"),
-    "teacher nowhere": (["teacher.path=nosuch/teacher"],
-                        "cannot load teacher 'nosuch/teacher': "),
+    "teacher nowhere": (["teacher.path=nosuch/teacher"], "cannot load teacher 'nosuch/teacher': "),
     "temperature 0": (["objective.temperature=0"], "objective.temperature: Input should be greater than 0, got 0"),
-    "term temperature": ([*TERMS, "objective.terms.kd.type=kd", "objective.terms.kd.temperature=-1"],
-                         "objective.terms.kd.temperature: Input should be greater than 0, got -1"),
+    "term temperature": (
+        [*TERMS, "objective.terms.kd.type=kd", "objective.terms.kd.temperature=-1"],
+        "objective.terms.kd.temperature: Input should be greater than 0, got -1",
+    ),
     "alpha above 1": (["objective.alpha=1.5"], "objective.alpha: Input should be less than or equal to 1, got 1.5"),
-    "alpha below 0": (["objective.alpha=-0.1"], "objective.alpha: Input should be greater than or equal to 0, got -0.1"),
-    "attention unsupported": ([*TERMS, "objective.terms.att.type=attention_mse", "teacher.path={ws}/electra"],
-                              "objective (distill stage), the teacher: kdistill cannot recompute attention maps for "
-                              "model type 'electra'"),
-    "attention layer": ([*TERMS, "objective.terms.att.type=attention_kl", "objective.terms.att.layer_map={1: 5}"],
-                        "objective: teacher layer 5 is out of range: the teacher (BertForSequenceClassification) has "
-                        "attention layers 1..2"),
+    "alpha below 0": (
+        ["objective.alpha=-0.1"],
+        "objective.alpha: Input should be greater than or equal to 0, got -0.1",
+    ),
+    "attention unsupported": (
+        [*TERMS, "objective.terms.att.type=attention_mse", "teacher.path={ws}/electra"],
+        "objective (distill stage), the teacher: kdistill cannot recompute attention maps for model type 'electra'",
+    ),
+    "attention layer": (
+        [*TERMS, "objective.terms.att.type=attention_kl", "objective.terms.att.layer_map={1: 5}"],
+        "objective: teacher layer 5 is out of range: the teacher (BertForSequenceClassification) has "
+        "attention layers 1..2",
+    ),
 }
 
 
@@ -109,32 +140,50 @@ def test_a_models_own_code_never_runs_unless_trusted(workspace: Path) -> None:
     from kdistill.app.config_loading import load_config
 
     assert load_config(workspace / "run.yaml").teacher.trust_remote_code is False
-    line = one_line(["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.path={workspace / 'homemade'}"])
-    assert line == (f"{PREFIX}cannot load teacher '{workspace / 'homemade'}': it ships its own Python code, which "
-                    "kdistill runs only when trust_remote_code is on (teacher.trust_remote_code: true in a config; "
-                    "read that code first)")
+    line = one_line(
+        ["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.path={workspace / 'homemade'}"]
+    )
+    assert line == (
+        f"{PREFIX}cannot load teacher '{workspace / 'homemade'}': it ships its own Python code, which "
+        "kdistill runs only when trust_remote_code is on (teacher.trust_remote_code: true in a config; "
+        "read that code first)"
+    )
     assert not (workspace / "code-ran").exists()
 
 
 def test_a_config_cannot_build_objects_or_run_code(workspace: Path) -> None:
     config = workspace / "tagged.yaml"
-    config.write_text(f"teacher: !!python/object/apply:os.system ['touch {workspace / 'yaml-ran'}']\n", encoding="utf-8")
+    config.write_text(
+        f"teacher: !!python/object/apply:os.system ['touch {workspace / 'yaml-ran'}']\n", encoding="utf-8"
+    )
     line = one_line(["distill", str(config)])
-    assert line == (f"{PREFIX}config file {str(config)!r} is not valid YAML: could not determine a constructor for "
-                    "the tag 'tag:yaml.org,2002:python/object/apply:os.system' at line 1, column 10")
+    assert line == (
+        f"{PREFIX}config file {str(config)!r} is not valid YAML: could not determine a constructor for "
+        "the tag 'tag:yaml.org,2002:python/object/apply:os.system' at line 1, column 10"
+    )
     assert not (workspace / "yaml-ran").exists()
 
 
-def test_a_nan_loss_stops_the_command_in_one_line_and_keeps_the_last_good_checkpoint(workspace: Path,
-                                                                                     tmp_path: Path) -> None:
+def test_a_nan_loss_stops_the_command_in_one_line_and_keeps_the_last_good_checkpoint(
+    workspace: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "run"
-    args = ["distill", str(workspace / "run.yaml"), "--no-progress", "training.lr=1.0e30", "training.max_steps=3",
-            "output.save_every=1", f"output.dir={folder}"]
+    args = [
+        "distill",
+        str(workspace / "run.yaml"),
+        "--no-progress",
+        "training.lr=1.0e30",
+        "training.max_steps=3",
+        "output.save_every=1",
+        f"output.dir={folder}",
+    ]
     line = one_line(args, after_log=True)
-    assert line == (f"{PREFIX}the loss part kd, ce is NaN at step 2 (epoch 0, batch 1); the update was not applied: "
-                    f"the run stopped; the last good checkpoint is kept in {folder / 'checkpoints' / 'distill'}. Lower "
-                    "the learning rate, use bf16 instead of fp16, or set on_nonfinite='skip' (training.on_nonfinite: "
-                    "skip in a config) to skip such steps")
+    assert line == (
+        f"{PREFIX}the loss part kd, ce is NaN at step 2 (epoch 0, batch 1); the update was not applied: "
+        f"the run stopped; the last good checkpoint is kept in {folder / 'checkpoints' / 'distill'}. Lower "
+        "the learning rate, use bf16 instead of fp16, or set on_nonfinite='skip' (training.on_nonfinite: "
+        "skip in a config) to skip such steps"
+    )
     assert (folder / "checkpoints" / "distill" / "checkpoint-00000001").is_dir()
     assert not (folder / "student").exists()
     assert "run stopped: NonFiniteLossError" in (folder / "run.log").read_text(encoding="utf-8")
@@ -142,8 +191,16 @@ def test_a_nan_loss_stops_the_command_in_one_line_and_keeps_the_last_good_checkp
 
 def test_a_checkpoint_holding_a_pickle_is_refused_on_resume_in_one_line(workspace: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    code = main(["distill", str(workspace / "run.yaml"), "--no-progress", "training.max_steps=2", "output.save_every=1",
-                 f"output.dir={folder}"])
+    code = main(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "--no-progress",
+            "training.max_steps=2",
+            "output.save_every=1",
+            f"output.dir={folder}",
+        ]
+    )
     assert code == 0
     # as if killed before its end: no report, the stage not marked finished
     (folder / "report.md").unlink()
@@ -179,9 +236,13 @@ def test_a_student_with_other_classes_than_the_teacher_is_a_value_error() -> Non
 
     from kdistill import distill
 
-    with pytest.raises(ValueError, match=re.escape(
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
             "student and teacher logits must have the same shape, got student (4, 2) and teacher (4, 3) (the "
-            "class/vocabulary sizes differ: teacher and student must share the label set or vocabulary")):
+            "class/vocabulary sizes differ: teacher and student must share the label set or vocabulary"
+        ),
+    ):
         distill(mlp(16, 32, 3), mlp(16, 8, 2, seed=1), BATCH, progress=False)
 
 
@@ -190,10 +251,15 @@ def test_a_label_outside_the_students_classes_is_a_value_error() -> None:
 
     from kdistill import distill
 
-    with pytest.raises(ValueError, match=re.escape(
-            "label 5 is outside the model's 3 classes (0..2); check num_labels of the student and the label column")):
-        distill(mlp(16, 32, 3), mlp(16, 8, 3, seed=1), [(torch.randn(4, 16), torch.tensor([0, 1, 5, 1]))],
-                progress=False)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "label 5 is outside the model's 3 classes (0..2); check num_labels of the student and the label column"
+        ),
+    ):
+        distill(
+            mlp(16, 32, 3), mlp(16, 8, 3, seed=1), [(torch.randn(4, 16), torch.tensor([0, 1, 5, 1]))], progress=False
+        )
 
 
 def test_an_empty_loader_is_a_value_error() -> None:
@@ -214,8 +280,11 @@ TEST_ID = re.compile(r"(tests/[\w/]+\.py)::(test_\w+)")
 
 
 def test_every_test_the_reliability_table_names_exists() -> None:
-    rows = [line for line in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8").splitlines()
-            if line.startswith("|") and not set(line) <= set("|- ")]
+    rows = [
+        line
+        for line in (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("|") and not set(line) <= set("|- ")
+    ]
     header, body = rows[0], rows[1:]
     assert header.split("|")[1:5] == [" bad input ", " what the user sees ", " where ", " checked by "], header
     assert len(body) >= 20

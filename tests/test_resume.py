@@ -32,6 +32,7 @@ def _run(out, *flags, wait=True):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_student(tmp_path):
     _run(tmp_path / "straight")
     expected = load_file(tmp_path / "straight" / "final.safetensors")
@@ -68,14 +69,33 @@ def test_resume_with_a_loader_that_shuffles_with_its_own_generator_keeps_the_dat
     # global RNG: a checkpoint must hold that generator's state too
     dataset = _task()
     expected = mlp(16, 8, 4, seed=1)
-    distill(mlp(16, 32, 4, seed=0), expected, _loader(dataset), lr=1e-2, epochs=3, checkpoint_dir=tmp_path / "all",
-            save_every=3, keep_checkpoints=10, progress=False)
+    distill(
+        mlp(16, 32, 4, seed=0),
+        expected,
+        _loader(dataset),
+        lr=1e-2,
+        epochs=3,
+        checkpoint_dir=tmp_path / "all",
+        save_every=3,
+        keep_checkpoints=10,
+        progress=False,
+    )
     # 8 steps per epoch: step 12 is in the middle of the second epoch
     (tmp_path / "cut").mkdir()
     shutil.copytree(tmp_path / "all" / "checkpoint-00000012", tmp_path / "cut" / "checkpoint-00000012")
     resumed = mlp(16, 8, 4, seed=5)  # other weights: the checkpoint's must replace them
-    distill(mlp(16, 32, 4, seed=0), resumed, _loader(dataset), lr=1e-2, epochs=3, checkpoint_dir=tmp_path / "cut",
-            save_every=3, keep_checkpoints=10, resume=True, progress=False)
+    distill(
+        mlp(16, 32, 4, seed=0),
+        resumed,
+        _loader(dataset),
+        lr=1e-2,
+        epochs=3,
+        checkpoint_dir=tmp_path / "cut",
+        save_every=3,
+        keep_checkpoints=10,
+        resume=True,
+        progress=False,
+    )
     for name, tensor in expected.state_dict().items():
         assert_close(resumed.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
 
@@ -83,8 +103,17 @@ def test_resume_with_a_loader_that_shuffles_with_its_own_generator_keeps_the_dat
 def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
     dataset = _task()
     student = mlp(16, 8, 4, seed=1)
-    distill(mlp(16, 32, 4, seed=0), student, _loader(dataset), lr=1e-2, epochs=2, checkpoint_dir=tmp_path,
-            save_every=2, keep_checkpoints=3, progress=False)
+    distill(
+        mlp(16, 32, 4, seed=0),
+        student,
+        _loader(dataset),
+        lr=1e-2,
+        epochs=2,
+        checkpoint_dir=tmp_path,
+        save_every=2,
+        keep_checkpoints=3,
+        progress=False,
+    )
     newest, previous = sorted(tmp_path.glob("checkpoint-*"))[-1], sorted(tmp_path.glob("checkpoint-*"))[-2]
     weights = newest / "student.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
@@ -96,8 +125,16 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog
 def test_a_checkpoint_holding_an_unsafe_pickle_is_refused(tmp_path):
     dataset = _task()
     student, objective = mlp(16, 8, 4, seed=1), Objective.hinton()
-    distill(mlp(16, 32, 4, seed=0), student, _loader(dataset), objective=objective, lr=1e-2, epochs=1,
-            checkpoint_dir=tmp_path, progress=False)
+    distill(
+        mlp(16, 32, 4, seed=0),
+        student,
+        _loader(dataset),
+        objective=objective,
+        lr=1e-2,
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     checkpoint = find_resumable(tmp_path)
 
     class Sneaky:
@@ -120,11 +157,20 @@ def test_a_checkpoint_holding_an_unsafe_pickle_is_refused(tmp_path):
 def test_resume_of_a_finished_run_changes_nothing(tmp_path):
     dataset = _task()
     student = mlp(16, 8, 4, seed=1)
-    history = distill(mlp(16, 32, 4, seed=0), student, _loader(dataset), lr=1e-2, epochs=2, checkpoint_dir=tmp_path,
-                      progress=False)
+    history = distill(
+        mlp(16, 32, 4, seed=0), student, _loader(dataset), lr=1e-2, epochs=2, checkpoint_dir=tmp_path, progress=False
+    )
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    again = distill(mlp(16, 32, 4, seed=0), student, _loader(dataset), lr=1e-2, epochs=2, checkpoint_dir=tmp_path,
-                    resume=True, progress=False)
+    again = distill(
+        mlp(16, 32, 4, seed=0),
+        student,
+        _loader(dataset),
+        lr=1e-2,
+        epochs=2,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        progress=False,
+    )
     for name, tensor in student.state_dict().items():
         assert torch.equal(tensor, before[name])
     assert again.steps == history.steps
@@ -146,8 +192,16 @@ class _Exploding(torch.nn.Module):
 def test_nan_loss_stops_the_run_naming_the_part_and_keeps_weights_finite(tmp_path):
     student = _Exploding()
     with pytest.raises(NonFiniteLossError, match=r"loss part kd, ce is NaN at step 3") as error:
-        distill(mlp(16, 32, 4, seed=0), student, _loader(_task()), lr=1e-2, epochs=1, checkpoint_dir=tmp_path,
-                save_every=1, progress=False)
+        distill(
+            mlp(16, 32, 4, seed=0),
+            student,
+            _loader(_task()),
+            lr=1e-2,
+            epochs=1,
+            checkpoint_dir=tmp_path,
+            save_every=1,
+            progress=False,
+        )
     assert "last good checkpoint" in str(error.value)
     assert all(torch.isfinite(p).all() for p in student.parameters())
     assert find_resumable(tmp_path).name == "checkpoint-00000002"
@@ -155,7 +209,8 @@ def test_nan_loss_stops_the_run_naming_the_part_and_keeps_weights_finite(tmp_pat
 
 def test_nan_steps_can_be_skipped_and_counted():
     student = _Exploding()
-    history = distill(mlp(16, 32, 4, seed=0), student, _loader(_task()), lr=1e-2, epochs=1, on_nonfinite="skip",
-                      progress=False)
+    history = distill(
+        mlp(16, 32, 4, seed=0), student, _loader(_task()), lr=1e-2, epochs=1, on_nonfinite="skip", progress=False
+    )
     assert history.skipped_steps == 6 and len(history.steps) == 2
     assert all(torch.isfinite(p).all() for p in student.parameters())

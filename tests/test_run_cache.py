@@ -44,7 +44,8 @@ def student_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_cached_run_equals_an_online_run_and_the_next_run_reuses_the_cache(
-        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     online = distill(workspace, tmp_path / "online")
     cache = tmp_path / "cache"
     cached = distill(workspace, tmp_path / "cached", f"teacher.cache={cache}")
@@ -67,8 +68,9 @@ def test_a_cached_run_equals_an_online_run_and_the_next_run_reuses_the_cache(
         torch.testing.assert_close(tensor, second[name], msg=name)
 
 
-def test_cache_true_keeps_one_folder_per_fingerprint(workspace: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_true_keeps_one_folder_per_fingerprint(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "root"))
     distill(workspace, tmp_path / "a", "teacher.cache=true", "training.epochs=1")
     # other data: another fingerprint, so another folder, and the first cache stays usable
@@ -76,41 +78,70 @@ def test_cache_true_keeps_one_folder_per_fingerprint(workspace: Path, tmp_path: 
     entries = sorted((tmp_path / "root" / "teacher-outputs").iterdir())
     folders = [entry for entry in entries if not entry.name.endswith(".lock")]  # each build's lock file stays
     assert len(folders) == 2 and all((f / "manifest.json").is_file() for f in folders)
-    assert sorted(entry.name for entry in entries if entry not in folders) == sorted(f".{f.name}.lock" for f in folders)
+    assert sorted(entry.name for entry in entries if entry not in folders) == sorted(
+        f".{f.name}.lock" for f in folders
+    )
 
 
 def test_stages_that_need_attention_run_the_teacher_online(workspace: Path, tmp_path: Path) -> None:
-    folder = distill(workspace, tmp_path / "tinybert", f"teacher.cache={tmp_path / 'cache'}",
-                     "objective.preset=tinybert", "objective.temperature=null", "objective.alpha=null",
-                     "training.max_steps=2", "training.epochs=1")
+    folder = distill(
+        workspace,
+        tmp_path / "tinybert",
+        f"teacher.cache={tmp_path / 'cache'}",
+        "objective.preset=tinybert",
+        "objective.temperature=null",
+        "objective.alpha=null",
+        "training.max_steps=2",
+        "training.epochs=1",
+    )
     log = (folder / "run.log").read_text()
     assert "stage intermediate: its terms need attention maps" in log
     assert "stage prediction: teacher outputs from the cache" in log
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("{dtype: fp8}", "teacher.cache.dtype"),
-    ("{folder: x}", "teacher.cache.folder: unknown key"),
-])
-def test_a_bad_cache_setting_is_one_line(workspace: Path, tmp_path: Path, value: str, message: str,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["distill", str(workspace / "run.yaml"), "--no-progress", f"teacher.cache={value}",
-                 f"output.dir={tmp_path / 'never'}"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{dtype: fp8}", "teacher.cache.dtype"),
+        ("{folder: x}", "teacher.cache.folder: unknown key"),
+    ],
+)
+def test_a_bad_cache_setting_is_one_line(
+    workspace: Path, tmp_path: Path, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "--no-progress",
+            f"teacher.cache={value}",
+            f"output.dir={tmp_path / 'never'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
 
 
 def test_a_saved_student_with_the_same_tokenizer_elsewhere_reuses_the_cache(
-        workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # distilling further from a student saved by an earlier run: its tokenizer is the teacher's,
     # saved in another folder, so the teacher's outputs over the same inputs are still valid
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "root"))
     first = distill(workspace, tmp_path / "first", "teacher.cache=true", "training.epochs=1")
-    again = distill(workspace, tmp_path / "again", "teacher.cache=true", "training.epochs=1",
-                    "student.from_teacher=null", f"student.path={first / 'student'}")
+    again = distill(
+        workspace,
+        tmp_path / "again",
+        "teacher.cache=true",
+        "training.epochs=1",
+        "student.from_teacher=null",
+        f"student.path={first / 'student'}",
+    )
     assert "reusing the teacher cache" in (again / "run.log").read_text()
-    folders = [entry for entry in (tmp_path / "root" / "teacher-outputs").iterdir() if not entry.name.endswith(".lock")]
+    folders = [
+        entry for entry in (tmp_path / "root" / "teacher-outputs").iterdir() if not entry.name.endswith(".lock")
+    ]
     assert len(folders) == 1
 
 

@@ -31,9 +31,17 @@ def _teacher_with_dropout(folder: Path) -> None:
 
     tokenizer = write_tokenizer(folder)
     torch.manual_seed(1)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2,
-                        id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+        id2label={0: "neg", 1: "pos"},
+        label2id={"neg": 0, "pos": 1},
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
 
 
@@ -56,12 +64,24 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_a_run_killed_in_its_second_stage_resumes_to_the_uninterrupted_student(workspace: Path,
-                                                                               tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_run_killed_in_its_second_stage_resumes_to_the_uninterrupted_student(
+    workspace: Path, tmp_path: Path
+) -> None:
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(SCRIPT), "0.4", "distill", str(workspace / "run.yaml"),
-                                "--no-progress", f"output.dir={killed}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "0.4",
+            "distill",
+            str(workspace / "run.yaml"),
+            "--no-progress",
+            f"output.dir={killed}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     # 6 steps an epoch: step 8 of the prediction stage is in the middle of its second epoch
     target = killed / "checkpoints" / "prediction" / "checkpoint-00000008"
     deadline = time.time() + 240
@@ -88,12 +108,16 @@ def test_a_run_killed_in_its_second_stage_resumes_to_the_uninterrupted_student(w
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert_close(resumed[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
-    teacher_expected, teacher_resumed = (load_file(str(run / "teacher" / "model.safetensors")) for run in (straight, killed))
+    teacher_expected, teacher_resumed = (
+        load_file(str(run / "teacher" / "model.safetensors")) for run in (straight, killed)
+    )
     for name in teacher_expected:
         assert torch.equal(teacher_resumed[name], teacher_expected[name]), name
 
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (straight, killed)]
-    assert [v["accuracy"] for v in metrics[1]["validation"]] == pytest.approx([v["accuracy"] for v in metrics[0]["validation"]])
+    assert [v["accuracy"] for v in metrics[1]["validation"]] == pytest.approx(
+        [v["accuracy"] for v in metrics[0]["validation"]]
+    )
     assert [s["steps"] for s in metrics[1]["training"]["stages"]] == [6, 12]
     assert metrics[1]["training"]["best_student"]["step"] == metrics[0]["training"]["best_student"]["step"]
     # a finished run has nothing to resume
@@ -115,12 +139,13 @@ def test_a_run_killed_in_its_second_stage_resumes_to_the_uninterrupted_student(w
 def _stopped_run(workspace: Path, folder: Path) -> Path:
     """A run folder as a run leaves it when stopped before its first checkpoint: config and log."""
     from kdistill.app.config_loading import dump_config, load_config
-
     from kdistill.app.run_folder import RunFolder
 
     run_folder = RunFolder(folder)
     with run_folder.claimed("new"):
-        run_folder.write_text("config.yaml", dump_config(load_config(workspace / "run.yaml", [f"output.dir={folder}"])))
+        run_folder.write_text(
+            "config.yaml", dump_config(load_config(workspace / "run.yaml", [f"output.dir={folder}"]))
+        )
         run_folder.write_text("run.log", "stopped\n")
     return folder
 
@@ -133,8 +158,9 @@ def _one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-def test_resume_refuses_what_it_cannot_do_in_one_line(workspace: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_refuses_what_it_cannot_do_in_one_line(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = _stopped_run(workspace, tmp_path / "run")
     line = _one_line(["distill", "--resume", str(tmp_path / "nothing"), "--no-progress"], capsys)
     assert f"'{tmp_path / 'nothing'}' holds no run to resume (no config.yaml written by kdistill)" in line
@@ -155,8 +181,8 @@ def test_resume_refuses_what_it_cannot_do_in_one_line(workspace: Path, tmp_path:
 
 def test_resume_in_python_is_a_value_error_with_the_same_text(workspace: Path, tmp_path: Path) -> None:
     from kdistill.app.config_loading import load_config
-    from kdistill.errors import RunFolderError
     from kdistill.app.run import resume_config, run_distill
+    from kdistill.errors import RunFolderError
 
     run = _stopped_run(workspace, tmp_path / "run")
     config = load_config(workspace / "run.yaml", [f"output.dir={run}"])

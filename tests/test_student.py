@@ -48,7 +48,10 @@ def test_explicit_layer_map_and_other_families():
     teacher = build("distilbert", num_layers=4, seed=1)
     student, report = make_student(teacher, num_layers=2, layer_map={1: 1, 2: 3})
     assert student.config.n_layers == 2 and report.initialised_from == {1: 1, 2: 3}
-    assert torch.equal(student.distilbert.transformer.layer[1].ffn.lin1.weight, teacher.distilbert.transformer.layer[2].ffn.lin1.weight)
+    assert torch.equal(
+        student.distilbert.transformer.layer[1].ffn.lin1.weight,
+        teacher.distilbert.transformer.layer[2].ffn.lin1.weight,
+    )
     vit = build("vit", num_layers=3, seed=1)
     small_vit, _ = make_student(vit, num_layers=1)
     assert small_vit(**{"pixel_values": image_batch(2)["pixel_values"]}).logits.shape == (2, 3)

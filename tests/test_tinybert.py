@@ -26,7 +26,8 @@ def _epoch_means(history, key):
 def test_two_stages_through_distill_lower_each_stage_loss():
     teacher, student = _pair()
     recipe = TinyBERTDistillation(
-        teacher, student,
+        teacher,
+        student,
         TinyBERTConfig(intermediate_epochs=4, prediction_epochs=4, intermediate_lr=3e-3, prediction_lr=3e-3),
     )
     assert recipe.layer_map == {1: 2, 2: 4}
@@ -69,7 +70,9 @@ def test_compute_loss_sums_the_four_parts_like_the_seed():
     assert recipe.stage_objective(1).terms["hidden"].projections["1_to_1"].weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
     assert_close(recipe.compute_loss(batch, stage=2), parts.parts["kd"])
-    assert len(list(recipe.parameters())) == len(list(student.parameters())) + len(list(recipe.stage_objective(1).parameters()))
+    assert len(list(recipe.parameters())) == len(list(student.parameters())) + len(
+        list(recipe.stage_objective(1).parameters())
+    )
 
 
 def test_each_stage_runs_with_the_trainer(tmp_path):
@@ -91,9 +94,16 @@ def test_each_stage_runs_with_the_trainer(tmp_path):
     for stage, expected in ((1, "loss_hidden"), (2, "loss_kd")):
         logs = Logs()
         args = TrainingArguments(
-            output_dir=str(tmp_path / f"stage{stage}"), per_device_train_batch_size=8, num_train_epochs=4,
-            learning_rate=3e-3, logging_steps=3, save_strategy="no", report_to="none", use_cpu=True,
-            disable_tqdm=True, seed=0,
+            output_dir=str(tmp_path / f"stage{stage}"),
+            per_device_train_batch_size=8,
+            num_train_epochs=4,
+            learning_rate=3e-3,
+            logging_steps=3,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
         )
         trainer = recipe.trainer(stage, args=args, train_dataset=dataset, callbacks=[logs])
         assert trainer.objective is recipe.stage_objective(stage)

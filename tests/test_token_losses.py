@@ -107,8 +107,9 @@ def test_jsd_endpoints_are_forward_and_reverse_kl_and_the_interior_vanishes_ther
 def test_skew_kl_at_alpha_zero_is_the_kl_and_at_one_is_zero():
     student, teacher, targets = _randn(B, L, V, seed=7), _randn(B, L, V, seed=8), _targets()
     for skew, plain in (("skew_kl", "forward_kl"), ("skew_reverse_kl", "reverse_kl")):
-        assert torch.equal(token_loss(student, teacher, targets, skew, alpha=0.0),
-                           token_loss(student, teacher, targets, plain))
+        assert torch.equal(
+            token_loss(student, teacher, targets, skew, alpha=0.0), token_loss(student, teacher, targets, plain)
+        )
         assert token_loss(student, teacher, targets, skew, alpha=1.0) == 0
 
 
@@ -212,8 +213,9 @@ def test_topk_compares_k_plus_one_buckets(kind):
     q_buckets = torch.cat([q_top, (1 - q_top.sum(-1, keepdim=True))], -1)
     p_buckets = torch.cat([top.exp(), rest.exp().unsqueeze(-1)], -1)
     expected = reference(q_buckets.log(), p_buckets.log(), kind, beta=0.3, alpha=0.2) * temperature**2
-    values = token_loss_topk(student, top, indices, rest, targets, kind, temperature=temperature, beta=0.3,
-                             alpha=0.2, reduction="none")
+    values = token_loss_topk(
+        student, top, indices, rest, targets, kind, temperature=temperature, beta=0.3, alpha=0.2, reduction="none"
+    )
     assert_close(values, torch.where(targets != -100, expected, torch.zeros(())), rtol=1e-9, atol=1e-12)
 
 

@@ -119,10 +119,20 @@ def test_trainer_gradient_accumulation_equals_one_big_batch(tmp_path):
     def one_step(batch_size, accumulation):
         teacher, student = tiny_bert(4, 48, seed=1), tiny_bert(2, 32, seed=2)
         trainer = DistillationTrainer(
-            teacher_model=teacher, model=student, train_dataset=_dataset(8),
-            args=_args(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-                       max_steps=1, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, lr_scheduler_type="constant",
-                       weight_decay=0.0),
+            teacher_model=teacher,
+            model=student,
+            train_dataset=_dataset(8),
+            args=_args(
+                tmp_path,
+                per_device_train_batch_size=batch_size,
+                gradient_accumulation_steps=accumulation,
+                max_steps=1,
+                optim="sgd",
+                learning_rate=0.5,
+                max_grad_norm=0.0,
+                lr_scheduler_type="constant",
+                weight_decay=0.0,
+            ),
         )
         trainer.train()
         return student.state_dict()
@@ -155,8 +165,9 @@ def test_trainer_bf16_on_cpu_keeps_losses_float32(tmp_path, bert_pair):
             seen.append((loss[0] if return_outputs else loss).dtype)
             return loss
 
-    trainer = Spy(teacher_model=teacher, model=student, args=_args(tmp_path, bf16=True, max_steps=2),
-                  train_dataset=_dataset(16))
+    trainer = Spy(
+        teacher_model=teacher, model=student, args=_args(tmp_path, bf16=True, max_steps=2), train_dataset=_dataset(16)
+    )
     trainer.train()
     assert seen and all(dtype == torch.float32 for dtype in seen)
     assert all(torch.isfinite(p).all() for p in student.parameters())

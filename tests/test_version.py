@@ -18,6 +18,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"kdistill {__version__}"
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "kdistill.app.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0

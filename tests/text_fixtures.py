@@ -30,24 +30,41 @@ def write_tokenizer(folder: Path, lowercase: bool = True, extra: tuple[str, ...]
     return tokenizer
 
 
-def save_classifier(folder: Path, *, num_layers: int = 2, hidden: int = 32, heads: int = 4, num_labels: int = 2,
-                    seed: int = 0, id2label: dict[int, str] | None = None, tokenizer_extra: tuple[str, ...] = ()) -> Path:
+def save_classifier(
+    folder: Path,
+    *,
+    num_layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    num_labels: int = 2,
+    seed: int = 0,
+    id2label: dict[int, str] | None = None,
+    tokenizer_extra: tuple[str, ...] = (),
+) -> Path:
     """A ``BertForSequenceClassification`` from a config, saved with its tokenizer to ``folder``."""
     from transformers import BertConfig, BertForSequenceClassification
 
     tokenizer = write_tokenizer(folder, extra=tokenizer_extra)
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-        intermediate_size=hidden * 2, max_position_embeddings=64, num_labels=num_labels,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
         **({"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}),
     )
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
 
-def sentences(count: int, seed: int = 0, labels: tuple[str, str] | tuple[int, int] = (0, 1)) -> list[tuple[str, object]]:
+def sentences(
+    count: int, seed: int = 0, labels: tuple[str, str] | tuple[int, int] = (0, 1)
+) -> list[tuple[str, object]]:
     """``count`` short sentences whose sentiment words decide the label."""
     rng = random.Random(seed)
     rows = []
@@ -59,8 +76,13 @@ def sentences(count: int, seed: int = 0, labels: tuple[str, str] | tuple[int, in
     return rows
 
 
-def write_csv(path: Path, rows: list[tuple[str, object]], header: tuple[str, str] = ("text", "label"),
-              delimiter: str = ",", encoding: str = "utf-8") -> Path:
+def write_csv(
+    path: Path,
+    rows: list[tuple[str, object]],
+    header: tuple[str, str] = ("text", "label"),
+    delimiter: str = ",",
+    encoding: str = "utf-8",
+) -> Path:
     """Write ``rows`` as a CSV (or TSV with ``delimiter='\\t'``) file with a header."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding=encoding) as handle:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import VOCAB, tiny_bert, token_batches
 
-__all__ = ["FAMILIES", "build", "text_batch", "image_batch", "pad_more", "batch_for"]
+__all__ = ["FAMILIES", "batch_for", "build", "image_batch", "pad_more", "text_batch"]
 
 
 def _roberta(num_layers: int, hidden: int, heads: int, seed: int, attn: str):
@@ -13,9 +13,17 @@ def _roberta(num_layers: int, hidden: int, heads: int, seed: int, attn: str):
 
     torch.manual_seed(seed)
     config = RobertaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-        intermediate_size=hidden * 2, max_position_embeddings=72, num_labels=3, pad_token_id=1,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation=attn,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=72,
+        num_labels=3,
+        pad_token_id=1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation=attn,
     )
     return RobertaForSequenceClassification(config)
 
@@ -25,9 +33,17 @@ def _xlm_roberta(num_layers: int, hidden: int, heads: int, seed: int, attn: str)
 
     torch.manual_seed(seed)
     config = XLMRobertaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-        intermediate_size=hidden * 2, max_position_embeddings=72, num_labels=3, pad_token_id=1,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation=attn,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=72,
+        num_labels=3,
+        pad_token_id=1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation=attn,
     )
     return XLMRobertaForSequenceClassification(config)
 
@@ -37,8 +53,16 @@ def _distilbert(num_layers: int, hidden: int, heads: int, seed: int, attn: str):
 
     torch.manual_seed(seed)
     config = DistilBertConfig(
-        vocab_size=VOCAB, dim=hidden, n_layers=num_layers, n_heads=heads, hidden_dim=hidden * 2,
-        max_position_embeddings=64, num_labels=3, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0,
+        vocab_size=VOCAB,
+        dim=hidden,
+        n_layers=num_layers,
+        n_heads=heads,
+        hidden_dim=hidden * 2,
+        max_position_embeddings=64,
+        num_labels=3,
+        dropout=0.0,
+        attention_dropout=0.0,
+        seq_classif_dropout=0.0,
         attn_implementation=attn,
     )
     return DistilBertForSequenceClassification(config)
@@ -48,11 +72,21 @@ def _vit(num_layers: int, hidden: int, heads: int, seed: int, attn: str, deit: b
     from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    config_class, model_class = (DeiTConfig, DeiTForImageClassification) if deit else (ViTConfig, ViTForImageClassification)
+    config_class, model_class = (
+        (DeiTConfig, DeiTForImageClassification) if deit else (ViTConfig, ViTForImageClassification)
+    )
     config = config_class(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=hidden, num_hidden_layers=num_layers,
-        num_attention_heads=heads, intermediate_size=hidden * 2, num_labels=3, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, attn_implementation=attn,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation=attn,
     )
     return model_class(config)
 
@@ -90,12 +124,18 @@ def text_batch(batch_size: int = 4, length: int = 10, seed: int = 0, num_batches
 
 def image_batch(batch_size: int = 4, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    return {"pixel_values": torch.randn(batch_size, 3, 16, 16, generator=generator),
-            "labels": torch.randint(0, 3, (batch_size,), generator=generator)}
+    return {
+        "pixel_values": torch.randn(batch_size, 3, 16, 16, generator=generator),
+        "labels": torch.randint(0, 3, (batch_size,), generator=generator),
+    }
 
 
 def batch_for(family: str, **kwargs):
-    return image_batch(**{k: v for k, v in kwargs.items() if k in ("batch_size", "seed")}) if family in ("vit", "deit") else text_batch(**kwargs)
+    return (
+        image_batch(**{k: v for k, v in kwargs.items() if k in ("batch_size", "seed")})
+        if family in ("vit", "deit")
+        else text_batch(**kwargs)
+    )
 
 
 def pad_more(batch: dict, extra: int, pad_id: int = 1) -> dict:

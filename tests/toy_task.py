@@ -75,21 +75,35 @@ class ToyRegression(Task):
     def load_models(self, teacher: Any, student: Any | None, raw: Any, *, seed: int) -> Models:
         torch.manual_seed(seed)
         built = MLP.from_folder(student.path) if student is not None else None
-        return Models(teacher=MLP.from_folder(teacher.path).eval(), teacher_location=teacher.path, student=built,
-                      tokenizer=None, teacher_tokenizer=None, student_note="student: a small MLP")
+        return Models(
+            teacher=MLP.from_folder(teacher.path).eval(),
+            teacher_location=teacher.path,
+            student=built,
+            tokenizer=None,
+            teacher_tokenizer=None,
+            student_note="student: a small MLP",
+        )
 
     def prepare(self, data: ToyData, raw: TensorDataset, models: Models, *, progress: bool) -> TaskData:
         held = max(1, round(len(raw) * data.validation_fraction))
         validation = torch.utils.data.Subset(raw, range(held))
         train = torch.utils.data.Subset(raw, range(held, len(raw)))
-        return TaskData(train=train, validation=validation, test=None, distill=train, collate=_collate,
-                        sizes={"train": len(train), "validation": len(validation)}, description="regression")
+        return TaskData(
+            train=train,
+            validation=validation,
+            test=None,
+            distill=train,
+            collate=_collate,
+            sizes={"train": len(train), "validation": len(validation)},
+            description="regression",
+        )
 
     def finetune_objective(self) -> Objective:
         raise NotImplementedError("the toy teacher comes trained")
 
-    def evaluate(self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool,
-                 desc: str = "evaluating") -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool, desc: str = "evaluating"
+    ) -> dict[str, dict[str, float]]:
         results = {}
         with torch.no_grad():
             for name, model in models.items():
@@ -106,11 +120,25 @@ class ToyRegression(Task):
     def load_trained(self, location: str, role: str) -> tuple[nn.Module, Any]:
         return MLP.from_folder(location).eval(), None
 
-    def eval_data(self, data: ToyData, path: str, models: Mapping[str, tuple[nn.Module, Any]], *,
-                  max_length: int | None, max_examples: int | None, progress: bool) -> TaskData:
+    def eval_data(
+        self,
+        data: ToyData,
+        path: str,
+        models: Mapping[str, tuple[nn.Module, Any]],
+        *,
+        max_length: int | None,
+        max_examples: int | None,
+        progress: bool,
+    ) -> TaskData:
         dataset = self.read(ToyData(train=path))
-        return TaskData(train=dataset, validation=dataset, test=dataset, distill=dataset, collate=_collate,
-                        sizes={"test": len(dataset)})
+        return TaskData(
+            train=dataset,
+            validation=dataset,
+            test=dataset,
+            distill=dataset,
+            collate=_collate,
+            sizes={"test": len(dataset)},
+        )
 
     def save(self, model: nn.Module, tokenizer: Any, folder: Path) -> None:
         model.save_pretrained(folder)
@@ -121,4 +149,4 @@ class ToyRegression(Task):
 
 register_task(ToyRegression)
 # the toy task's one loss term: the student's output against the teacher's (LogitMSE is registered as logit_mse)
-__all__ = ["LogitMSE", "MLP", "ToyRegression"]
+__all__ = ["MLP", "LogitMSE", "ToyRegression"]

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "AttentionInputs",
     "BLOCK_BYTES",
     "HOLD_MAPS_UP_TO_BYTES",
+    "AttentionInputs",
     "additive_mask",
     "attention_probs",
     "attention_scores",
@@ -61,14 +61,17 @@ def additive_mask(
     if attention_mask is not None:
         if attention_mask.dim() != 2 or attention_mask.shape[1] != length:
             raise ValueError(
-                f"attention_mask must have shape (B, {length}) to match the sequence, got {tuple(attention_mask.shape)}"
+                f"attention_mask must have shape (B, {length}) to match the sequence, got "
+                f"{tuple(attention_mask.shape)}"
             )
         keep = attention_mask.to(dtype=torch.bool)[:, None, None, :]
         mask = torch.zeros(keep.shape, dtype=torch.float32, device=attention_mask.device).masked_fill(~keep, minimum)
         device = attention_mask.device
     if causal:
         future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-        causal_mask = torch.zeros(1, 1, length, length, dtype=torch.float32, device=device).masked_fill(future, minimum)
+        causal_mask = torch.zeros(1, 1, length, length, dtype=torch.float32, device=device).masked_fill(
+            future, minimum
+        )
         # adding two minima would overflow to -inf; take the smaller instead
         mask = causal_mask if mask is None else torch.minimum(mask, causal_mask)
     return mask
@@ -141,9 +144,15 @@ class _AttentionProbs(torch.autograd.Function):
             grad_logits = _softmax_backward(grad_probs[block], probs[block]).view(-1, length, key.shape[2])
             count = grad_logits.shape[0]
             if grad_query is not None:
-                torch.bmm(grad_logits, key[block].reshape(count, -1, dim), out=grad_query[block].view(count, length, dim))
+                torch.bmm(
+                    grad_logits, key[block].reshape(count, -1, dim), out=grad_query[block].view(count, length, dim)
+                )
             if grad_key is not None:
-                torch.bmm(grad_logits.transpose(1, 2), query[block].reshape(count, length, dim), out=grad_key[block].view(count, -1, dim))
+                torch.bmm(
+                    grad_logits.transpose(1, 2),
+                    query[block].reshape(count, length, dim),
+                    out=grad_key[block].view(count, -1, dim),
+                )
         for grad in (grad_query, grad_key):
             if grad is not None:
                 grad.mul_(ctx.scaling)
@@ -216,8 +225,12 @@ def _block_maps(query: Tensor, key: Tensor, scaling: float, mask: Tensor | None,
     blocks, heads, length, dim = query.shape
     query, key_t = query.reshape(blocks * heads, length, dim), key.reshape(blocks * heads, length, dim).transpose(1, 2)
     if softmax and mask is not None:
-        maps = torch.baddbmm(mask.expand(blocks, heads, *mask.shape[2:]).reshape(blocks * heads, *mask.shape[2:]),
-                             query, key_t, alpha=scaling)
+        maps = torch.baddbmm(
+            mask.expand(blocks, heads, *mask.shape[2:]).reshape(blocks * heads, *mask.shape[2:]),
+            query,
+            key_t,
+            alpha=scaling,
+        )
     else:
         maps = torch.bmm(query, key_t).mul_(scaling)
     maps = maps.view(blocks, heads, length, length)
@@ -229,8 +242,13 @@ class _Target:
     them from block by block (then never held), matched to the student's heads."""
 
     def __init__(
-        self, maps: Tensor | None, query: Tensor | None, key: Tensor | None, scaling: float,
-        additive: Tensor | None, average: bool,
+        self,
+        maps: Tensor | None,
+        query: Tensor | None,
+        key: Tensor | None,
+        scaling: float,
+        additive: Tensor | None,
+        average: bool,
     ) -> None:
         self.maps, self.query, self.key, self.scaling = maps, query, key, scaling
         self.additive, self.average = additive, average
@@ -251,9 +269,16 @@ class _ProjectedMapsMSE(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, query: Tensor, key: Tensor, additive: Tensor | None, pair: Tensor | None,
-        teacher_maps: Tensor | None, teacher_query: Tensor | None, teacher_key: Tensor | None,
-        teacher_additive: Tensor | None, options: tuple[float, float, bool, bool, bool],
+        ctx: Any,
+        query: Tensor,
+        key: Tensor,
+        additive: Tensor | None,
+        pair: Tensor | None,
+        teacher_maps: Tensor | None,
+        teacher_query: Tensor | None,
+        teacher_key: Tensor | None,
+        teacher_additive: Tensor | None,
+        options: tuple[float, float, bool, bool, bool],
     ) -> Tensor:
         scaling, teacher_scaling, softmax, average_heads, average_teacher = options
         target = _Target(teacher_maps, teacher_query, teacher_key, teacher_scaling, teacher_additive, average_teacher)
@@ -293,7 +318,11 @@ class _ProjectedMapsMSE(torch.autograd.Function):
             grad = grad.view(-1, length, length)
             count = grad.shape[0]
             torch.bmm(grad, key[block].reshape(count, length, dim), out=grad_query[block].view(count, length, dim))
-            torch.bmm(grad.transpose(1, 2), query[block].reshape(count, length, dim), out=grad_key[block].view(count, length, dim))
+            torch.bmm(
+                grad.transpose(1, 2),
+                query[block].reshape(count, length, dim),
+                out=grad_key[block].view(count, length, dim),
+            )
         grad_query.mul_(scaling)
         grad_key.mul_(scaling)
         return grad_query, grad_key, None, None, None, None, None, None, None

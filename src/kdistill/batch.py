@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "INDEX_KEY",
-    "IndexedExample",
     "LABEL_KEYS",
+    "IndexedExample",
     "batch_size_of",
     "example_indices",
     "is_indexed",
@@ -45,7 +45,7 @@ IndexedExample4 = _indexed_tuple(4)
 _INDEXED = {1: IndexedExample1, 2: IndexedExample2, 3: IndexedExample3, 4: IndexedExample4}
 
 
-def IndexedExample(items: tuple[Any, ...]) -> tuple:  # noqa: N802 - reads as the type it builds
+def IndexedExample(items: tuple[Any, ...]) -> tuple:
     """A tuple example ``(*items, index)`` whose last item is the example index (see ``with_example_index``)."""
     if not 2 <= len(items) <= 5:
         raise ValueError(f"indexed tuple examples hold 1 to 4 items plus the index, got {len(items) - 1} items")
@@ -163,4 +163,4 @@ def batches_by_length(indices: Sequence[int], lengths: Sequence[int], batch_size
     """``indices`` sorted by ``lengths[i]`` (stable) and cut into batches of ``batch_size``:
     examples of similar length share a batch, so little of it is padding."""
     ordered = sorted(indices, key=lambda i: lengths[i])
-    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]

@@ -168,7 +168,11 @@ def _attention_plan(module: nn.Module, request: CaptureRequest) -> tuple[dict[in
     if attn.attention_layout(module) is not None:
         return attn.layer_attention(module, request.attention_layers), False
     if request.attention_scores or request.qkv or not _eager_attention(module):
-        what = "attention scores or query/key/value projections" if request.attention_scores or request.qkv else "attention maps"
+        what = (
+            "attention scores or query/key/value projections"
+            if request.attention_scores or request.qkv
+            else "attention maps"
+        )
         message = attn._unsupported_message(module, what)
         if request.attention_scores or request.qkv:
             message += (
@@ -194,7 +198,9 @@ def check_capture(module: nn.Module, request: CaptureRequest) -> None:
     _attention_plan(module, request)
 
 
-def capture(model: nn.Module, inputs: Any, request: CaptureRequest | None = None, *, module: nn.Module | None = None) -> Features:
+def capture(
+    model: nn.Module, inputs: Any, request: CaptureRequest | None = None, *, module: nn.Module | None = None
+) -> Features:
     """Run ``model`` on ``inputs`` and collect what ``request`` asks for.
 
     Hidden states by index come from the Hugging Face output (``output_hidden_states=True``);

@@ -135,7 +135,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
         rng.shuffle(order)
         batches = []
         for start in range(0, len(order), self.pool):
-            batches += batches_by_length(order[start:start + self.pool], self.lengths, self.batch_size)
+            batches += batches_by_length(order[start : start + self.pool], self.lengths, self.batch_size)
         rng.shuffle(batches)
         return iter(batches)
 
@@ -164,7 +164,9 @@ def make_loader(
     """
     group_by_length = group_by_length and hasattr(dataset, "lengths")
     if shuffle and group_by_length:
-        return DataLoader(dataset, batch_sampler=LengthGroupedSampler(dataset.lengths, batch_size, seed), collate_fn=collator)
+        return DataLoader(
+            dataset, batch_sampler=LengthGroupedSampler(dataset.lengths, batch_size, seed), collate_fn=collator
+        )
     if group_by_length:
         batches = batches_by_length(range(len(dataset)), dataset.lengths, batch_size)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
@@ -185,7 +187,7 @@ def model_inputs(batch: Mapping[str, torch.Tensor], teacher_side: bool = False) 
             continue
         if key.startswith(TEACHER_PREFIX):
             if teacher_side:
-                inputs[key[len(TEACHER_PREFIX):]] = value
+                inputs[key[len(TEACHER_PREFIX) :]] = value
         elif not (teacher_side and has_teacher_keys):
             inputs[key] = value
     return inputs

@@ -7,8 +7,15 @@ status 2; anything else is a bug and keeps its traceback. In Python every one of
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "KdistillError", "ModelLoadError", "NonFiniteLossError", "OutputFileError",
-           "RunFolderError"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "KdistillError",
+    "ModelLoadError",
+    "NonFiniteLossError",
+    "OutputFileError",
+    "RunFolderError",
+]
 
 
 class KdistillError(ValueError):

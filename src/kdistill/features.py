@@ -69,7 +69,10 @@ class CaptureRequest:
             raise TypeError(f"CaptureRequest.modules must be a set of module paths, got {self.modules!r}")
         modules = frozenset(self.modules)
         if any(not isinstance(path, str) or not path for path in modules):
-            raise ValueError(f"CaptureRequest.modules must hold dotted module paths such as 'layer2', got {sorted(map(repr, modules))}")
+            raise ValueError(
+                "CaptureRequest.modules must hold dotted module paths such as 'layer2', got "
+                f"{sorted(map(repr, modules))}"
+            )
         object.__setattr__(self, "modules", modules)
 
     def __or__(self, other: CaptureRequest) -> CaptureRequest:

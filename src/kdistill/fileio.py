@@ -62,8 +62,9 @@ def _files_under(folder: Path) -> list[str]:
 def write_files_manifest(folder: Path, kind: str = "files") -> None:
     """Record every file now under ``folder`` as written by kdistill (call it last, after writing)."""
     listed = [name for name in _files_under(folder) if name != FILES_MANIFEST]
-    (folder / FILES_MANIFEST).write_text(json.dumps({"kdistill": kind, "files": listed}, indent=1) + "\n",
-                                         encoding="utf-8")
+    (folder / FILES_MANIFEST).write_text(
+        json.dumps({"kdistill": kind, "files": listed}, indent=1) + "\n", encoding="utf-8"
+    )
 
 
 def is_staging_name(name: str) -> bool:
@@ -169,8 +170,9 @@ def exclusive_lock(lock_file: Path, *, wait: bool) -> Iterator[None]:
         except BlockingIOError:
             pid = _holder_pid(handle)
             if not wait:
-                raise FolderInUseError(f"{lock_file.parent} is in use by another kdistill process"
-                                       + (f" (pid {pid})" if pid else ""), pid) from None
+                raise FolderInUseError(
+                    f"{lock_file.parent} is in use by another kdistill process" + (f" (pid {pid})" if pid else ""), pid
+                ) from None
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             handle.seek(0)

@@ -15,8 +15,15 @@ from torch import nn
 
 from kdistill.errors import ModelLoadError
 
-__all__ = ["LoadedModel", "count_parameters", "load_any_model", "load_pretrained", "load_tokenizer", "looks_local",
-           "read_model_config"]
+__all__ = [
+    "LoadedModel",
+    "count_parameters",
+    "load_any_model",
+    "load_pretrained",
+    "load_tokenizer",
+    "looks_local",
+    "read_model_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +59,23 @@ def _load_problem(error: BaseException, location: str, role: str) -> str:
     """Why loading ``location`` failed, in one line, with the way out where kdistill knows it."""
     text = str(error)
     if "custom code" in text or "trust_remote_code" in text:
-        return (f"it ships its own Python code, which kdistill runs only when trust_remote_code is on "
-                f"({role}.trust_remote_code: true in a config; read that code first)")
+        return (
+            f"it ships its own Python code, which kdistill runs only when trust_remote_code is on "
+            f"({role}.trust_remote_code: true in a config; read that code first)"
+        )
     if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
         # torch's own message suggests weights_only=False, which would run the pickle's code: never say that
         refused = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "a Python object")
-        return (f"its weights file (pytorch_model.bin) holds Python objects that cannot be loaded safely ({refused}); "
-                "kdistill loads weights as safetensors or plain tensors only and never runs code from a pickle: "
-                "use a copy of the model saved as model.safetensors")
+        return (
+            f"its weights file (pytorch_model.bin) holds Python objects that cannot be loaded safely ({refused}); "
+            "kdistill loads weights as safetensors or plain tensors only and never runs code from a pickle: "
+            "use a copy of the model saved as model.safetensors"
+        )
     if type(error).__name__ == "SafetensorError" or "deserializing header" in text:
-        return (f"its weights file (model.safetensors) is damaged or truncated ({_first_line(error)}); save or "
-                "download the model again")
+        return (
+            f"its weights file (model.safetensors) is damaged or truncated ({_first_line(error)}); save or "
+            "download the model again"
+        )
     problem = _first_line(error)
     if not looks_local(location):
         problem += f" (nor is there a folder {location!r} here)"
@@ -126,8 +139,15 @@ class LoadedModel:
         return self.model
 
 
-def load_pretrained(auto_class: Any, location: str, role: str, *, revision: str | None = None,
-                    trust_remote_code: bool = False, **kwargs: Any) -> LoadedModel:
+def load_pretrained(
+    auto_class: Any,
+    location: str,
+    role: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> LoadedModel:
     """Load a model with a transformers ``Auto*`` class, with what loading revealed.
 
     Args:
@@ -144,21 +164,28 @@ def load_pretrained(auto_class: Any, location: str, role: str, *, revision: str 
     """
     source = _check_location(location, role)
     if looks_local(location) and "gguf_file" not in kwargs and not (Path(source) / "config.json").is_file():
-        raise ModelLoadError(f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained")
+        raise ModelLoadError(
+            f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained"
+        )
     try:
         with _quiet_transformers():
-            model, info = auto_class.from_pretrained(source, output_loading_info=True, revision=revision,
-                                                     trust_remote_code=trust_remote_code, **kwargs)
+            model, info = auto_class.from_pretrained(
+                source, output_loading_info=True, revision=revision, trust_remote_code=trust_remote_code, **kwargs
+            )
     except NOT_LOAD_ERRORS:
         raise
     except LOAD_ERRORS as error:
         raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
     mismatched = {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])}
     model.eval()
-    return LoadedModel(model=model, location=location, new_weights=sorted(set(info.get("missing_keys", [])) | mismatched))
+    return LoadedModel(
+        model=model, location=location, new_weights=sorted(set(info.get("missing_keys", [])) | mismatched)
+    )
 
 
-def read_model_config(location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+def read_model_config(
+    location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
     """The ``config.json`` of the model at ``location`` (no weights read), or None where it cannot be read
     (loading the model then says why, in one line)."""
     from transformers import AutoConfig

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Union
 
 from torch import nn
 
@@ -35,7 +34,7 @@ __all__ = [
 ]
 
 #: a layer index (0 = embeddings) or a dotted module path
-LayerKey = Union[int, str]
+LayerKey = int | str
 #: ``{student_layer: teacher_layer}``
 LayerMap = dict[LayerKey, LayerKey]
 
@@ -71,7 +70,9 @@ def uniform_map(student_layers: int, teacher_layers: int, *, embeddings: bool = 
             f"{teacher_layers} teacher layers; write an explicit map instead"
         )
     # round half up in integer arithmetic: 2.5 -> 3, so layers spread to the end
-    mapped = {m: (2 * m * teacher_layers + student_layers) // (2 * student_layers) for m in range(1, student_layers + 1)}
+    mapped = {
+        m: (2 * m * teacher_layers + student_layers) // (2 * student_layers) for m in range(1, student_layers + 1)
+    }
     return ({0: 0} if embeddings else {}) | mapped
 
 
@@ -157,8 +158,11 @@ def check_layer_map(layer_map: Mapping[LayerKey, LayerKey], *, attention: bool =
             if isinstance(key, int) and key < (1 if attention else 0):
                 raise ValueError(
                     f"{side} layer {key} is out of range: "
-                    + ("attention layers start at 1 (layer 0 is the embedding output, which has no attention)"
-                       if attention else "layer indices start at 0 (the embedding output)")
+                    + (
+                        "attention layers start at 1 (layer 0 is the embedding output, which has no attention)"
+                        if attention
+                        else "layer indices start at 0 (the embedding output)"
+                    )
                 )
         checked[pair[0]] = pair[1]
     return checked
@@ -255,7 +259,8 @@ def resolve_layer_map(
         match = _SPEC.match(name)
         if match is None:
             raise ValueError(
-                f"unknown layer map {name!r}: use 'uniform', 'every-K', 'last-K' or an explicit dict {{student: teacher}}"
+                f"unknown layer map {name!r}: use 'uniform', 'every-K', 'last-K' or an explicit dict "
+                f"{{student: teacher}}"
             )
         depths = []
         for side, model in (("student", student), ("teacher", teacher)):

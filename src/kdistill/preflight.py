@@ -22,8 +22,15 @@ from torch import nn
 from kdistill.attention import model_dims
 from kdistill.errors import ConfigError, ModelLoadError
 
-__all__ = ["check_max_length", "check_memory", "check_token_ids", "estimate_parameters", "machine_memory",
-           "model_memory_per_layer", "usable_positions"]
+__all__ = [
+    "check_max_length",
+    "check_memory",
+    "check_token_ids",
+    "estimate_parameters",
+    "machine_memory",
+    "model_memory_per_layer",
+    "usable_positions",
+]
 
 _POSITION_NAMES = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 #: families whose position ids start after the padding id (RoBERTa counts from pad_token_id + 1)
@@ -46,7 +53,9 @@ def usable_positions(model: nn.Module) -> int | None:
     return None
 
 
-def check_max_length(max_length: int, models: Iterable[tuple[str, nn.Module]], setting: str = "data.max_length") -> None:
+def check_max_length(
+    max_length: int, models: Iterable[tuple[str, nn.Module]], setting: str = "data.max_length"
+) -> None:
     """Refuse a ``max_length`` longer than a model's position embeddings.
 
     Args:
@@ -60,8 +69,10 @@ def check_max_length(max_length: int, models: Iterable[tuple[str, nn.Module]], s
     for role, model in models:
         positions = usable_positions(model)
         if positions is not None and max_length > positions:
-            raise ConfigError(f"{setting} {max_length} is more than the {role}'s {positions} token positions: it would "
-                              f"fail on the first text that long; set {setting} to {positions} or less")
+            raise ConfigError(
+                f"{setting} {max_length} is more than the {role}'s {positions} token positions: it would "
+                f"fail on the first text that long; set {setting} to {positions} or less"
+            )
 
 
 def check_token_ids(columns: Sequence[Sequence[int]], model: nn.Module, role: str, tokenizer_setting: str) -> None:
@@ -82,9 +93,11 @@ def check_token_ids(columns: Sequence[Sequence[int]], model: nn.Module, role: st
         return
     largest = max((max(ids) for ids in columns if len(ids)), default=-1)
     if largest >= rows:
-        raise ModelLoadError(f"the tokenizer produces token id {largest:,} but the {role}'s embeddings have {rows:,} "
-                             f"rows: the tokenizer ({tokenizer_setting}) does not belong to this model; give the "
-                             "model's own tokenizer")
+        raise ModelLoadError(
+            f"the tokenizer produces token id {largest:,} but the {role}'s embeddings have {rows:,} "
+            f"rows: the tokenizer ({tokenizer_setting}) does not belong to this model; give the "
+            "model's own tokenizer"
+        )
 
 
 def machine_memory() -> int | None:
@@ -130,5 +143,7 @@ def check_memory(what: str, bytes_needed: float, fix: str) -> None:
     """
     total = machine_memory()
     if total is not None and bytes_needed > total:
-        raise ConfigError(f"{what} would need about {bytes_needed / 1e9:,.0f} GB, more than this machine's "
-                          f"{total / 1e9:,.0f} GB of memory; {fix}")
+        raise ConfigError(
+            f"{what} would need about {bytes_needed / 1e9:,.0f} GB, more than this machine's "
+            f"{total / 1e9:,.0f} GB of memory; {fix}"
+        )

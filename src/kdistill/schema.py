@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from kdistill.errors import ConfigError
 
-__all__ = ["MAX_BATCH", "MAX_EPOCHS", "LayerMapSpec", "ModelSource", "Seed", "Section"]
+__all__ = ["MAX_BATCH", "MAX_EPOCHS", "LayerMapSpec", "ModelSource", "Section", "Seed"]
 
 #: upper bounds that keep a typo (an extra zero or three) from asking for absurd memory or time
 MAX_BATCH = 65536

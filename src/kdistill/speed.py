@@ -17,8 +17,12 @@ __all__ = ["measure_speed"]
 
 @torch.no_grad()
 def measure_speed(
-    model: nn.Module, batch: Mapping[str, torch.Tensor], *, min_seconds: float = 0.5,
-    min_repeats: int = 5, max_repeats: int = 50,
+    model: nn.Module,
+    batch: Mapping[str, torch.Tensor],
+    *,
+    min_seconds: float = 0.5,
+    min_repeats: int = 5,
+    max_repeats: int = 50,
 ) -> dict[str, float]:
     """CPU latency of one forward pass on ``batch`` (median) and throughput.
 

@@ -81,8 +81,9 @@ def _positive(value: object, name: str) -> int:
     return value
 
 
-def _student_config(config: Any, dims: Any, num_layers: int, width: int, num_heads: int | None,
-                    intermediate_size: int | None) -> Any:
+def _student_config(
+    config: Any, dims: Any, num_layers: int, width: int, num_heads: int | None, intermediate_size: int | None
+) -> Any:
     """The teacher's config with the student's depth, and for a narrower student its width, heads
     and feed-forward width (scaled with the width unless given)."""
     student_config = copy.deepcopy(config)
@@ -93,13 +94,19 @@ def _student_config(config: Any, dims: Any, num_layers: int, width: int, num_hea
         return student_config
     heads = num_heads if num_heads is not None else dims.num_heads
     if heads is None or width % _positive(heads, "num_heads"):
-        raise ValueError(f"hidden_size {width} is not divisible by {heads} attention heads; pass num_heads= that divides it")
+        raise ValueError(
+            f"hidden_size {width} is not divisible by {heads} attention heads; pass num_heads= that divides it"
+        )
     student_config.num_attention_heads = heads
     student_config.hidden_size = width
     for name in _INTERMEDIATE_NAMES:
         teacher_ffn = getattr(config, name, None)
         if isinstance(teacher_ffn, int) and not isinstance(teacher_ffn, bool):
-            ffn = intermediate_size if intermediate_size is not None else max(1, round(teacher_ffn * width / dims.hidden_size))
+            ffn = (
+                intermediate_size
+                if intermediate_size is not None
+                else max(1, round(teacher_ffn * width / dims.hidden_size))
+            )
             setattr(student_config, name, _positive(ffn, "intermediate_size"))
             break
     return student_config
@@ -192,13 +199,19 @@ def make_student(
 
 
 def _copy_from_teacher(
-    teacher: nn.Module, student: nn.Module, student_layers: int, teacher_layers: int, layer_map: Mapping[int, int] | None
+    teacher: nn.Module,
+    student: nn.Module,
+    student_layers: int,
+    teacher_layers: int,
+    layer_map: Mapping[int, int] | None,
 ) -> dict[int, int]:
     mapping = uniform_map(student_layers, teacher_layers) if layer_map is None else layer_map
     mapping = validate_layer_map(mapping, student_layers, teacher_layers, attention=True)  # type: ignore[assignment]
     missing = sorted(set(range(1, student_layers + 1)) - set(mapping))
     if missing:
-        raise ValueError(f"layer_map must name a teacher layer for every student layer 1..{student_layers}; missing {missing}")
+        raise ValueError(
+            f"layer_map must name a teacher layer for every student layer 1..{student_layers}; missing {missing}"
+        )
     found = layer_stack(teacher)
     if found is None:
         raise ValueError(
@@ -210,7 +223,7 @@ def _copy_from_teacher(
     for key in student.state_dict():
         source = key
         if key.startswith(prefix):
-            index, rest = key[len(prefix):].split(".", 1)
+            index, rest = key[len(prefix) :].split(".", 1)
             source = f"{prefix}{mapping[int(index) + 1] - 1}.{rest}"  # type: ignore[index]
         state[key] = teacher_state[source]
     student.load_state_dict(state)

@@ -21,9 +21,17 @@ os.makedirs(out, exist_ok=True)
 
 def bert(layers, hidden, seed):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=2 * hidden, max_position_embeddings=32, num_labels=3,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=32,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -49,9 +57,19 @@ if mode == "loop":
 
     examples = [{k: torch.tensor(v) for k, v in row.items()} for row in rows]
     loader = torch.utils.data.DataLoader(examples, batch_size=per_process, shuffle=False)
-    history = distill(teacher, student, loader, objective=Objective.hinton(4.0, 0.7),
-                      optimizer=torch.optim.SGD(student.parameters(), lr=0.5), epochs=2, max_grad_norm=None,
-                      checkpoint_dir=f"{out}/checkpoints", save_every=2, log_every=1, progress=False)
+    history = distill(
+        teacher,
+        student,
+        loader,
+        objective=Objective.hinton(4.0, 0.7),
+        optimizer=torch.optim.SGD(student.parameters(), lr=0.5),
+        epochs=2,
+        max_grad_norm=None,
+        checkpoint_dir=f"{out}/checkpoints",
+        save_every=2,
+        log_every=1,
+        progress=False,
+    )
     losses = [record["loss"] for record in history.steps]
 else:
     from datasets import Dataset
@@ -66,13 +84,33 @@ else:
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
 
-    args = TrainingArguments(output_dir=f"{out}/trainer", per_device_train_batch_size=per_process, num_train_epochs=2,
-                             learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
-                             max_grad_norm=0.0, logging_steps=1, save_strategy="steps", save_steps=4, report_to="none",
-                             use_cpu=True, disable_tqdm=True, seed=0,
-                             ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None)
-    trainer = DistillationTrainer(teacher_model=teacher, model=student, args=args, train_dataset=Dataset.from_list(rows),
-                                  callbacks=[Losses()], temperature=4.0, alpha=0.7)
+    args = TrainingArguments(
+        output_dir=f"{out}/trainer",
+        per_device_train_batch_size=per_process,
+        num_train_epochs=2,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=4,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+    trainer = DistillationTrainer(
+        teacher_model=teacher,
+        model=student,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        callbacks=[Losses()],
+        temperature=4.0,
+        alpha=0.7,
+    )
     trainer.train()
 
 with open(f"{out}/result-{rank}.json", "w") as handle:

@@ -116,49 +116,94 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdistill {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    distill = commands.add_parser("distill", help="distil a teacher into a student from a YAML config",
-                                  description=DISTILL_HELP, epilog=DISTILL_EXAMPLES, formatter_class=_FORMATTER)
-    distill.add_argument("config", metavar="CONFIG.yaml", nargs="?",
-                         help="the run's YAML config (with --resume: optional, and it must agree with the run's)")
-    distill.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value",
-                         help="override a config value (read as YAML), e.g. training.epochs=2")
-    distill.add_argument("--check", action="store_true",
-                         help="validate the config, load the data and the models, and stop before training")
+    distill = commands.add_parser(
+        "distill",
+        help="distil a teacher into a student from a YAML config",
+        description=DISTILL_HELP,
+        epilog=DISTILL_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
+    distill.add_argument(
+        "config",
+        metavar="CONFIG.yaml",
+        nargs="?",
+        help="the run's YAML config (with --resume: optional, and it must agree with the run's)",
+    )
+    distill.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="key.sub=value",
+        help="override a config value (read as YAML), e.g. training.epochs=2",
+    )
+    distill.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, load the data and the models, and stop before training",
+    )
     distill.add_argument("--no-progress", action="store_true", help="no progress bars")
     again = distill.add_mutually_exclusive_group()
-    again.add_argument("--overwrite", action="store_true",
-                       help="output.dir holds a run: start again (its files are deleted once this run is prepared)")
-    again.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR from its checkpoints, with its config.yaml")
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="output.dir holds a run: start again (its files are deleted once this run is prepared)",
+    )
+    again.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoints, with its config.yaml"
+    )
 
-    evaluate = commands.add_parser("eval", help="measure a model or a run's student against its teacher",
-                                   description=EVAL_HELP, epilog=EVAL_EXAMPLES, formatter_class=_FORMATTER)
+    evaluate = commands.add_parser(
+        "eval",
+        help="measure a model or a run's student against its teacher",
+        description=EVAL_HELP,
+        epilog=EVAL_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
     evaluate.add_argument("model", metavar="MODEL_OR_RUN", help="a run folder, a model folder or a hub id")
-    evaluate.add_argument("--data", metavar="FILE", help="labelled CSV/TSV/JSON/JSONL/Parquet (default: a run's test file)")
+    evaluate.add_argument(
+        "--data", metavar="FILE", help="labelled CSV/TSV/JSON/JSONL/Parquet (default: a run's test file)"
+    )
     evaluate.add_argument("--teacher", metavar="MODEL", help="the teacher to compare with (default: a run's teacher)")
-    evaluate.add_argument("--task", help="the model's task, for a model folder (default text_classification; a run "
-                          "folder knows its own)")
+    evaluate.add_argument(
+        "--task", help="the model's task, for a model folder (default text_classification; a run folder knows its own)"
+    )
     evaluate.add_argument("--text-column", help="column of the texts (default: a run's, else text)")
     evaluate.add_argument("--text-pair-column", help="column of the second texts, for sentence pairs")
     evaluate.add_argument("--label-column", help="column of the labels (default: a run's, else label)")
-    evaluate.add_argument("--format", choices=("csv", "tsv", "json", "jsonl", "parquet"), help="default: from the suffix")
+    evaluate.add_argument(
+        "--format", choices=("csv", "tsv", "json", "jsonl", "parquet"), help="default: from the suffix"
+    )
     evaluate.add_argument("--encoding", help="text encoding of the file (default utf-8)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch (default 32)")
     evaluate.add_argument("--max-length", type=_positive_int, help="tokens per text (default: a run's, else 128)")
     evaluate.add_argument("--max-examples", type=_positive_int, help="measure on the first N examples only")
-    evaluate.add_argument("--output", metavar="FILE", help="the metrics file (default: the run's metrics.json, else ./metrics.json)")
+    evaluate.add_argument(
+        "--output", metavar="FILE", help="the metrics file (default: the run's metrics.json, else ./metrics.json)"
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    inspect = commands.add_parser("inspect", help="show models' shapes and the proposed layer map",
-                                  description=INSPECT_HELP, epilog=INSPECT_EXAMPLES, formatter_class=_FORMATTER)
+    inspect = commands.add_parser(
+        "inspect",
+        help="show models' shapes and the proposed layer map",
+        description=INSPECT_HELP,
+        epilog=INSPECT_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
     inspect.add_argument("teacher", metavar="TEACHER", help="a model folder or hub id")
     inspect.add_argument("student", metavar="STUDENT", nargs="?", help="a model folder or hub id (optional)")
     inspect.add_argument("--num-layers", type=_positive_int, help="depth of the proposed student (default: half)")
-    inspect.add_argument("--hidden-size", type=_positive_int, help="width of the proposed student (default: the teacher's)")
+    inspect.add_argument(
+        "--hidden-size", type=_positive_int, help="width of the proposed student (default: the teacher's)"
+    )
     inspect.add_argument("--layer-map", default=None, help="uniform (default), every-K, last-K")
 
-    demo = commands.add_parser("demo", help="an offline distillation on handwritten digits, in about a minute",
-                               description=DEMO_HELP, epilog=DEMO_EXAMPLES, formatter_class=_FORMATTER)
+    demo = commands.add_parser(
+        "demo",
+        help="an offline distillation on handwritten digits, in about a minute",
+        description=DEMO_HELP,
+        epilog=DEMO_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
     demo.add_argument("--quick", action="store_true", help="fewer epochs: a smoke test of a few seconds")
     demo.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -207,8 +252,9 @@ def _distill(args: argparse.Namespace) -> int:
         for stage in prepared.stages:
             print(f"stage {stage.name}: loss = {stage.objective.formula()}")
         return 0
-    result = run_distill(config, progress=progress, prepared=prepared, overwrite=args.overwrite,
-                         resume=args.resume is not None)
+    result = run_distill(
+        config, progress=progress, prepared=prepared, overwrite=args.overwrite, resume=args.resume is not None
+    )
     print()
     print(result.table())
     print(f"\nrun folder: {result.folder}  (report.md, metrics.json, student/)")
@@ -219,10 +265,17 @@ def _eval(args: argparse.Namespace) -> int:
     from kdistill.app.evaluate import evaluate, resolve_target
 
     target = resolve_target(args.model, args.teacher, args.output, args.task)
-    updates = {key: value for key, value in (
-        ("text_column", args.text_column), ("text_pair_column", args.text_pair_column),
-        ("label_column", args.label_column), ("format", args.format), ("encoding", args.encoding),
-    ) if value is not None}
+    updates = {
+        key: value
+        for key, value in (
+            ("text_column", args.text_column),
+            ("text_pair_column", args.text_pair_column),
+            ("label_column", args.label_column),
+            ("format", args.format),
+            ("encoding", args.encoding),
+        )
+        if value is not None
+    }
     if updates:
         from pydantic import ValidationError
 
@@ -232,10 +285,19 @@ def _eval(args: argparse.Namespace) -> int:
             first = error.errors(include_url=False)[0]
             flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "the data options"
             raise KdistillError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
-    result = evaluate(target, args.data, batch_size=args.batch_size, max_length=args.max_length,
-                      max_examples=args.max_examples, progress=not args.no_progress)
+    result = evaluate(
+        target,
+        args.data,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_examples=args.max_examples,
+        progress=not args.no_progress,
+    )
     data = result.metrics["data"]
-    print(f"{data['file']}: {data['examples']:,} examples; latency is the median CPU time of a batch of {data['batch_size']}")
+    print(
+        f"{data['file']}: {data['examples']:,} examples; latency is the median CPU time of a batch of "
+        f"{data['batch_size']}"
+    )
     print(result.table())
     print(f"\nwritten to {result.metrics_file}")
     return 0
@@ -244,8 +306,15 @@ def _eval(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from kdistill.app.inspection import describe_models
 
-    print(describe_models(args.teacher, args.student, num_layers=args.num_layers, hidden_size=args.hidden_size,
-                          layer_map=args.layer_map))
+    print(
+        describe_models(
+            args.teacher,
+            args.student,
+            num_layers=args.num_layers,
+            hidden_size=args.hidden_size,
+            layer_map=args.layer_map,
+        )
+    )
     return 0
 
 
@@ -292,16 +361,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {error.strerror or error}{where}", file=sys.stderr)
         return USAGE_ERROR
     except (MemoryError, _out_of_memory()) as error:
-        print(f"{prog}: error: out of memory ({_first_line(error)}): lower the batch size (training.batch_size, "
-              "--batch-size) or the text length (data.max_length, --max-length)", file=sys.stderr)
+        print(
+            f"{prog}: error: out of memory ({_first_line(error)}): lower the batch size (training.batch_size, "
+            "--batch-size) or the text length (data.max_length, --max-length)",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - a bug: one line on the console, the traceback to a file
+    except Exception as error:
         report = _crash_report(args, error)
-        print(f"{prog}: internal error (a bug in kdistill, not in your input): {type(error).__name__}: "
-              f"{_first_line(error)}; the full traceback is in {report}", file=sys.stderr)
+        print(
+            f"{prog}: internal error (a bug in kdistill, not in your input): {type(error).__name__}: "
+            f"{_first_line(error)}; the full traceback is in {report}",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -323,8 +398,10 @@ def _crash_report(args: argparse.Namespace, error: BaseException) -> str:
 
     from kdistill.fileio import cache_root
 
-    text = (f"kdistill {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}\ncommand: {' '.join(sys.argv)}\n"
-            f"arguments: {vars(args)}\n\n" + "".join(traceback.format_exception(error)))
+    text = (
+        f"kdistill {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}\ncommand: {' '.join(sys.argv)}\n"
+        f"arguments: {vars(args)}\n\n" + "".join(traceback.format_exception(error))
+    )
     try:
         folder = cache_root() / "crashes"
         folder.mkdir(parents=True, exist_ok=True)

@@ -131,7 +131,6 @@ class StudentConfig(ModelSource):
         return self
 
 
-
 # ---------------------------------------------------------------------------
 # objective
 # ---------------------------------------------------------------------------
@@ -174,7 +173,9 @@ class ObjectiveConfig(Section):
     """The loss: a ``preset`` or explicit ``terms``."""
 
     preset: Literal["hinton", "tinybert", "minilm"] | None = None
-    temperature: float | None = Field(None, gt=0, description="soft-label temperature; default 4 (hinton), 1 (tinybert)")
+    temperature: float | None = Field(
+        None, gt=0, description="soft-label temperature; default 4 (hinton), 1 (tinybert)"
+    )
     alpha: float | None = Field(
         None, ge=0, le=1, description="weight of the soft labels against the hard ones; default 0.5 (tinybert: 1)"
     )
@@ -214,8 +215,11 @@ class ObjectiveConfig(Section):
         """Names of the terms that compare the models token by token (they need one tokenizer)."""
         if self.preset in ("tinybert", "minilm"):
             return [f"preset {self.preset}"]
-        return [name for name, term in (self.terms or {}).items()
-                if term_class(term.type).compares_positions and term.weight > 0]
+        return [
+            name
+            for name, term in (self.terms or {}).items()
+            if term_class(term.type).compares_positions and term.weight > 0
+        ]
 
 
 class TrainingConfig(Section):
@@ -250,17 +254,23 @@ class OutputConfig(Section):
     """Where the run folder goes."""
 
     dir: str = Field(
-        "runs/kdistill", min_length=1,
+        "runs/kdistill",
+        min_length=1,
         description="the run folder; one that already holds a run is refused unless the command is given "
         "--overwrite (start again) or --resume DIR (continue it)",
     )
     save_checkpoints: bool = Field(True, description="checkpoint each stage (what --resume continues from)")
     save_best: bool = Field(
-        True, description="keep the student of the best validation score (the task's primary metric) in "
-        "checkpoints/best-student/ (student/ is the last step's)"
+        True,
+        description="keep the student of the best validation score (the task's primary metric) in "
+        "checkpoints/best-student/ (student/ is the last step's)",
     )
-    save_every: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps; default: each epoch")
-    keep_checkpoints: int = Field(2, ge=1, le=1000, description="newest checkpoints kept per stage (and the best student)")
+    save_every: int | None = Field(
+        None, ge=1, description="also checkpoint every N optimizer steps; default: each epoch"
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, le=1000, description="newest checkpoints kept per stage (and the best student)"
+    )
 
 
 class RunConfig(Section):
@@ -278,8 +288,10 @@ class RunConfig(Section):
     def _consistent(self) -> RunConfig:
         if self.student is None:
             if self.teacher.finetune is None:
-                raise ValueError("no student: and no teacher.finetune:, so there is nothing to train; add a student "
-                                 "to distil, or teacher.finetune to fine-tune the teacher alone")
+                raise ValueError(
+                    "no student: and no teacher.finetune:, so there is nothing to train; add a student "
+                    "to distil, or teacher.finetune to fine-tune the teacher alone"
+                )
             if self.objective is not None:
                 raise ValueError("objective: needs a student: (a run without one only fine-tunes the teacher)")
         elif self.objective is None:
@@ -300,7 +312,11 @@ class RunConfig(Section):
         training = self.training
         if self.teacher.finetune is not None and self.teacher.finetune.batch_size is None:
             self.teacher.finetune.batch_size = training.batch_size
-        if self.student is not None and self.student.from_teacher is not None and self.student.from_teacher.seed is None:
+        if (
+            self.student is not None
+            and self.student.from_teacher is not None
+            and self.student.from_teacher.seed is None
+        ):
             self.student.from_teacher.seed = training.seed
         objective = self.objective
         stage_settings = {"tinybert": ("intermediate", "prediction"), "minilm": ("relation",)}
@@ -313,17 +329,22 @@ class RunConfig(Section):
                     setattr(block, f"{stage}_lr", training.lr)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]:
     task = get_task(task_name)
     teacher = TeacherConfig
     if task.teacher_options is not None:
         teacher = create_model("TeacherConfig", __base__=(TeacherConfig, task.teacher_options))
-    objective = create_model("ObjectiveConfig", __base__=ObjectiveConfig,
-                             terms=(dict[str, settings_union()] | None, None))  # type: ignore[valid-type]
+    objective = create_model(
+        "ObjectiveConfig", __base__=ObjectiveConfig, terms=(dict[str, settings_union()] | None, None)
+    )  # type: ignore[valid-type]
     return create_model(  # type: ignore[call-overload, no-any-return]
-        "RunConfig", __base__=RunConfig, task=(Literal[task_name], task_name), teacher=(teacher, ...),
-        data=(task.data_section, ...), objective=(objective | None, None),
+        "RunConfig",
+        __base__=RunConfig,
+        task=(Literal[task_name], task_name),
+        teacher=(teacher, ...),
+        data=(task.data_section, ...),
+        objective=(objective | None, None),
     )
 
 

@@ -101,15 +101,15 @@ def _place(location: Sequence[Any], data: Any) -> str:
     kept: list[str] = []
     node = data
     for part in location:
-        if isinstance(node, Mapping) and part in node:
+        in_mapping = isinstance(node, Mapping) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        added_by_pydantic = (isinstance(node, Mapping) and node.get("type") == part) or (
+            isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
+        )
+        if in_mapping or in_list:
             kept.append(str(part))
             node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            kept.append(str(part))
-            node = node[part]
-        elif isinstance(node, Mapping) and node.get("type") == part:
-            continue
-        elif isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool")):
+        elif added_by_pydantic:
             continue
         else:
             kept.append(str(part))
@@ -248,14 +248,17 @@ class _StrictLoader(yaml.SafeLoader):
                 continue  # an unhashable key: the base class reports it
             if first is not key_node.start_mark:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice (first at line {first.line + 1}); keep one",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"the key {key!r} is given twice (first at line {first.line + 1}); keep one",
+                    key_node.start_mark,
+                )
         return super().construct_mapping(node, deep)
 
 
 def read_yaml(text: str) -> Any:
     """Parse YAML as :func:`yaml.safe_load` does, refusing repeated keys and alias bombs."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -270,10 +273,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found" if not path.exists() else f"{str(path)!r} is not a file")
+        raise ConfigError(
+            f"config file {str(path)!r} not found" if not path.exists() else f"{str(path)!r} is not a file"
+        )
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {str(path)!r} is {path.stat().st_size:,} bytes: a config is a short YAML file "
-                          f"(at most {MAX_CONFIG_BYTES:,} bytes); is it the right file?")
+        raise ConfigError(
+            f"config file {str(path)!r} is {path.stat().st_size:,} bytes: a config is a short YAML file "
+            f"(at most {MAX_CONFIG_BYTES:,} bytes); is it the right file?"
+        )
     try:
         data = read_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

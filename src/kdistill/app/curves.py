@@ -18,8 +18,13 @@ def _draw_losses(axis: Any, stages: Sequence[tuple[str, Any]], metric: str) -> l
         keys = [key for key in (history.steps[0] if history.steps else {}) if key not in ("step", "epoch", "lr")]
         for key in keys:
             label = key if len(stages) == 1 else f"{stage_name}: {key}"
-            axis.plot(steps, [record[key] for record in history.steps], "-" if key == "loss" else "--", label=label,
-                      linewidth=1.2)
+            axis.plot(
+                steps,
+                [record[key] for record in history.steps],
+                "-" if key == "loss" else "--",
+                label=label,
+                linewidth=1.2,
+            )
         points += [(record["step"] + offset, record[metric]) for record in history.evals if metric in record]
         if history.steps:
             offset = steps[-1]

@@ -30,7 +30,7 @@ from kdistill.losses import HardCE, Objective
 from kdistill.speed import measure_speed
 from kdistill.train.loop import distill
 
-__all__ = ["DemoResult", "DemoSettings", "DemoRow", "run_demo"]
+__all__ = ["DemoResult", "DemoRow", "DemoSettings", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,23 @@ class DemoResult:
 
     def table(self) -> str:
         """The demo's table, with a line on what it shows."""
-        rows = [{"model": r.model, "accuracy": f"{r.accuracy:.3f}", "parameters": r.parameters,
-                 "speedup": f"{r.speedup:.1f}x", "seconds": f"{r.seconds:.1f} s"} for r in self.rows]
-        columns = (("model", "model"), ("accuracy", "held-out accuracy"), ("parameters", "parameters"),
-                   ("speedup", "speed-up"), ("seconds", "training time"))
+        rows = [
+            {
+                "model": r.model,
+                "accuracy": f"{r.accuracy:.3f}",
+                "parameters": r.parameters,
+                "speedup": f"{r.speedup:.1f}x",
+                "seconds": f"{r.seconds:.1f} s",
+            }
+            for r in self.rows
+        ]
+        columns = (
+            ("model", "model"),
+            ("accuracy", "held-out accuracy"),
+            ("parameters", "parameters"),
+            ("speedup", "speed-up"),
+            ("seconds", "training time"),
+        )
         teacher, alone, distilled = (self.row(n) for n in ("teacher", "student alone", "student distilled"))
         gain = distilled.accuracy - alone.accuracy
         lines = [
@@ -126,16 +139,26 @@ def _vit(hidden: int, layers: int, heads: int, seed: int) -> nn.Module:
 
     torch.manual_seed(seed)
     config = ViTConfig(
-        image_size=8, patch_size=2, num_channels=1, hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=2 * hidden, num_labels=10,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        num_labels=10,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return ViTForImageClassification(config)
 
 
 def _collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``(pixels, label)`` pairs -> a Hugging Face-style dict batch."""
-    return {"pixel_values": torch.stack([item[0] for item in items]), "labels": torch.stack([item[1] for item in items])}
+    return {
+        "pixel_values": torch.stack([item[0] for item in items]),
+        "labels": torch.stack([item[1] for item in items]),
+    }
 
 
 @torch.no_grad()
@@ -152,7 +175,9 @@ def _schedule(model: nn.Module, lr: float, steps: int) -> tuple[torch.optim.Opti
     return optimizer, get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
 
 
-def run_demo(quick: bool = False, seed: int = 0, *, settings: DemoSettings | None = None, progress: bool = True) -> DemoResult:
+def run_demo(
+    quick: bool = False, seed: int = 0, *, settings: DemoSettings | None = None, progress: bool = True
+) -> DemoResult:
     """Train the teacher, the student alone and the distilled student; measure all three.
 
     Args:
@@ -179,8 +204,13 @@ def run_demo(quick: bool = False, seed: int = 0, *, settings: DemoSettings | Non
 
     def loader(offset: int) -> DataLoader:
         # equal offsets give equal batches: both students see the same digits in the same order
-        return DataLoader(train_set, batch_size=settings.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(seed + offset), collate_fn=_collate)
+        return DataLoader(
+            train_set,
+            batch_size=settings.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed + offset),
+            collate_fn=_collate,
+        )
 
     steps_per_epoch = len(loader(0))
     hard_labels_only = Objective({"ce": HardCE()})
@@ -190,16 +220,31 @@ def run_demo(quick: bool = False, seed: int = 0, *, settings: DemoSettings | Non
         if progress:
             print(message, file=sys.stderr, flush=True)
 
-    say(f"digits: {len(train_y)} for training, {len(test_y)} held out; training the teacher "
-        f"(ViT, {settings.teacher_layers} layers, hidden {settings.teacher_hidden})")
+    say(
+        f"digits: {len(train_y)} for training, {len(test_y)} held out; training the teacher "
+        f"(ViT, {settings.teacher_layers} layers, hidden {settings.teacher_hidden})"
+    )
     tick = time.perf_counter()
     teacher = _vit(settings.teacher_hidden, settings.teacher_layers, settings.teacher_heads, seed)
     optimizer, scheduler = _schedule(teacher, settings.teacher_lr, steps_per_epoch * settings.teacher_epochs)
     # no teacher is needed for the hard-label loss: an empty module stands in
-    distill(nn.Identity(), teacher, loader(1), objective=hard_labels_only, optimizer=optimizer, scheduler=scheduler,
-            epochs=settings.teacher_epochs, progress=progress, log_every=steps_per_epoch)
+    distill(
+        nn.Identity(),
+        teacher,
+        loader(1),
+        objective=hard_labels_only,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=settings.teacher_epochs,
+        progress=progress,
+        log_every=steps_per_epoch,
+    )
     teacher.eval()
-    rows.append(DemoRow("teacher", _accuracy(teacher, test_x, test_y), count_parameters(teacher), 0.0, time.perf_counter() - tick))
+    rows.append(
+        DemoRow(
+            "teacher", _accuracy(teacher, test_x, test_y), count_parameters(teacher), 0.0, time.perf_counter() - tick
+        )
+    )
 
     initial = _vit(settings.student_hidden, settings.student_layers, settings.student_heads, seed + 100)
     students = {}
@@ -207,17 +252,31 @@ def run_demo(quick: bool = False, seed: int = 0, *, settings: DemoSettings | Non
         ("student alone", hard_labels_only),
         ("student distilled", Objective.hinton(temperature=settings.temperature, alpha=settings.alpha)),
     ):
-        say(f"training the {name} (ViT, {settings.student_layers} layers, hidden {settings.student_hidden})"
-            + (f": soft labels at T={settings.temperature:g}, alpha={settings.alpha:g}" if "distilled" in name else ""))
+        say(
+            f"training the {name} (ViT, {settings.student_layers} layers, hidden {settings.student_hidden})"
+            + (f": soft labels at T={settings.temperature:g}, alpha={settings.alpha:g}" if "distilled" in name else "")
+        )
         tick = time.perf_counter()
         student = copy.deepcopy(initial)  # the same initial weights for both
         optimizer, scheduler = _schedule(student, settings.student_lr, steps_per_epoch * settings.student_epochs)
-        distill(teacher if name == "student distilled" else nn.Identity(), student, loader(2), objective=objective,
-                optimizer=optimizer, scheduler=scheduler, epochs=settings.student_epochs, progress=progress,
-                log_every=steps_per_epoch)
+        distill(
+            teacher if name == "student distilled" else nn.Identity(),
+            student,
+            loader(2),
+            objective=objective,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epochs=settings.student_epochs,
+            progress=progress,
+            log_every=steps_per_epoch,
+        )
         student.eval()
         students[name] = student
-        rows.append(DemoRow(name, _accuracy(student, test_x, test_y), count_parameters(student), 0.0, time.perf_counter() - tick))
+        rows.append(
+            DemoRow(
+                name, _accuracy(student, test_x, test_y), count_parameters(student), 0.0, time.perf_counter() - tick
+            )
+        )
 
     probe = {"pixel_values": test_x[:256]}
     # both students have one architecture: one measurement serves both rows. Teacher and student

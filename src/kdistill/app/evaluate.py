@@ -63,8 +63,9 @@ class EvalResult:
         return comparison_table(self.metrics, self.metric_columns)
 
 
-def resolve_target(target: str, teacher: str | None = None, output: str | None = None,
-                   task: str | None = None) -> EvalTarget:
+def resolve_target(
+    target: str, teacher: str | None = None, output: str | None = None, task: str | None = None
+) -> EvalTarget:
     """Tell a run folder from a model folder or hub id.
 
     Raises:
@@ -77,17 +78,32 @@ def resolve_target(target: str, teacher: str | None = None, output: str | None =
         run_teacher = teacher
         if run_teacher is None:
             saved_teacher = path / "teacher"
-            run_teacher = str(saved_teacher) if (saved_teacher / "config.json").is_file() else config.teacher.location()
+            run_teacher = (
+                str(saved_teacher) if (saved_teacher / "config.json").is_file() else config.teacher.location()
+            )
         default = getattr(config.data, "test", None) or getattr(config.data, "validation", None)
-        return EvalTarget(config.task, str(path / "student"), run_teacher, config.data, default,
-                          _checked_output(Path(output) if output else path / "metrics.json"), path)
+        return EvalTarget(
+            config.task,
+            str(path / "student"),
+            run_teacher,
+            config.data,
+            default,
+            _checked_output(Path(output) if output else path / "metrics.json"),
+            path,
+        )
     if looks_local(target) and not path.exists():
         raise KdistillError(f"{target!r}: no such run or model folder")
     name = task or "text_classification"
     # never write into a model folder (it may be another project's, or an installed package's)
     metrics_file = Path(output) if output else Path("metrics.json")
-    return EvalTarget(name, target, teacher, get_task(name).data_section.model_validate({"train": "-"}), None,
-                      _checked_output(metrics_file))
+    return EvalTarget(
+        name,
+        target,
+        teacher,
+        get_task(name).data_section.model_validate({"train": "-"}),
+        None,
+        _checked_output(metrics_file),
+    )
 
 
 def _checked_output(path: Path) -> Path:
@@ -131,18 +147,24 @@ def evaluate(
     loaded = {"student": task.load_trained(target.model, "model")}
     if target.teacher is not None:
         loaded["teacher"] = task.load_trained(target.teacher, "teacher")
-    data = task.eval_data(target.data, data_path, loaded, max_length=max_length, max_examples=max_examples,
-                          progress=progress)
+    data = task.eval_data(
+        target.data, data_path, loaded, max_length=max_length, max_examples=max_examples, progress=progress
+    )
     separate = data.separate_teacher_tokens
     models: dict[str, nn.Module] = {
         name: Routed(model, name == "teacher") if separate else model for name, (model, _) in loaded.items()
     }
     loader = make_loader(data.test, batch_size, data.collate)
     folders = {"student": _folder(target.model), "teacher": _folder(target.teacher)}
-    measured, _ = measure_models(task, models, folders, loader, next(iter(loader)), progress=progress,
-                                 desc=Path(data_path).name)
-    results: dict[str, Any] = {"data": {"file": str(data_path), "examples": len(data.test), "batch_size": batch_size},
-                               **measured, "model": target.model, "teacher_model": target.teacher}
+    measured, _ = measure_models(
+        task, models, folders, loader, next(iter(loader)), progress=progress, desc=Path(data_path).name
+    )
+    results: dict[str, Any] = {
+        "data": {"file": str(data_path), "examples": len(data.test), "batch_size": batch_size},
+        **measured,
+        "model": target.model,
+        "teacher_model": target.teacher,
+    }
     update_metrics_file(target.metrics_file, {"eval": results})
     return EvalResult(results, target.metrics_file, task.metric_columns)
 

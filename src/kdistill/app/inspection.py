@@ -48,15 +48,31 @@ class ModelSummary:
     def row(self) -> dict[str, Any]:
         """A row of the summary table."""
         return {
-            "name": self.name, "architecture": self.architecture, "layers": self.layers, "hidden": self.hidden_size,
-            "heads": self.heads, "ffn": self.intermediate_size, "vocab": self.vocab_size,
-            "parameters": self.parameters, "embeddings": self.embedding_parameters, "in layers": self.layer_parameters,
+            "name": self.name,
+            "architecture": self.architecture,
+            "layers": self.layers,
+            "hidden": self.hidden_size,
+            "heads": self.heads,
+            "ffn": self.intermediate_size,
+            "vocab": self.vocab_size,
+            "parameters": self.parameters,
+            "embeddings": self.embedding_parameters,
+            "in layers": self.layer_parameters,
         }
 
 
-COLUMNS = (("name", "model"), ("architecture", "class"), ("layers", "layers"), ("hidden", "hidden"),
-           ("heads", "heads"), ("ffn", "ffn"), ("vocab", "vocab"), ("parameters", "parameters"),
-           ("embeddings", "embeddings"), ("in layers", "in layers"))
+COLUMNS = (
+    ("name", "model"),
+    ("architecture", "class"),
+    ("layers", "layers"),
+    ("hidden", "hidden"),
+    ("heads", "heads"),
+    ("ffn", "ffn"),
+    ("vocab", "vocab"),
+    ("parameters", "parameters"),
+    ("embeddings", "embeddings"),
+    ("in layers", "in layers"),
+)
 
 
 def summarize_model(model: nn.Module, name: str) -> ModelSummary:
@@ -99,7 +115,11 @@ def describe_models(
         KdistillError: a model cannot be loaded, or the map does not fit the two models.
     """
     teacher_name = teacher if isinstance(teacher, str) else "teacher"
-    teacher_model = load_any_model(teacher, "teacher", trust_remote_code=trust_remote_code) if isinstance(teacher, str) else teacher
+    teacher_model = (
+        load_any_model(teacher, "teacher", trust_remote_code=trust_remote_code)
+        if isinstance(teacher, str)
+        else teacher
+    )
     notes = []
     if student is None:
         summary = summarize_model(teacher_model, teacher_name)
@@ -109,20 +129,31 @@ def describe_models(
         except (ValueError, TypeError) as error:
             raise ConfigError(f"cannot propose a student: {error}") from None
         student_name = f"proposed student (make_student num_layers={depth}" + (
-            f", hidden_size={hidden_size})" if hidden_size else ")")
+            f", hidden_size={hidden_size})" if hidden_size else ")"
+        )
         notes.append(str(report))
     else:
         if num_layers is not None or hidden_size is not None:
-            raise ConfigError("--num-layers/--hidden-size propose a student; they do not apply when a STUDENT is given")
+            raise ConfigError(
+                "--num-layers/--hidden-size propose a student; they do not apply when a STUDENT is given"
+            )
         student_name = student if isinstance(student, str) else "student"
-        student_model = load_any_model(student, "student", trust_remote_code=trust_remote_code) if isinstance(student, str) else student
+        student_model = (
+            load_any_model(student, "student", trust_remote_code=trust_remote_code)
+            if isinstance(student, str)
+            else student
+        )
     rows = [summarize_model(teacher_model, teacher_name).row(), summarize_model(student_model, student_name).row()]
     try:
         mapping = describe_layer_map(student_model, teacher_model, layer_map)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"layer map: {error}") from None
-    parts = [format_table(rows, COLUMNS), "", f"layer map ({layer_map or 'uniform'}), as kdistill proposes it for "
-             "hidden-state and attention terms:", mapping]
+    parts = [
+        format_table(rows, COLUMNS),
+        "",
+        f"layer map ({layer_map or 'uniform'}), as kdistill proposes it for hidden-state and attention terms:",
+        mapping,
+    ]
     if notes:
         parts += [""] + notes
     return "\n".join(parts)

@@ -50,8 +50,6 @@ def weights_size(model: nn.Module | None = None, folder: str | Path | None = Non
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-
-
 def format_bytes(count: float) -> str:
     """``12.3 MB`` style (powers of 1000)."""
     for unit in ("B", "kB", "MB", "GB"):
@@ -88,8 +86,10 @@ def _cell(value: Any) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """The same table in Markdown."""
-    lines = ["| " + " | ".join(header for _, header in columns) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines = [
+        "| " + " | ".join(header for _, header in columns) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|",
+    ]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines)
@@ -111,8 +111,9 @@ def comparison_columns(metric_columns: Sequence[tuple[str, str]]) -> tuple[tuple
     return (("model", "model"), *metric_columns, *SIZE_COLUMNS)
 
 
-def comparison_rows(models: Mapping[str, Mapping[str, Any]],
-                    metric_columns: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+def comparison_rows(
+    models: Mapping[str, Mapping[str, Any]], metric_columns: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
     """Rows for :func:`comparison_columns` from ``{"teacher": metrics, "student": metrics}``."""
     rows = []
     for name, metrics in models.items():
@@ -128,16 +129,25 @@ def comparison_rows(models: Mapping[str, Mapping[str, Any]],
     return rows
 
 
-def comparison_table(metrics: Mapping[str, Any], metric_columns: Sequence[tuple[str, str]],
-                     markdown: bool = False) -> str:
+def comparison_table(
+    metrics: Mapping[str, Any], metric_columns: Sequence[tuple[str, str]], markdown: bool = False
+) -> str:
     """The teacher-versus-student table of a metrics record (``kdistill distill``, ``eval`` and ``report.md``)."""
     models = {name: metrics[name] for name in ("teacher", "student") if name in metrics}
     rows, columns = comparison_rows(models, metric_columns), comparison_columns(metric_columns)
     return markdown_table(rows, columns) if markdown else format_table(rows, columns)
 
 
-def measure_models(task: Any, models: Mapping[str, nn.Module], folders: Mapping[str, Path | None], loader: Any,
-                   probe: Any, *, progress: bool, desc: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def measure_models(
+    task: Any,
+    models: Mapping[str, nn.Module],
+    folders: Mapping[str, Path | None],
+    loader: Any,
+    probe: Any,
+    *,
+    progress: bool,
+    desc: str,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Everything the comparison table shows, for each model: the task's metrics on ``loader``,
     parameters, weights on disk (the files in its folder where it has one), latency,
     throughput and speed-up on ``probe``.
@@ -149,8 +159,12 @@ def measure_models(task: Any, models: Mapping[str, nn.Module], folders: Mapping[
     speeds = task.measure_speed(models, probe)
     for name, model in models.items():
         speed = speeds[name]
-        results[name].update(parameters=count_parameters(model), size_bytes=weights_size(model, folders.get(name)),
-                             latency_ms=speed["latency_ms"], throughput=speed["throughput"])
+        results[name].update(
+            parameters=count_parameters(model),
+            size_bytes=weights_size(model, folders.get(name)),
+            latency_ms=speed["latency_ms"],
+            throughput=speed["throughput"],
+        )
         if "speedup" in speed:
             results[name]["speedup"] = speed["speedup"]
     first = next(iter(speeds.values()))
@@ -188,8 +202,10 @@ def check_metrics_file(path: str | Path) -> None:
     except (OSError, ValueError):
         content = None
     if not _is_metrics_file(content):
-        raise OutputFileError(f"{str(path)!r} exists and is not a metrics file kdistill wrote: kdistill never "
-                              "replaces a file it did not write; give a new file name")
+        raise OutputFileError(
+            f"{str(path)!r} exists and is not a metrics file kdistill wrote: kdistill never "
+            "replaces a file it did not write; give a new file name"
+        )
 
 
 def update_metrics_file(path: str | Path, updates: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,12 +249,16 @@ FILE_NOTES = {
 def _summary(metrics: Mapping[str, Any]) -> str:
     run = metrics.get("run", {})
     if "student" not in metrics:
-        return (f"Teacher `{run.get('teacher', '?')}` fine-tuned on the data (no student in this run), "
-                f"in {run.get('seconds', 0):.0f} s.")
-    return (f"Teacher `{run.get('teacher', '?')}` distilled into a student with "
-            f"{metrics['student'].get('parameters', 0):,} parameters "
-            f"({run.get('compression', float('nan')):.1f}x fewer than the teacher's), "
-            f"objective `{run.get('objective', '?')}`, in {run.get('seconds', 0):.0f} s.")
+        return (
+            f"Teacher `{run.get('teacher', '?')}` fine-tuned on the data (no student in this run), "
+            f"in {run.get('seconds', 0):.0f} s."
+        )
+    return (
+        f"Teacher `{run.get('teacher', '?')}` distilled into a student with "
+        f"{metrics['student'].get('parameters', 0):,} parameters "
+        f"({run.get('compression', float('nan')):.1f}x fewer than the teacher's), "
+        f"objective `{run.get('objective', '?')}`, in {run.get('seconds', 0):.0f} s."
+    )
 
 
 def _validation_lines(metrics: Mapping[str, Any], primary: str, higher_is_better: bool) -> list[str]:
@@ -250,14 +270,23 @@ def _validation_lines(metrics: Mapping[str, Any], primary: str, higher_is_better
     best = (max if higher_is_better else min)(validations, key=lambda record: record[primary])
     kept = metrics.get("training", {}).get("best_student")
     where = f"kept in `{kept['folder']}/`" if kept else "not kept (output.save_best is false)"
-    return [f"- `student/` (measured above) is the student after the last step: validation {primary} "
-            f"{last[primary]:.4f} at step {int(last.get('global_step', last['step']))}",
-            f"- the best validation {primary}, {best[primary]:.4f} at step "
-            f"{int(best.get('global_step', best['step']))}, is the student {where}"]
+    return [
+        f"- `student/` (measured above) is the student after the last step: validation {primary} "
+        f"{last[primary]:.4f} at step {int(last.get('global_step', last['step']))}",
+        f"- the best validation {primary}, {best[primary]:.4f} at step "
+        f"{int(best.get('global_step', best['step']))}, is the student {where}",
+    ]
 
 
-def write_report(path: str | Path, metrics: Mapping[str, Any], *, metric_columns: Sequence[tuple[str, str]],
-                 primary: str, higher_is_better: bool = True, files: Sequence[str] = ()) -> Path:
+def write_report(
+    path: str | Path,
+    metrics: Mapping[str, Any],
+    *,
+    metric_columns: Sequence[tuple[str, str]],
+    primary: str,
+    higher_is_better: bool = True,
+    files: Sequence[str] = (),
+) -> Path:
     """Write ``report.md``: what was distilled, the comparison table, the training and the files.
 
     Args:
@@ -270,23 +299,40 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, metric_columns
     """
     data = metrics.get("data", {})
     evaluated = data.get("evaluated_on", "validation")
-    lines = [f"# kdistill run: {metrics.get('run', {}).get('name', '')}", "", _summary(metrics), "",
-             f"## Results on the {evaluated} split ({data.get(evaluated, '?')} examples)", "",
-             comparison_table(metrics, metric_columns, markdown=True)]
+    lines = [
+        f"# kdistill run: {metrics.get('run', {}).get('name', '')}",
+        "",
+        _summary(metrics),
+        "",
+        f"## Results on the {evaluated} split ({data.get(evaluated, '?')} examples)",
+        "",
+        comparison_table(metrics, metric_columns, markdown=True),
+    ]
     speed = metrics.get("speed", {})
     if speed:
-        lines += ["", f"Latency is the median CPU time of one batch of {int(speed.get('batch_size') or 0)} examples "
-                      f"({speed.get('threads', '?')} threads); weights are the weight files on disk."]
+        lines += [
+            "",
+            f"Latency is the median CPU time of one batch of {int(speed.get('batch_size') or 0)} examples "
+            f"({speed.get('threads', '?')} threads); weights are the weight files on disk.",
+        ]
     lines += ["", "## Training", ""]
     for stage in metrics.get("training", {}).get("stages", []):
         losses = ", ".join(f"{k} {v:.4f}" for k, v in stage.get("final", {}).items())
-        lines.append(f"- stage `{stage['name']}`: {stage['steps']} steps, objective `{stage['objective']}`; "
-                     f"last epoch: {losses}")
+        lines.append(
+            f"- stage `{stage['name']}`: {stage['steps']} steps, objective `{stage['objective']}`; "
+            f"last epoch: {losses}"
+        )
     lines += _validation_lines(metrics, primary, higher_is_better)
-    details = ", ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in data.items()
-                        if not isinstance(v, int) and k != "evaluated_on")
-    lines += ["", f"Data: {', '.join(f'{k} {v:,}' for k, v in data.items() if isinstance(v, int))} examples"
-                  + (f"; {details}." if details else ".")]
+    details = ", ".join(
+        f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in data.items()
+        if not isinstance(v, int) and k != "evaluated_on"
+    )
+    lines += [
+        "",
+        f"Data: {', '.join(f'{k} {v:,}' for k, v in data.items() if isinstance(v, int))} examples"
+        + (f"; {details}." if details else "."),
+    ]
     if "training_curves.png" in files:
         lines += ["", "![training curves](training_curves.png)"]
     lines += ["", "## Files", ""] + [f"- `{name}`: {FILE_NOTES[name]}" for name in files if name in FILE_NOTES] + [""]

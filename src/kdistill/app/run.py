@@ -128,11 +128,15 @@ def _check_batch_memory(config: RunConfig, models: Models) -> None:
     training = config.training
     student = models.student if models.student is not None else models.teacher
     # the student keeps every layer's activations for backward; the teacher only one layer's at a time
-    needed = (model_memory_per_layer(student, training.batch_size, length, all_layers=True)
-              + model_memory_per_layer(models.teacher, max(training.batch_size, training.eval_batch_size), length))
-    check_memory(f"a batch of {training.batch_size} texts of up to {length} tokens", needed,
-                 "lower training.batch_size (training.gradient_accumulation_steps keeps the effective batch), "
-                 "training.eval_batch_size or data.max_length")
+    needed = model_memory_per_layer(student, training.batch_size, length, all_layers=True) + model_memory_per_layer(
+        models.teacher, max(training.batch_size, training.eval_batch_size), length
+    )
+    check_memory(
+        f"a batch of {training.batch_size} texts of up to {length} tokens",
+        needed,
+        "lower training.batch_size (training.gradient_accumulation_steps keeps the effective batch), "
+        "training.eval_batch_size or data.max_length",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -182,19 +186,25 @@ def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool
     if config.teacher.cache is not None and config.teacher.cache.dir is not None:
         cache = Path(config.teacher.cache.dir).resolve()
         if cache == path.resolve() or path.resolve().is_relative_to(cache):
-            raise RunFolderError(f"teacher.cache {config.teacher.cache.dir!r} holds output.dir {str(path)!r}: the "
-                                 "cache needs a folder of its own (a subfolder of the run folder will do)")
+            raise RunFolderError(
+                f"teacher.cache {config.teacher.cache.dir!r} holds output.dir {str(path)!r}: the "
+                "cache needs a folder of its own (a subfolder of the run folder will do)"
+            )
         check_cache_folder(config.teacher.cache.dir)
     if not path.exists():
         return path
     folder.check_free()
     if resume:
         if not folder.holds_run():
-            raise RunFolderError(f"{str(path)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
-                                 "give the folder of a run that was stopped")
+            raise RunFolderError(
+                f"{str(path)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
+                "give the folder of a run that was stopped"
+            )
         if (path / REPORT_FILE).is_file():
-            raise RunFolderError(f"the run in {str(path)!r} has finished (it wrote {REPORT_FILE}): there is nothing "
-                                 "to resume; use --overwrite to run it again")
+            raise RunFolderError(
+                f"the run in {str(path)!r} has finished (it wrote {REPORT_FILE}): there is nothing "
+                "to resume; use --overwrite to run it again"
+            )
         return path
     if not folder.foreign_entries() and not folder.holds_run():
         return path  # empty, or only an earlier run's lock file
@@ -209,7 +219,6 @@ def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool
     raise RunFolderError(folder.not_a_run_message())
 
 
-
 def _config_differences(run: Any, given: Any, where: str = "") -> list[str]:
     """Dotted keys where two dumped configs differ, with both values."""
     if isinstance(run, Mapping) and isinstance(given, Mapping):
@@ -220,7 +229,9 @@ def _config_differences(run: Any, given: Any, where: str = "") -> list[str]:
     return [] if run == given else [f"{where} ({run!r} in the run, {given!r} here)"]
 
 
-def resume_config(run_dir: str | Path, config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+def resume_config(
+    run_dir: str | Path, config_file: str | Path | None = None, overrides: Sequence[str] = ()
+) -> RunConfig:
     """The config to continue the run in ``run_dir`` with: its resolved ``config.yaml``.
 
     A config file and ``key.sub=value`` overrides may be given too, but they must come to the
@@ -235,15 +246,19 @@ def resume_config(run_dir: str | Path, config_file: str | Path | None = None, ov
     folder = Path(run_dir)
     stored_file = folder / CONFIG_FILE
     if not stored_file.is_file() or not RunFolder(folder).holds_run():
-        raise RunFolderError(f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
-                             "give the folder of a run that was stopped")
+        raise RunFolderError(
+            f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
+            "give the folder of a run that was stopped"
+        )
     stored = load_config(stored_file)
     if config_file is not None or overrides:
         given = load_config(config_file if config_file is not None else stored_file, overrides)
         run_side, given_side = stored.model_dump(mode="json"), given.model_dump(mode="json")
         run_side["output"].pop("dir"), given_side["output"].pop("dir")
         # the settings nearest the top first: a value filled in from one (a stage's lr) follows it
-        differences = sorted(_config_differences(run_side, given_side), key=lambda found: found.split(" ")[0].count("."))
+        differences = sorted(
+            _config_differences(run_side, given_side), key=lambda found: found.split(" ")[0].count(".")
+        )
         if differences:
             more = f" and {len(differences) - 2} more" if len(differences) > 2 else ""
             raise RunFolderError(
@@ -259,8 +274,15 @@ def resume_config(run_dir: str | Path, config_file: str | Path | None = None, ov
 # ---------------------------------------------------------------------------
 
 
-def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool = True,
-                prepared: PreparedRun | None = None, overwrite: bool = False, resume: bool = False) -> RunResult:
+def run_distill(
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    console_log: bool = True,
+    prepared: PreparedRun | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> RunResult:
     """Run a whole distillation: prepare, train every stage, save and report.
 
     Args:
@@ -298,13 +320,16 @@ def run_distill(config: RunConfig, *, progress: bool = True, console_log: bool =
                 return _train_and_report(run, folder, started, progress, resume)
             except BaseException as error:
                 # the log says why the run stopped (with the traceback where it is a bug); every file stays
-                logger.error("run stopped: %s: %s", type(error).__name__, error,
-                             exc_info=not isinstance(error, (KdistillError, KeyboardInterrupt, OSError, MemoryError)))
+                logger.error(
+                    "run stopped: %s: %s",
+                    type(error).__name__,
+                    error,
+                    exc_info=not isinstance(error, (KdistillError, KeyboardInterrupt, OSError, MemoryError)),
+                )
                 raise
 
 
-def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progress: bool,
-                      resume: bool) -> RunResult:
+def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progress: bool, resume: bool) -> RunResult:
     data, models = run.data, run.models
     logger.info("data: %s; %s", ", ".join(f"{k} {v:,}" for k, v in data.sizes.items()), data.description)
     logger.info("teacher: %s", models.teacher_location)
@@ -315,18 +340,36 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
     folders: dict[str, Path | None] = {"teacher": _teacher_folder(run, folder)}
     if models.student is not None:
         folders["student"] = folder.write_folder(
-            STUDENT_DIR, lambda target: run.task.save(models.student, models.tokenizer, target))
+            STUDENT_DIR, lambda target: run.task.save(models.student, models.tokenizer, target)
+        )
         logger.info("student saved to %s", folders["student"])
-    measured, speed = measure_models(run.task, routed(models, data), folders, loaders.evaluation, loaders.probe,
-                                     progress=progress, desc=loaders.evaluated_on)
+    measured, speed = measure_models(
+        run.task,
+        routed(models, data),
+        folders,
+        loaders.evaluation,
+        loaders.probe,
+        progress=progress,
+        desc=loaders.evaluated_on,
+    )
     metrics = _metrics(run, folder, measured, speed, trained, loaders, time.time() - started)
     update_metrics_file(folder.record(METRICS_FILE), metrics)
-    plot_curves(trained.histories, folder.record(CURVES_FILE), title=f"kdistill: {folder.path.name}",
-                metric=run.task.primary_metric, teacher=trained.teacher_validation.get(run.task.primary_metric))
+    plot_curves(
+        trained.histories,
+        folder.record(CURVES_FILE),
+        title=f"kdistill: {folder.path.name}",
+        metric=run.task.primary_metric,
+        teacher=trained.teacher_validation.get(run.task.primary_metric),
+    )
     folder.record(REPORT_FILE)
-    write_report(folder.path / REPORT_FILE, metrics, metric_columns=run.task.metric_columns,
-                 primary=run.task.primary_metric, higher_is_better=run.task.higher_is_better,
-                 files=sorted(name for name in folder.entries() if name != REPORT_FILE))
+    write_report(
+        folder.path / REPORT_FILE,
+        metrics,
+        metric_columns=run.task.metric_columns,
+        primary=run.task.primary_metric,
+        higher_is_better=run.task.higher_is_better,
+        files=sorted(name for name in folder.entries() if name != REPORT_FILE),
+    )
     logger.info("run finished in %.0f s: %s", metrics["run"]["seconds"], folder.path)
     return RunResult(folder=folder.path, metrics=metrics, metric_columns=run.task.metric_columns)
 
@@ -339,15 +382,29 @@ def _teacher_folder(run: PreparedRun, folder: RunFolder) -> Path | None:
     return Path(location) if looks_local(location) else None
 
 
-def _metrics(run: PreparedRun, folder: RunFolder, measured: dict[str, dict[str, Any]], speed: dict[str, Any],
-             trained: Trained, loaders: Loaders, seconds: float) -> dict[str, Any]:
+def _metrics(
+    run: PreparedRun,
+    folder: RunFolder,
+    measured: dict[str, dict[str, Any]],
+    speed: dict[str, Any],
+    trained: Trained,
+    loaders: Loaders,
+    seconds: float,
+) -> dict[str, Any]:
     """The content of ``metrics.json``."""
-    summary: dict[str, Any] = {"name": folder.path.name, "kdistill_version": __version__, "seconds": seconds,
-                               "task": run.task.name, "teacher": run.models.teacher_location}
+    summary: dict[str, Any] = {
+        "name": folder.path.name,
+        "kdistill_version": __version__,
+        "seconds": seconds,
+        "task": run.task.name,
+        "teacher": run.models.teacher_location,
+    }
     if "student" in measured:
-        summary.update(student=run.models.student_note,
-                       objective=" then ".join(f"{s.name}: {s.objective.formula()}" for s in run.stages),
-                       compression=measured["teacher"]["parameters"] / measured["student"]["parameters"])
+        summary.update(
+            student=run.models.student_note,
+            objective=" then ".join(f"{s.name}: {s.objective.formula()}" for s in run.stages),
+            compression=measured["teacher"]["parameters"] / measured["student"]["parameters"],
+        )
     metrics: dict[str, Any] = {
         "run": summary,
         "data": {**run.data.sizes, **run.data.details, "evaluated_on": loaders.evaluated_on},
@@ -359,8 +416,12 @@ def _metrics(run: PreparedRun, folder: RunFolder, measured: dict[str, dict[str, 
     }
     if trained.best is not None:
         primary = run.task.primary_metric
-        metrics["training"]["best_student"] = {"folder": f"{CHECKPOINTS_DIR}/{BEST_DIR}", "stage": trained.best["stage"],
-                                               "step": trained.best["step"], primary: trained.best.get(primary)}
+        metrics["training"]["best_student"] = {
+            "folder": f"{CHECKPOINTS_DIR}/{BEST_DIR}",
+            "stage": trained.best["stage"],
+            "step": trained.best["step"],
+            primary: trained.best.get(primary),
+        }
     return metrics
 
 

@@ -51,9 +51,9 @@ __all__ = [
     "MARKER",
     "METRICS_FILE",
     "REPORT_FILE",
-    "RunFolder",
     "STUDENT_DIR",
     "TEACHER_DIR",
+    "RunFolder",
 ]
 
 MARKER = ".kdistill-run.json"
@@ -174,8 +174,10 @@ class RunFolder:
         legacy = ""
         if (self.path / CONFIG_FILE).is_file() and (self.path / LOG_FILE).is_file():
             legacy = f"; a run of kdistill 0.1 carries no {MARKER} either, so it cannot be overwritten or resumed"
-        return (f"output.dir {str(self.path)!r} holds files that are not a kdistill run ({_shown(names)}){legacy}; "
-                "choose a new or empty folder")
+        return (
+            f"output.dir {str(self.path)!r} holds files that are not a kdistill run ({_shown(names)}){legacy}; "
+            "choose a new or empty folder"
+        )
 
     # -- writing: only while the folder is claimed ------------------------------------------
 
@@ -208,18 +210,30 @@ class RunFolder:
                         for name in deleted:
                             self._delete(name)
                     elif holds_run or self.foreign_entries():
-                        raise RunFolderError(self.not_a_run_message() if not holds_run else
-                                             f"output.dir {str(self.path)!r} already holds a run")
-                    self._write_marker({"kdistill": "run", "id": uuid.uuid4().hex, "version": __version__,
-                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "entries": []})
+                        raise RunFolderError(
+                            self.not_a_run_message()
+                            if not holds_run
+                            else f"output.dir {str(self.path)!r} already holds a run"
+                        )
+                    self._write_marker(
+                        {
+                            "kdistill": "run",
+                            "id": uuid.uuid4().hex,
+                            "version": __version__,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "entries": [],
+                        }
+                    )
                 yield deleted
         except FolderInUseError as error:
             raise RunFolderError(self._in_use_message(error.pid)) from None
 
     def _in_use_message(self, pid: int | None) -> str:
         who = f"process {pid}" if pid else "another process"
-        return (f"{str(self.path)!r} is in use by kdistill {who}: wait for that run to end, or stop it, before you "
-                "use this folder again")
+        return (
+            f"{str(self.path)!r} is in use by kdistill {who}: wait for that run to end, or stop it, before you "
+            "use this folder again"
+        )
 
     def _delete(self, name: str) -> None:
         entry = self.path / name
@@ -237,8 +251,10 @@ class RunFolder:
         """Record the top-level entry ``name`` as the run's (before it is made); return its path."""
         marker = self.marker()
         if marker is None:
-            raise RunFolderError(f"{str(self.path)!r} lost its {MARKER}: the run stops rather than write into a "
-                                 "folder it cannot prove is its own")
+            raise RunFolderError(
+                f"{str(self.path)!r} lost its {MARKER}: the run stops rather than write into a "
+                "folder it cannot prove is its own"
+            )
         top = Path(name).parts[0]
         if top not in marker["entries"]:
             marker["entries"].append(top)
@@ -268,6 +284,8 @@ class RunFolder:
             try:
                 remove_owned(target)
             except PermissionError as error:
-                raise RunFolderError(f"cannot replace {str(target)!r}: {error}; move it out of the run folder") from None
+                raise RunFolderError(
+                    f"cannot replace {str(target)!r}: {error}; move it out of the run folder"
+                ) from None
         os.replace(staging, target)
         return target

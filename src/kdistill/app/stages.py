@@ -42,8 +42,9 @@ class Stage:
     lr: float
 
 
-def _stages(objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module,
-            teacher: nn.Module) -> list[Stage]:
+def _stages(
+    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module
+) -> list[Stage]:
     if objective.terms is not None:
         terms = {name: build_term(spec, student, teacher) for name, spec in objective.terms.items()}
         weights = {name: spec.weight for name, spec in objective.terms.items()}
@@ -52,34 +53,59 @@ def _stages(objective: ObjectiveConfig, training: TrainingConfig, student: nn.Mo
     if objective.preset == "tinybert":
         settings = objective.tinybert
         assert settings is not None and settings.intermediate_epochs and settings.prediction_epochs
-        recipe = TinyBERTDistillation(teacher, student, TinyBERTConfig(
-            layer_map=settings.layer_map, attention_on=settings.attention_on, heads=settings.heads,
-            shared_projection=settings.shared_projection, embedding_weight=settings.embedding_weight,
-            hidden_weight=settings.hidden_weight, attention_weight=settings.attention_weight,
-            temperature=objective.temperature, hard_label_weight=1.0 - objective.alpha,
-        ))
+        recipe = TinyBERTDistillation(
+            teacher,
+            student,
+            TinyBERTConfig(
+                layer_map=settings.layer_map,
+                attention_on=settings.attention_on,
+                heads=settings.heads,
+                shared_projection=settings.shared_projection,
+                embedding_weight=settings.embedding_weight,
+                hidden_weight=settings.hidden_weight,
+                attention_weight=settings.attention_weight,
+                temperature=objective.temperature,
+                hard_label_weight=1.0 - objective.alpha,
+            ),
+        )
         return [
-            Stage("intermediate", recipe.stage_objective(1), settings.intermediate_epochs,
-                  settings.intermediate_lr or training.lr),
-            Stage("prediction", recipe.stage_objective(2), settings.prediction_epochs,
-                  settings.prediction_lr or training.lr),
+            Stage(
+                "intermediate",
+                recipe.stage_objective(1),
+                settings.intermediate_epochs,
+                settings.intermediate_lr or training.lr,
+            ),
+            Stage(
+                "prediction",
+                recipe.stage_objective(2),
+                settings.prediction_epochs,
+                settings.prediction_lr or training.lr,
+            ),
         ]
     if objective.preset == "minilm":
         settings = objective.minilm
         assert settings is not None and settings.relation_epochs
         relations, prediction = minilm_objectives(
-            student, teacher, version=settings.version, student_layer=settings.student_layer,
-            teacher_layer=settings.teacher_layer, relation_heads=settings.relation_heads,
-            temperature=objective.temperature, alpha=objective.alpha,
+            student,
+            teacher,
+            version=settings.version,
+            student_layer=settings.student_layer,
+            teacher_layer=settings.teacher_layer,
+            relation_heads=settings.relation_heads,
+            temperature=objective.temperature,
+            alpha=objective.alpha,
         )
-        return [Stage("relations", relations, settings.relation_epochs, settings.relation_lr or training.lr),
-                Stage("prediction", prediction, training.epochs, training.lr)]
+        return [
+            Stage("relations", relations, settings.relation_epochs, settings.relation_lr or training.lr),
+            Stage("prediction", prediction, training.epochs, training.lr),
+        ]
     hinton = Objective.hinton(temperature=objective.temperature, alpha=objective.alpha)
     return [Stage("distill", hinton, training.epochs, training.lr)]
 
 
-def build_stages(objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module,
-                 teacher: nn.Module) -> list[Stage]:
+def build_stages(
+    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module
+) -> list[Stage]:
     """The training stages of ``objective``, built against the two models.
 
     Raises:
@@ -105,8 +131,9 @@ def check_stage_capture(stages: list[Stage], student: nn.Module, teacher: nn.Mod
                 raise ConfigError(f"objective ({stage.name} stage), the {role}: {error}") from None
 
 
-def optimizer_and_scheduler(student: nn.Module, objective: Objective, stage: Stage, training: TrainingConfig,
-                            steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any, int]:
+def optimizer_and_scheduler(
+    student: nn.Module, objective: Objective, stage: Stage, training: TrainingConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Any, int]:
     """AdamW over the student (biases and norms without weight decay) and the objective's own
     parameters, with linear warm-up and decay; the stage's planned optimizer steps."""
     from transformers import get_linear_schedule_with_warmup

@@ -67,14 +67,22 @@ def make_loaders(data: TaskData, training: Any, *, cached: bool) -> Loaders:
     """The run's loaders; with a teacher cache each training example carries its index."""
     train_set = with_example_index(data.distill) if cached else data.distill
     evaluated_on, evaluated = ("test", data.test) if data.test is not None else ("validation", data.validation)
-    train = make_loader(train_set, training.batch_size, data.collate, shuffle=True,
-                        group_by_length=training.group_by_length, seed=training.seed)
+    train = make_loader(
+        train_set,
+        training.batch_size,
+        data.collate,
+        shuffle=True,
+        group_by_length=training.group_by_length,
+        seed=training.seed,
+    )
     return Loaders(
         train=train,
-        validation=make_loader(data.validation, training.eval_batch_size, data.collate,
-                               group_by_length=training.group_by_length),
-        evaluation=make_loader(evaluated, training.eval_batch_size, data.collate,
-                               group_by_length=training.group_by_length),
+        validation=make_loader(
+            data.validation, training.eval_batch_size, data.collate, group_by_length=training.group_by_length
+        ),
+        evaluation=make_loader(
+            evaluated, training.eval_batch_size, data.collate, group_by_length=training.group_by_length
+        ),
         evaluated_on=evaluated_on,
         probe=next(iter(make_loader(evaluated, training.eval_batch_size, data.collate))),
         steps_per_epoch=math.ceil(len(train) / training.gradient_accumulation_steps),
@@ -98,8 +106,16 @@ class _StageCaches:
     the same fields share one cache.
     """
 
-    def __init__(self, settings: Any, teacher: nn.Module, data: TaskData, tokenizer: Any, max_length: int | None,
-                 precision: str, progress: bool) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        teacher: nn.Module,
+        data: TaskData,
+        tokenizer: Any,
+        max_length: int | None,
+        precision: str,
+        progress: bool,
+    ) -> None:
         self.settings, self.teacher, self.data = settings, teacher, data
         self.tokenizer, self.max_length, self.precision, self.progress = tokenizer, max_length, precision, progress
         self.built: dict[CacheSpec, TeacherCache] = {}
@@ -116,20 +132,33 @@ class _StageCaches:
         if self.settings is None or request.empty:
             return None
         if request.attentions or request.attention_scores or request.qkv or request.modules:
-            logger.info("stage %s: its terms need attention maps or queries/keys, which a cache does not store; "
-                        "the teacher runs online", stage)
+            logger.info(
+                "stage %s: its terms need attention maps or queries/keys, which a cache does not store; "
+                "the teacher runs online",
+                stage,
+            )
             return None
-        spec = CacheSpec(logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)),
-                         dtype=self.settings.dtype)
+        spec = CacheSpec(
+            logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)), dtype=self.settings.dtype
+        )
         if spec not in self.built:
             fingerprint, parts = cache_key(self.teacher, self.data.distill, spec, self.tokenization)
-            folder = (Path(self.settings.dir) if self.settings.dir
-                      else cache_root() / "teacher-outputs" / fingerprint[:24])
+            folder = (
+                Path(self.settings.dir) if self.settings.dir else cache_root() / "teacher-outputs" / fingerprint[:24]
+            )
             logger.info("stage %s: teacher outputs from the cache at %s", stage, folder)
             self.built[spec] = TeacherCache.build(
-                self.teacher, self.data.distill, folder, spec=spec, batch_size=self.settings.batch_size,
-                collate_fn=self.data.collate, tokenization=self.tokenization, precision=self.precision,
-                progress=self.progress, key=(fingerprint, parts))
+                self.teacher,
+                self.data.distill,
+                folder,
+                spec=spec,
+                batch_size=self.settings.batch_size,
+                collate_fn=self.data.collate,
+                tokenization=self.tokenization,
+                precision=self.precision,
+                progress=self.progress,
+                key=(fingerprint, parts),
+            )
         return self.built[spec]
 
 
@@ -180,8 +209,11 @@ def _finished_stage(stage_dir: Path, student: nn.Module, objective: Objective) -
         name = json.loads(marker.read_text(encoding="utf-8"))["checkpoint"]
         state = load_checkpoint(stage_dir / name, student, objective)
     except (OSError, ValueError, KeyError, TypeError, CheckpointError) as error:
-        logger.warning("%s: its final checkpoint cannot be read (%s); the stage continues from its newest intact "
-                       "checkpoint", stage_dir.name, error)
+        logger.warning(
+            "%s: its final checkpoint cannot be read (%s); the stage continues from its newest intact checkpoint",
+            stage_dir.name,
+            error,
+        )
         return None
     return History(**state.history)
 
@@ -220,65 +252,118 @@ def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) 
         history_file = saved / "training_history.json"
         return History(**json.loads(history_file.read_text(encoding="utf-8"))) if history_file.is_file() else None
     logger.info("fine-tuning the teacher for %d epoch(s)", finetune.epochs)
-    loader = make_loader(data.train, finetune.batch_size, data.collate, shuffle=True,
-                         group_by_length=training.group_by_length, seed=training.seed)
+    loader = make_loader(
+        data.train,
+        finetune.batch_size,
+        data.collate,
+        shuffle=True,
+        group_by_length=training.group_by_length,
+        seed=training.seed,
+    )
     set_seed(training.seed)
     teacher.train()
-    history = distill(nn.Identity(), routed(models, data)["teacher"], loader, objective=run.task.finetune_objective(),
-                      lr=finetune.lr, epochs=finetune.epochs, max_steps=finetune.max_steps,
-                      precision=training.precision, progress=progress, log_every=training.log_every)
+    history = distill(
+        nn.Identity(),
+        routed(models, data)["teacher"],
+        loader,
+        objective=run.task.finetune_objective(),
+        lr=finetune.lr,
+        epochs=finetune.epochs,
+        max_steps=finetune.max_steps,
+        precision=training.precision,
+        progress=progress,
+        log_every=training.log_every,
+    )
     teacher.eval()
 
     def write(target: Path) -> None:
         run.task.save(teacher, models.teacher_tokenizer, target)
         (target / "training_history.json").write_text(
-            json.dumps({"steps": history.steps, "epochs": history.epochs}) + "\n", encoding="utf-8")
+            json.dumps({"steps": history.steps, "epochs": history.epochs}) + "\n", encoding="utf-8"
+        )
 
     folder.write_folder(TEACHER_DIR, write)
     return history
 
 
 def _stage_summary(stage: Stage, history: History, planned: int) -> dict[str, Any]:
-    final = {k: v for k, v in (history.epochs[-1] if history.epochs else {}).items() if k not in ("step", "epoch", "lr")}
-    return {"name": stage.name, "objective": stage.objective.formula(), "epochs": stage.epochs, "lr": stage.lr,
-            "steps": len(history.steps), "planned_steps": planned, "final": final}
+    final = {
+        k: v for k, v in (history.epochs[-1] if history.epochs else {}).items() if k not in ("step", "epoch", "lr")
+    }
+    return {
+        "name": stage.name,
+        "objective": stage.objective.formula(),
+        "epochs": stage.epochs,
+        "lr": stage.lr,
+        "steps": len(history.steps),
+        "planned_steps": planned,
+        "final": final,
+    }
 
 
-def _train_stage(run: Any, stage: Stage, index: int, loaders: Loaders, best: _BestStudent, caches: _StageCaches,
-                 folder: RunFolder, resume: bool, progress: bool) -> tuple[History, int]:
+def _train_stage(
+    run: Any,
+    stage: Stage,
+    index: int,
+    loaders: Loaders,
+    best: _BestStudent,
+    caches: _StageCaches,
+    folder: RunFolder,
+    resume: bool,
+    progress: bool,
+) -> tuple[History, int]:
     """Train one stage (or read it back when it finished before a resume); its history and planned steps."""
     from transformers import set_seed
 
     training, output, task = run.config.training, run.config.output, run.task
     models = routed(run.models, run.data)
-    optimizer, scheduler, planned = optimizer_and_scheduler(run.models.student, stage.objective, stage, training,
-                                                            loaders.steps_per_epoch)
+    optimizer, scheduler, planned = optimizer_and_scheduler(
+        run.models.student, stage.objective, stage, training, loaders.steps_per_epoch
+    )
     stage_dir = folder.record(f"{CHECKPOINTS_DIR}/{stage.name}") if output.save_checkpoints else None
     finished = _finished_stage(stage_dir, models["student"], stage.objective) if resume and stage_dir else None
     if finished is not None:
         logger.info("stage %s finished before the interruption: skipped, its student read back", stage.name)
         return finished, planned
-    logger.info("stage %s: loss = %s, %d epoch(s), lr %g", stage.name, stage.objective.formula(), stage.epochs,
-                stage.lr)
+    logger.info(
+        "stage %s: loss = %s, %d epoch(s), lr %g", stage.name, stage.objective.formula(), stage.epochs, stage.lr
+    )
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        metrics = task.evaluate({"student": model}, loaders.validation, progress=progress, desc="validation")["student"]
+        metrics = task.evaluate({"student": model}, loaders.validation, progress=progress, desc="validation")[
+            "student"
+        ]
         step = int(scheduler.last_epoch)
         # logged as it happens, so run.log's times are the times of the evaluations
-        logger.info("validation after %s step %d: %s %.4f", stage.name, step, task.primary_metric,
-                    metrics[task.primary_metric])
+        logger.info(
+            "validation after %s step %d: %s %.4f", stage.name, step, task.primary_metric, metrics[task.primary_metric]
+        )
         best.keep(metrics, stage.name, step)
         return metrics
 
     set_seed(training.seed + index)
     _restart_shuffle(loaders.train, training.seed + index)
     history = distill(
-        models["teacher"], models["student"], loaders.train, objective=stage.objective, optimizer=optimizer,
-        teacher_cache=caches.for_objective(stage.objective, stage.name), scheduler=scheduler, epochs=stage.epochs,
-        max_steps=training.max_steps, gradient_accumulation_steps=training.gradient_accumulation_steps,
-        max_grad_norm=training.max_grad_norm, precision=training.precision, eval_fn=evaluate,
-        eval_every=training.eval_every, log_every=training.log_every, progress=progress, checkpoint_dir=stage_dir,
-        save_every=output.save_every, keep_checkpoints=output.keep_checkpoints, resume=resume and stage_dir is not None,
+        models["teacher"],
+        models["student"],
+        loaders.train,
+        objective=stage.objective,
+        optimizer=optimizer,
+        teacher_cache=caches.for_objective(stage.objective, stage.name),
+        scheduler=scheduler,
+        epochs=stage.epochs,
+        max_steps=training.max_steps,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        max_grad_norm=training.max_grad_norm,
+        precision=training.precision,
+        eval_fn=evaluate,
+        eval_every=training.eval_every,
+        log_every=training.log_every,
+        progress=progress,
+        checkpoint_dir=stage_dir,
+        save_every=output.save_every,
+        keep_checkpoints=output.keep_checkpoints,
+        resume=resume and stage_dir is not None,
         on_nonfinite=training.on_nonfinite,
     )
     if history.skipped_steps:
@@ -304,13 +389,21 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
     if history is not None:
         trained.histories.append(("teacher fine-tuning", history))
     models = routed(run.models, run.data)
-    trained.teacher_validation = task.evaluate({"teacher": models["teacher"]}, loaders.validation, progress=progress,
-                                               desc="validation")["teacher"]
+    trained.teacher_validation = task.evaluate(
+        {"teacher": models["teacher"]}, loaders.validation, progress=progress, desc="validation"
+    )["teacher"]
     logger.info("teacher on validation: %s", _shown(trained.teacher_validation))
     if run.models.student is None:
         return trained
-    caches = _StageCaches(config.teacher.cache, models["teacher"], run.data, run.models.tokenizer,
-                          getattr(config.data, "max_length", None), config.training.precision, progress)
+    caches = _StageCaches(
+        config.teacher.cache,
+        models["teacher"],
+        run.data,
+        run.models.tokenizer,
+        getattr(config.data, "max_length", None),
+        config.training.precision,
+        progress,
+    )
     best = _BestStudent(folder, task, run.models, config.output.save_best)
     if resume and not config.output.save_checkpoints:
         logger.warning("output.save_checkpoints is false: the run left no checkpoints, so training starts again")

@@ -25,8 +25,12 @@ def _changed_parts(folder: Path, parts: dict[str, str]) -> str:
         stored = json.loads((folder / MANIFEST).read_text()).get("parts", {})
     except (OSError, ValueError):
         return ""
-    names = {"teacher": "teacher weights", "dataset": "dataset", "tokenization": "tokenisation settings",
-             "spec": "what is captured"}
+    names = {
+        "teacher": "teacher weights",
+        "dataset": "dataset",
+        "tokenization": "tokenisation settings",
+        "spec": "what is captured",
+    }
     changed = [names[key] for key in names if key in stored and stored[key] != parts[key]]
     return f" (changed: {', '.join(changed)})" if changed else ""
 
@@ -65,8 +69,10 @@ def _check_replaceable(folder: Path) -> None:
         CacheFolderError: ``folder`` is a file, or holds files no cache manifest names.
     """
     if folder.is_symlink() or not folder.is_dir():
-        raise CacheFolderError(f"the teacher cache folder {str(folder)!r} is a file, not a folder; give a new or "
-                               "empty folder for the cache")
+        raise CacheFolderError(
+            f"the teacher cache folder {str(folder)!r} is a file, not a folder; give a new or "
+            "empty folder for the cache"
+        )
     entries = [entry for entry in folder.iterdir() if not is_staging_name(entry.name)]
     if not entries:
         return
@@ -74,8 +80,11 @@ def _check_replaceable(folder: Path) -> None:
     if foreign and _marker_of(folder) is not None:
         # a cache whose manifest is damaged: its marker still proves the folder, and a shard is
         # known by its name; anything else in it is not kdistill's
-        foreign = [path for path in foreign if path.parent != folder or not _SHARD_NAME.match(path.name)
-                   and path.name not in (MARKER, MANIFEST)]
+        foreign = [
+            path
+            for path in foreign
+            if path.parent != folder or (not _SHARD_NAME.match(path.name) and path.name not in (MARKER, MANIFEST))
+        ]
     if foreign:
         names = sorted(str(path.relative_to(folder)) for path in foreign)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

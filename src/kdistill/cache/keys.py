@@ -70,8 +70,9 @@ class CacheSpec:
 
     def request(self) -> CaptureRequest:
         """What the teacher's forward pass must produce to fill this cache."""
-        return CaptureRequest(logits=self.logits or self.top_k is not None,
-                              hidden_states=frozenset(self.hidden_states))
+        return CaptureRequest(
+            logits=self.logits or self.top_k is not None, hidden_states=frozenset(self.hidden_states)
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -143,8 +144,9 @@ def fingerprint_tokenizer(tokenizer: Any) -> str:
     return _hash_json({"class": type(tokenizer).__name__, "vocab": sorted(get_vocab().items()), "special": special})
 
 
-def cache_key(teacher: nn.Module, dataset: Any, spec: CacheSpec | None = None,
-              tokenization: Mapping[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+def cache_key(
+    teacher: nn.Module, dataset: Any, spec: CacheSpec | None = None, tokenization: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, str]]:
     """The fingerprint of a cache of ``teacher`` over ``dataset``, and the hash of each of its parts.
 
     The parts (teacher weights, dataset content and order, tokenisation settings, what is

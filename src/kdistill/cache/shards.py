@@ -87,8 +87,9 @@ def _length_sorted_windows(size: int, lengths: Sequence[int] | None, batch_size:
     return windows
 
 
-def _in_example_order(done: list[tuple[list[int], dict[str, np.ndarray], list[int]]],
-                      fields: dict[str, dict[str, Any]]) -> tuple[dict[str, np.ndarray], list[int]]:
+def _in_example_order(
+    done: list[tuple[list[int], dict[str, np.ndarray], list[int]]], fields: dict[str, dict[str, Any]]
+) -> tuple[dict[str, np.ndarray], list[int]]:
     """The rows of a window's batches (run in length order) put back in example order."""
     positions = [index for wanted, _, _ in done for index in wanted]
     inverse = np.argsort(np.asarray(positions), kind="stable")
@@ -100,7 +101,7 @@ def _in_example_order(done: list[tuple[list[int], dict[str, np.ndarray], list[in
             out[name] = joined[inverse]
             continue
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        out[name] = np.concatenate([joined[offsets[i]:offsets[i + 1]] for i in inverse])
+        out[name] = np.concatenate([joined[offsets[i] : offsets[i + 1]] for i in inverse])
     return out, [counts[i] for i in inverse] if counts else []
 
 

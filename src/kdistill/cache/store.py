@@ -99,7 +99,9 @@ class TeacherCache:
         fingerprint, parts = key if key is not None else cache_key(teacher, dataset, spec, tokenization)
         # runs started side by side (a sweep over seeds or students) share one cache folder: the
         # first builds it and the others wait for it instead of each running the teacher again
-        if (folder.exists() or folder.is_symlink()) and not ((folder / MARKER).is_file() or (folder / MANIFEST).is_file()):
+        if (folder.exists() or folder.is_symlink()) and not (
+            (folder / MARKER).is_file() or (folder / MANIFEST).is_file()
+        ):
             _check_replaceable(folder)  # before the lock file is made beside it: refuse a user's folder untouched
         with _build_lock(folder):
             if folder.exists():
@@ -110,15 +112,37 @@ class TeacherCache:
                 except CacheError as error:
                     _check_replaceable(folder)
                     logger.warning("%s%s; rebuilding it", error, _changed_parts(folder, parts))
-            cls._write(teacher, dataset, folder, spec, fingerprint, parts, batch_size, collate_fn, device,
-                       precision, shard_megabytes, progress)
+            cls._write(
+                teacher,
+                dataset,
+                folder,
+                spec,
+                fingerprint,
+                parts,
+                batch_size,
+                collate_fn,
+                device,
+                precision,
+                shard_megabytes,
+                progress,
+            )
             return cls.open(folder, fingerprint=fingerprint)
 
     @classmethod
     def _write(
-        cls, teacher: nn.Module, dataset: Any, folder: Path, spec: CacheSpec, fingerprint: str,
-        parts: dict[str, str], batch_size: int, collate_fn: Callable | None, device: Any, precision: str,
-        shard_megabytes: float, progress: bool,
+        cls,
+        teacher: nn.Module,
+        dataset: Any,
+        folder: Path,
+        spec: CacheSpec,
+        fingerprint: str,
+        parts: dict[str, str],
+        batch_size: int,
+        collate_fn: Callable | None,
+        device: Any,
+        precision: str,
+        shard_megabytes: float,
+        progress: bool,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("cannot cache the teacher's outputs over an empty dataset")
@@ -139,8 +163,9 @@ class TeacherCache:
             shard_limit = shard_megabytes * 2**20
             position = 0
             half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-            batch_iter = iter(tqdm(loader, desc="caching teacher outputs", unit="batch", total=len(batches),
-                                   disable=not progress))
+            batch_iter = iter(
+                tqdm(loader, desc="caching teacher outputs", unit="batch", total=len(batches), disable=not progress)
+            )
             for window in windows:
                 done: list[tuple[list[int], dict[str, np.ndarray], list[int]]] = []
                 for wanted in window:
@@ -149,8 +174,10 @@ class TeacherCache:
                     inputs, _ = split_batch(batch)
                     inputs = send_to_device(inputs, device)
                     if indices is not None and indices.cpu().tolist() != wanted:
-                        raise ValueError("the dataset's kd_index column is not 0..N-1 in order; build the cache "
-                                         "from the dataset before shuffling or wrapping it")
+                        raise ValueError(
+                            "the dataset's kd_index column is not 0..N-1 in order; build the cache "
+                            "from the dataset before shuffling or wrapping it"
+                        )
                     autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
                     with torch.no_grad(), autocast:
                         features = capture(teacher, inputs, request)
@@ -159,7 +186,8 @@ class TeacherCache:
                         raise NonFiniteTeacherError(
                             f"the teacher's {', '.join(broken)} hold NaN or infinite values for examples "
                             f"{wanted[0]}..{wanted[-1]}: a cache of them would poison every step; the teacher is "
-                            "broken: check its weights, or run it in float32 (cache precision fp16 overflows)")
+                            "broken: check its weights, or run it in float32 (cache precision fp16 overflows)"
+                        )
                     rows, counts = cls._batch_rows(fields, features, attention_mask_of(inputs), spec)
                     done.append((wanted, rows, counts))
                 rows, counts = _in_example_order(done, fields)
@@ -192,8 +220,9 @@ class TeacherCache:
             raise
 
     @staticmethod
-    def _batch_rows(fields: dict[str, dict[str, Any]], features: Features, mask: Tensor | None,
-                    spec: CacheSpec) -> tuple[dict[str, np.ndarray], list[int]]:
+    def _batch_rows(
+        fields: dict[str, dict[str, Any]], features: Features, mask: Tensor | None, spec: CacheSpec
+    ) -> tuple[dict[str, np.ndarray], list[int]]:
         """The stored rows of one batch (per-token fields: only real tokens, flattened) and
         each example's token count (empty without per-token fields); registers new fields."""
         per_token_rows: dict[str, Tensor] = {}
@@ -219,20 +248,28 @@ class TeacherCache:
         counts: list[int] = []
         if per_token_rows:
             first = next(iter(per_token_rows.values()))
-            keep = mask.bool() if mask is not None else torch.ones(first.shape[:2], dtype=torch.bool, device=first.device)
+            keep = (
+                mask.bool() if mask is not None else torch.ones(first.shape[:2], dtype=torch.bool, device=first.device)
+            )
             counts = keep.sum(dim=1).tolist()
             per_token_rows = {name: value[keep] for name, value in per_token_rows.items()}
         out: dict[str, np.ndarray] = {}
         for per_token, rows in ((True, per_token_rows), (False, per_example_rows)):
             for name, value in rows.items():
                 is_float = value.is_floating_point()
-                array = _to_storage(value, spec.dtype) if is_float and name != "topk_rest" else (
-                    value.detach().float().cpu().numpy() if is_float else value.detach().cpu().numpy())
-                fields.setdefault(name, {
-                    "per_token": per_token,
-                    "row_shape": list(array.shape[1:]),
-                    "storage": spec.dtype if is_float and name != "topk_rest" else str(array.dtype),
-                })
+                array = (
+                    _to_storage(value, spec.dtype)
+                    if is_float and name != "topk_rest"
+                    else (value.detach().float().cpu().numpy() if is_float else value.detach().cpu().numpy())
+                )
+                fields.setdefault(
+                    name,
+                    {
+                        "per_token": per_token,
+                        "row_shape": list(array.shape[1:]),
+                        "storage": spec.dtype if is_float and name != "topk_rest" else str(array.dtype),
+                    },
+                )
                 out[name] = array
         return out, counts
 
@@ -255,13 +292,15 @@ class TeacherCache:
         if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
             raise CacheError(f"the teacher cache at {folder} was built for other inputs")
         for shard in manifest["shards"]:
-            for name, entry in shard["files"].items():
+            for _name, entry in shard["files"].items():
                 path = folder / entry["path"]
                 if not path.exists():
                     raise CacheError(f"the teacher cache at {folder} is damaged: {entry['path']} is missing")
                 if path.stat().st_size != entry["bytes"]:
-                    raise CacheError(f"the teacher cache at {folder} is damaged: {entry['path']} is truncated "
-                                     f"({path.stat().st_size} of {entry['bytes']} bytes)")
+                    raise CacheError(
+                        f"the teacher cache at {folder} is damaged: {entry['path']} is truncated "
+                        f"({path.stat().st_size} of {entry['bytes']} bytes)"
+                    )
                 if verify and file_sha256(path) != entry["sha256"]:
                     raise CacheError(f"the teacher cache at {folder} is damaged: {entry['path']} fails its checksum")
         try:
@@ -285,8 +324,12 @@ class TeacherCache:
         missing = sorted(set(request.hidden_states) - set(self.spec.hidden_states))
         if missing:
             return f"hidden states of teacher layers {missing} (the cache has {list(self.spec.hidden_states)})"
-        online_only = {"attention maps": request.attentions, "attention scores": request.attention_scores,
-                       "queries, keys and values": request.qkv, "module outputs": request.modules}
+        online_only = {
+            "attention maps": request.attentions,
+            "attention scores": request.attention_scores,
+            "queries, keys and values": request.qkv,
+            "module outputs": request.modules,
+        }
         for what, wanted in online_only.items():
             if wanted:
                 return f"{what} (the cache stores logits and hidden states only; use online distillation)"
@@ -337,8 +380,9 @@ class TeacherCache:
         out[keep] = values
         return out.to(device)
 
-    def features(self, indices: Tensor, attention_mask: Tensor | None = None,
-                 device: torch.device | str | None = None) -> Features:
+    def features(
+        self, indices: Tensor, attention_mask: Tensor | None = None, device: torch.device | str | None = None
+    ) -> Features:
         """The teacher's :class:`Features` for a batch of example indices.
 
         Args:
@@ -347,8 +391,11 @@ class TeacherCache:
                 scattered back (padding positions get zeros).
             device: where to put the tensors (default: that of ``attention_mask``, else CPU).
         """
-        device = torch.device(device) if device is not None else (
-            attention_mask.device if attention_mask is not None else torch.device("cpu"))
+        device = (
+            torch.device(device)
+            if device is not None
+            else (attention_mask.device if attention_mask is not None else torch.device("cpu"))
+        )
         index_array = indices.detach().cpu().numpy().astype(np.int64).reshape(-1)
         features = Features(attention_mask=attention_mask)
         if "logits" in self.fields:

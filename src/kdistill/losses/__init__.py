@@ -32,6 +32,7 @@ from kdistill.losses.tokens import DIVERGENCES, next_token_targets, token_loss, 
 
 __all__ = [
     "DIVERGENCES",
+    "JSD",
     "AttentionKL",
     "AttentionMSE",
     "DistillationLoss",
@@ -39,7 +40,6 @@ __all__ = [
     "HardCE",
     "HiddenCosine",
     "HiddenMSE",
-    "JSD",
     "LayerDistillationLoss",
     "LogitKD",
     "LogitMSE",

@@ -66,9 +66,7 @@ class AttentionMSE(Term):
         checked = check_layer_map(layer_map, attention=True)
         paths = [key for pair in checked.items() for key in pair if isinstance(key, str)]
         if paths:
-            raise TypeError(
-                f"attention maps are selected by layer index (1..depth), not module path; got {paths}"
-            )
+            raise TypeError(f"attention maps are selected by layer index (1..depth), not module path; got {paths}")
         return checked  # type: ignore[return-value]
 
     @classmethod
@@ -100,7 +98,9 @@ class AttentionMSE(Term):
         """The loss of one layer pair, from the two maps."""
         return LF.attention_mse(student_maps, teacher_maps, mask, self.heads)
 
-    def pair_loss(self, student: Features, teacher: Features, student_layer: int, teacher_layer: int, mask: Tensor | None) -> Tensor:
+    def pair_loss(
+        self, student: Features, teacher: Features, student_layer: int, teacher_layer: int, mask: Tensor | None
+    ) -> Tensor:
         """The loss of one layer pair from the two sides' features.
 
         Where the student's maps were recomputed, are large and nobody has read them yet, the loss
@@ -154,7 +154,9 @@ class AttentionKL(AttentionMSE):
     def compare(self, student_maps: Tensor, teacher_maps: Tensor, mask: Tensor | None) -> Tensor:
         return LF.attention_kl(student_maps, teacher_maps, mask, self.heads)
 
-    def pair_loss(self, student: Features, teacher: Features, student_layer: int, teacher_layer: int, mask: Tensor | None) -> Tensor:
+    def pair_loss(
+        self, student: Features, teacher: Features, student_layer: int, teacher_layer: int, mask: Tensor | None
+    ) -> Tensor:
         return self.compare(
             self._maps(student, student_layer, "student"), self._maps(teacher, teacher_layer, "teacher"), mask
         )
@@ -169,7 +171,9 @@ def _check_layer(value: int, name: str) -> int:
     return value
 
 
-def _last_layers(student: nn.Module, teacher: nn.Module, student_layer: int | None, teacher_layer: int | None) -> tuple[int, int]:
+def _last_layers(
+    student: nn.Module, teacher: nn.Module, student_layer: int | None, teacher_layer: int | None
+) -> tuple[int, int]:
     student_layer = model_dims(student).num_layers if student_layer is None else student_layer
     teacher_layer = model_dims(teacher).num_layers if teacher_layer is None else teacher_layer
     validate_layer_map({student_layer: teacher_layer}, student, teacher, attention=True)
@@ -213,8 +217,12 @@ class MiniLMv1(Term):
 
     @classmethod
     def from_models(
-        cls, student: nn.Module, teacher: nn.Module, student_layer: int | None = None,
-        teacher_layer: int | None = None, heads: str = "auto",
+        cls,
+        student: nn.Module,
+        teacher: nn.Module,
+        student_layer: int | None = None,
+        teacher_layer: int | None = None,
+        heads: str = "auto",
     ) -> MiniLMv1:
         """Build the term for two Hugging Face models: by default the teacher's last layer to the student's last."""
         return cls(*_last_layers(student, teacher, student_layer, teacher_layer), heads=heads)
@@ -268,7 +276,10 @@ class MiniLMv2(Term):
         return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
 
     def __init__(
-        self, student_layer: int, teacher_layer: int, relation_heads: int,
+        self,
+        student_layer: int,
+        teacher_layer: int,
+        relation_heads: int,
         relations: tuple[str, ...] = RELATIONS,
     ) -> None:
         super().__init__()
@@ -284,8 +295,12 @@ class MiniLMv2(Term):
 
     @classmethod
     def from_models(
-        cls, student: nn.Module, teacher: nn.Module, student_layer: int | None = None,
-        teacher_layer: int | None = None, relation_heads: int | None = None,
+        cls,
+        student: nn.Module,
+        teacher: nn.Module,
+        student_layer: int | None = None,
+        teacher_layer: int | None = None,
+        relation_heads: int | None = None,
         relations: tuple[str, ...] = RELATIONS,
     ) -> MiniLMv2:
         """Build the term for two Hugging Face models.

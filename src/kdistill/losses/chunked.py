@@ -158,8 +158,14 @@ def _value_and_grad(
     student logits (a compute slot). ``teacher`` holds ``teacher_logits`` or ``teacher_topk``."""
     if not grad:
         values = per_position(
-            student, targets, settings.kind, **teacher, temperature=settings.temperature, beta=settings.beta,
-            alpha=settings.alpha, ignore_index=settings.ignore_index,
+            student,
+            targets,
+            settings.kind,
+            **teacher,
+            temperature=settings.temperature,
+            beta=settings.beta,
+            alpha=settings.alpha,
+            ignore_index=settings.ignore_index,
         )
         return values.sum(), None
     if settings.kind == "ce":
@@ -404,10 +410,17 @@ def chunked_token_loss(
         return None if tensor is None else tensor.detach().to(device).reshape(-1, *tensor.shape[lead:])
 
     return _ChunkedTokenLoss.apply(
-        student_hidden.reshape(-1, student_hidden.shape[-1]), student_weight, student_bias,
-        flat(teacher_hidden), None if teacher_weight is None else teacher_weight.detach(),
-        None if teacher_bias is None else teacher_bias.detach(), flat(top), flat(indices), flat(rest),
-        targets.reshape(-1).to(device), settings,
+        student_hidden.reshape(-1, student_hidden.shape[-1]),
+        student_weight,
+        student_bias,
+        flat(teacher_hidden),
+        None if teacher_weight is None else teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(),
+        flat(top),
+        flat(indices),
+        flat(rest),
+        targets.reshape(-1).to(device),
+        settings,
     )
 
 

@@ -29,24 +29,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "soft_kd",
-    "soft_kd_topk",
-    "log_rest_mass",
-    "hard_ce",
-    "reverse_kl",
-    "jsd",
-    "logit_mse",
-    "hidden_mse",
-    "hidden_cosine",
-    "align_heads",
-    "attention_mse",
-    "attention_kl",
-    "attention_mse_from_inputs",
-    "relation_log_probs",
-    "relation_kl",
     "HEAD_MODES",
+    "align_heads",
+    "attention_kl",
+    "attention_mse",
+    "attention_mse_from_inputs",
     "check_temperature",
     "check_unit_interval",
+    "hard_ce",
+    "hidden_cosine",
+    "hidden_mse",
+    "jsd",
+    "log_rest_mass",
+    "logit_mse",
+    "relation_kl",
+    "relation_log_probs",
+    "reverse_kl",
+    "soft_kd",
+    "soft_kd_topk",
 ]
 
 
@@ -89,9 +89,7 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
         if not isinstance(logits, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
         if logits.dim() < 2:
-            raise ValueError(
-                f"{name} must have shape (B, C) or (B, L, C), got shape {tuple(logits.shape)}"
-            )
+            raise ValueError(f"{name} must have shape (B, C) or (B, L, C), got shape {tuple(logits.shape)}")
     if student_logits.shape != teacher_logits.shape:
         hint = ""
         if student_logits.shape[:-1] == teacher_logits.shape[:-1]:
@@ -225,11 +223,14 @@ def soft_kd_topk(
         raise ValueError("student_logits must have shape (B, C) or (B, L, C)")
     if teacher_log_probs.shape != teacher_indices.shape or teacher_log_probs.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
-            f"top-k teacher entries of shape {tuple(teacher_log_probs.shape)} (indices {tuple(teacher_indices.shape)}) "
+            f"top-k teacher entries of shape {tuple(teacher_log_probs.shape)} (indices "
+            f"{tuple(teacher_indices.shape)}) "
             f"do not fit student logits of shape {tuple(student_logits.shape)}"
         )
     if teacher_rest.shape != student_logits.shape[:-1]:
-        raise ValueError(f"teacher_rest must have shape {tuple(student_logits.shape[:-1])}, got {tuple(teacher_rest.shape)}")
+        raise ValueError(
+            f"teacher_rest must have shape {tuple(student_logits.shape[:-1])}, got {tuple(teacher_rest.shape)}"
+        )
     temperature = check_temperature(temperature)
     weights = _position_weights(student_logits, mask)
     log_student = _log_probs(student_logits, temperature)
@@ -291,9 +292,7 @@ def jsd(
     log_teacher = _log_probs(teacher_logits.detach(), temperature)
     log_student = _log_probs(student_logits, temperature)
     # log m computed in log space: stable where either distribution underflows
-    log_mixture = torch.logsumexp(
-        torch.stack([log_teacher + math.log(beta), log_student + math.log(1 - beta)]), dim=0
-    )
+    log_mixture = torch.logsumexp(torch.stack([log_teacher + math.log(beta), log_student + math.log(1 - beta)]), dim=0)
     per_position = beta * _kl_per_position(log_teacher, log_mixture) + (1 - beta) * _kl_per_position(
         log_student, log_mixture
     )
@@ -345,9 +344,7 @@ def hard_ce(
             f"{tuple(student_logits.shape)}, got {tuple(labels.shape)}"
         )
     if labels.is_floating_point():
-        raise ValueError(
-            f"labels must hold integer class ids, got dtype {labels.dtype}; for soft targets use soft_kd"
-        )
+        raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}; for soft targets use soft_kd")
     weights = _position_weights(student_logits, mask)
     labels = labels.to(student_logits.device)
     valid = labels != ignore_index

@@ -112,8 +112,12 @@ class HiddenMSE(Term):
     @classmethod
     def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
         assert student is not None and teacher is not None, "a hidden-state term is built against both models"
-        return cls.from_models(student, teacher, settings.layer_map,  # type: ignore[attr-defined]
-                               shared_projection=settings.shared_projection)  # type: ignore[attr-defined]
+        return cls.from_models(
+            student,
+            teacher,
+            settings.layer_map,  # type: ignore[attr-defined]
+            shared_projection=settings.shared_projection,
+        )  # type: ignore[attr-defined]
 
     def __init__(
         self,
@@ -163,7 +167,7 @@ class HiddenMSE(Term):
             **kwargs: further constructor arguments (``shared_projection``; widths override the models').
         """
         checked = resolve_layer_map(layer_map, student, teacher)
-        for side, model, key in (("student", student, "student_dim"), ("teacher", teacher, "teacher_dim")):
+        for _side, model, key in (("student", student, "student_dim"), ("teacher", teacher, "teacher_dim")):
             if key not in kwargs and num_layers(model) is not None:
                 kwargs[key] = model_dims(model).hidden_size
         return cls(checked, **kwargs)  # type: ignore[arg-type]
@@ -173,7 +177,11 @@ class HiddenMSE(Term):
 
     def _project(self, student_key: LayerKey, teacher_key: LayerKey, hidden: Tensor) -> Tensor:
         name = _projection_name(student_key, teacher_key)
-        layer = self.projection if self.shared_projection else (self.projections[name] if name in self.projections else None)
+        layer = (
+            self.projection
+            if self.shared_projection
+            else (self.projections[name] if name in self.projections else None)
+        )
         if layer is None:
             return hidden
         if hidden.shape[-1] != layer.in_features:
@@ -262,10 +270,14 @@ class EmbeddingMSE(HiddenMSE):
         super().__init__({0: 0}, student_dim, teacher_dim)
 
     @classmethod
-    def from_models(cls, student: nn.Module, teacher: nn.Module, layer_map: object = None, **kwargs: object) -> EmbeddingMSE:
+    def from_models(
+        cls, student: nn.Module, teacher: nn.Module, layer_map: object = None, **kwargs: object
+    ) -> EmbeddingMSE:
         """Build the term with widths read from the two Hugging Face models."""
         if layer_map is not None:
-            raise ValueError("EmbeddingMSE always compares the embedding outputs (layer 0); use HiddenMSE for other layers")
+            raise ValueError(
+                "EmbeddingMSE always compares the embedding outputs (layer 0); use HiddenMSE for other layers"
+            )
         return cls(
             student_dim=kwargs.get("student_dim", model_dims(student).hidden_size),  # type: ignore[arg-type]
             teacher_dim=kwargs.get("teacher_dim", model_dims(teacher).hidden_size),  # type: ignore[arg-type]
@@ -273,8 +285,6 @@ class EmbeddingMSE(HiddenMSE):
 
     def extra_repr(self) -> str:
         return self._projection_summary().removeprefix(", ")
-
-
 
 
 # the attention and relation terms live in attention_terms; they are reachable here too

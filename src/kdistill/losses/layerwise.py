@@ -45,7 +45,8 @@ def _check_states(student: Tensor, teacher: Tensor, what: str) -> None:
     if student.shape != teacher.shape:
         hint = ""
         if student.shape[:-1] == teacher.shape[:-1]:
-            hint = " (the widths differ: project the student to the teacher's width, e.g. HiddenMSE(..., student_dim=, teacher_dim=))"
+            hint = " (the widths differ: project the student to the teacher's width, e.g. HiddenMSE(..., "
+            "student_dim=, teacher_dim=))"
         raise ValueError(
             f"student and teacher {what} must have the same shape, got student {tuple(student.shape)} and "
             f"teacher {tuple(teacher.shape)}{hint}"
@@ -259,7 +260,10 @@ def attention_mse_from_inputs(
         raise ValueError(f"heads must be one of {', '.join(HEAD_MODES)}, got {heads!r}")
     query = student.query
     if query.dim() != 4 or student.key.shape != query.shape:
-        raise ValueError(f"the student's query and key must both have shape (B, heads, L, d), got {tuple(query.shape)} and {tuple(student.key.shape)}")
+        raise ValueError(
+            f"the student's query and key must both have shape (B, heads, L, d), got {tuple(query.shape)} and "
+            f"{tuple(student.key.shape)}"
+        )
     batch, student_heads, length, _ = query.shape
     if isinstance(teacher, AttentionInputs):
         teacher_batch, teacher_heads, teacher_length, _ = teacher.query.shape
@@ -282,7 +286,11 @@ def attention_mse_from_inputs(
         teacher = teacher.detach().float().mean(dim=1, keepdim=True)
     pair, _ = _pair_weights_for(batch, length, mask, query.device)
     squared = projected_maps_mse(
-        student, teacher, pair, softmax=on == "probs", average_heads=mode == "average_both",
+        student,
+        teacher,
+        pair,
+        softmax=on == "probs",
+        average_heads=mode == "average_both",
         average_teacher=mode != "per_head",
     )
     compared_heads = 1 if mode == "average_both" else student_heads
@@ -290,9 +298,7 @@ def attention_mse_from_inputs(
     return squared / (compared_heads * pairs).clamp_min(1.0)
 
 
-def _kl_rows(
-    student_log_probs: Tensor, teacher_log_probs: Tensor, rows: Tensor | None, pair: Tensor | None
-) -> Tensor:
+def _kl_rows(student_log_probs: Tensor, teacher_log_probs: Tensor, rows: Tensor | None, pair: Tensor | None) -> Tensor:
     """Σ_keys p_t (log p_t − log p_s) per row, averaged over heads and counted rows."""
     terms = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
     if pair is not None:

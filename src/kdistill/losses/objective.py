@@ -52,9 +52,7 @@ class Objective(nn.Module):
         weights = dict(weights or {})
         unknown = set(weights) - set(terms)
         if unknown:
-            raise ValueError(
-                f"weights given for unknown terms {sorted(unknown)}; the terms are {sorted(terms)}"
-            )
+            raise ValueError(f"weights given for unknown terms {sorted(unknown)}; the terms are {sorted(terms)}")
         for name, term in terms.items():
             if not isinstance(term, Term):
                 raise TypeError(f"term {name!r} must be a kdistill Term, got {type(term).__name__}")
@@ -62,7 +60,12 @@ class Objective(nn.Module):
         self.weights: dict[str, float] = {}
         for name in terms:
             weight = weights.get(name, 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or not math.isfinite(weight)
+                or weight < 0
+            ):
                 raise ValueError(f"the weight of term {name!r} must be a finite number >= 0, got {weight!r}")
             self.weights[name] = float(weight)
         if all(w == 0 for w in self.weights.values()):
@@ -133,5 +136,3 @@ class Objective(nn.Module):
         lines += [f"  {name}: {self.terms[name]!r}" for name in self.active]
         lines[-1] += ")"
         return "\n".join(lines)
-
-

@@ -56,7 +56,9 @@ def register_term(name: str) -> Callable[[T], T]:
         if holder is not None and holder.__qualname__ != cls.__qualname__:
             raise ValueError(f"a loss term named {name!r} is registered already ({holder.__name__})")
         settings = create_model(  # type: ignore[call-overload]
-            f"{cls.__name__}Settings", __base__=cls.Settings, type=(Literal[name], ...),  # type: ignore[attr-defined]
+            f"{cls.__name__}Settings",
+            __base__=cls.Settings,
+            type=(Literal[name], ...),  # type: ignore[attr-defined]
         )
         settings.__doc__ = cls.Settings.__doc__ or f"The settings of the {name} term."  # type: ignore[attr-defined]
         _TERMS[name], _SETTINGS[name] = cls, settings

@@ -100,7 +100,9 @@ class LayerDistillationLoss(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer (a hidden width), got {value!r}")
         self.teacher_dim, self.student_dim = teacher_dim, student_dim
-        self.projector: nn.Module = nn.Linear(student_dim, teacher_dim) if student_dim != teacher_dim else nn.Identity()
+        self.projector: nn.Module = (
+            nn.Linear(student_dim, teacher_dim) if student_dim != teacher_dim else nn.Identity()
+        )
 
     def forward(self, teacher_hidden: Tensor, student_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
         """Return the loss, a float32 scalar.
@@ -111,7 +113,9 @@ class LayerDistillationLoss(nn.Module):
             mask: optional ``(B, L)``, 1 for real tokens and 0 for padding.
         """
         if not isinstance(student_hidden, Tensor) or student_hidden.shape[-1] != self.student_dim:
-            shape = tuple(student_hidden.shape) if isinstance(student_hidden, Tensor) else type(student_hidden).__name__
+            shape = (
+                tuple(student_hidden.shape) if isinstance(student_hidden, Tensor) else type(student_hidden).__name__
+            )
             raise ValueError(
                 f"student_hidden must end in the student width {self.student_dim}, got {shape} "
                 "(the seed's argument order is (teacher_hidden, student_hidden))"
@@ -160,14 +164,19 @@ def attention_distillation_loss(
     total: Tensor | None = None
     for student_layer, teacher_layer in mapping.items():
         maps = []
-        for side, collection, index in (("student", student_attentions, student_layer), ("teacher", teacher_attentions, teacher_layer)):
+        for side, collection, index in (
+            ("student", student_attentions, student_layer),
+            ("teacher", teacher_attentions, teacher_layer),
+        ):
             try:
                 if isinstance(index, bool) or not isinstance(index, int):
                     raise TypeError
                 maps.append(collection[index])
             except (IndexError, KeyError, TypeError):
                 valid = sorted(collection) if isinstance(collection, Mapping) else f"0..{len(collection) - 1}"
-                raise ValueError(f"{side} attention layer {index!r} is not in the given attentions (valid: {valid})") from None
+                raise ValueError(
+                    f"{side} attention layer {index!r} is not in the given attentions (valid: {valid})"
+                ) from None
         loss = LF.attention_mse(maps[0], maps[1], mask, heads)
         total = loss if total is None else total + loss
     assert total is not None

@@ -17,7 +17,7 @@ from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
 from kdistill.losses.registry import TermSettings, register_term
 
-__all__ = ["Term", "LogitKD", "HardCE", "ReverseKL", "JSD", "LogitMSE"]
+__all__ = ["JSD", "HardCE", "LogitKD", "LogitMSE", "ReverseKL", "Term"]
 
 
 class Term(nn.Module):
@@ -82,8 +82,9 @@ class LogitKD(Term):
                     f"the teacher cache holds top-k probabilities at temperature {topk.temperature:g}, but LogitKD "
                     f"uses {self.temperature:g}; rebuild the cache with temperature={self.temperature:g}"
                 )
-            return LF.soft_kd_topk(student.logits, topk.log_probs, topk.indices, topk.rest, self.temperature,
-                                   mask=student.position_mask())
+            return LF.soft_kd_topk(
+                student.logits, topk.log_probs, topk.indices, topk.rest, self.temperature, mask=student.position_mask()
+            )
         s, t = _logits_pair(student, teacher, "LogitKD")
         return LF.soft_kd(s, t, self.temperature, mask=student.position_mask())
 

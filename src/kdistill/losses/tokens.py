@@ -233,8 +233,10 @@ def per_position(
         return values.reshape(targets.shape)
     size = student_logits.shape[-1] if vocab_size is None else vocab_size
     log_p, log_q = log_prob_pair(
-        log_softmax(student_logits[..., :size], temperature), teacher_logits=teacher_logits,
-        teacher_topk=teacher_topk, temperature=temperature,
+        log_softmax(student_logits[..., :size], temperature),
+        teacher_logits=teacher_logits,
+        teacher_topk=teacher_topk,
+        temperature=temperature,
     )
     return _divergence(log_p, log_q, kind, beta, alpha) * temperature**2
 
@@ -282,7 +284,7 @@ def check_targets(targets: Tensor, leading: Sequence[int], ignore_index: int) ->
     """Raise ``ValueError`` unless ``targets`` are integer ids of shape ``leading``."""
     if not isinstance(targets, Tensor):
         # ValueError, not TypeError: the loss contract raises ValueError for every bad argument
-        raise ValueError(f"targets must be a tensor of token ids, got {_describe(targets)}")  # noqa: TRY004
+        raise ValueError(f"targets must be a tensor of token ids, got {_describe(targets)}")
     if tuple(targets.shape) != tuple(leading):
         raise ValueError(
             f"targets must have shape {tuple(leading)} (the logits' shape without the vocabulary), got "
@@ -403,8 +405,15 @@ def token_loss(
         vocab_size = resolve_vocab_size(student_logits.shape[-1], teacher_logits.shape[-1], vocab_size)
         teacher_logits = teacher_logits.detach()
     values = per_position(
-        student_logits, targets, kind, teacher_logits=teacher_logits, temperature=temperature, beta=beta,
-        alpha=alpha, ignore_index=ignore_index, vocab_size=vocab_size,
+        student_logits,
+        targets,
+        kind,
+        teacher_logits=teacher_logits,
+        temperature=temperature,
+        beta=beta,
+        alpha=alpha,
+        ignore_index=ignore_index,
+        vocab_size=vocab_size,
     )
     return _reduce(values, targets != ignore_index, reduction)
 
@@ -452,11 +461,19 @@ def token_loss_topk(
     else:
         vocab_size = resolve_vocab_size(student_logits.shape[-1], None, vocab_size)
         compared = student_logits.shape[-1] if vocab_size is None else vocab_size
-        top, indices, rest = check_topk((teacher_log_probs, teacher_indices, teacher_rest),
-                                        student_logits.shape[:-1], compared)
+        top, indices, rest = check_topk(
+            (teacher_log_probs, teacher_indices, teacher_rest), student_logits.shape[:-1], compared
+        )
         topk = (top.detach(), indices.to(student_logits.device), rest.detach())
     values = per_position(
-        student_logits, targets, kind, teacher_topk=topk, temperature=temperature, beta=beta, alpha=alpha,
-        ignore_index=ignore_index, vocab_size=vocab_size,
+        student_logits,
+        targets,
+        kind,
+        teacher_topk=topk,
+        temperature=temperature,
+        beta=beta,
+        alpha=alpha,
+        ignore_index=ignore_index,
+        vocab_size=vocab_size,
     )
     return _reduce(values, targets != ignore_index, reduction)

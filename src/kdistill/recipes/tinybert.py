@@ -135,7 +135,9 @@ class TinyBERTDistillation:
         >>> history = recipe.train(train_loader)  # doctest: +SKIP
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, config: TinyBERTConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, teacher: nn.Module, student: nn.Module, config: TinyBERTConfig | Mapping[str, Any] | None = None
+    ) -> None:
         if not isinstance(teacher, nn.Module) or not isinstance(student, nn.Module):
             raise TypeError("teacher and student must both be torch.nn.Module instances")
         if teacher is student:
@@ -197,7 +199,11 @@ class TinyBERTDistillation:
         """
         config = self.config
         settings = (
-            {"epochs": config.intermediate_epochs, "max_steps": config.intermediate_steps, "lr": config.intermediate_lr}
+            {
+                "epochs": config.intermediate_epochs,
+                "max_steps": config.intermediate_steps,
+                "lr": config.intermediate_lr,
+            }
             if stage == 1
             else {"epochs": config.prediction_epochs, "max_steps": config.prediction_steps, "lr": config.prediction_lr}
         )

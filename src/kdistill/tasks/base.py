@@ -128,8 +128,9 @@ class Task(ABC):
         """The loss the teacher is fine-tuned with (``teacher.finetune``)."""
 
     @abstractmethod
-    def evaluate(self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool,
-                 desc: str = "evaluating") -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool, desc: str = "evaluating"
+    ) -> dict[str, dict[str, float]]:
         """Measure each model on the batches of ``loader``.
 
         Args:
@@ -158,8 +159,16 @@ class Task(ABC):
         """A trained model and its tokenizer, for ``kdistill eval`` (refused when untrained)."""
 
     @abstractmethod
-    def eval_data(self, data: Section, path: str, models: Mapping[str, tuple[nn.Module, Any]], *,
-                  max_length: int | None, max_examples: int | None, progress: bool) -> TaskData:
+    def eval_data(
+        self,
+        data: Section,
+        path: str,
+        models: Mapping[str, tuple[nn.Module, Any]],
+        *,
+        max_length: int | None,
+        max_examples: int | None,
+        progress: bool,
+    ) -> TaskData:
         """The file at ``path``, read with the ``data:`` section and tokenised for ``models``
         (``{"student": (model, tokenizer)[, "teacher": ...]}``), as the ``test`` split of the result.
 

@@ -40,14 +40,21 @@ def _check_student_memory(teacher: nn.Module, options: Any) -> None:
     except TypeError:
         return
     hidden = options.hidden_size or dims.hidden_size
-    teacher_ffn = next((getattr(teacher.config, name) for name in _FFN_NAMES
-                        if isinstance(getattr(teacher.config, name, None), int)), 4 * dims.hidden_size)
+    teacher_ffn = next(
+        (getattr(teacher.config, name) for name in _FFN_NAMES if isinstance(getattr(teacher.config, name, None), int)),
+        4 * dims.hidden_size,
+    )
     ffn = options.intermediate_size or round(teacher_ffn * hidden / dims.hidden_size)
-    parameters = estimate_parameters(options.num_layers, hidden, ffn, int(getattr(teacher.config, "vocab_size", 0) or 0))
+    parameters = estimate_parameters(
+        options.num_layers, hidden, ffn, int(getattr(teacher.config, "vocab_size", 0) or 0)
+    )
     # float32 weights, gradients and AdamW's two moments: 16 bytes a parameter
-    check_memory(f"a student of {options.num_layers} layers and width {hidden} ({parameters:,} parameters) with its "
-                 "gradients and optimizer state", 16 * parameters,
-                 "lower student.from_teacher.num_layers, hidden_size or intermediate_size")
+    check_memory(
+        f"a student of {options.num_layers} layers and width {hidden} ({parameters:,} parameters) with its "
+        "gradients and optimizer state",
+        16 * parameters,
+        "lower student.from_teacher.num_layers, hidden_size or intermediate_size",
+    )
 
 
 def student_from_teacher(teacher: nn.Module, options: Any) -> tuple[nn.Module, StudentReport]:

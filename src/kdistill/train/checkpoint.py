@@ -37,8 +37,15 @@ from torch import nn
 from kdistill.errors import KdistillError
 from kdistill.fileio import file_sha256, unowned_files
 
-__all__ = ["CheckpointError", "TrainingState", "find_resumable", "load_checkpoint", "rng_state", "save_checkpoint",
-           "set_rng_state"]
+__all__ = [
+    "CheckpointError",
+    "TrainingState",
+    "find_resumable",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +92,13 @@ def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
     python_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"key": numpy_state[0], "state": torch.from_numpy(numpy_state[1].astype(np.int64)),
-                  "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]), "gauss": float(numpy_state[4])},
+        "numpy": {
+            "key": numpy_state[0],
+            "state": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "gauss": float(numpy_state[4]),
+        },
         "python": {"version": python_state[0], "state": list(python_state[1]), "gauss": python_state[2]},
     }
     if torch.cuda.is_available():
@@ -100,8 +112,15 @@ def set_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator] =
     """Restore what :func:`rng_state` captured (``generators`` in the order they were given to it)."""
     torch.set_rng_state(state["torch"])
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["key"], numpy_state["state"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    np.random.set_state(
+        (
+            numpy_state["key"],
+            numpy_state["state"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["gauss"],
+        )
+    )
     python_state = state["python"]
     random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -115,8 +134,9 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def save_checkpoint(folder: str | os.PathLike[str], student: nn.Module, objective: nn.Module, state: TrainingState,
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    folder: str | os.PathLike[str], student: nn.Module, objective: nn.Module, state: TrainingState, keep: int = 2
+) -> Path:
     """Write ``checkpoint-<step>`` under ``folder`` atomically and keep the newest ``keep`` checkpoints.
 
     Returns:

@@ -63,7 +63,7 @@ from kdistill.train.teacher import (
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
 
-__all__ = ["History", "NonFiniteLossError", "PRECISIONS", "distill", "train_distillation"]
+__all__ = ["PRECISIONS", "History", "NonFiniteLossError", "distill", "train_distillation"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,26 +140,72 @@ def distill(
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
     """
-    check_args(teacher, student, epochs, max_steps, gradient_accumulation_steps, max_grad_norm, precision,
-               log_every, eval_every, on_nonfinite, save_every, resume, checkpoint_dir)
+    check_args(
+        teacher,
+        student,
+        epochs,
+        max_steps,
+        gradient_accumulation_steps,
+        max_grad_norm,
+        precision,
+        log_every,
+        eval_every,
+        on_nonfinite,
+        save_every,
+        resume,
+        checkpoint_dir,
+    )
     objective = check_objective(objective)
     accelerator = check_accelerator(accelerator)
-    loop = _Loop(teacher, student, train_loader, objective=objective, optimizer=optimizer, lr=lr, scheduler=scheduler,
-                 accelerator=accelerator, teacher_cache=teacher_cache, precision=precision, label_key=label_key,
-                 accumulation=gradient_accumulation_steps, max_grad_norm=max_grad_norm)
-    loop.plan(epochs=epochs, max_steps=max_steps, eval_fn=eval_fn, eval_every=eval_every, log_every=log_every,
-              checkpoint_dir=checkpoint_dir, save_every=save_every, keep_checkpoints=keep_checkpoints,
-              on_nonfinite=on_nonfinite)
+    loop = _Loop(
+        teacher,
+        student,
+        train_loader,
+        objective=objective,
+        optimizer=optimizer,
+        lr=lr,
+        scheduler=scheduler,
+        accelerator=accelerator,
+        teacher_cache=teacher_cache,
+        precision=precision,
+        label_key=label_key,
+        accumulation=gradient_accumulation_steps,
+        max_grad_norm=max_grad_norm,
+    )
+    loop.plan(
+        epochs=epochs,
+        max_steps=max_steps,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+        log_every=log_every,
+        checkpoint_dir=checkpoint_dir,
+        save_every=save_every,
+        keep_checkpoints=keep_checkpoints,
+        on_nonfinite=on_nonfinite,
+    )
     return loop.run(resume=resume, progress=progress)
 
 
 class _Loop:
     """One :func:`distill` call: the models, the objective and the optimizer, set up once, then run."""
 
-    def __init__(self, teacher: nn.Module | None, student: nn.Module, loader: Iterable[Any], *, objective: Objective,
-                 optimizer: torch.optim.Optimizer | None, lr: float, scheduler: Any, accelerator: Accelerator,
-                 teacher_cache: TeacherCache | None, precision: str, label_key: str | None, accumulation: int,
-                 max_grad_norm: float | None) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module | None,
+        student: nn.Module,
+        loader: Iterable[Any],
+        *,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer | None,
+        lr: float,
+        scheduler: Any,
+        accelerator: Accelerator,
+        teacher_cache: TeacherCache | None,
+        precision: str,
+        label_key: str | None,
+        accumulation: int,
+        max_grad_norm: float | None,
+    ) -> None:
         self.accelerator, self.device = accelerator, accelerator.device
         self.teacher, self.objective, self.scheduler = teacher, objective, scheduler
         self.cache, self.precision, self.label_key = teacher_cache, precision, label_key
@@ -185,9 +231,19 @@ class _Loop:
         self.global_step, self.start_epoch, self.skip_batches = 0, 0, 0
         self.resumed: TrainingState | None = None
 
-    def plan(self, *, epochs: int, max_steps: int | None, eval_fn: EvalFn | None, eval_every: int | None,
-             log_every: int, checkpoint_dir: Any, save_every: int | None, keep_checkpoints: int,
-             on_nonfinite: str) -> None:
+    def plan(
+        self,
+        *,
+        epochs: int,
+        max_steps: int | None,
+        eval_fn: EvalFn | None,
+        eval_every: int | None,
+        log_every: int,
+        checkpoint_dir: Any,
+        save_every: int | None,
+        keep_checkpoints: int,
+        on_nonfinite: str,
+    ) -> None:
         """How long to train, and when to evaluate, record and checkpoint."""
         self.epochs, self.max_steps, self.eval_fn, self.eval_every = epochs, max_steps, eval_fn, eval_every
         self.log_every, self.checkpoint_dir, self.save_every = log_every, checkpoint_dir, save_every
@@ -203,10 +259,19 @@ class _Loop:
         if resume:
             self._restore()
         self.show = progress and self.accelerator.is_main_process
-        self.bar = tqdm(total=self.total_steps, initial=self.global_step, desc="distill", unit="step",
-                        dynamic_ncols=True, disable=not self.show)
-        reduce = ((lambda v: self.accelerator.reduce(v, reduction="mean")) if self.accelerator.num_processes > 1
-                  else (lambda v: v))  # the global batch's loss, on every process
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            desc="distill",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.show,
+        )
+        reduce = (
+            (lambda v: self.accelerator.reduce(v, reduction="mean"))
+            if self.accelerator.num_processes > 1
+            else (lambda v: v)
+        )  # the global batch's loss, on every process
         self.recorder = StepRecorder(self.history, reduce, self.bar)
         done = self.max_steps is not None and self.global_step >= self.max_steps  # a resumed run that had finished
         self.student.train()
@@ -291,8 +356,9 @@ class _Loop:
         parts: dict[str, Tensor] = {}
         poisoned = False
         for position, (index, batch) in enumerate(group):
-            result = self._loss_step(batch, len(group), at_boundary=position == len(group) - 1, epoch=epoch,
-                                     index=index)
+            result = self._loss_step(
+                batch, len(group), at_boundary=position == len(group) - 1, epoch=epoch, index=index
+            )
             if result is None:
                 poisoned = True
                 continue
@@ -309,8 +375,9 @@ class _Loop:
         self.recorder.add(self.global_step, epoch, self.lr, parts, total)
         return True
 
-    def _loss_step(self, batch: Any, group_size: int, *, at_boundary: bool, epoch: int,
-                   index: int) -> tuple[Tensor, dict[str, Tensor]] | None:
+    def _loss_step(
+        self, batch: Any, group_size: int, *, at_boundary: bool, epoch: int, index: int
+    ) -> tuple[Tensor, dict[str, Tensor]] | None:
         """Forward both models on one micro-batch and backward its share of the loss; the loss and
         its parts (detached, scaled to the group), or None when the loss is not finite."""
         inputs, labels = split_batch(batch, self.label_key)
@@ -318,15 +385,25 @@ class _Loop:
         sync = contextlib.nullcontext() if at_boundary else self.accelerator.no_sync(self.student)
         with sync:
             with autocast(self.device, self.precision):
-                teacher_side = teacher_features(self.teacher, inputs, self.teacher_request, cache=self.cache,
-                                                indices=example_indices(batch), device=self.device)
+                teacher_side = teacher_features(
+                    self.teacher,
+                    inputs,
+                    self.teacher_request,
+                    cache=self.cache,
+                    indices=example_indices(batch),
+                    device=self.device,
+                )
                 student_side = capture(self.student, inputs, self.student_request, module=self.student_module)
             result = self.objective(student_side, teacher_side, labels)
             loss = result.total / group_size
             if not bool(torch.isfinite(loss)):
                 bad = [name for name, value in result.parts.items() if not bool(torch.isfinite(value))]
-                self._nonfinite(f"the loss part {', '.join(bad) or 'total'} is {nonfinite_kind(loss)}", epoch, index,
-                                nonfinite_teacher_fields(teacher_side))
+                self._nonfinite(
+                    f"the loss part {', '.join(bad) or 'total'} is {nonfinite_kind(loss)}",
+                    epoch,
+                    index,
+                    nonfinite_teacher_fields(teacher_side),
+                )
                 return None
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -386,13 +463,19 @@ class _Loop:
         self.recorder.flush()
         if self.accelerator.is_main_process and self.checkpoint_dir is not None:
             state = TrainingState(
-                step=self.global_step, epoch=epoch, batches_done=batches_done, epoch_rng=epoch_rng,
-                rng=rng_state(self.generators), optimizer=self.optimizer.state_dict(),
+                step=self.global_step,
+                epoch=epoch,
+                batches_done=batches_done,
+                epoch_rng=epoch_rng,
+                rng=rng_state(self.generators),
+                optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-                scaler=self.scaler.state_dict() if self.scaler is not None else None, history=self.history.state(),
+                scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                history=self.history.state(),
             )
-            path = save_checkpoint(self.checkpoint_dir, self.student_module, self.objective, state,
-                                   keep=self.keep_checkpoints)
+            path = save_checkpoint(
+                self.checkpoint_dir, self.student_module, self.objective, state, keep=self.keep_checkpoints
+            )
             logger.info("saved checkpoint %s", path)
         self.accelerator.wait_for_everyone()
 
@@ -402,20 +485,28 @@ class _Loop:
         message = f"{what} {where}; the update was not applied"
         if teacher_fields:
             # the teacher's own outputs are broken: lowering the learning rate would not help
-            message = (f"the teacher's {', '.join(teacher_fields)} hold NaN or infinite values {where}, so {what}; "
-                       "the update was not applied")
+            message = (
+                f"the teacher's {', '.join(teacher_fields)} hold NaN or infinite values {where}, so {what}; "
+                "the update was not applied"
+            )
         if self.on_nonfinite == "skip":
             self.history.skipped_steps += 1
             logger.warning("%s; skipping the step (%d skipped so far)", message, self.history.skipped_steps)
             return
-        kept = f"; the last good checkpoint is kept in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
+        kept = (
+            f"; the last good checkpoint is kept in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
+        )
         if teacher_fields:
-            raise NonFiniteTeacherError(f"{message}: the run stopped{kept}. The teacher is broken, not the training "
-                                        "settings: check its weights, run it in float32 (fp16 overflows), or give "
-                                        "another teacher")
-        raise NonFiniteLossError(f"{message}: the run stopped{kept}. Lower the learning rate, use bf16 instead "
-                                 "of fp16, or set on_nonfinite='skip' (training.on_nonfinite: skip in a config) "
-                                 "to skip such steps")
+            raise NonFiniteTeacherError(
+                f"{message}: the run stopped{kept}. The teacher is broken, not the training "
+                "settings: check its weights, run it in float32 (fp16 overflows), or give "
+                "another teacher"
+            )
+        raise NonFiniteLossError(
+            f"{message}: the run stopped{kept}. Lower the learning rate, use bf16 instead "
+            "of fp16, or set on_nonfinite='skip' (training.on_nonfinite: skip in a config) "
+            "to skip such steps"
+        )
 
 
 def train_distillation(

@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 from kdistill.losses.objective import Objective
 
-__all__ = ["PRECISIONS", "check_accelerator", "check_args", "check_objective", "default_accelerator", "prepare_optimizer"]
+__all__ = [
+    "PRECISIONS",
+    "check_accelerator",
+    "check_args",
+    "check_objective",
+    "default_accelerator",
+    "prepare_optimizer",
+]
 
 #: values of ``precision``: no autocast, bfloat16 autocast, float16 autocast with loss scaling
 PRECISIONS = ("no", "bf16", "fp16")
@@ -80,7 +87,10 @@ def check_accelerator(accelerator: Accelerator | None) -> Accelerator:
 
 
 def prepare_optimizer(
-    optimizer: torch.optim.Optimizer | None, teacher: nn.Module | None, student: nn.Module, objective: Objective,
+    optimizer: torch.optim.Optimizer | None,
+    teacher: nn.Module | None,
+    student: nn.Module,
+    objective: Objective,
     lr: float,
 ) -> torch.optim.Optimizer:
     """Return an optimizer over the student and the objective's trainable parts.
@@ -115,7 +125,6 @@ def default_accelerator() -> Accelerator:
     # Accelerate only picks its multi-CPU (gloo) mode when told to use the CPU
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) != -1
     return Accelerator(cpu=launched and not torch.cuda.is_available())
-
 
 
 def shuffle_generators(loader: Any) -> list[torch.Generator]:

@@ -29,7 +29,7 @@ from kdistill.train.teacher import (
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
 
-__all__ = ["DistillationTrainer", "OBJECTIVE_STATE_NAME"]
+__all__ = ["OBJECTIVE_STATE_NAME", "DistillationTrainer"]
 
 #: file in a Trainer checkpoint that holds the objective's trainable parts (projections)
 OBJECTIVE_STATE_NAME = "objective.safetensors"
@@ -77,8 +77,10 @@ class DistillationTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         if teacher_model is None and teacher_cache is None:
-            raise TypeError("DistillationTrainer needs teacher_model=, the trained model to distil from "
-                            "(or teacher_cache= with its stored outputs)")
+            raise TypeError(
+                "DistillationTrainer needs teacher_model=, the trained model to distil from "
+                "(or teacher_cache= with its stored outputs)"
+            )
         if teacher_model is not None and not isinstance(teacher_model, nn.Module):
             raise TypeError(f"teacher_model must be a torch.nn.Module, got {type(teacher_model).__name__}")
         if objective is not None and not isinstance(objective, Objective):
@@ -129,7 +131,10 @@ class DistillationTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         state = self.objective.state_dict()
         if state and self.args.should_save:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(output_dir, OBJECTIVE_STATE_NAME))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                os.path.join(output_dir, OBJECTIVE_STATE_NAME),
+            )
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """Restore the objective's state (projections) with the optimizer when resuming."""
@@ -138,7 +143,8 @@ class DistillationTrainer(Trainer):
             if not os.path.isfile(path):
                 raise FileNotFoundError(
                     f"checkpoint {checkpoint} has no {OBJECTIVE_STATE_NAME}, but the objective has trainable parts "
-                    "(projections) to restore; resume from a checkpoint saved by DistillationTrainer with this objective"
+                    "(projections) to restore; resume from a checkpoint saved by DistillationTrainer with this "
+                    "objective"
                 )
             self.objective.load_state_dict(load_file(path, device=str(self.args.device)))
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -155,8 +161,14 @@ class DistillationTrainer(Trainer):
                 self.teacher.to(device)
             self.teacher.eval()
         with self.accelerator.autocast():
-            return teacher_features(self.teacher, inputs, self.objective.request("teacher"),
-                                    cache=self.teacher_cache, indices=indices, device=device)
+            return teacher_features(
+                self.teacher,
+                inputs,
+                self.objective.request("teacher"),
+                cache=self.teacher_cache,
+                indices=indices,
+                device=device,
+            )
 
     def compute_loss(
         self,
@@ -190,7 +202,8 @@ class DistillationTrainer(Trainer):
                 raise NonFiniteTeacherError(
                     f"the teacher's {', '.join(broken)} hold NaN or infinite values, so the loss is not finite: the "
                     "teacher is broken, not the training settings; check its weights, run it in float32 (fp16 "
-                    "overflows), or give another teacher")
+                    "overflows), or give another teacher"
+                )
         if model.training:
             for name, value in result.parts.items():
                 # summed on the device; read once per logging step to avoid a sync per batch
@@ -205,4 +218,3 @@ class DistillationTrainer(Trainer):
                 logs[f"loss_{name}"] = round(float(total) / self._part_count, 6)
             self._part_sums, self._part_count = {}, 0
         super().log(logs, *args, **kwargs)
-

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Augmenter", "embedding_neighbours", "NO_LABEL"]
+__all__ = ["NO_LABEL", "Augmenter", "embedding_neighbours"]
 
 #: the label of a generated sentence: ignored by hard-label losses
 NO_LABEL = -100
@@ -89,7 +89,7 @@ class Augmenter:
         if out and rng.random() < self.ngram_prob:
             n = rng.randint(1, min(self.max_ngram, len(out)))
             start = rng.randint(0, len(out) - n)
-            out = out[start:start + n]
+            out = out[start : start + n]
         return out
 
     def augment(self, texts: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -136,8 +136,9 @@ def _whole_words(tokenizer: Any) -> tuple[list[str], list[int]]:
     return words, ids
 
 
-def embedding_neighbours(embeddings: Tensor, tokenizer: Any, words: Sequence[str], k: int = 10,
-                         chunk_size: int = 2048) -> dict[str, list[str]]:
+def embedding_neighbours(
+    embeddings: Tensor, tokenizer: Any, words: Sequence[str], k: int = 10, chunk_size: int = 2048
+) -> dict[str, list[str]]:
     """The ``k`` nearest whole-word vocabulary entries of each word, by cosine similarity of input embeddings.
 
     Args:
@@ -169,7 +170,7 @@ def embedding_neighbours(embeddings: Tensor, tokenizer: Any, words: Sequence[str
     if k < 1:
         return {}
     for start in range(0, len(queries), chunk_size):
-        chunk = queries[start:start + chunk_size]
+        chunk = queries[start : start + chunk_size]
         rows = torch.tensor([row for _, row in chunk])
         similarity = table[rows] @ table.T
         similarity[torch.arange(len(chunk)), rows] = -2.0  # a word is not its own neighbour

@@ -18,8 +18,9 @@ DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 class ClassifierOptions(Section):
     """Keys a classification run adds to ``teacher:``."""
 
-    num_labels: int | None = Field(None, ge=2, le=1_000_000, description="classes, for a model that has no "
-                                   "classification head yet")
+    num_labels: int | None = Field(
+        None, ge=2, le=1_000_000, description="classes, for a model that has no classification head yet"
+    )
 
 
 class HubDataConfig(Section):
@@ -58,12 +59,16 @@ class DataConfig(Section):
     validation: str | None = None
     test: str | None = None
     hub: HubDataConfig | None = None
-    format: Literal["csv", "tsv", "json", "jsonl", "parquet"] | None = Field(None, description="default: from the suffix")
+    format: Literal["csv", "tsv", "json", "jsonl", "parquet"] | None = Field(
+        None, description="default: from the suffix"
+    )
     encoding: str = "utf-8"
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    validation_fraction: float = Field(0.1, gt=0, lt=1, description="held out of train when there is no validation file")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="held out of train when there is no validation file"
+    )
     test_fraction: float | None = Field(None, gt=0, lt=1, description="held out of train when there is no test file")
     split_seed: Seed = 42
     max_length: int = Field(128, ge=2, le=1_048_576)
@@ -97,8 +102,10 @@ class DataConfig(Section):
         if self.augment is not None and self.text_pair_column is not None:
             raise ValueError("augment: works on single texts; remove text_pair_column or augment")
         if self.label_column in (self.text_column, self.text_pair_column):
-            raise ValueError(f"label_column and text_column name the same column {self.label_column!r}: the labels "
-                             "would be read as the texts")
+            raise ValueError(
+                f"label_column and text_column name the same column {self.label_column!r}: the labels "
+                "would be read as the texts"
+            )
         if self.text_pair_column is not None and self.text_pair_column == self.text_column:
             raise ValueError(f"text_pair_column and text_column name the same column {self.text_column!r}")
         return self

@@ -47,8 +47,8 @@ def tokenize(
     columns: dict[str, list[list[int]]] = {}
     with tqdm(total=len(table), desc=desc, unit="ex", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(table), chunk_size):
-            texts = table.texts[start:start + chunk_size]
-            pairs = table.pairs[start:start + chunk_size] if table.pairs is not None else None
+            texts = table.texts[start : start + chunk_size]
+            pairs = table.pairs[start : start + chunk_size] if table.pairs is not None else None
             encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
             for key in PADDED_KEYS:
                 if key in encoded:
@@ -72,8 +72,6 @@ def describe_tokenizer_difference(teacher: Any, student: Any, sample: Sequence[s
         if a != b:
             return f"different tokens for {text[:40]!r}: {a[:8]} vs {b[:8]}"
     return None
-
-
 
 
 @dataclass
@@ -158,19 +156,36 @@ def prepare_data(
     for role, table in splits.items():
         columns = tokenize(student_tokenizer, table, config.max_length, desc=f"tokenising {role}", progress=progress)
         if separate:
-            columns.update(tokenize(teacher_tokenizer, table, config.max_length, prefix=TEACHER_PREFIX,
-                                    desc=f"tokenising {role} (teacher)", progress=progress))
+            columns.update(
+                tokenize(
+                    teacher_tokenizer,
+                    table,
+                    config.max_length,
+                    prefix=TEACHER_PREFIX,
+                    desc=f"tokenising {role} (teacher)",
+                    progress=progress,
+                )
+            )
         datasets[role] = TokenizedDataset(columns, encode_labels(table, label_names), table.source)
     augmented = None
     if augmenter is not None:
         texts, _ = augmenter.augment(splits["train"].texts)
         if texts:
             table = TableSplit(texts, None, [NO_LABEL] * len(texts), f"{splits['train'].source} (augmented)")
-            columns = tokenize(student_tokenizer, table, config.max_length, desc="tokenising augmented",
-                               progress=progress)
+            columns = tokenize(
+                student_tokenizer, table, config.max_length, desc="tokenising augmented", progress=progress
+            )
             if separate:
-                columns.update(tokenize(teacher_tokenizer, table, config.max_length, prefix=TEACHER_PREFIX,
-                                        desc="tokenising augmented (teacher)", progress=progress))
+                columns.update(
+                    tokenize(
+                        teacher_tokenizer,
+                        table,
+                        config.max_length,
+                        prefix=TEACHER_PREFIX,
+                        desc="tokenising augmented (teacher)",
+                        progress=progress,
+                    )
+                )
             augmented = TokenizedDataset(columns, [NO_LABEL] * len(texts), table.source)
     return PreparedData(
         train=datasets["train"],

@@ -37,12 +37,16 @@ def _check_class_labels(names: Sequence[str], count: int) -> None:
             break
     if fractional and any(fractional):
         example = next(name for name, frac in zip(names, fractional) if frac)
-        raise DataError(f"the labels are numbers with fractions ({example} among {len(names):,} values): kdistill "
-                        "distils classifiers, which need class labels; check data.label_column")
+        raise DataError(
+            f"the labels are numbers with fractions ({example} among {len(names):,} values): kdistill "
+            "distils classifiers, which need class labels; check data.label_column"
+        )
     if count >= 20 and len(names) > count / 2:
-        raise DataError(f"data.label_column has {len(names):,} different values in {count:,} training examples: it "
-                        f"looks like ids or texts, not class labels ({', '.join(names[:3])} ...); check "
-                        "data.label_column")
+        raise DataError(
+            f"data.label_column has {len(names):,} different values in {count:,} training examples: it "
+            f"looks like ids or texts, not class labels ({', '.join(names[:3])} ...); check "
+            "data.label_column"
+        )
 
 
 def build_label_names(
@@ -60,7 +64,9 @@ def build_label_names(
     names = [str(label) for label in distinct]
     _check_class_labels(names, len(labels))
     if len(names) < 2:
-        raise DataError(f"the training data has {len(names)} distinct label(s) ({', '.join(names)}): at least 2 are needed")
+        raise DataError(
+            f"the training data has {len(names)} distinct label(s) ({', '.join(names)}): at least 2 are needed"
+        )
     if teacher_num_labels is not None and teacher_num_labels != len(names):
         raise DataError(
             f"the teacher predicts {teacher_num_labels} classes but the training data has {len(names)} labels "
@@ -76,7 +82,8 @@ def build_label_names(
             return [lowered[n.lower()] for n in teacher_names]
         logger.warning(
             "the teacher's classes (%s) do not name the data's labels (%s): data label i is taken as teacher class i",
-            ", ".join(teacher_names), ", ".join(names),
+            ", ".join(teacher_names),
+            ", ".join(names),
         )
     return names
 
@@ -109,6 +116,7 @@ def model_label_ids(table: TableSplit, id2label: Mapping[Any, Any]) -> list[int]
     """
     names = [str(id2label[key]) for key in sorted(id2label, key=int)]
     if is_default_names(dict(enumerate(names))) and all(
-            isinstance(label, int) and 0 <= label < len(names) for label in table.labels):
+        isinstance(label, int) and 0 <= label < len(names) for label in table.labels
+    ):
         return list(table.labels)
     return encode_labels(table, names)

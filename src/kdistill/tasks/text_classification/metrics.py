@@ -32,8 +32,9 @@ def predict(
     device = next(model.parameters()).device
     logits, labels = [], []
     total = len(loader) if hasattr(loader, "__len__") else None
-    for batch in tqdm(loader, desc=desc, total=total, unit="batch", disable=not progress, leave=False,
-                      dynamic_ncols=True):
+    for batch in tqdm(
+        loader, desc=desc, total=total, unit="batch", disable=not progress, leave=False, dynamic_ncols=True
+    ):
         inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "label", "kd_index")}
         logits.append(logits_from_output(call_model(model, inputs)).float().cpu())
         if "labels" in batch:

@@ -42,12 +42,19 @@ def load_classifier(
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     if id2label is not None:
         kwargs.update(id2label=dict(id2label), label2id={name: i for i, name in id2label.items()})
-    return load_pretrained(AutoModelForSequenceClassification, location, role, revision=revision,
-                           trust_remote_code=trust_remote_code, **kwargs)
+    return load_pretrained(
+        AutoModelForSequenceClassification,
+        location,
+        role,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        **kwargs,
+    )
 
 
-def saved_head_size(location: str, role: str, *, revision: str | None = None,
-                    trust_remote_code: bool = False) -> int | None:
+def saved_head_size(
+    location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> int | None:
     """The classes of the sequence-classification head saved at ``location``; None if it saved none.
 
     Reads the model's ``config.json`` only (its ``architectures`` and ``num_labels``), so a
@@ -85,8 +92,14 @@ def build_student(spec: Any, teacher: nn.Module, id2label: dict[int, str]) -> tu
             f"the student {location!r} predicts {head} classes but the training data has {num_labels} labels "
             f"({names}); give a student for these labels, or one without a classification head (it gets a new one)"
         )
-    loaded = load_classifier(location, "student", num_labels=num_labels, id2label=id2label, revision=spec.revision,
-                             trust_remote_code=spec.trust_remote_code)
+    loaded = load_classifier(
+        location,
+        "student",
+        num_labels=num_labels,
+        id2label=id2label,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+    )
     note = f"student loaded from {loaded.location}"
     if loaded.has_new_head:
         note += f" (new weights: {', '.join(loaded.new_weights[:4])})"

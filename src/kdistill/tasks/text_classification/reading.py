@@ -80,7 +80,8 @@ def infer_format(path: str | Path, given: str | None = None) -> str:
     suffix = aliases.get(suffix, suffix)
     if suffix not in DATA_FORMATS:
         raise DataError(
-            f"cannot tell the format of {str(path)!r} from its name: set data.format to one of {', '.join(DATA_FORMATS)}"
+            f"cannot tell the format of {str(path)!r} from its name: set data.format to one of "
+            f"{', '.join(DATA_FORMATS)}"
         )
     return suffix
 
@@ -110,7 +111,7 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as error:
-            line = raw[:error.start].count(b"\n") + 1
+            line = raw[: error.start].count(b"\n") + 1
             raise DataError(
                 f"{str(path)!r} is not valid {encoding} text (line {line}, byte {error.start}): set data.encoding "
                 "(kdistill eval: --encoding), e.g. latin-1 or cp1252"
@@ -120,11 +121,13 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
             separator = "," if kind == "csv" else "\t"
             _check_header(path, next(csv.reader(io.StringIO(text), delimiter=separator), []))
             # keep_default_na=False: a text "NA" or "null" stays a text, an empty label is found below
-            return pd.read_csv(io.StringIO(text), sep=separator, keep_default_na=False, dtype=str,
-                               quoting=csv.QUOTE_MINIMAL)
+            return pd.read_csv(
+                io.StringIO(text), sep=separator, keep_default_na=False, dtype=str, quoting=csv.QUOTE_MINIMAL
+            )
         if kind == "jsonl" or (kind == "json" and not text.lstrip().startswith("[")):
-            records = [_json_record(path, line, number) for number, line in enumerate(text.splitlines(), 1)
-                       if line.strip()]
+            records = [
+                _json_record(path, line, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()
+            ]
         else:
             records = json.loads(text, object_pairs_hook=_unique_keys)
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -149,8 +152,10 @@ def _check_header(path: Path, header: list[str]) -> None:
     for number, name in enumerate(header, 1):
         first = seen.setdefault(name.strip(), number)
         if first != number:
-            raise DataError(f"{str(path)!r}: the header names the column {_printable(name.strip())!r} twice (columns {first} and "
-                            f"{number}); rename one so that kdistill reads the column you mean")
+            raise DataError(
+                f"{str(path)!r}: the header names the column {_printable(name.strip())!r} twice (columns {first} and "
+                f"{number}); rename one so that kdistill reads the column you mean"
+            )
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -219,8 +224,10 @@ def table_from_frame(frame: Any, config: DataConfig, source: str, labelled: bool
         raw_labels = _column(frame, config.label_column, source, "label_column")
         wrong = [i for i, v in enumerate(raw_labels) if isinstance(v, (list, tuple, dict, np.ndarray))]
         if wrong:
-            raise DataError(f"{source}: the label of data row {wrong[0] + 1} is {_kind(raw_labels[wrong[0]])}; a label "
-                            "is one class name or number")
+            raise DataError(
+                f"{source}: the label of data row {wrong[0] + 1} is {_kind(raw_labels[wrong[0]])}; a label "
+                "is one class name or number"
+            )
         labels = [_clean_label(v) for v in raw_labels]
         missing = [i for i, label in enumerate(labels) if label is None]
         if missing:
@@ -235,12 +242,16 @@ def table_from_frame(frame: Any, config: DataConfig, source: str, labelled: bool
         # a number, list or object would become text through str() without a word
         wrong = [i for i, v in enumerate(values) if not isinstance(v, str)]
         if wrong:
-            raise DataError(f"{source}: the {name} of data row {wrong[0] + 1} is {_kind(values[wrong[0]])}, not a "
-                            f"string ({len(wrong)} such row(s)); give every {name} as a string")
+            raise DataError(
+                f"{source}: the {name} of data row {wrong[0] + 1} is {_kind(values[wrong[0]])}, not a "
+                f"string ({len(wrong)} such row(s)); give every {name} as a string"
+            )
         empty = [i for i, v in enumerate(values) if not v.strip()]
         if empty:
-            raise DataError(f"{source}: {len(empty)} example(s) with an empty {name} (data row {empty[0] + 1}); "
-                            "remove them or give them a text")
+            raise DataError(
+                f"{source}: {len(empty)} example(s) with an empty {name} (data row {empty[0] + 1}); "
+                "remove them or give them a text"
+            )
     return TableSplit(
         texts=[str(t) for t in texts],
         pairs=[str(p) for p in pairs] if pairs is not None else None,
@@ -266,7 +277,7 @@ def _load_hub(config: DataConfig) -> dict[str, TableSplit]:
     names = {"train": hub.train_split, "validation": hub.validation_split, "test": hub.test_split}
     try:
         loaded = datasets.load_dataset(hub.id, hub.name, revision=hub.revision)
-    except Exception as error:  # noqa: BLE001 - the datasets library raises many kinds; all mean "cannot load"
+    except Exception as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"cannot load hub data set {hub.id!r}: {first}") from None
     splits: dict[str, TableSplit] = {}
@@ -309,8 +320,6 @@ def split_table(table: TableSplit, fraction: float, seed: int, name: str) -> tup
     )
 
 
-
-
 def load_splits(config: DataConfig) -> dict[str, TableSplit]:
     """Read the raw splits named by ``config`` and hold out the missing ones, seeded.
 
@@ -325,8 +334,10 @@ def load_splits(config: DataConfig) -> dict[str, TableSplit]:
             path = getattr(config, role)
             if path is not None and Path(path).exists() and Path(path).resolve() == Path(config.train).resolve():
                 # measuring on the training examples reports memorisation as accuracy
-                raise DataError(f"data.{role} is the training file {config.train!r}: give held-out examples, or leave "
-                                f"data.{role} out to hold some out of the training file")
+                raise DataError(
+                    f"data.{role} is the training file {config.train!r}: give held-out examples, or leave "
+                    f"data.{role} out to hold some out of the training file"
+                )
         splits = {"train": load_table(config.train, config)}
         for role in ("validation", "test"):
             path = getattr(config, role)
@@ -339,6 +350,10 @@ def load_splits(config: DataConfig) -> dict[str, TableSplit]:
             splits["train"], config.validation_fraction, config.split_seed + 1, "validation"
         )
     if config.max_train_examples is not None and len(splits["train"]) > config.max_train_examples:
-        chosen = sorted(random.Random(config.split_seed).sample(range(len(splits["train"])), config.max_train_examples))
-        splits["train"] = splits["train"].subset(chosen, f"{splits['train'].source} (first {config.max_train_examples})")
+        chosen = sorted(
+            random.Random(config.split_seed).sample(range(len(splits["train"])), config.max_train_examples)
+        )
+        splits["train"] = splits["train"].subset(
+            chosen, f"{splits['train'].source} (first {config.max_train_examples})"
+        )
     return splits

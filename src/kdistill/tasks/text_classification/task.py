@@ -54,23 +54,38 @@ class TextClassification(Task):
         num_labels = teacher.num_labels
         if num_labels is not None and num_labels != len(distinct):
             # a new head of the wrong size would be trained, then fail to fit the student's
-            raise DataError(f"teacher.num_labels is {num_labels} but the training data has {len(distinct)} labels "
-                            f"({', '.join(distinct[:10])}); set teacher.num_labels: {len(distinct)}, or leave it out "
-                            "to count the data's labels")
+            raise DataError(
+                f"teacher.num_labels is {num_labels} but the training data has {len(distinct)} labels "
+                f"({', '.join(distinct[:10])}); set teacher.num_labels: {len(distinct)}, or leave it out "
+                "to count the data's labels"
+            )
         if num_labels is None and teacher.finetune is not None:
             num_labels = len(distinct)
         location = teacher.location()
-        loaded = load_classifier(location, "teacher", num_labels=num_labels, revision=teacher.revision,
-                                 trust_remote_code=teacher.trust_remote_code)
+        loaded = load_classifier(
+            location,
+            "teacher",
+            num_labels=num_labels,
+            revision=teacher.revision,
+            trust_remote_code=teacher.trust_remote_code,
+        )
         if teacher.finetune is None:
-            loaded.trained("teacher", "add teacher.finetune: {epochs: 1} to train it on the data first, or give a "
-                                      "teacher fine-tuned for this task")
+            loaded.trained(
+                "teacher",
+                "add teacher.finetune: {epochs: 1} to train it on the data first, or give a "
+                "teacher fine-tuned for this task",
+            )
         model = loaded.model
-        teacher_tokenizer = load_tokenizer(teacher.tokenizer or location, "teacher", revision=teacher.revision,
-                                           trust_remote_code=teacher.trust_remote_code)
+        teacher_tokenizer = load_tokenizer(
+            teacher.tokenizer or location,
+            "teacher",
+            revision=teacher.revision,
+            trust_remote_code=teacher.trust_remote_code,
+        )
         new_head = loaded.has_new_head
-        raw.label_names = build_label_names(train_labels, None if new_head else model.config.id2label,
-                                            None if new_head else model.config.num_labels)
+        raw.label_names = build_label_names(
+            train_labels, None if new_head else model.config.id2label, None if new_head else model.config.num_labels
+        )
         id2label = dict(enumerate(raw.label_names))
         if new_head:
             model.config.id2label, model.config.label2id = id2label, {n: i for i, n in id2label.items()}
@@ -78,31 +93,56 @@ class TextClassification(Task):
         if student is not None:
             built, note = build_student(student, model, id2label)
             if student.from_teacher is None:
-                tokenizer = load_tokenizer(student.tokenizer or student.location(), "student", revision=student.revision,
-                                           trust_remote_code=student.trust_remote_code)
-        return Models(teacher=model, teacher_location=location, student=built, tokenizer=tokenizer,
-                      teacher_tokenizer=teacher_tokenizer, student_note=note, teacher_new_weights=loaded.new_weights)
+                tokenizer = load_tokenizer(
+                    student.tokenizer or student.location(),
+                    "student",
+                    revision=student.revision,
+                    trust_remote_code=student.trust_remote_code,
+                )
+        return Models(
+            teacher=model,
+            teacher_location=location,
+            student=built,
+            tokenizer=tokenizer,
+            teacher_tokenizer=teacher_tokenizer,
+            student_note=note,
+            teacher_new_weights=loaded.new_weights,
+        )
 
     def prepare(self, data: DataConfig, raw: _Tables, models: Models, *, progress: bool) -> TaskData:
         assert raw.label_names is not None, "load_models() names the classes"
         readers = [("teacher", models.teacher)] + ([("student", models.student)] if models.student is not None else [])
         check_max_length(data.max_length, readers)
-        prepared = prepare_data(data, models.tokenizer, models.teacher_tokenizer, splits=raw.splits,
-                                augmenter=self._augmenter(data, models, raw), label_names=raw.label_names,
-                                progress=progress)
+        prepared = prepare_data(
+            data,
+            models.tokenizer,
+            models.teacher_tokenizer,
+            splits=raw.splits,
+            augmenter=self._augmenter(data, models, raw),
+            label_names=raw.label_names,
+            progress=progress,
+        )
         splits = [prepared.train, prepared.validation, *([prepared.test] if prepared.test is not None else [])]
         for split in splits:
             if models.student is not None:
                 check_token_ids(split.columns["input_ids"], models.student, "student", "the student's tokenizer")
             teacher_ids = split.columns.get(f"{TEACHER_PREFIX}input_ids", split.columns["input_ids"])
             check_token_ids(teacher_ids, models.teacher, "teacher", "the teacher's tokenizer")
-        collator = PaddingCollator(pad_token_id=models.tokenizer.pad_token_id or 0,
-                                   teacher_pad_token_id=getattr(models.teacher.config, "pad_token_id", None) or 0)
-        return TaskData(train=prepared.train, validation=prepared.validation, test=prepared.test,
-                        distill=prepared.distillation_set(), collate=collator, sizes=prepared.sizes(),
-                        description=f"labels {', '.join(prepared.label_names)}",
-                        details={"labels": prepared.label_names},
-                        separate_teacher_tokens=prepared.separate_teacher_tokens)
+        collator = PaddingCollator(
+            pad_token_id=models.tokenizer.pad_token_id or 0,
+            teacher_pad_token_id=getattr(models.teacher.config, "pad_token_id", None) or 0,
+        )
+        return TaskData(
+            train=prepared.train,
+            validation=prepared.validation,
+            test=prepared.test,
+            distill=prepared.distillation_set(),
+            collate=collator,
+            sizes=prepared.sizes(),
+            description=f"labels {', '.join(prepared.label_names)}",
+            details={"labels": prepared.label_names},
+            separate_teacher_tokens=prepared.separate_teacher_tokens,
+        )
 
     @staticmethod
     def _augmenter(data: DataConfig, models: Models, raw: _Tables) -> Any:
@@ -117,50 +157,85 @@ class TextClassification(Task):
             if embeddings is None:
                 raise ConfigError("data.augment.replace_prob needs a teacher with input embeddings; set it to 0")
             words = sorted({word for text in raw.splits["train"].texts for word in text.split()})
-            neighbours = embedding_neighbours(embeddings.weight, models.teacher_tokenizer, words, k=settings.neighbours)
-        return Augmenter(copies=settings.copies, mask_prob=settings.mask_prob, replace_prob=settings.replace_prob,
-                         ngram_prob=settings.ngram_prob, max_ngram=settings.max_ngram,
-                         mask_token=getattr(models.tokenizer, "mask_token", None), neighbours=neighbours,
-                         seed=settings.seed)
+            neighbours = embedding_neighbours(
+                embeddings.weight, models.teacher_tokenizer, words, k=settings.neighbours
+            )
+        return Augmenter(
+            copies=settings.copies,
+            mask_prob=settings.mask_prob,
+            replace_prob=settings.replace_prob,
+            ngram_prob=settings.ngram_prob,
+            max_ngram=settings.max_ngram,
+            mask_token=getattr(models.tokenizer, "mask_token", None),
+            neighbours=neighbours,
+            seed=settings.seed,
+        )
 
     def load_trained(self, location: str, role: str) -> tuple[nn.Module, Any]:
-        fix = ("evaluate a classifier trained for this task (a run's student/), not a model without a trained head"
-               if role == "model" else "compare with a teacher trained for this task (--teacher), or leave --teacher out")
+        fix = (
+            "evaluate a classifier trained for this task (a run's student/), not a model without a trained head"
+            if role == "model"
+            else "compare with a teacher trained for this task (--teacher), or leave --teacher out"
+        )
         return load_classifier(location, role).trained(role, fix), load_tokenizer(location, role)
 
-    def eval_data(self, data: DataConfig, path: str, models: Mapping[str, tuple[nn.Module, Any]], *,
-                  max_length: int | None, max_examples: int | None, progress: bool) -> TaskData:
+    def eval_data(
+        self,
+        data: DataConfig,
+        path: str,
+        models: Mapping[str, tuple[nn.Module, Any]],
+        *,
+        max_length: int | None,
+        max_examples: int | None,
+        progress: bool,
+    ) -> TaskData:
         table = load_table(path, data)
         if max_examples is not None and len(table) > max_examples:
             table = table.subset(range(max_examples), f"{table.source} (first {max_examples})")
         model, tokenizer = models["student"]
         teacher = models.get("teacher")
         if teacher is not None and teacher[0].config.num_labels != model.config.num_labels:
-            raise KdistillError(f"the teacher predicts {teacher[0].config.num_labels} classes and the model "
-                                f"{model.config.num_labels}: they were not trained for the same task")
+            raise KdistillError(
+                f"the teacher predicts {teacher[0].config.num_labels} classes and the model "
+                f"{model.config.num_labels}: they were not trained for the same task"
+            )
         readers = [(name, pair[0]) for name, pair in models.items()]
         length = max_length or min([data.max_length, *(usable_positions(m) or data.max_length for _, m in readers)])
         check_max_length(length, [("model" if name == "student" else name, m) for name, m in readers], "--max-length")
         columns = tokenize(tokenizer, table, length, desc="tokenising", progress=progress)
         check_token_ids(columns["input_ids"], model, "model", "the model's folder")
-        separate = teacher is not None and describe_tokenizer_difference(teacher[1], tokenizer, table.texts[:100]) is not None
+        separate = (
+            teacher is not None and describe_tokenizer_difference(teacher[1], tokenizer, table.texts[:100]) is not None
+        )
         if separate:
-            columns.update(tokenize(teacher[1], table, length, prefix=TEACHER_PREFIX, desc="tokenising (teacher)",
-                                    progress=progress))
+            columns.update(
+                tokenize(
+                    teacher[1], table, length, prefix=TEACHER_PREFIX, desc="tokenising (teacher)", progress=progress
+                )
+            )
         if teacher is not None:
-            check_token_ids(columns.get(f"{TEACHER_PREFIX}input_ids", columns["input_ids"]), teacher[0], "teacher",
-                            "--teacher")
+            check_token_ids(
+                columns.get(f"{TEACHER_PREFIX}input_ids", columns["input_ids"]), teacher[0], "teacher", "--teacher"
+            )
         dataset = TokenizedDataset(columns, model_label_ids(table, model.config.id2label), table.source)
         pad = getattr(teacher[0].config, "pad_token_id", None) if teacher is not None else None
         collator = PaddingCollator(tokenizer.pad_token_id or 0, pad or 0)
-        return TaskData(train=dataset, validation=dataset, test=dataset, distill=dataset, collate=collator,
-                        sizes={"test": len(dataset)}, separate_teacher_tokens=separate)
+        return TaskData(
+            train=dataset,
+            validation=dataset,
+            test=dataset,
+            distill=dataset,
+            collate=collator,
+            sizes={"test": len(dataset)},
+            separate_teacher_tokens=separate,
+        )
 
     def finetune_objective(self) -> Objective:
         return Objective({"ce": HardCE()})
 
-    def evaluate(self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool,
-                 desc: str = "evaluating") -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool, desc: str = "evaluating"
+    ) -> dict[str, dict[str, float]]:
         results: dict[str, dict[str, float]] = {}
         logits = {}
         for name, model in models.items():
