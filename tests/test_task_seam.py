@@ -91,3 +91,21 @@ def test_a_stub_task_runs_through_kdistill_distill_end_to_end(tmp_path: Path) ->
     code, err = run_command(["eval", str(tmp_path / "run"), "--data", str(tmp_path / "data.csv"), "--no-progress"])
     assert code == 0, err
     assert "mse" in json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]["student"]
+
+
+def test_the_adding_a_task_guide_quotes_the_stub_task_as_it_is() -> None:
+    """docs/adding_a_task.md's code is taken from tests/toy_task.py (which runs end to end above),
+    and its YAML is a config of the stub task."""
+    import re
+
+    from kdistill.app.config_loading import parse_config
+
+    root = SRC.parents[1]
+    guide = (root / "docs" / "adding_a_task.md").read_text(encoding="utf-8")
+    stub = (root / "tests" / "toy_task.py").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.DOTALL)
+    assert len(blocks) == 3
+    for block in blocks:
+        assert block.strip() in stub, block
+    (config,) = re.findall(r"```yaml\n(.*?)```", guide, re.DOTALL)
+    assert parse_config(yaml.safe_load(config)).task == "toy_regression"
