@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from kdistill.errors import DataError, ModelLoadError
 from kdistill.losses import LogitMSE, Objective
 from kdistill.schema import Section
-from kdistill.speed import measure_speed
+from kdistill.speed import measure_speed, with_speedup
 from kdistill.tasks import Models, Task, TaskData, register_task
 
 
@@ -112,10 +112,9 @@ class ToyRegression(Task):
         return results
 
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
-        speeds = {name: measure_speed(model, {"x": batch["x"]}, min_seconds=0.01) for name, model in models.items()}
-        if "student" in speeds:
-            speeds["student"]["speedup"] = speeds["teacher"]["latency_ms"] / speeds["student"]["latency_ms"]
-        return speeds
+        return with_speedup(
+            {name: measure_speed(model, {"x": batch["x"]}, min_seconds=0.01) for name, model in models.items()}
+        )
 
     def load_trained(self, location: str, role: str) -> tuple[nn.Module, Any]:
         return MLP.from_folder(location).eval(), None

@@ -12,7 +12,7 @@ from torch import nn
 
 from kdistill.features import call_model
 
-__all__ = ["measure_speed"]
+__all__ = ["measure_speed", "with_speedup"]
 
 
 @torch.no_grad()
@@ -51,3 +51,11 @@ def measure_speed(
     model.to(device).train(was_training)
     latency = statistics.median(times)
     return {"latency_ms": latency * 1e3, "throughput": size / latency, "batch_size": float(size)}
+
+
+def with_speedup(speeds: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Add each model's speed-up over the teacher (``teacher`` latency / its latency) where both were timed."""
+    if "teacher" in speeds:
+        for timing in speeds.values():
+            timing["speedup"] = speeds["teacher"]["latency_ms"] / timing["latency_ms"]
+    return speeds

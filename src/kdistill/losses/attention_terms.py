@@ -26,6 +26,22 @@ __all__ = ["AttentionKL", "AttentionMSE", "MiniLMv1", "MiniLMv2"]
 ATTENTION_INPUTS = ("probs", "scores")
 
 
+def _from_models_settings(
+    cls: type, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None
+) -> Term:
+    """A term that ``from_models`` builds against both models, from its settings' own keys."""
+    if student is None or teacher is None:
+        raise ValueError(f"the {settings.type} term is built against both models; give the student and the teacher")
+    return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
+
+
+class _RelationSettings(TermSettings):
+    """Which layers a relation term compares."""
+
+    student_layer: int | None = Field(None, ge=1, description="default: the student's last layer")
+    teacher_layer: int | None = Field(None, ge=1, description="default: the teacher's last layer")
+
+
 @register_term("attention_mse")
 class AttentionMSE(Term):
     """Mean squared error between mapped attention maps (TinyBERT's attention loss).
@@ -46,10 +62,7 @@ class AttentionMSE(Term):
         on: Literal["probs", "scores"] = "probs"
         heads: Literal["auto", "per_head", "average_teacher", "average_both"] = "auto"
 
-    @classmethod
-    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
-        assert student is not None and teacher is not None, "an attention term is built against both models"
-        return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
+    from_settings = classmethod(_from_models_settings)
 
     def __init__(self, layer_map: Mapping[int, int], on: str = "probs", heads: str = "auto") -> None:
         super().__init__()
@@ -198,14 +211,8 @@ class MiniLMv1(Term):
 
     compares_positions = True
 
-    class Settings(TermSettings):
-        student_layer: int | None = Field(None, ge=1, description="default: the student's last layer")
-        teacher_layer: int | None = Field(None, ge=1, description="default: the teacher's last layer")
-
-    @classmethod
-    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
-        assert student is not None and teacher is not None, "a relation term is built against both models"
-        return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
+    Settings = _RelationSettings
+    from_settings = classmethod(_from_models_settings)
 
     def __init__(self, student_layer: int, teacher_layer: int, heads: str = "auto") -> None:
         super().__init__()
@@ -265,15 +272,10 @@ class MiniLMv2(Term):
 
     compares_positions = True
 
-    class Settings(TermSettings):
-        student_layer: int | None = Field(None, ge=1, description="default: the student's last layer")
-        teacher_layer: int | None = Field(None, ge=1, description="default: the teacher's last layer")
+    class Settings(_RelationSettings):
         relation_heads: int | None = Field(None, ge=1, description="default: the teacher's heads")
 
-    @classmethod
-    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
-        assert student is not None and teacher is not None, "a relation term is built against both models"
-        return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
+    from_settings = classmethod(_from_models_settings)
 
     def __init__(
         self,

@@ -109,6 +109,25 @@ class PreparedData:
         return sizes
 
 
+def _columns(
+    table: TableSplit, tokenizer: Any, teacher_tokenizer: Any | None, max_length: int, name: str, progress: bool
+) -> dict[str, list[list[int]]]:
+    """A split's token ids (and the teacher's own, under ``teacher_*``, when it reads other tokens)."""
+    columns = tokenize(tokenizer, table, max_length, desc=f"tokenising {name}", progress=progress)
+    if teacher_tokenizer is not None:
+        columns.update(
+            tokenize(
+                teacher_tokenizer,
+                table,
+                max_length,
+                prefix=TEACHER_PREFIX,
+                desc=f"tokenising {name} (teacher)",
+                progress=progress,
+            )
+        )
+    return columns
+
+
 def prepare_data(
     config: DataConfig,
     student_tokenizer: Any,
@@ -152,41 +171,20 @@ def prepare_data(
                     "data.allow_different_tokenizers: true for sequence-level terms (kd, ce ...)"
                 )
             separate = True
-    datasets: dict[str, TokenizedDataset] = {}
-    for role, table in splits.items():
-        columns = tokenize(student_tokenizer, table, config.max_length, desc=f"tokenising {role}", progress=progress)
-        if separate:
-            columns.update(
-                tokenize(
-                    teacher_tokenizer,
-                    table,
-                    config.max_length,
-                    prefix=TEACHER_PREFIX,
-                    desc=f"tokenising {role} (teacher)",
-                    progress=progress,
-                )
-            )
-        datasets[role] = TokenizedDataset(columns, encode_labels(table, label_names), table.source)
+    teacher = teacher_tokenizer if separate else None
+
+    def tokenised(table: TableSplit, name: str, labels: list[int]) -> TokenizedDataset:
+        return TokenizedDataset(
+            _columns(table, student_tokenizer, teacher, config.max_length, name, progress), labels, table.source
+        )
+
+    datasets = {role: tokenised(table, role, encode_labels(table, label_names)) for role, table in splits.items()}
     augmented = None
     if augmenter is not None:
         texts, _ = augmenter.augment(splits["train"].texts)
         if texts:
             table = TableSplit(texts, None, [NO_LABEL] * len(texts), f"{splits['train'].source} (augmented)")
-            columns = tokenize(
-                student_tokenizer, table, config.max_length, desc="tokenising augmented", progress=progress
-            )
-            if separate:
-                columns.update(
-                    tokenize(
-                        teacher_tokenizer,
-                        table,
-                        config.max_length,
-                        prefix=TEACHER_PREFIX,
-                        desc="tokenising augmented (teacher)",
-                        progress=progress,
-                    )
-                )
-            augmented = TokenizedDataset(columns, [NO_LABEL] * len(texts), table.source)
+            augmented = tokenised(table, "augmented", [NO_LABEL] * len(texts))
     return PreparedData(
         train=datasets["train"],
         validation=datasets["validation"],

@@ -14,7 +14,7 @@ from kdistill.errors import ConfigError, DataError, KdistillError
 from kdistill.loading import load_tokenizer
 from kdistill.losses import HardCE, Objective
 from kdistill.preflight import check_max_length, check_token_ids, usable_positions
-from kdistill.speed import measure_speed
+from kdistill.speed import measure_speed, with_speedup
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
 from kdistill.tasks.text_classification.config import ClassifierOptions, DataConfig
@@ -248,8 +248,4 @@ class TextClassification(Task):
 
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
         inputs = {key: value for key, value in batch.items() if key not in ("labels", "kd_index")}
-        speeds = {name: measure_speed(model, inputs) for name, model in models.items()}
-        if "teacher" in speeds and "student" in speeds:
-            speeds["student"]["speedup"] = speeds["teacher"]["latency_ms"] / speeds["student"]["latency_ms"]
-            speeds["teacher"]["speedup"] = 1.0
-        return speeds
+        return with_speedup({name: measure_speed(model, inputs) for name, model in models.items()})
