@@ -40,8 +40,10 @@ def save_classifier(
     seed: int = 0,
     id2label: dict[int, str] | None = None,
     tokenizer_extra: tuple[str, ...] = (),
+    dropout: float = 0.0,
 ) -> Path:
-    """A ``BertForSequenceClassification`` from a config, saved with its tokenizer to ``folder``."""
+    """A ``BertForSequenceClassification`` from a config, saved with its tokenizer to ``folder``
+    (without dropout unless asked: most tests compare numbers exactly)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     tokenizer = write_tokenizer(folder, extra=tokenizer_extra)
@@ -54,8 +56,8 @@ def save_classifier(
         intermediate_size=hidden * 2,
         max_position_embeddings=64,
         num_labels=num_labels,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         **({"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}),
     )
     BertForSequenceClassification(config).save_pretrained(folder)

@@ -341,6 +341,9 @@ def _train_stage(
         best.keep(metrics, stage.name, step)
         return metrics
 
+    # the cache is built (or opened) before the stage's seed is set: building it draws from the
+    # global RNG (each DataLoader iterator does), which must not shift the stage's dropout
+    cache = caches.for_objective(stage.objective, stage.name)
     set_seed(training.seed + index)
     _restart_shuffle(loaders.train, training.seed + index)
     history = distill(
@@ -349,7 +352,7 @@ def _train_stage(
         loaders.train,
         objective=stage.objective,
         optimizer=optimizer,
-        teacher_cache=caches.for_objective(stage.objective, stage.name),
+        teacher_cache=cache,
         scheduler=scheduler,
         epochs=stage.epochs,
         max_steps=training.max_steps,
