@@ -199,8 +199,8 @@ def test_bf16_autocast_keeps_losses_in_float32(bert_pair):
     seen = []
     forward = Objective.forward
 
-    def recording(self, student_side, teacher_side, labels=None):
-        result = forward(self, student_side, teacher_side, labels)
+    def recording(self, student_side, teacher_side, labels=None, share=None):
+        result = forward(self, student_side, teacher_side, labels, share)
         seen.append(
             (
                 student_side.logits.dtype,

@@ -17,6 +17,7 @@ Hooks live only for the one forward pass and are removed even when it raises.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -193,6 +194,8 @@ def check_capture(module: nn.Module, request: CaptureRequest) -> None:
     """
     if request.hidden_states:
         _check_hidden_states(module)
+    if request.final_hidden:
+        _check_final_hidden(module)
     for path in sorted(request.modules):
         _submodule(module, path)
     _attention_plan(module, request)
@@ -230,9 +233,12 @@ def capture(
     attention_mask = attention_mask_of(inputs)
 
     call_kwargs: dict[str, Any] = {}
-    if request.hidden_states:
+    if request.hidden_states or request.final_hidden:
         _check_hidden_states(module)
         call_kwargs["output_hidden_states"] = True
+    if request.final_hidden and not request.logits and _keeps_logits(module):
+        # no position's logits: the loss computes them in chunks from the final hidden states
+        call_kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long)
 
     targets: dict[str, tuple[nn.Module, str]] = {
         f"module:{path}": (_submodule(module, path), f"module {path!r}") for path in sorted(request.modules)
@@ -260,11 +266,53 @@ def capture(
         features.modules[path] = _first_tensor(recorded[f"module:{path}"], path)
     if request.hidden_states:
         features.hidden_states = _select_layers(output, "hidden_states", request.hidden_states, offset=0)
+    if request.final_hidden:
+        features.final_hidden, features.output_layer = _final_hidden(output, module)
     if call_kwargs.get("output_attentions"):
         features.attentions = _select_layers(output, "attentions", request.attentions, offset=1)
     if layer_specs:
         _recompute_attention(features, recorded, layer_specs, request, attention_mask)
     return features
+
+
+def _keeps_logits(module: nn.Module) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (Hugging Face causal LMs do)."""
+    return "logits_to_keep" in inspect.signature(module.forward).parameters
+
+
+#: config attributes of families whose logits are not ``head(final_hidden)`` alone (Gemma 2's tanh
+#: soft-capping, Cohere's scale): the chunked token loss would compute other logits than the model's
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _check_final_hidden(module: nn.Module) -> None:
+    _check_hidden_states(module)
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        raise ValueError(
+            f"{type(module).__name__} has no linear output layer (get_output_embeddings): token-level "
+            "terms need a Hugging Face causal LM"
+        )
+    config = getattr(module, "config", None)
+    transforms = [name for name in _LOGIT_TRANSFORMS if getattr(config, name, None) not in (None, 1, 1.0)]
+    if transforms:
+        raise ValueError(
+            f"{type(module).__name__} transforms its logits ({', '.join(transforms)}), which the "
+            "chunked token loss does not reproduce; use a model whose logits are its output layer's"
+        )
+
+
+def _final_hidden(output: Any, module: nn.Module) -> tuple[Tensor, nn.Module]:
+    """The last of the output's hidden states (after the final norm: what the output layer reads) and
+    the output layer."""
+    states = getattr(output, "hidden_states", None)
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    if not isinstance(states, (tuple, list)) or not states or not isinstance(head, nn.Linear):
+        raise ValueError(
+            f"{type(module).__name__} gives no final hidden states and output layer (get_output_embeddings): "
+            "token-level terms need a Hugging Face causal LM"
+        )
+    return states[-1], head
 
 
 def _select_layers(output: Any, kind: str, layers: frozenset[int], offset: int) -> dict[int, Tensor]:

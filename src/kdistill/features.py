@@ -52,6 +52,8 @@ class CaptureRequest:
         attention_scores: layers whose pre-softmax attention scores ``Q Kᵀ/√d`` are needed.
         qkv: layers whose query, key and value projections are needed (relation losses).
         modules: dotted paths of submodules whose outputs are needed (any ``nn.Module``).
+        final_hidden: the final hidden states (after the last norm) and the output layer, from
+            which token-level losses compute the logits chunk by chunk instead of holding them.
     """
 
     logits: bool = True
@@ -60,6 +62,7 @@ class CaptureRequest:
     attention_scores: frozenset[int] = frozenset()
     qkv: frozenset[int] = frozenset()
     modules: frozenset[str] = frozenset()
+    final_hidden: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_states", _layer_set(self.hidden_states, "hidden_states", 0))
@@ -83,6 +86,7 @@ class CaptureRequest:
             attention_scores=self.attention_scores | other.attention_scores,
             qkv=self.qkv | other.qkv,
             modules=self.modules | other.modules,
+            final_hidden=self.final_hidden or other.final_hidden,
         )
 
     @property
@@ -93,7 +97,14 @@ class CaptureRequest:
     @property
     def logits_only(self) -> bool:
         """True when nothing but the logits is needed: a plain forward pass suffices."""
-        return not (self.hidden_states or self.attentions or self.attention_scores or self.qkv or self.modules)
+        return not (
+            self.hidden_states
+            or self.attentions
+            or self.attention_scores
+            or self.qkv
+            or self.modules
+            or self.final_hidden
+        )
 
     @property
     def attention_layers(self) -> frozenset[int]:
@@ -187,6 +198,8 @@ class Features:
         extras: anything else a custom term asked for, by name.
         output: the model's raw output (the Trainer returns it from ``compute_loss``).
         topk: a teacher's top-k distribution read from a cache, in place of ``logits``.
+        final_hidden: ``(B, L, H)`` the final hidden states, the output layer's input.
+        output_layer: the output layer (``lm_head``) that turns ``final_hidden`` into logits.
     """
 
     logits: Tensor | None = None
@@ -202,6 +215,8 @@ class Features:
     extras: dict[str, Any] = field(default_factory=dict)
     output: Any = None
     topk: TopKLogProbs | None = None
+    final_hidden: Tensor | None = None
+    output_layer: nn.Module | None = None
 
     def position_mask(self) -> Tensor | None:
         """The mask that selects counted positions of ``logits``.

@@ -13,7 +13,7 @@ from kdistill.capture import CaptureRequest, Features
 from kdistill.losses.functional import check_temperature, check_unit_interval
 from kdistill.losses.terms import HardCE, LogitKD, Term
 
-__all__ = ["LossOutput", "Objective"]
+__all__ = ["LossOutput", "Objective", "StepShare"]
 
 
 @dataclass
@@ -27,6 +27,28 @@ class LossOutput:
 
     total: Tensor
     parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepShare:
+    """How one micro-batch's loss enters its optimizer step.
+
+    A term that is a mean over the micro-batch is divided by the number of micro-batches of the
+    step (so the step's gradient is their mean); a token-level term, a sum over target tokens, is
+    divided by the target tokens of the whole step, all micro-batches and all processes, and
+    multiplied by the number of processes (DDP averages the processes' gradients). Either way,
+    the micro-batches' totals add up to the step's loss, whatever the split.
+
+    Attributes:
+        micro_batches: micro-batches in the step (gradient accumulation).
+        target_tokens: target tokens of the whole step, or None (token-level terms then divide
+            by their own micro-batch's count).
+        processes: processes training together.
+    """
+
+    micro_batches: int = 1
+    target_tokens: Tensor | int | None = None
+    processes: int = 1
 
 
 class Objective(nn.Module):
@@ -109,21 +131,40 @@ class Objective(nn.Module):
         """Whether an active term needs hard labels."""
         return any(self.terms[name].needs_labels for name in self.active)
 
-    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> LossOutput:
+    @property
+    def token_level(self) -> bool:
+        """Whether an active term is a sum over target tokens (its step needs the step's target tokens)."""
+        return any(self.terms[name].token_level for name in self.active)
+
+    def forward(
+        self, student: Features, teacher: Features, labels: Tensor | None = None, share: StepShare | None = None
+    ) -> LossOutput:
         """Compute every active term and their weighted sum.
 
         Args:
             student: the student's features (gradients flow through them).
             teacher: the teacher's features (treated as constants).
             labels: hard labels, ``(B,)`` or ``(B, L)``, for terms that need them.
+            share: how this micro-batch enters its optimizer step; then ``total`` and ``parts``
+                are this micro-batch's share of the step's loss, and they add up over the step.
+                Without it each term is a mean over this batch.
         """
-        total: Tensor | None = None
+        mean_total: Tensor | None = None
+        token_total: Tensor | None = None
         parts: dict[str, Tensor] = {}
         for name in self.active:
-            value = self.terms[name](student, teacher, labels).float()
-            parts[name] = value.detach()
-            weighted = self.weights[name] * value
-            total = weighted if total is None else total + weighted
+            term, weight = self.terms[name], self.weights[name]
+            if share is not None and term.token_level and share.target_tokens is not None:
+                value = term.token_sum(student, teacher, labels).float() / share.target_tokens * share.processes
+                parts[name] = value.detach()
+                token_total = weight * value if token_total is None else token_total + weight * value
+                continue
+            value = term(student, teacher, labels).float()
+            parts[name] = value.detach() if share is None else value.detach() / share.micro_batches
+            mean_total = weight * value if mean_total is None else mean_total + weight * value
+        if mean_total is not None and share is not None:
+            mean_total = mean_total / share.micro_batches
+        total = mean_total if token_total is None else token_total if mean_total is None else mean_total + token_total
         assert total is not None  # __init__ guarantees an active term
         return LossOutput(total=total, parts=parts)
 

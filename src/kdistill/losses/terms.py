@@ -31,6 +31,8 @@ class Term(nn.Module):
     needs_labels: ClassVar[bool] = False
     #: compares the two models position by position, so both must read the same tokens
     compares_positions: ClassVar[bool] = False
+    #: a sum over target tokens (``token_sum``), normalised by the target tokens of the whole step
+    token_level: ClassVar[bool] = False
     #: the name a config gives the term (set by :func:`~kdistill.losses.registry.register_term`)
     term_type: ClassVar[str | None] = None
 

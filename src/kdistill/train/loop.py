@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from kdistill.batch import example_indices, split_batch
 from kdistill.capture import capture
 from kdistill.errors import NonFiniteLossError
-from kdistill.losses.objective import Objective
+from kdistill.losses.objective import Objective, StepShare
+from kdistill.losses.token_terms import count_targets
 from kdistill.train.checkpoint import (
     TrainingState,
     find_resumable,
@@ -355,10 +356,9 @@ class _Loop:
         total: Tensor | None = None
         parts: dict[str, Tensor] = {}
         poisoned = False
+        share = self._share(group)
         for position, (index, batch) in enumerate(group):
-            result = self._loss_step(
-                batch, len(group), at_boundary=position == len(group) - 1, epoch=epoch, index=index
-            )
+            result = self._loss_step(batch, share, at_boundary=position == len(group) - 1, epoch=epoch, index=index)
             if result is None:
                 poisoned = True
                 continue
@@ -375,11 +375,26 @@ class _Loop:
         self.recorder.add(self.global_step, epoch, self.lr, parts, total)
         return True
 
+    def _share(self, group: list[tuple[int, Any]]) -> StepShare:
+        """How each micro-batch of ``group`` enters the step: for token-level terms the target tokens
+        of the whole step are counted first, over the group and over every process."""
+        if not self.objective.token_level:
+            return StepShare(micro_batches=len(group))
+        counts = [
+            count_targets(labels)
+            for _, batch in group
+            if (labels := split_batch(batch, self.label_key)[1]) is not None
+        ]
+        tokens = torch.stack(counts).sum().to(self.device) if counts else torch.zeros((), device=self.device)
+        if self.accelerator.num_processes > 1:
+            tokens = self.accelerator.reduce(tokens, reduction="sum")
+        return StepShare(len(group), tokens.clamp_min(1), self.accelerator.num_processes)
+
     def _loss_step(
-        self, batch: Any, group_size: int, *, at_boundary: bool, epoch: int, index: int
+        self, batch: Any, share: StepShare, *, at_boundary: bool, epoch: int, index: int
     ) -> tuple[Tensor, dict[str, Tensor]] | None:
-        """Forward both models on one micro-batch and backward its share of the loss; the loss and
-        its parts (detached, scaled to the group), or None when the loss is not finite."""
+        """Forward both models on one micro-batch and backward its share of the step's loss; that
+        share and its parts (detached), or None when the loss is not finite."""
         inputs, labels = split_batch(batch, self.label_key)
         # skip DDP's gradient all-reduce until the last batch of an accumulation group
         sync = contextlib.nullcontext() if at_boundary else self.accelerator.no_sync(self.student)
@@ -394,8 +409,8 @@ class _Loop:
                     device=self.device,
                 )
                 student_side = capture(self.student, inputs, self.student_request, module=self.student_module)
-            result = self.objective(student_side, teacher_side, labels)
-            loss = result.total / group_size
+            result = self.objective(student_side, teacher_side, labels, share=share)
+            loss = result.total
             if not bool(torch.isfinite(loss)):
                 bad = [name for name, value in result.parts.items() if not bool(torch.isfinite(value))]
                 self._nonfinite(
@@ -409,7 +424,7 @@ class _Loop:
                 self.scaler.scale(loss).backward()
             else:
                 self.accelerator.backward(loss)
-        return loss.detach(), {name: value / group_size for name, value in result.parts.items()}
+        return loss.detach(), result.parts
 
     def _optimizer_step(self, epoch: int, index: int) -> bool:
         """Clip, check and apply the accumulated gradients; False when the gradient norm is not finite."""
