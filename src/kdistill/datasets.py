@@ -91,8 +91,8 @@ class PaddingCollator:
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         for key in examples[0]:
-            if key == "labels" or isinstance(examples[0][key], int):
-                # one number per example: labels, and the example index a teacher cache reads
+            if isinstance(examples[0][key], int):
+                # one number per example: a class label, and the example index a teacher cache reads
                 batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
                 continue
             rows = [e[key] for e in examples]

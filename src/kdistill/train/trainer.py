@@ -18,7 +18,8 @@ from transformers import Trainer
 
 from kdistill.batch import INDEX_KEY
 from kdistill.capture import Features, attention_mask_of, capture
-from kdistill.losses.objective import Objective
+from kdistill.losses.objective import Objective, StepShare
+from kdistill.losses.token_terms import count_targets
 from kdistill.train.teacher import (
     NonFiniteTeacherError,
     check_teacher_source,
@@ -63,8 +64,9 @@ class DistillationTrainer(Trainer):
         >>> trainer.train()  # doctest: +SKIP
     """
 
-    # our loss is a mean over the micro-batch: let the Trainer divide it by the accumulation steps
-    loss_is_scaled_for_ga = False
+    # the objective scales each micro-batch's loss to its share of the step itself (StepShare: a
+    # mean term by the accumulation steps, a token-level term by the step's target tokens)
+    loss_is_scaled_for_ga = True
 
     def __init__(
         self,
@@ -91,15 +93,16 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if teacher_model is not None and teacher_model is self.model:
             raise ValueError("teacher_model and model are the same module; the student must be a separate model")
-        # Transformers < 4.50 reads this flag instead of loss_is_scaled_for_ga
-        self.model_accepts_loss_kwargs = False
+        # Transformers < 4.50 reads this flag instead of loss_is_scaled_for_ga: True means "the loss is
+        # already a share of the step, do not divide it by the accumulation steps" there too
+        self.model_accepts_loss_kwargs = True
         self.teacher = teacher_model
         if self.teacher is not None:
             self.teacher.eval()
             self.teacher.to(self.args.device)
         self.objective.to(self.args.device)
         self._part_sums: dict[str, Tensor] = {}
-        self._part_count = 0
+        self._part_steps: set[int] = set()
 
     @property
     def temperature(self) -> float | None:
@@ -179,8 +182,11 @@ class DistillationTrainer(Trainer):
     ) -> Tensor | tuple[Tensor, Any]:
         """The objective on the student's and the teacher's outputs for one batch.
 
-        ``num_items_in_batch`` is accepted for the Trainer's signature; the loss is a mean over the
-        batch and the Trainer divides it by the gradient-accumulation steps.
+        In training the loss is this micro-batch's share of the optimizer step's loss
+        (:class:`~kdistill.losses.objective.StepShare`): a mean term divided by the accumulation
+        steps, a token-level term divided by ``num_items_in_batch``, the target tokens of the
+        whole step over every process (:meth:`_get_num_items_in_batch` counts them). In evaluation
+        it is the batch's own mean.
         """
         inputs = dict(inputs)
         indices = inputs.pop(INDEX_KEY, None)
@@ -195,7 +201,11 @@ class DistillationTrainer(Trainer):
         mask = attention_mask_of(inputs)
         device = mask.device if mask is not None else next(model.parameters()).device
         teacher_side = self._teacher_features(inputs, indices, device)
-        result = self.objective(student_side, teacher_side, labels)
+        share = None
+        if model.training:
+            tokens = num_items_in_batch if self.objective.token_level else None
+            share = StepShare(self.current_gradient_accumulation_steps, tokens, self.accelerator.num_processes)
+        result = self.objective(student_side, teacher_side, labels, share=share)
         if not bool(torch.isfinite(result.total)):
             broken = nonfinite_teacher_fields(teacher_side)
             if broken:
@@ -208,13 +218,24 @@ class DistillationTrainer(Trainer):
             for name, value in result.parts.items():
                 # summed on the device; read once per logging step to avoid a sync per batch
                 self._part_sums[name] = value if name not in self._part_sums else self._part_sums[name] + value
-            self._part_count += 1
+            self._part_steps.add(self.state.global_step)
         return (result.total, student_side.output) if return_outputs else result.total
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Tensor | int | None:
+        """The target tokens of a whole optimizer step (next-token targets that count, over every
+        micro-batch and every process), for objectives with token-level terms; else the Trainer's own."""
+        if not self.objective.token_level:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        counts = [count_targets(batch["labels"]) for batch in batch_samples if "labels" in batch]
+        tokens = torch.stack(counts).sum().to(device) if counts else torch.zeros((), device=device)
+        if self.accelerator.num_processes > 1:
+            tokens = self.accelerator.reduce(tokens, reduction="sum")
+        return tokens.clamp_min(1)
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Add each loss part's mean since the last log to training logs."""
-        if "loss" in logs and self._part_count:
+        """Add each loss part's mean per optimizer step since the last log to training logs."""
+        if "loss" in logs and self._part_steps:
             for name, total in self._part_sums.items():
-                logs[f"loss_{name}"] = round(float(total) / self._part_count, 6)
-            self._part_sums, self._part_count = {}, 0
+                logs[f"loss_{name}"] = round(float(total) / len(self._part_steps), 6)
+            self._part_sums, self._part_steps = {}, set()
         super().log(logs, *args, **kwargs)
