@@ -1,0 +1,118 @@
+"""The ``data:`` section of a causal-language-model run: text or JSONL files, the keys their
+records use, tokens per block or example, the held-out splits and token budgets."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kdistill.errors import DataError
+from kdistill.schema import Section, Seed
+
+__all__ = ["LM_FORMATS", "LMDataConfig", "format_from_suffix"]
+
+#: the file formats and the suffixes that name them
+LM_FORMATS = {
+    "text": (".txt", ".text", ".md"),
+    "jsonl": (".jsonl", ".json", ".ndjson"),
+}
+
+
+def format_from_suffix(path: str | Path) -> str | None:
+    """``"text"`` or ``"jsonl"`` as the file's suffix says (any case), None when it says neither."""
+    suffix = Path(path).suffix.lower()
+    for name, suffixes in LM_FORMATS.items():
+        if suffix in suffixes:
+            return name
+    return None
+
+
+def _unknown_format(path: str) -> str:
+    known = "; ".join(f"{' '.join(suffixes)} for {name}" for name, suffixes in LM_FORMATS.items())
+    return f"cannot tell the format of {path!r} from its name ({known}): set data.format to text or jsonl"
+
+
+class LMDataConfig(Section):
+    """Where the text comes from and how it becomes blocks or examples of tokens."""
+
+    train: str = Field(min_length=1, description="a text file (one document) or a JSONL file (one record a line)")
+    validation: str | None = Field(
+        None, min_length=1, description="default: held out of train (data.validation_fraction)"
+    )
+    test: str | None = Field(
+        None, min_length=1, description="default: none, or held out of train (data.test_fraction)"
+    )
+    format: Literal["text", "jsonl"] | None = Field(
+        None, description="default: from the suffix (.txt .text .md: text; .jsonl .json .ndjson: jsonl)"
+    )
+    encoding: str = Field("utf-8", description="the text encoding of every file")
+    text_field: str = Field("text", min_length=1, description="the key of a JSONL record's text")
+    prompt_field: str = Field("prompt", min_length=1, description="the key of a JSONL record's prompt")
+    completion_field: str = Field(
+        "completion", min_length=1, description="the key of a JSONL record's completion (the tokens learned)"
+    )
+    messages_field: str = Field(
+        "messages", min_length=1, description="the key of a JSONL record's conversation ([{role, content} ...])"
+    )
+    max_length: int = Field(512, ge=8, le=1_048_576, description="tokens per block (text) or per example")
+    validation_fraction: float = Field(
+        0.05, gt=0, lt=1, description="share of the training blocks or examples held out when there is no validation"
+    )
+    test_fraction: float | None = Field(
+        None, gt=0, lt=1, description="share held out for a test split when there is no test file (before validation)"
+    )
+    split_seed: Seed = Field(42, description="the seed of the held-out splits and of the token budgets")
+    max_train_tokens: int | None = Field(
+        None, ge=1, description="keep training blocks or examples (in a seeded order) up to this many tokens"
+    )
+    max_eval_tokens: int | None = Field(
+        None, ge=1, description="likewise for the validation and test splits, to keep evaluation short"
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _text_encoding(cls, value: str) -> str:
+        try:
+            codec = codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+        # codecs also knows bytes-to-bytes transforms (base64, zlib, rot13): they give no text
+        if not getattr(codec, "_is_text_encoding", True):
+            raise ValueError(f"{value!r} is not a text encoding (e.g. utf-8, latin-1, cp1252)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LMDataConfig:
+        names = {
+            "text_field": self.text_field,
+            "prompt_field": self.prompt_field,
+            "completion_field": self.completion_field,
+            "messages_field": self.messages_field,
+        }
+        seen: dict[str, str] = {}
+        for option, key in names.items():
+            if key in seen:
+                raise ValueError(f"{seen[key]} and {option} name the same key {key!r}; give each its own key")
+            seen[key] = option
+        if self.format is None:
+            for role in ("train", "validation", "test"):
+                path = getattr(self, role)
+                if path is not None and format_from_suffix(path) is None:
+                    raise ValueError(f"{role}: {_unknown_format(path)}")
+        return self
+
+    def format_of(self, path: str | Path) -> str:
+        """The format a file is read in: ``data.format``, else its suffix's.
+
+        Raises:
+            DataError: no ``data.format`` and a suffix that names no format.
+        """
+        if self.format is not None:
+            return self.format
+        found = format_from_suffix(path)
+        if found is None:
+            raise DataError(_unknown_format(str(path)))
+        return found
