@@ -534,11 +534,6 @@ def test_a_template_that_refuses_a_conversation_names_its_line(tok: Any) -> None
     one_line(error, "'chat.jsonl' line 1", "roles must alternate")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core PaddingCollator stacks 'labels' as one number per example before its -100 padding branch; "
-    "remove this mark when it pads label sequences",
-)
 def test_examples_of_different_lengths_batch_through_the_core_collator(tok: Any) -> None:
     split = tokenize_documents(pairs(("to be", " or not"), ("hello", " world, how are you")), tok, config("a.jsonl"))
     batch = next(iter(make_loader(split.dataset, 2, PaddingCollator(tok.pad_token_id))))
