@@ -218,8 +218,10 @@ def load_any_model(location: str, role: str = "model", *, trust_remote_code: boo
         raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
 
 
-def load_tokenizer(location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
-    """Load a tokenizer (``AutoTokenizer``).
+def load_tokenizer(
+    location: str, role: str, *, revision: str | None = None, trust_remote_code: bool = False, **options: Any
+) -> Any:
+    """Load a tokenizer (``AutoTokenizer``); ``options`` go to ``from_pretrained`` (``gguf_file``).
 
     Raises:
         ModelLoadError: there is no tokenizer at ``location``.
@@ -228,7 +230,9 @@ def load_tokenizer(location: str, role: str, *, revision: str | None = None, tru
 
     source = _check_location(location, role, "a tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code, **options
+        )
     except NOT_LOAD_ERRORS:
         raise
     except LOAD_ERRORS as error:

@@ -24,7 +24,7 @@ __all__ = ["StudentReport", "make_student"]
 
 logger = logging.getLogger(__name__)
 
-_INTERMEDIATE_NAMES = ("intermediate_size", "hidden_dim", "ffn_dim")
+_INTERMEDIATE_NAMES = ("intermediate_size", "hidden_dim", "ffn_dim", "n_inner")
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,13 @@ def _student_config(
         )
     student_config.num_attention_heads = heads
     student_config.hidden_size = width
+    if isinstance(getattr(config, "head_dim", None), int):
+        student_config.head_dim = width // heads  # decoders (Llama, Qwen2, Mistral) keep it explicitly
+    teacher_kv = getattr(config, "num_key_value_heads", None)
+    if isinstance(teacher_kv, int) and dims.num_heads:
+        # grouped-query attention: keep the teacher's queries per key/value head where it divides
+        group = max(1, dims.num_heads // teacher_kv)
+        student_config.num_key_value_heads = heads // group if heads % group == 0 else heads
     for name in _INTERMEDIATE_NAMES:
         teacher_ffn = getattr(config, name, None)
         if isinstance(teacher_ffn, int) and not isinstance(teacher_ffn, bool):

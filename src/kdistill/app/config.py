@@ -69,6 +69,10 @@ class CacheConfig(Section):
     dir: str | None = Field(None, description="the cache folder; default: one per fingerprint under $KDISTILL_CACHE")
     dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="storage precision (see docs/cache.md)")
     batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="batch size of the teacher's pass")
+    top_k: int = Field(32, ge=1, le=65536, description="token-level terms (causal LMs): ids kept per token")
+    topk_dtype: Literal["fp32", "fp16", "bf16"] = Field(
+        "bf16", description="token-level terms: storage of the top-k log-probabilities (docs/cache.md)"
+    )
 
 
 class TeacherConfig(ModelSource):

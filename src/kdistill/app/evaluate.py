@@ -56,11 +56,11 @@ class EvalResult:
 
     metrics: dict[str, Any]
     metrics_file: Path
-    metric_columns: tuple[tuple[str, str], ...] = ()
+    task: Any = None
 
     def table(self) -> str:
         """The comparison table (the model and, with a teacher, the teacher)."""
-        return comparison_table(self.metrics, self.metric_columns)
+        return comparison_table(self.metrics, self.task)
 
 
 def resolve_target(
@@ -166,7 +166,7 @@ def evaluate(
         "teacher_model": target.teacher,
     }
     update_metrics_file(target.metrics_file, {"eval": results})
-    return EvalResult(results, target.metrics_file, task.metric_columns)
+    return EvalResult(results, target.metrics_file, task)
 
 
 def _folder(location: str | None) -> Path | None:

@@ -96,19 +96,19 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
 
 
 #: the columns of the comparison table (eval, distill and report.md)
-#: the columns every comparison table has after the task's metrics: ``(key, header)``
-SIZE_COLUMNS = (
-    ("parameters", "parameters"),
-    ("size", "weights"),
-    ("latency", "latency/batch"),
-    ("throughput", "examples/s"),
-    ("speedup", "speed-up"),
-)
-
-
-def comparison_columns(metric_columns: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+def comparison_columns(
+    metric_columns: Sequence[tuple[str, str]], throughput_unit: str = "examples/s"
+) -> tuple[tuple[str, str], ...]:
     """The comparison table's columns: the model, the task's metrics, then size and speed."""
-    return (("model", "model"), *metric_columns, *SIZE_COLUMNS)
+    return (
+        ("model", "model"),
+        *metric_columns,
+        ("parameters", "parameters"),
+        ("size", "weights"),
+        ("latency", "latency"),
+        ("throughput", throughput_unit),
+        ("speedup", "speed-up"),
+    )
 
 
 def comparison_rows(
@@ -129,12 +129,12 @@ def comparison_rows(
     return rows
 
 
-def comparison_table(
-    metrics: Mapping[str, Any], metric_columns: Sequence[tuple[str, str]], markdown: bool = False
-) -> str:
-    """The teacher-versus-student table of a metrics record (``kdistill distill``, ``eval`` and ``report.md``)."""
+def comparison_table(metrics: Mapping[str, Any], task: Any, markdown: bool = False) -> str:
+    """The teacher-versus-student table of a metrics record (``kdistill distill``, ``eval`` and ``report.md``),
+    with the task's metric columns and throughput unit."""
     models = {name: metrics[name] for name in ("teacher", "student") if name in metrics}
-    rows, columns = comparison_rows(models, metric_columns), comparison_columns(metric_columns)
+    rows = comparison_rows(models, task.metric_columns)
+    columns = comparison_columns(task.metric_columns, task.throughput_unit)
     return markdown_table(rows, columns) if markdown else format_table(rows, columns)
 
 
@@ -278,27 +278,32 @@ def _validation_lines(metrics: Mapping[str, Any], primary: str, higher_is_better
     ]
 
 
-def write_report(
-    path: str | Path,
-    metrics: Mapping[str, Any],
-    *,
-    metric_columns: Sequence[tuple[str, str]],
-    primary: str,
-    higher_is_better: bool = True,
-    files: Sequence[str] = (),
-) -> Path:
+def _sample_lines(samples: Sequence[Mapping[str, str]]) -> list[str]:
+    """Each model's continuation of the same prompts, side by side (a task that generates gives them)."""
+    if not samples:
+        return []
+    lines = ["", "## Samples", "", "Greedy continuations of the same prompts (test split):", ""]
+    for number, sample in enumerate(samples, 1):
+        lines.append(f"**Prompt {number}**")
+        lines += ["", "```text", sample["prompt"].strip(), "```", ""]
+        for name in ("teacher", "student"):
+            if name in sample:
+                lines += [f"*{name}*:", "", "```text", sample[name].strip(), "```", ""]
+    return lines
+
+
+def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, files: Sequence[str] = ()) -> Path:
     """Write ``report.md``: what was distilled, the comparison table, the training and the files.
 
     Args:
         path: the Markdown file.
         metrics: the content of ``metrics.json``.
-        metric_columns: the task's columns of the table.
-        primary: the task's primary metric (how the best student was chosen).
-        higher_is_better: the direction of ``primary``.
+        task: the run's task (its metric columns, primary metric and speed measurement).
         files: the run folder's entries, listed with what each holds.
     """
     data = metrics.get("data", {})
     evaluated = data.get("evaluated_on", "validation")
+    primary = task.primary_metric
     lines = [
         f"# kdistill run: {metrics.get('run', {}).get('name', '')}",
         "",
@@ -306,15 +311,16 @@ def write_report(
         "",
         f"## Results on the {evaluated} split ({data.get(evaluated, '?')} examples)",
         "",
-        comparison_table(metrics, metric_columns, markdown=True),
+        comparison_table(metrics, task, markdown=True),
     ]
     speed = metrics.get("speed", {})
     if speed:
-        lines += [
-            "",
-            f"Latency is the median CPU time of one batch of {int(speed.get('batch_size') or 0)} examples "
-            f"({speed.get('threads', '?')} threads); weights are the weight files on disk.",
-        ]
+        note = task.speed_note.format(batch=int(speed.get("batch_size") or 0), threads=speed.get("threads", "?"))
+        lines += ["", f"{note}; weights are the weight files on disk."]
+    final = metrics.get("final_validation", {})
+    if final and evaluated != "validation":
+        shown = ", ".join(f"{name} {values[primary]:.4f}" for name, values in final.items() if primary in values)
+        lines += ["", f"On the validation split, {primary}: {shown}."]
     lines += ["", "## Training", ""]
     for stage in metrics.get("training", {}).get("stages", []):
         losses = ", ".join(f"{k} {v:.4f}" for k, v in stage.get("final", {}).items())
@@ -322,17 +328,15 @@ def write_report(
             f"- stage `{stage['name']}`: {stage['steps']} steps, objective `{stage['objective']}`; "
             f"last epoch: {losses}"
         )
-    lines += _validation_lines(metrics, primary, higher_is_better)
+    lines += _validation_lines(metrics, primary, task.higher_is_better)
+    counts = ", ".join(f"{k} {v:,}" for k, v in data.items() if isinstance(v, int))
     details = ", ".join(
         f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in data.items()
         if not isinstance(v, int) and k != "evaluated_on"
     )
-    lines += [
-        "",
-        f"Data: {', '.join(f'{k} {v:,}' for k, v in data.items() if isinstance(v, int))} examples"
-        + (f"; {details}." if details else "."),
-    ]
+    lines += ["", f"Data: {counts}" + (f"; {details}." if details else ".")]
+    lines += _sample_lines(metrics.get("samples", []))
     if "training_curves.png" in files:
         lines += ["", "![training curves](training_curves.png)"]
     lines += ["", "## Files", ""] + [f"- `{name}`: {FILE_NOTES[name]}" for name in files if name in FILE_NOTES] + [""]

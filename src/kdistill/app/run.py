@@ -83,16 +83,16 @@ class RunResult:
     Attributes:
         folder: the run folder.
         metrics: the content of its ``metrics.json``.
-        metric_columns: the task's columns of the comparison table.
+        task: the run's task (the columns of its table).
     """
 
     folder: Path
     metrics: dict[str, Any] = field(default_factory=dict)
-    metric_columns: Sequence[tuple[str, str]] = ()
+    task: Task | None = None
 
     def table(self) -> str:
         """The teacher-versus-student table of the run."""
-        return comparison_table(self.metrics, self.metric_columns)
+        return comparison_table(self.metrics, self.task or get_task("text_classification"))
 
 
 # ---------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     stages: list[Stage] = []
     if models.student is not None:
         assert config.objective is not None  # the schema gives a run with a student its objective
-        stages = build_stages(config.objective, config.training, models.student, models.teacher)
+        stages = build_stages(config.objective, config.training, models.student, models.teacher, task)
         check_stage_capture(stages, models.student, models.teacher)
     return PreparedRun(config, task, models, data, stages)
 
@@ -343,9 +343,10 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
             STUDENT_DIR, lambda target: run.task.save(models.student, models.tokenizer, target)
         )
         logger.info("student saved to %s", folders["student"])
+    models_as_fed = routed(models, data)
     measured, speed = measure_models(
         run.task,
-        routed(models, data),
+        models_as_fed,
         folders,
         loaders.evaluation,
         loaders.probe,
@@ -353,6 +354,11 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
         desc=loaders.evaluated_on,
     )
     metrics = _metrics(run, folder, measured, speed, trained, loaders, time.time() - started)
+    if loaders.evaluated_on != "validation":
+        metrics["final_validation"] = run.task.evaluate(
+            models_as_fed, loaders.validation, progress=progress, desc="validation"
+        )
+    metrics["samples"] = run.task.samples(models_as_fed, data, models.tokenizer)
     update_metrics_file(folder.record(METRICS_FILE), metrics)
     plot_curves(
         trained.histories,
@@ -365,13 +371,11 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
     write_report(
         folder.path / REPORT_FILE,
         metrics,
-        metric_columns=run.task.metric_columns,
-        primary=run.task.primary_metric,
-        higher_is_better=run.task.higher_is_better,
+        task=run.task,
         files=sorted(name for name in folder.entries() if name != REPORT_FILE),
     )
     logger.info("run finished in %.0f s: %s", metrics["run"]["seconds"], folder.path)
-    return RunResult(folder=folder.path, metrics=metrics, metric_columns=run.task.metric_columns)
+    return RunResult(folder=folder.path, metrics=metrics, task=run.task)
 
 
 def _teacher_folder(run: PreparedRun, folder: RunFolder) -> Path | None:

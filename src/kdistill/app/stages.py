@@ -43,13 +43,16 @@ class Stage:
 
 
 def _stages(
-    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module
+    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module, task: Any
 ) -> list[Stage]:
     if objective.terms is not None:
         terms = {name: build_term(spec, student, teacher) for name, spec in objective.terms.items()}
         weights = {name: spec.weight for name, spec in objective.terms.items()}
         return [Stage("distill", Objective(terms, weights), training.epochs, training.lr)]
     assert objective.temperature is not None and objective.alpha is not None  # the schema fills them per preset
+    own = task.preset_objective(objective.preset, objective.temperature, objective.alpha) if task else None
+    if own is not None:
+        return [Stage("distill", own, training.epochs, training.lr)]
     if objective.preset == "tinybert":
         settings = objective.tinybert
         assert settings is not None and settings.intermediate_epochs and settings.prediction_epochs
@@ -104,16 +107,17 @@ def _stages(
 
 
 def build_stages(
-    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module
+    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module, task: Any = None
 ) -> list[Stage]:
-    """The training stages of ``objective``, built against the two models.
+    """The training stages of ``objective``, built against the two models; a preset is the task's
+    own objective where the task has one (:meth:`~kdistill.tasks.base.Task.preset_objective`).
 
     Raises:
         ConfigError: the objective does not fit the models (a layer out of range, widths that a
             relation head count does not divide ...).
     """
     try:
-        return _stages(objective, training, student, teacher)
+        return _stages(objective, training, student, teacher, task)
     except KdistillError:
         raise
     except (ValueError, TypeError) as error:

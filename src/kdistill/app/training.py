@@ -126,6 +126,21 @@ class _StageCaches:
         quarter of a second, so only runs that use a cache pay it, once."""
         return {"tokenizer": fingerprint_tokenizer(self.tokenizer), "max_length": self.max_length}
 
+    def _spec(self, objective: Objective, request: Any, stage: str) -> CacheSpec | None:
+        """What to store: logits and hidden states, or for token-level terms each token's top-k at
+        the terms' temperature (None when they want different temperatures: the teacher runs online)."""
+        if not request.final_hidden:
+            return CacheSpec(logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)),
+                             dtype=self.settings.dtype)
+        temperatures = {term.temperature for term in objective.terms.values()
+                        if term.token_level and hasattr(term, "temperature")}
+        if len(temperatures) != 1:
+            logger.info("stage %s: its token-level terms use temperatures %s; a top-k cache holds one, so the "
+                        "teacher runs online", stage, sorted(temperatures))
+            return None
+        return CacheSpec(top_k=self.settings.top_k, temperature=temperatures.pop(), dtype=self.settings.topk_dtype,
+                         from_hidden=True)
+
     def for_objective(self, objective: Objective, stage: str) -> TeacherCache | None:
         """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
         request = objective.request("teacher")
@@ -138,9 +153,9 @@ class _StageCaches:
                 stage,
             )
             return None
-        spec = CacheSpec(
-            logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)), dtype=self.settings.dtype
-        )
+        spec = self._spec(objective, request, stage)
+        if spec is None:
+            return None
         if spec not in self.built:
             fingerprint, parts = cache_key(self.teacher, self.data.distill, spec, self.tokenization)
             folder = (

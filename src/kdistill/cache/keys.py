@@ -45,6 +45,8 @@ class CacheSpec:
         temperature: the temperature of the stored top-k log-probabilities (top-k only: the
             rest mass at another temperature cannot be recovered from k values).
         dtype: storage precision of floating-point fields: ``fp32``, ``fp16`` or ``bf16``.
+        from_hidden: compute the top-k per token from the teacher's final hidden states and output
+            layer, chunk by chunk (causal LMs: a batch's full logits are never held).
     """
 
     logits: bool = True
@@ -52,6 +54,7 @@ class CacheSpec:
     top_k: int | None = None
     temperature: float | None = None
     dtype: str = "fp32"
+    from_hidden: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in STORAGE_DTYPES:
@@ -65,13 +68,17 @@ class CacheSpec:
             if self.logits:
                 object.__setattr__(self, "logits", False)  # top-k replaces the full logits
         object.__setattr__(self, "hidden_states", tuple(sorted(set(self.hidden_states))))
+        if self.from_hidden and self.top_k is None:
+            raise ValueError("from_hidden computes a top-k cache: give top_k too")
         if not (self.logits or self.top_k or self.hidden_states):
             raise ValueError("the cache spec stores nothing: enable logits, top_k or hidden_states")
 
     def request(self) -> CaptureRequest:
         """What the teacher's forward pass must produce to fill this cache."""
         return CaptureRequest(
-            logits=self.logits or self.top_k is not None, hidden_states=frozenset(self.hidden_states)
+            logits=self.logits or (self.top_k is not None and not self.from_hidden),
+            hidden_states=frozenset(self.hidden_states),
+            final_hidden=self.from_hidden,
         )
 
 
@@ -156,9 +163,18 @@ def cache_key(
         "teacher": fingerprint_teacher(teacher),
         "dataset": fingerprint_dataset(dataset),
         "tokenization": _hash_json(dict(tokenization or {})),
-        "spec": _hash_json(asdict(spec or CacheSpec())),
+        "spec": _hash_json(_spec_key(spec or CacheSpec())),
     }
     return _hash_json({"format": FORMAT_VERSION, **parts}), parts
+
+
+def _spec_key(spec: CacheSpec) -> dict[str, Any]:
+    """What is stored, as the key sees it: ``from_hidden`` only where set, so that the keys of caches
+    built before it existed stay valid."""
+    fields = asdict(spec)
+    if not fields["from_hidden"]:
+        del fields["from_hidden"]
+    return fields
 
 
 def _hash_json(value: Any) -> str:

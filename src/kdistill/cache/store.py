@@ -31,6 +31,33 @@ from kdistill.train.teacher import NonFiniteTeacherError, nonfinite_teacher_fiel
 logger = logging.getLogger("kdistill.cache")
 
 
+def _compact_ids(indices: Tensor) -> np.ndarray:
+    """Top-k ids in the narrowest unsigned type that holds them: 16 bits for vocabularies up to 65,536."""
+    array = indices.detach().cpu().numpy()
+    return array.astype(np.uint16 if int(array.max(initial=0)) < 2**16 else np.uint32)
+
+
+def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict[str, Tensor]:
+    """The top-k log-probabilities, ids and rest mass of each kept token, computed chunk by chunk from the
+    final hidden states and the output layer (a causal LM's logits are never held whole)."""
+    from kdistill.losses.chunked import default_chunk_size
+
+    hidden, layer = features.final_hidden[keep], features.output_layer
+    assert spec.top_k is not None and spec.temperature is not None and layer is not None
+    vocab = layer.weight.shape[0]
+    k, step = min(spec.top_k, vocab), default_chunk_size(vocab)
+    values, ids, rests = [], [], []
+    for start in range(0, hidden.shape[0], step):
+        logits = hidden[start:start + step].float() @ layer.weight.float().T
+        if layer.bias is not None:
+            logits = logits + layer.bias.float()
+        top, index = torch.log_softmax(logits / spec.temperature, dim=-1).topk(k, dim=-1)
+        kept = torch.logsumexp(top, dim=-1).clamp(max=0.0)
+        rest = torch.log(-torch.expm1(kept)) if k < vocab else torch.full_like(kept, float("-inf"))
+        values.append(top), ids.append(index), rests.append(rest)
+    return {"topk_logprobs": torch.cat(values), "topk_indices": torch.cat(ids), "topk_rest": torch.cat(rests)}
+
+
 class TeacherCache:
     """A teacher's outputs over a dataset, stored on disk and read back per batch.
 
@@ -236,7 +263,7 @@ class TeacherCache:
                 values, indices = log_probs.topk(k, dim=-1)
                 kept = torch.logsumexp(values, dim=-1).clamp(max=0.0)
                 target["topk_logprobs"] = values
-                target["topk_indices"] = indices.to(torch.int32 if logits.shape[-1] < 2**31 else torch.int64)
+                target["topk_indices"] = indices
                 rest = torch.log(-torch.expm1(kept))  # log(1 - kept mass)
                 if k == logits.shape[-1]:
                     rest = torch.full_like(rest, float("-inf"))  # nothing is left out; the rest is rounding
@@ -246,22 +273,25 @@ class TeacherCache:
         for layer in spec.hidden_states:
             per_token_rows[f"hidden.{layer}"] = features.hidden_states[layer]
         counts: list[int] = []
-        if per_token_rows:
-            first = next(iter(per_token_rows.values()))
+        if per_token_rows or spec.from_hidden:
+            first = features.final_hidden if spec.from_hidden else next(iter(per_token_rows.values()))
             keep = (
                 mask.bool() if mask is not None else torch.ones(first.shape[:2], dtype=torch.bool, device=first.device)
             )
             counts = keep.sum(dim=1).tolist()
             per_token_rows = {name: value[keep] for name, value in per_token_rows.items()}
+            if spec.from_hidden:
+                per_token_rows.update(_topk_from_hidden(features, keep, spec))
         out: dict[str, np.ndarray] = {}
         for per_token, rows in ((True, per_token_rows), (False, per_example_rows)):
             for name, value in rows.items():
                 is_float = value.is_floating_point()
-                array = (
-                    _to_storage(value, spec.dtype)
-                    if is_float and name != "topk_rest"
-                    else (value.detach().float().cpu().numpy() if is_float else value.detach().cpu().numpy())
-                )
+                if name == "topk_indices":
+                    array = _compact_ids(value)
+                elif is_float and name != "topk_rest":
+                    array = _to_storage(value, spec.dtype)
+                else:
+                    array = value.detach().float().cpu().numpy() if is_float else value.detach().cpu().numpy()
                 fields.setdefault(
                     name,
                     {
@@ -319,6 +349,8 @@ class TeacherCache:
 
     def provides(self, request: CaptureRequest) -> str | None:
         """None if the cache holds what ``request`` asks of the teacher, else what is missing."""
+        if request.final_hidden and not (self.spec.top_k and self.spec.from_hidden):
+            return "the teacher's next-token distributions (build the cache with top_k and from_hidden)"
         if request.logits and not (self.spec.logits or self.spec.top_k):
             return "the teacher's logits (build the cache with logits=True or top_k)"
         missing = sorted(set(request.hidden_states) - set(self.spec.hidden_states))
@@ -363,7 +395,11 @@ class TeacherCache:
                 return _from_storage(stacked, storage).to(device)
             return torch.from_numpy(stacked.copy()).to(device)
         flat = np.concatenate(rows)
-        values = _from_storage(flat, storage) if storage in STORAGE_DTYPES else torch.from_numpy(flat.copy())
+        if storage in STORAGE_DTYPES:
+            values = _from_storage(flat, storage)
+        else:
+            # ids kept as unsigned 16 bits where the vocabulary fits: widened to int64 on reading
+            values = torch.from_numpy(flat.astype(np.int64) if flat.dtype.kind == "u" else flat.copy())
         keep = mask.bool().cpu() if mask is not None else None
         if keep is None:
             length = max(counts)

@@ -14,7 +14,10 @@ from kdistill.tasks.base import Models, Task, TaskData
 __all__ = ["BUILTIN_TASKS", "Models", "Task", "TaskData", "get_task", "register_task", "task_names"]
 
 #: tasks that ship with kdistill: name -> the module that registers it
-BUILTIN_TASKS = {"text_classification": "kdistill.tasks.text_classification"}
+BUILTIN_TASKS = {
+    "text_classification": "kdistill.tasks.text_classification",
+    "causal_lm": "kdistill.tasks.causal_lm",
+}
 
 _TASKS: dict[str, Task] = {}
 

@@ -99,6 +99,10 @@ class Task(ABC):
     higher_is_better: ClassVar[bool] = True
     #: the task's columns of the comparison table: ``(metric key, header)``
     metric_columns: ClassVar[tuple[tuple[str, str], ...]]
+    #: what the speed measurement times, for the report (``{batch}`` and ``{threads}`` are filled in)
+    speed_note: ClassVar[str] = "Latency is the median CPU time of one batch of {batch} examples ({threads} threads)"
+    #: the unit of the throughput column
+    throughput_unit: ClassVar[str] = "examples/s"
 
     @abstractmethod
     def read(self, data: Section) -> Any:
@@ -122,6 +126,15 @@ class Task(ABC):
     @abstractmethod
     def prepare(self, data: Section, raw: Any, models: Models, *, progress: bool) -> TaskData:
         """Tokenise the splits once and make the collator."""
+
+    def preset_objective(self, preset: str, temperature: float, alpha: float) -> Objective | None:
+        """The objective of an ``objective.preset`` for this task's models, or None for kdistill's own
+        (``hinton``: soft labels and hard labels of a classifier's logits)."""
+        return None
+
+    def samples(self, models: Mapping[str, nn.Module], data: TaskData, tokenizer: Any) -> list[dict[str, str]]:
+        """Examples of each model's output side by side for the report (none by default)."""
+        return []
 
     @abstractmethod
     def finetune_objective(self) -> Objective:

@@ -1,0 +1,196 @@
+"""Causal language models: a decoder distilled into a smaller one, token by token."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdistill.datasets import PaddingCollator
+from kdistill.errors import ConfigError, ModelLoadError
+from kdistill.losses import Objective
+from kdistill.losses.token_terms import TokenCE, TokenKD
+from kdistill.preflight import check_max_length, check_token_ids
+from kdistill.speed import with_speedup
+from kdistill.tasks.base import Models, Task, TaskData
+from kdistill.tasks.causal_lm.config import LMDataConfig
+from kdistill.tasks.causal_lm.data import check_tokenizers, prepare_splits, shared_vocab_size, tokenize_documents
+from kdistill.tasks.causal_lm.evaluation import generate, generation_speed, language_model_metrics
+from kdistill.tasks.causal_lm.models import LMModelOptions, load_causal_lm, load_lm_tokenizer, student_lm
+from kdistill.tasks.causal_lm.reading import read_documents
+
+__all__ = ["CausalLM"]
+
+#: tokens of a test example that prompt the sample continuations of the report, and tokens generated
+SAMPLE_PROMPT, SAMPLE_TOKENS = 48, 40
+
+
+class CausalLM(Task):
+    """Next-token prediction with ``AutoModelForCausalLM`` (Llama/SmolLM2, Qwen2, Mistral, GPT-2 ...)."""
+
+    name = "causal_lm"
+    data_section = LMDataConfig
+    teacher_options = LMModelOptions
+    primary_metric = "perplexity"
+    higher_is_better = False
+    metric_columns = (("perplexity", "perplexity"), ("agreement", "next-token agreement"))
+    speed_note = (
+        "Latency is the median CPU time per generated token (greedy decoding with the KV cache, batch "
+        "{batch}, {threads} threads), teacher and student timed in alternating rounds"
+    )
+    throughput_unit = "tokens/s"
+
+    def read(self, data: LMDataConfig) -> LMDataConfig:
+        # the texts are tokenised once the tokenizer is loaded (prepare); reading them alone would
+        # read them twice, so this step only checks that the training file is there
+        if not Path(data.train).is_file():
+            read_documents(data.train, data)  # raises the one-line DataError of a missing file
+        return data
+
+    def load_models(self, teacher: Any, student: Any | None, raw: Any, *, seed: int) -> Models:
+        location = teacher.location()
+        loaded = load_causal_lm(
+            location,
+            "teacher",
+            gguf_file=teacher.gguf_file,
+            revision=teacher.revision,
+            trust_remote_code=teacher.trust_remote_code,
+        )
+        tokenizer = load_lm_tokenizer(
+            teacher.tokenizer or location,
+            "teacher",
+            gguf_file=teacher.gguf_file,
+            revision=teacher.revision,
+            trust_remote_code=teacher.trust_remote_code,
+        )
+        built, note, student_tokenizer = None, "", tokenizer
+        if student is not None:
+            torch.manual_seed(seed)
+            built, note, own_tokenizer = student_lm(student, loaded.model)
+            if own_tokenizer is not None:
+                check_tokenizers(own_tokenizer, tokenizer, _sample_texts(raw))
+                student_tokenizer = own_tokenizer
+            shared = shared_vocab_size(_rows(built), _rows(loaded.model), tokenizer)
+            if shared is not None:
+                note += (
+                    f"; the heads differ in size ({_rows(built):,} and {_rows(loaded.model):,} rows): compared "
+                    f"on the {shared:,} ids both have"
+                )
+        return Models(
+            teacher=loaded.model,
+            teacher_location=location,
+            student=built,
+            tokenizer=student_tokenizer,
+            teacher_tokenizer=tokenizer,
+            student_note=note,
+        )
+
+    def prepare(self, data: LMDataConfig, raw: Any, models: Models, *, progress: bool) -> TaskData:
+        readers = [("teacher", models.teacher)] + ([("student", models.student)] if models.student is not None else [])
+        check_max_length(data.max_length, readers)
+        splits = prepare_splits(data, models.tokenizer, progress=progress)
+        for split in splits.values():
+            for role, model in readers:
+                check_token_ids(split.dataset.columns["input_ids"], model, role, f"the {role}'s tokenizer")
+        pad = models.tokenizer.pad_token_id
+        collate = PaddingCollator(pad_token_id=pad if pad is not None else models.tokenizer.eos_token_id)
+        train, validation, test = splits["train"], splits["validation"], splits.get("test")
+        sizes = {role: len(split) for role, split in splits.items()}
+        sizes.update({f"{role}_tokens": split.tokens for role, split in splits.items()})
+        return TaskData(
+            train=train.dataset,
+            validation=validation.dataset,
+            test=test.dataset if test else None,
+            distill=train.dataset,
+            collate=collate,
+            sizes=sizes,
+            description=train.describe(),
+            details={"train": train.describe(), "target_tokens": train.stats["target_tokens"]},
+        )
+
+    def preset_objective(self, preset: str, temperature: float, alpha: float) -> Objective | None:
+        if preset != "hinton":
+            raise ConfigError(
+                f"objective.preset {preset} is a recipe for encoders; a causal LM distils with "
+                "preset: hinton or with terms: (token_kd, token_ce)"
+            )
+        return Objective(
+            {"kd": TokenKD("forward_kl", temperature), "ce": TokenCE()}, weights={"kd": alpha, "ce": 1.0 - alpha}
+        )
+
+    def finetune_objective(self) -> Objective:
+        return Objective({"ce": TokenCE()})
+
+    def evaluate(
+        self, models: Mapping[str, nn.Module], loader: DataLoader, *, progress: bool, desc: str = "evaluating"
+    ) -> dict[str, dict[str, float]]:
+        return language_model_metrics(models, loader, progress=progress, desc=desc)
+
+    def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
+        prompt = batch["input_ids"][:1, :SAMPLE_PROMPT]
+        eos = getattr(next(iter(models.values())).config, "eos_token_id", None)
+        return with_speedup(generation_speed(models, prompt, eos_token_id=eos if isinstance(eos, int) else None))
+
+    def samples(
+        self, models: Mapping[str, nn.Module], data: TaskData, tokenizer: Any, count: int = 3
+    ) -> list[dict[str, str]]:  # type: ignore[override]
+        """Continuations of a few test (or validation) prompts by each model, greedy, side by side."""
+        split = data.test if data.test is not None else data.validation
+        found = []
+        for index in range(min(count, len(split))):
+            prompt = torch.tensor([split[index]["input_ids"][:SAMPLE_PROMPT]])
+            entry = {"prompt": tokenizer.decode(prompt[0])}
+            for name, model in models.items():
+                entry[name] = tokenizer.decode(generate(model, prompt, SAMPLE_TOKENS, tokenizer.eos_token_id)[0])
+            found.append(entry)
+        return found
+
+    def load_trained(self, location: str, role: str) -> tuple[nn.Module, Any]:
+        return load_causal_lm(location, role).model, load_lm_tokenizer(location, role)
+
+    def eval_data(
+        self,
+        data: LMDataConfig,
+        path: str,
+        models: Mapping[str, tuple[nn.Module, Any]],
+        *,
+        max_length: int | None,
+        max_examples: int | None,
+        progress: bool,
+    ) -> TaskData:
+        model, tokenizer = models["student"]
+        settings = data.model_copy(update={"max_length": max_length or data.max_length})
+        if "teacher" in models:
+            check_tokenizers(tokenizer, models["teacher"][1], [])
+        check_max_length(settings.max_length, [(name, pair[0]) for name, pair in models.items()], "--max-length")
+        split = tokenize_documents(read_documents(path, settings, role="data"), tokenizer, settings, progress=progress)
+        if max_examples is not None and len(split) > max_examples:
+            split = split.subset(range(max_examples), f"{split.source} (first {max_examples})")
+        check_token_ids(split.dataset.columns["input_ids"], model, "model", "the model's folder")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        dataset = split.dataset
+        return TaskData(
+            train=dataset,
+            validation=dataset,
+            test=dataset,
+            distill=dataset,
+            collate=PaddingCollator(pad_token_id=pad),
+            sizes={"test": len(dataset)},
+        )
+
+
+def _rows(model: nn.Module) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def _sample_texts(data: LMDataConfig) -> list[str]:
+    """A few thousand characters of the training file, to compare two tokenizers on."""
+    try:
+        with open(data.train, encoding=data.encoding, errors="replace") as handle:
+            return [handle.read(4000)]
+    except OSError:
+        raise ModelLoadError(f"cannot read {data.train!r} to compare the tokenizers") from None
