@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lm_fixtures import CORPUS, make_tokenizer
 from pydantic import ValidationError
 
 from kdistill.datasets import IGNORE_INDEX, PaddingCollator, make_loader
@@ -24,46 +25,6 @@ from kdistill.tasks.causal_lm.data import (
     tokenize_documents,
 )
 from kdistill.tasks.causal_lm.reading import Documents, read_documents
-
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "the cat sat on the mat and the dog sat on the log",
-    "to be or not to be, that is the question",
-    "the user asks a question and the assistant answers it",
-    "hello world, how are you today? fine, thank you",
-]
-SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-
-
-def make_tokenizer(
-    vocab_size: int = 300, *, chat_template: str | None = CHATML, eos: bool = True, corpus: list[str] | None = None
-) -> Any:
-    """A byte-level BPE ``PreTrainedTokenizerFast`` that adds ``<s>`` in front when asked to add special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator((corpus or CORPUS) * 5, trainer)
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>" if eos else None,
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        chat_template=chat_template,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -163,8 +163,9 @@ def test_the_cache_key_follows_the_tokenizers_content_not_its_folder(tmp_path: P
 def test_building_the_cache_does_not_shift_the_stages_random_draws(workspace: Path, tmp_path: Path) -> None:
     """With dropout on, a run that builds its cache and a run that reuses it train the same student:
     building it (a DataLoader iterator draws from the global RNG) happens before the stage's seed."""
-    save_classifier(tmp_path / "teacher", num_layers=2, hidden=32, heads=4, seed=1, id2label={0: "neg", 1: "pos"},
-                    dropout=0.2)
+    save_classifier(
+        tmp_path / "teacher", num_layers=2, hidden=32, heads=4, seed=1, id2label={0: "neg", 1: "pos"}, dropout=0.2
+    )
     overrides = [f"teacher.path={tmp_path / 'teacher'}", f"teacher.cache={tmp_path / 'cache'}"]
     built = distill(workspace, tmp_path / "built", *overrides)
     reused = distill(workspace, tmp_path / "reused", *overrides)

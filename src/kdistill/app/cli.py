@@ -280,7 +280,8 @@ def _eval(args: argparse.Namespace) -> int:
         from pydantic import ValidationError
 
         try:
-            target.data = type(target.data).model_validate({**target.data.model_dump(), **updates})
+            given = {"train": args.data} if args.data else {}
+            target.data = type(target.data).model_validate({**target.data.model_dump(), **given, **updates})
         except ValidationError as error:
             first = error.errors(include_url=False)[0]
             flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "the data options"
@@ -294,10 +295,7 @@ def _eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     data = result.metrics["data"]
-    print(
-        f"{data['file']}: {data['examples']:,} examples; latency is the median CPU time of a batch of "
-        f"{data['batch_size']}"
-    )
+    print(f"{data['file']}: {data['examples']:,} examples; {result.speed_note()}")
     print(result.table())
     print(f"\nwritten to {result.metrics_file}")
     return 0

@@ -62,6 +62,11 @@ class EvalResult:
         """The comparison table (the model and, with a teacher, the teacher)."""
         return comparison_table(self.metrics, self.task)
 
+    def speed_note(self) -> str:
+        """How the latency column was measured, in the task's words."""
+        speed = self.metrics.get("speed", {})
+        return self.task.speed_note.format(batch=int(speed.get("batch_size") or 0), threads=speed.get("threads", "?"))
+
 
 def resolve_target(
     target: str, teacher: str | None = None, output: str | None = None, task: str | None = None
@@ -100,7 +105,8 @@ def resolve_target(
         name,
         target,
         teacher,
-        get_task(name).data_section.model_validate({"train": "-"}),
+        # the data options of the task's defaults; the file is --data, checked when it is read
+        get_task(name).data_section.model_construct(train="-"),
         None,
         _checked_output(metrics_file),
     )
@@ -156,12 +162,13 @@ def evaluate(
     }
     loader = make_loader(data.test, batch_size, data.collate)
     folders = {"student": _folder(target.model), "teacher": _folder(target.teacher)}
-    measured, _ = measure_models(
+    measured, speed = measure_models(
         task, models, folders, loader, next(iter(loader)), progress=progress, desc=Path(data_path).name
     )
     results: dict[str, Any] = {
         "data": {"file": str(data_path), "examples": len(data.test), "batch_size": batch_size},
         **measured,
+        "speed": speed,
         "model": target.model,
         "teacher_model": target.teacher,
     }

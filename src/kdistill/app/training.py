@@ -130,16 +130,23 @@ class _StageCaches:
         """What to store: logits and hidden states, or for token-level terms each token's top-k at
         the terms' temperature (None when they want different temperatures: the teacher runs online)."""
         if not request.final_hidden:
-            return CacheSpec(logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)),
-                             dtype=self.settings.dtype)
-        temperatures = {term.temperature for term in objective.terms.values()
-                        if term.token_level and hasattr(term, "temperature")}
+            return CacheSpec(
+                logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)), dtype=self.settings.dtype
+            )
+        temperatures = {
+            term.temperature for term in objective.terms.values() if term.token_level and hasattr(term, "temperature")
+        }
         if len(temperatures) != 1:
-            logger.info("stage %s: its token-level terms use temperatures %s; a top-k cache holds one, so the "
-                        "teacher runs online", stage, sorted(temperatures))
+            logger.info(
+                "stage %s: its token-level terms use temperatures %s; a top-k cache holds one, so the "
+                "teacher runs online",
+                stage,
+                sorted(temperatures),
+            )
             return None
-        return CacheSpec(top_k=self.settings.top_k, temperature=temperatures.pop(), dtype=self.settings.topk_dtype,
-                         from_hidden=True)
+        return CacheSpec(
+            top_k=self.settings.top_k, temperature=temperatures.pop(), dtype=self.settings.topk_dtype, from_hidden=True
+        )
 
     def for_objective(self, objective: Objective, stage: str) -> TeacherCache | None:
         """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
@@ -438,4 +445,9 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
 
 
 def _shown(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if isinstance(value, float))
+    # counts (tokens, examples) come as floats from the metric dicts; shown as the whole numbers they are
+    return ", ".join(
+        f"{name} {int(value):,}" if name == "tokens" else f"{name} {value:.4f}"
+        for name, value in metrics.items()
+        if isinstance(value, float)
+    )

@@ -48,7 +48,7 @@ def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict
     k, step = min(spec.top_k, vocab), default_chunk_size(vocab)
     values, ids, rests = [], [], []
     for start in range(0, hidden.shape[0], step):
-        logits = hidden[start:start + step].float() @ layer.weight.float().T
+        logits = hidden[start : start + step].float() @ layer.weight.float().T
         if layer.bias is not None:
             logits = logits + layer.bias.float()
         top, index = torch.log_softmax(logits / spec.temperature, dim=-1).topk(k, dim=-1)

@@ -14,7 +14,7 @@ from kdistill.datasets import PaddingCollator
 from kdistill.errors import ConfigError, ModelLoadError
 from kdistill.losses import Objective
 from kdistill.losses.token_terms import TokenCE, TokenKD
-from kdistill.preflight import check_max_length, check_token_ids
+from kdistill.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.speed import with_speedup
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.causal_lm.config import LMDataConfig
@@ -163,10 +163,13 @@ class CausalLM(Task):
         progress: bool,
     ) -> TaskData:
         model, tokenizer = models["student"]
-        settings = data.model_copy(update={"max_length": max_length or data.max_length})
+        readers = [(name, pair[0]) for name, pair in models.items()]
+        # by default the run's length, shortened to what the models read
+        length = max_length or min([data.max_length, *(usable_positions(m) or data.max_length for _, m in readers)])
+        settings = data.model_copy(update={"max_length": length})
         if "teacher" in models:
             check_tokenizers(tokenizer, models["teacher"][1], [])
-        check_max_length(settings.max_length, [(name, pair[0]) for name, pair in models.items()], "--max-length")
+        check_max_length(length, readers, "--max-length")
         split = tokenize_documents(read_documents(path, settings, role="data"), tokenizer, settings, progress=progress)
         if max_examples is not None and len(split) > max_examples:
             split = split.subset(range(max_examples), f"{split.source} (first {max_examples})")
