@@ -98,6 +98,13 @@ def routed(models: Models, data: TaskData) -> dict[str, nn.Module]:
     return found
 
 
+def _shared_vocab(teacher: nn.Module, student: nn.Module) -> int | None:
+    """The ids both output layers have when their sizes differ (heads padded differently), else None."""
+    heads = [getattr(model, "get_output_embeddings", lambda: None)() for model in (teacher, student)]
+    rows = [int(head.weight.shape[0]) for head in heads if head is not None and hasattr(head, "weight")]
+    return min(rows) if len(rows) == 2 and rows[0] != rows[1] else None
+
+
 class _StageCaches:
     """The teacher's stored outputs over the training data, built once per distinct need.
 
@@ -115,8 +122,9 @@ class _StageCaches:
         max_length: int | None,
         precision: str,
         progress: bool,
+        shared_vocab: int | None = None,
     ) -> None:
-        self.settings, self.teacher, self.data = settings, teacher, data
+        self.settings, self.teacher, self.data, self.shared_vocab = settings, teacher, data, shared_vocab
         self.tokenizer, self.max_length, self.precision, self.progress = tokenizer, max_length, precision, progress
         self.built: dict[CacheSpec, TeacherCache] = {}
 
@@ -145,7 +153,11 @@ class _StageCaches:
             )
             return None
         return CacheSpec(
-            top_k=self.settings.top_k, temperature=temperatures.pop(), dtype=self.settings.topk_dtype, from_hidden=True
+            top_k=self.settings.top_k,
+            temperature=temperatures.pop(),
+            dtype=self.settings.topk_dtype,
+            from_hidden=True,
+            vocab_size=self.shared_vocab,
         )
 
     def for_objective(self, objective: Objective, stage: str) -> TeacherCache | None:
@@ -428,6 +440,7 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
         getattr(config.data, "max_length", None),
         config.training.precision,
         progress,
+        _shared_vocab(run.models.teacher, run.models.student),
     )
     best = _BestStudent(folder, task, run.models, config.output.save_best)
     if resume and not config.output.save_checkpoints:

@@ -47,6 +47,8 @@ class CacheSpec:
         dtype: storage precision of floating-point fields: ``fp32``, ``fp16`` or ``bf16``.
         from_hidden: compute the top-k per token from the teacher's final hidden states and output
             layer, chunk by chunk (causal LMs: a batch's full logits are never held).
+        vocab_size: with ``from_hidden``, the distribution over the first ``vocab_size`` ids only
+            (the ids a student with a smaller padded head shares with the teacher); None: all.
     """
 
     logits: bool = True
@@ -55,6 +57,7 @@ class CacheSpec:
     temperature: float | None = None
     dtype: str = "fp32"
     from_hidden: bool = False
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in STORAGE_DTYPES:
@@ -70,6 +73,8 @@ class CacheSpec:
         object.__setattr__(self, "hidden_states", tuple(sorted(set(self.hidden_states))))
         if self.from_hidden and self.top_k is None:
             raise ValueError("from_hidden computes a top-k cache: give top_k too")
+        if self.vocab_size is not None and (not self.from_hidden or self.vocab_size < 1):
+            raise ValueError(f"vocab_size must be a positive id count of a from_hidden cache, got {self.vocab_size!r}")
         if not (self.logits or self.top_k or self.hidden_states):
             raise ValueError("the cache spec stores nothing: enable logits, top_k or hidden_states")
 

@@ -44,13 +44,16 @@ def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict
 
     hidden, layer = features.final_hidden[keep], features.output_layer
     assert spec.top_k is not None and spec.temperature is not None and layer is not None
-    vocab = layer.weight.shape[0]
+    # a student with a smaller padded head is compared on the ids both heads have
+    weight = layer.weight[: spec.vocab_size].float()
+    bias = layer.bias[: spec.vocab_size].float() if layer.bias is not None else None
+    vocab = weight.shape[0]
     k, step = min(spec.top_k, vocab), default_chunk_size(vocab)
     values, ids, rests = [], [], []
     for start in range(0, hidden.shape[0], step):
-        logits = hidden[start : start + step].float() @ layer.weight.float().T
-        if layer.bias is not None:
-            logits = logits + layer.bias.float()
+        logits = hidden[start : start + step].float() @ weight.T
+        if bias is not None:
+            logits = logits + bias
         top, index = torch.log_softmax(logits / spec.temperature, dim=-1).topk(k, dim=-1)
         kept = torch.logsumexp(top, dim=-1).clamp(max=0.0)
         rest = torch.log(-torch.expm1(kept)) if k < vocab else torch.full_like(kept, float("-inf"))
@@ -254,7 +257,8 @@ class TeacherCache:
         each example's token count (empty without per-token fields); registers new fields."""
         per_token_rows: dict[str, Tensor] = {}
         per_example_rows: dict[str, Tensor] = {}
-        logits = features.logits
+        # a from_hidden cache computes its top-k below; the logits a causal LM returns then are empty
+        logits = None if spec.from_hidden else features.logits
         if logits is not None and (spec.logits or spec.top_k):
             target = per_token_rows if logits.dim() == 3 else per_example_rows
             if spec.top_k:
