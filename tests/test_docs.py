@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ["README.md", "docs/losses.md", "docs/training.md", "docs/cache.md", "docs/distributed.md"]
+DOCUMENTS = [
+    "README.md",
+    "docs/losses.md",
+    "docs/training.md",
+    "docs/cache.md",
+    "docs/distributed.md",
+    "docs/causal_lm.md",
+]
 FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
@@ -100,3 +107,18 @@ def test_the_reference_config_of_the_cli_docs_names_every_key():
     keys = _schema_keys(run_config_class("text_classification"))
     missing = sorted(key for key in keys if not re.search(rf"\b{key}:", reference))
     assert not missing, f"docs/cli.md's reference config leaves out {missing}"
+
+
+def test_the_causal_lm_guide_config_is_valid_and_matches_the_example_file():
+    """docs/causal_lm.md's config is a causal_lm config; examples/shakespeare_kd.yaml runs the same
+    objective and student, with the real teacher from its package."""
+    import yaml
+
+    from kdistill.app.config_loading import parse_config
+
+    (block,) = _yaml_blocks("docs/causal_lm.md")
+    guide = parse_config(yaml.safe_load(block))
+    example = parse_config(yaml.safe_load((ROOT / "examples" / "shakespeare_kd.yaml").read_text(encoding="utf-8")))
+    assert guide.task == example.task == "causal_lm"
+    assert guide.objective == example.objective and guide.student == example.student
+    assert example.teacher.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf" and example.teacher.finetune is not None

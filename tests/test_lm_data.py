@@ -18,13 +18,9 @@ from pydantic import ValidationError
 from kdistill.datasets import IGNORE_INDEX, PaddingCollator, make_loader
 from kdistill.errors import DataError, KdistillError, ModelLoadError
 from kdistill.tasks.causal_lm.config import LMDataConfig
-from kdistill.tasks.causal_lm.data import (
-    check_tokenizers,
-    prepare_splits,
-    shared_vocab_size,
-    tokenize_documents,
-)
+from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents
 from kdistill.tasks.causal_lm.reading import Documents, read_documents
+from kdistill.tasks.causal_lm.vocab import check_tokenizers, shared_vocab_size
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,11 @@ from kdistill.preflight import check_max_length, check_token_ids, usable_positio
 from kdistill.speed import with_speedup
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.causal_lm.config import LMDataConfig
-from kdistill.tasks.causal_lm.data import check_tokenizers, prepare_splits, shared_vocab_size, tokenize_documents
+from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents
 from kdistill.tasks.causal_lm.evaluation import generate, generation_speed, language_model_metrics
 from kdistill.tasks.causal_lm.models import LMModelOptions, load_causal_lm, load_lm_tokenizer, student_lm
 from kdistill.tasks.causal_lm.reading import read_documents
+from kdistill.tasks.causal_lm.vocab import check_tokenizers, shared_vocab_size
 
 __all__ = ["CausalLM"]
 
