@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kdistill.attention import layer_stack, model_dims
+from kdistill.attention import ModelDims, layer_stack, model_dims
 from kdistill.loading import count_parameters
 from kdistill.mapping import uniform_map, validate_layer_map
 
@@ -155,30 +155,7 @@ def make_student(
         >>> student, report = make_student(teacher, num_layers=3)  # doctest: +SKIP
         >>> print(report)  # doctest: +SKIP
     """
-    config = getattr(teacher, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        raise TypeError(
-            f"make_student needs a Hugging Face model with a config, got {type(teacher).__name__}; "
-            "build other students yourself"
-        )
-    dims = model_dims(teacher)
-    num_layers = _positive(num_layers, "num_layers")
-    width = dims.hidden_size if hidden_size is None else _positive(hidden_size, "hidden_size")
-    if init not in ("auto", "teacher", "random"):
-        raise ValueError(f"init must be 'auto', 'teacher' or 'random', got {init!r}")
-    narrower = width != dims.hidden_size
-    if init == "teacher" and narrower:
-        raise ValueError(
-            f"init='teacher' copies teacher layers, which needs the teacher's width {dims.hidden_size}; "
-            f"a student of width {width} must use init='random'"
-        )
-    copy_layers = init == "teacher" or (init == "auto" and not narrower)
-    if copy_layers and num_layers > dims.num_layers:
-        raise ValueError(
-            f"cannot copy {num_layers} student layers from a teacher with {dims.num_layers}; "
-            f"use num_layers <= {dims.num_layers} or init='random'"
-        )
-
+    config, dims, num_layers, width, copy_layers = _check_shape(teacher, num_layers, hidden_size, init)
     student_config = _student_config(config, dims, num_layers, width, num_heads, intermediate_size)
     if seed is not None:
         torch.manual_seed(seed)
@@ -203,6 +180,37 @@ def make_student(
     )
     logger.info("%s", report)
     return student, report
+
+
+def _check_shape(
+    teacher: nn.Module, num_layers: int, hidden_size: int | None, init: str
+) -> tuple[Any, ModelDims, int, int, bool]:
+    """Check :func:`make_student`'s shape and ``init``: the teacher's config and dimensions, the
+    student's depth and width, and whether its layers are copied from the teacher."""
+    config = getattr(teacher, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise TypeError(
+            f"make_student needs a Hugging Face model with a config, got {type(teacher).__name__}; "
+            "build other students yourself"
+        )
+    dims = model_dims(teacher)
+    num_layers = _positive(num_layers, "num_layers")
+    width = dims.hidden_size if hidden_size is None else _positive(hidden_size, "hidden_size")
+    if init not in ("auto", "teacher", "random"):
+        raise ValueError(f"init must be 'auto', 'teacher' or 'random', got {init!r}")
+    narrower = width != dims.hidden_size
+    if init == "teacher" and narrower:
+        raise ValueError(
+            f"init='teacher' copies teacher layers, which needs the teacher's width {dims.hidden_size}; "
+            f"a student of width {width} must use init='random'"
+        )
+    copy_layers = init == "teacher" or (init == "auto" and not narrower)
+    if copy_layers and num_layers > dims.num_layers:
+        raise ValueError(
+            f"cannot copy {num_layers} student layers from a teacher with {dims.num_layers}; "
+            f"use num_layers <= {dims.num_layers} or init='random'"
+        )
+    return config, dims, num_layers, width, copy_layers
 
 
 def _copy_from_teacher(

@@ -115,7 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kdistill {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_distill(commands)
+    _add_eval(commands)
+    _add_inspect(commands)
+    _add_demo(commands)
+    return parser
 
+
+def _add_distill(commands: argparse._SubParsersAction) -> None:
+    """Add the ``distill`` command: a config, its overrides, and how to treat a taken output folder."""
     distill = commands.add_parser(
         "distill",
         help="distil a teacher into a student from a YAML config",
@@ -152,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoints, with its config.yaml"
     )
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` command: the model or run, the data file and how to read it."""
     evaluate = commands.add_parser(
         "eval",
         help="measure a model or a run's student against its teacher",
@@ -182,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_inspect(commands: argparse._SubParsersAction) -> None:
+    """Add the ``inspect`` command: the models, and the shape of a proposed student."""
     inspect = commands.add_parser(
         "inspect",
         help="show models' shapes and the proposed layer map",
@@ -197,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--layer-map", default=None, help="uniform (default), every-K, last-K")
 
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` command."""
     demo = commands.add_parser(
         "demo",
         help="an offline distillation on handwritten digits, in about a minute",
@@ -207,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer epochs: a smoke test of a few seconds")
     demo.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
 
 
 def _positive_int(text: str) -> int:
@@ -248,7 +264,7 @@ def _distill(args: argparse.Namespace) -> int:
     if args.check:
         sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes.items())
         note = prepared.models.student_note or "no student: the teacher is fine-tuned alone"
-        print(f"config OK: {sizes} examples, {prepared.data.description}; {note}")
+        print(f"config OK: {sizes}; {prepared.data.description}; {note}")
         for stage in prepared.stages:
             print(f"stage {stage.name}: loss = {stage.objective.formula()}")
         return 0

@@ -175,6 +175,145 @@ def _schedule(model: nn.Module, lr: float, steps: int) -> tuple[torch.optim.Opti
     return optimizer, get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
 
 
+@dataclass
+class _Digits:
+    """The digits split into training and held-out parts, and seeded batches of the training part."""
+
+    train_set: TensorDataset
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    batch_size: int
+    seed: int
+
+    def loader(self, offset: int) -> DataLoader:
+        # equal offsets give equal batches: both students see the same digits in the same order
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed + offset),
+            collate_fn=_collate,
+        )
+
+
+def _load_digits(settings: DemoSettings, seed: int) -> _Digits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train_x, test_x, train_y, test_y = train_test_split(
+        pixels, labels, test_size=settings.test_fraction, random_state=seed, stratify=labels
+    )
+    return _Digits(TensorDataset(train_x, train_y), test_x, test_y, settings.batch_size, seed)
+
+
+def _say(message: str, progress: bool) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _train_teacher(
+    data: _Digits, settings: DemoSettings, objective: Objective, seed: int, progress: bool
+) -> tuple[nn.Module, DemoRow]:
+    """Train the teacher on the hard labels; the teacher and its row of the table."""
+    _say(
+        f"digits: {len(data.train_set)} for training, {len(data.test_y)} held out; training the teacher "
+        f"(ViT, {settings.teacher_layers} layers, hidden {settings.teacher_hidden})",
+        progress,
+    )
+    tick = time.perf_counter()
+    steps_per_epoch = len(data.loader(0))
+    teacher = _vit(settings.teacher_hidden, settings.teacher_layers, settings.teacher_heads, seed)
+    optimizer, scheduler = _schedule(teacher, settings.teacher_lr, steps_per_epoch * settings.teacher_epochs)
+    # no teacher is needed for the hard-label loss: an empty module stands in
+    distill(
+        nn.Identity(),
+        teacher,
+        data.loader(1),
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=settings.teacher_epochs,
+        progress=progress,
+        log_every=steps_per_epoch,
+    )
+    teacher.eval()
+    row = DemoRow(
+        "teacher",
+        _accuracy(teacher, data.test_x, data.test_y),
+        count_parameters(teacher),
+        0.0,
+        time.perf_counter() - tick,
+    )
+    return teacher, row
+
+
+def _train_students(
+    data: _Digits,
+    settings: DemoSettings,
+    teacher: nn.Module,
+    hard_labels_only: Objective,
+    seed: int,
+    progress: bool,
+) -> tuple[nn.Module, list[DemoRow]]:
+    """Train one student from the same initial weights twice, alone and distilled; the distilled
+    student and both rows of the table."""
+    steps_per_epoch = len(data.loader(0))
+    initial = _vit(settings.student_hidden, settings.student_layers, settings.student_heads, seed + 100)
+    students, rows = {}, []
+    for name, objective in (
+        ("student alone", hard_labels_only),
+        ("student distilled", Objective.hinton(temperature=settings.temperature, alpha=settings.alpha)),
+    ):
+        soft = f": soft labels at T={settings.temperature:g}, alpha={settings.alpha:g}" if "distilled" in name else ""
+        layers, hidden = settings.student_layers, settings.student_hidden
+        _say(f"training the {name} (ViT, {layers} layers, hidden {hidden}){soft}", progress)
+        tick = time.perf_counter()
+        student = copy.deepcopy(initial)  # the same initial weights for both
+        optimizer, scheduler = _schedule(student, settings.student_lr, steps_per_epoch * settings.student_epochs)
+        distill(
+            teacher if name == "student distilled" else nn.Identity(),
+            student,
+            data.loader(2),
+            objective=objective,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epochs=settings.student_epochs,
+            progress=progress,
+            log_every=steps_per_epoch,
+        )
+        student.eval()
+        students[name] = student
+        rows.append(
+            DemoRow(
+                name,
+                _accuracy(student, data.test_x, data.test_y),
+                count_parameters(student),
+                0.0,
+                time.perf_counter() - tick,
+            )
+        )
+    return students["student distilled"], rows
+
+
+def _measure_speed_ups(
+    teacher: nn.Module, student: nn.Module, probe: dict[str, torch.Tensor], rows: list[DemoRow]
+) -> None:
+    """Fill in each row's latency and speed-up against the teacher."""
+    # both students have one architecture: one measurement serves both rows. Teacher and student
+    # are timed in turns and the fastest round kept, so a burst of load elsewhere skews neither
+    teacher_times, student_times = [], []
+    for _ in range(3):
+        teacher_times.append(measure_speed(teacher, probe, min_seconds=0.2)["latency_ms"])
+        student_times.append(measure_speed(student, probe, min_seconds=0.2)["latency_ms"])
+    teacher_ms, student_ms = min(teacher_times), min(student_times)
+    for row in rows:
+        row.latency_ms = teacher_ms if row.model == "teacher" else student_ms
+        row.speedup = teacher_ms / row.latency_ms
+
+
 def run_demo(
     quick: bool = False, seed: int = 0, *, settings: DemoSettings | None = None, progress: bool = True
 ) -> DemoResult:
@@ -189,104 +328,14 @@ def run_demo(
     Returns:
         The table's rows and the time taken.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     settings = settings or (DemoSettings.quick() if quick else DemoSettings())
     started = time.perf_counter()
-    digits = load_digits()
-    pixels = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
-    labels = torch.tensor(digits.target, dtype=torch.long)
-    train_x, test_x, train_y, test_y = train_test_split(
-        pixels, labels, test_size=settings.test_fraction, random_state=seed, stratify=labels
-    )
-    train_set = TensorDataset(train_x, train_y)
-
-    def loader(offset: int) -> DataLoader:
-        # equal offsets give equal batches: both students see the same digits in the same order
-        return DataLoader(
-            train_set,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed + offset),
-            collate_fn=_collate,
-        )
-
-    steps_per_epoch = len(loader(0))
+    data = _load_digits(settings, seed)
     hard_labels_only = Objective({"ce": HardCE()})
-    rows: list[DemoRow] = []
-
-    def say(message: str) -> None:
-        if progress:
-            print(message, file=sys.stderr, flush=True)
-
-    say(
-        f"digits: {len(train_y)} for training, {len(test_y)} held out; training the teacher "
-        f"(ViT, {settings.teacher_layers} layers, hidden {settings.teacher_hidden})"
+    teacher, teacher_row = _train_teacher(data, settings, hard_labels_only, seed, progress)
+    student, student_rows = _train_students(data, settings, teacher, hard_labels_only, seed, progress)
+    rows = [teacher_row, *student_rows]
+    _measure_speed_ups(teacher, student, {"pixel_values": data.test_x[:256]}, rows)
+    return DemoResult(
+        rows=rows, seconds=time.perf_counter() - started, test_examples=len(data.test_y), settings=settings
     )
-    tick = time.perf_counter()
-    teacher = _vit(settings.teacher_hidden, settings.teacher_layers, settings.teacher_heads, seed)
-    optimizer, scheduler = _schedule(teacher, settings.teacher_lr, steps_per_epoch * settings.teacher_epochs)
-    # no teacher is needed for the hard-label loss: an empty module stands in
-    distill(
-        nn.Identity(),
-        teacher,
-        loader(1),
-        objective=hard_labels_only,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        epochs=settings.teacher_epochs,
-        progress=progress,
-        log_every=steps_per_epoch,
-    )
-    teacher.eval()
-    rows.append(
-        DemoRow(
-            "teacher", _accuracy(teacher, test_x, test_y), count_parameters(teacher), 0.0, time.perf_counter() - tick
-        )
-    )
-
-    initial = _vit(settings.student_hidden, settings.student_layers, settings.student_heads, seed + 100)
-    students = {}
-    for name, objective in (
-        ("student alone", hard_labels_only),
-        ("student distilled", Objective.hinton(temperature=settings.temperature, alpha=settings.alpha)),
-    ):
-        say(
-            f"training the {name} (ViT, {settings.student_layers} layers, hidden {settings.student_hidden})"
-            + (f": soft labels at T={settings.temperature:g}, alpha={settings.alpha:g}" if "distilled" in name else "")
-        )
-        tick = time.perf_counter()
-        student = copy.deepcopy(initial)  # the same initial weights for both
-        optimizer, scheduler = _schedule(student, settings.student_lr, steps_per_epoch * settings.student_epochs)
-        distill(
-            teacher if name == "student distilled" else nn.Identity(),
-            student,
-            loader(2),
-            objective=objective,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            epochs=settings.student_epochs,
-            progress=progress,
-            log_every=steps_per_epoch,
-        )
-        student.eval()
-        students[name] = student
-        rows.append(
-            DemoRow(
-                name, _accuracy(student, test_x, test_y), count_parameters(student), 0.0, time.perf_counter() - tick
-            )
-        )
-
-    probe = {"pixel_values": test_x[:256]}
-    # both students have one architecture: one measurement serves both rows. Teacher and student
-    # are timed in turns and the fastest round kept, so a burst of load elsewhere skews neither
-    teacher_times, student_times = [], []
-    for _ in range(3):
-        teacher_times.append(measure_speed(teacher, probe, min_seconds=0.2)["latency_ms"])
-        student_times.append(measure_speed(students["student distilled"], probe, min_seconds=0.2)["latency_ms"])
-    teacher_ms, student_ms = min(teacher_times), min(student_times)
-    for row in rows:
-        row.latency_ms = teacher_ms if row.model == "teacher" else student_ms
-        row.speedup = teacher_ms / row.latency_ms
-    return DemoResult(rows=rows, seconds=time.perf_counter() - started, test_examples=len(test_y), settings=settings)

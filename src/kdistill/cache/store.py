@@ -61,6 +61,27 @@ def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict
     return {"topk_logprobs": torch.cat(values), "topk_indices": torch.cat(ids), "topk_rest": torch.cat(rests)}
 
 
+def _manifest(
+    fingerprint: str,
+    parts: dict[str, str],
+    spec: CacheSpec,
+    num_examples: int,
+    fields: dict[str, dict[str, Any]],
+    shards: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest of a complete cache: its key, what it stores and where."""
+    return {
+        "format": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "parts": parts,
+        "spec": asdict(spec),
+        "num_examples": num_examples,
+        "fields": fields,
+        "shards": shards,
+        "complete": True,
+    }
+
+
 class TeacherCache:
     """A teacher's outputs over a dataset, stored on disk and read back per batch.
 
@@ -199,26 +220,9 @@ class TeacherCache:
             for window in windows:
                 done: list[tuple[list[int], dict[str, np.ndarray], list[int]]] = []
                 for wanted in window:
-                    batch = next(batch_iter)
-                    indices = example_indices(batch)
-                    inputs, _ = split_batch(batch)
-                    inputs = send_to_device(inputs, device)
-                    if indices is not None and indices.cpu().tolist() != wanted:
-                        raise ValueError(
-                            "the dataset's kd_index column is not 0..N-1 in order; build the cache "
-                            "from the dataset before shuffling or wrapping it"
-                        )
-                    autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
-                    with torch.no_grad(), autocast:
-                        features = capture(teacher, inputs, request)
-                    broken = nonfinite_teacher_fields(features)
-                    if broken:
-                        raise NonFiniteTeacherError(
-                            f"the teacher's {', '.join(broken)} hold NaN or infinite values for examples "
-                            f"{wanted[0]}..{wanted[-1]}: a cache of them would poison every step; the teacher is "
-                            "broken: check its weights, or run it in float32 (cache precision fp16 overflows)"
-                        )
-                    rows, counts = cls._batch_rows(fields, features, attention_mask_of(inputs), spec)
+                    rows, counts = cls._teacher_rows(
+                        teacher, next(batch_iter), wanted, request, device, half, fields, spec
+                    )
                     done.append((wanted, rows, counts))
                 rows, counts = _in_example_order(done, fields)
                 for name, array in rows.items():
@@ -232,22 +236,47 @@ class TeacherCache:
                     writer = _ShardWriter(staging, spec)
             if writer.num_examples:
                 shards.append(writer.write(len(shards), position - writer.num_examples))
-            manifest = {
-                "format": FORMAT_VERSION,
-                "fingerprint": fingerprint,
-                "parts": parts,
-                "spec": asdict(spec),
-                "num_examples": position,
-                "fields": fields,
-                "shards": shards,
-                "complete": True,
-            }
+            manifest = _manifest(fingerprint, parts, spec, position, fields, shards)
             # the manifest is written last: a folder without one is never taken for a cache
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
             _replace_folder(staging, folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+    @classmethod
+    def _teacher_rows(
+        cls,
+        teacher: nn.Module,
+        batch: Any,
+        wanted: list[int],
+        request: CaptureRequest,
+        device: torch.device,
+        half: torch.dtype | None,
+        fields: dict[str, dict[str, Any]],
+        spec: CacheSpec,
+    ) -> tuple[dict[str, np.ndarray], list[int]]:
+        """Run the teacher on the batch of examples ``wanted``; the rows to store and each
+        example's token count (see :meth:`_batch_rows`)."""
+        indices = example_indices(batch)
+        inputs, _ = split_batch(batch)
+        inputs = send_to_device(inputs, device)
+        if indices is not None and indices.cpu().tolist() != wanted:
+            raise ValueError(
+                "the dataset's kd_index column is not 0..N-1 in order; build the cache "
+                "from the dataset before shuffling or wrapping it"
+            )
+        autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            features = capture(teacher, inputs, request)
+        broken = nonfinite_teacher_fields(features)
+        if broken:
+            raise NonFiniteTeacherError(
+                f"the teacher's {', '.join(broken)} hold NaN or infinite values for examples "
+                f"{wanted[0]}..{wanted[-1]}: a cache of them would poison every step; the teacher is "
+                "broken: check its weights, or run it in float32 (cache precision fp16 overflows)"
+            )
+        return cls._batch_rows(fields, features, attention_mask_of(inputs), spec)
 
     @staticmethod
     def _batch_rows(

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,22 +44,18 @@ from kdistill.train.checkpoint import (
     set_rng_state,
 )
 from kdistill.train.history import History, StepRecorder
+from kdistill.train.nonfinite import nonfinite_error, nonfinite_kind, nonfinite_loss, nonfinite_message
 from kdistill.train.setup import (
     PRECISIONS,
+    DistillArgs,
+    EvalFn,
     autocast,
     check_accelerator,
-    check_args,
     check_objective,
-    nonfinite_kind,
     prepare_optimizer,
     shuffle_generators,
 )
-from kdistill.train.teacher import (
-    NonFiniteTeacherError,
-    check_teacher_source,
-    nonfinite_teacher_fields,
-    teacher_features,
-)
+from kdistill.train.teacher import check_teacher_source, nonfinite_teacher_fields, teacher_features
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -67,9 +63,6 @@ if TYPE_CHECKING:
 __all__ = ["PRECISIONS", "History", "NonFiniteLossError", "distill", "train_distillation"]
 
 logger = logging.getLogger(__name__)
-
-
-EvalFn = Callable[[nn.Module], Mapping[str, float]]
 
 
 def distill(
@@ -141,86 +134,30 @@ def distill(
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
     """
-    check_args(
-        teacher,
-        student,
-        epochs,
-        max_steps,
-        gradient_accumulation_steps,
-        max_grad_norm,
-        precision,
-        log_every,
-        eval_every,
-        on_nonfinite,
-        save_every,
-        resume,
-        checkpoint_dir,
-    )
-    objective = check_objective(objective)
-    accelerator = check_accelerator(accelerator)
-    loop = _Loop(
-        teacher,
-        student,
-        train_loader,
-        objective=objective,
-        optimizer=optimizer,
-        lr=lr,
-        scheduler=scheduler,
-        accelerator=accelerator,
-        teacher_cache=teacher_cache,
-        precision=precision,
-        label_key=label_key,
-        accumulation=gradient_accumulation_steps,
-        max_grad_norm=max_grad_norm,
-    )
-    loop.plan(
-        epochs=epochs,
-        max_steps=max_steps,
-        eval_fn=eval_fn,
-        eval_every=eval_every,
-        log_every=log_every,
-        checkpoint_dir=checkpoint_dir,
-        save_every=save_every,
-        keep_checkpoints=keep_checkpoints,
-        on_nonfinite=on_nonfinite,
-    )
-    return loop.run(resume=resume, progress=progress)
+    # every argument by name: before the body assigns anything, locals() holds exactly them
+    return _Loop(DistillArgs(**locals())).run()
 
 
 class _Loop:
     """One :func:`distill` call: the models, the objective and the optimizer, set up once, then run."""
 
-    def __init__(
-        self,
-        teacher: nn.Module | None,
-        student: nn.Module,
-        loader: Iterable[Any],
-        *,
-        objective: Objective,
-        optimizer: torch.optim.Optimizer | None,
-        lr: float,
-        scheduler: Any,
-        accelerator: Accelerator,
-        teacher_cache: TeacherCache | None,
-        precision: str,
-        label_key: str | None,
-        accumulation: int,
-        max_grad_norm: float | None,
-    ) -> None:
+    def __init__(self, args: DistillArgs) -> None:
+        teacher, student, loader, precision = args.teacher, args.student, args.train_loader, args.precision
+        objective, accelerator = check_objective(args.objective), check_accelerator(args.accelerator)
         self.accelerator, self.device = accelerator, accelerator.device
-        self.teacher, self.objective, self.scheduler = teacher, objective, scheduler
-        self.cache, self.precision, self.label_key = teacher_cache, precision, label_key
-        self.accumulation, self.max_grad_norm = accumulation, max_grad_norm
+        self.teacher, self.objective, self.scheduler = teacher, objective, args.scheduler
+        self.cache, self.precision, self.label_key = args.teacher_cache, precision, args.label_key
+        self.accumulation, self.max_grad_norm = args.gradient_accumulation_steps, args.max_grad_norm
         if teacher is not None:
             teacher.to(self.device).eval()
         objective.to(self.device)
-        self.optimizer = prepare_optimizer(optimizer, teacher, student, objective, lr)
+        self.optimizer = prepare_optimizer(args.optimizer, teacher, student, objective, args.lr)
         self.student = accelerator.prepare(student)
         self.prepared_loader = isinstance(loader, DataLoader)
         self.loader = accelerator.prepare(loader) if self.prepared_loader else loader
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.student_request, self.teacher_request = objective.request("student"), objective.request("teacher")
-        check_teacher_source(teacher, teacher_cache, self.teacher_request)
+        check_teacher_source(teacher, args.teacher_cache, self.teacher_request)
         self.student_module = accelerator.unwrap_model(self.student)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
         # a loader that shuffles with its own generator: checkpointed with the RNG states
@@ -231,35 +168,26 @@ class _Loop:
         self.history = History()
         self.global_step, self.start_epoch, self.skip_batches = 0, 0, 0
         self.resumed: TrainingState | None = None
+        self._plan(args)
 
-    def plan(
-        self,
-        *,
-        epochs: int,
-        max_steps: int | None,
-        eval_fn: EvalFn | None,
-        eval_every: int | None,
-        log_every: int,
-        checkpoint_dir: Any,
-        save_every: int | None,
-        keep_checkpoints: int,
-        on_nonfinite: str,
-    ) -> None:
+    def _plan(self, args: DistillArgs) -> None:
         """How long to train, and when to evaluate, record and checkpoint."""
-        self.epochs, self.max_steps, self.eval_fn, self.eval_every = epochs, max_steps, eval_fn, eval_every
-        self.log_every, self.checkpoint_dir, self.save_every = log_every, checkpoint_dir, save_every
-        self.keep_checkpoints, self.on_nonfinite = keep_checkpoints, on_nonfinite
+        self.epochs, self.max_steps, self.eval_fn = args.epochs, args.max_steps, args.eval_fn
+        self.eval_every, self.log_every, self.save_every = args.eval_every, args.log_every, args.save_every
+        self.checkpoint_dir, self.keep_checkpoints = args.checkpoint_dir, args.keep_checkpoints
+        self.on_nonfinite = args.on_nonfinite
+        self.resume, self.progress = args.resume, args.progress
         steps_per_epoch = math.ceil(self.num_batches / self.accumulation) if self.num_batches else None
-        self.total_steps = steps_per_epoch * epochs if steps_per_epoch else None
-        if max_steps is not None:
-            self.total_steps = min(self.total_steps, max_steps) if self.total_steps else max_steps
+        self.total_steps = steps_per_epoch * self.epochs if steps_per_epoch else None
+        if self.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.max_steps) if self.total_steps else self.max_steps
 
     # -- the run, top to bottom ------------------------------------------------------------
 
-    def run(self, *, resume: bool, progress: bool) -> History:
-        if resume:
+    def run(self) -> History:
+        if self.resume:
             self._restore()
-        self.show = progress and self.accelerator.is_main_process
+        self.show = self.progress and self.accelerator.is_main_process
         self.bar = tqdm(
             total=self.total_steps,
             initial=self.global_step,
@@ -412,12 +340,8 @@ class _Loop:
             result = self.objective(student_side, teacher_side, labels, share=share)
             loss = result.total
             if not bool(torch.isfinite(loss)):
-                bad = [name for name, value in result.parts.items() if not bool(torch.isfinite(value))]
                 self._nonfinite(
-                    f"the loss part {', '.join(bad) or 'total'} is {nonfinite_kind(loss)}",
-                    epoch,
-                    index,
-                    nonfinite_teacher_fields(teacher_side),
+                    nonfinite_loss(result.parts, loss), epoch, index, nonfinite_teacher_fields(teacher_side)
                 )
                 return None
             if self.scaler is not None:
@@ -494,34 +418,14 @@ class _Loop:
             logger.info("saved checkpoint %s", path)
         self.accelerator.wait_for_everyone()
 
-    def _nonfinite(self, what: str, epoch: int, index: int, teacher_fields: list[str] = ()) -> None:
+    def _nonfinite(self, what: str, epoch: int, index: int, teacher_fields: Sequence[str] = ()) -> None:
         """A NaN or infinite loss part or gradient norm: skip the update, or stop naming the cause."""
         where = f"at step {self.global_step + 1} (epoch {epoch}, batch {index})"
-        message = f"{what} {where}; the update was not applied"
-        if teacher_fields:
-            # the teacher's own outputs are broken: lowering the learning rate would not help
-            message = (
-                f"the teacher's {', '.join(teacher_fields)} hold NaN or infinite values {where}, so {what}; "
-                "the update was not applied"
-            )
-        if self.on_nonfinite == "skip":
-            self.history.skipped_steps += 1
-            logger.warning("%s; skipping the step (%d skipped so far)", message, self.history.skipped_steps)
-            return
-        kept = (
-            f"; the last good checkpoint is kept in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
-        )
-        if teacher_fields:
-            raise NonFiniteTeacherError(
-                f"{message}: the run stopped{kept}. The teacher is broken, not the training "
-                "settings: check its weights, run it in float32 (fp16 overflows), or give "
-                "another teacher"
-            )
-        raise NonFiniteLossError(
-            f"{message}: the run stopped{kept}. Lower the learning rate, use bf16 instead "
-            "of fp16, or set on_nonfinite='skip' (training.on_nonfinite: skip in a config) "
-            "to skip such steps"
-        )
+        message = nonfinite_message(what, where, teacher_fields)
+        if self.on_nonfinite != "skip":
+            raise nonfinite_error(message, teacher_fields, self.checkpoint_dir)
+        self.history.skipped_steps += 1
+        logger.warning("%s; skipping the step (%d skipped so far)", message, self.history.skipped_steps)
 
 
 def train_distillation(

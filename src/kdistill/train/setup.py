@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
-from torch import Tensor, nn
+from torch import nn
 
 from kdistill.losses.objective import Objective
 
+if TYPE_CHECKING:
+    from kdistill.cache import TeacherCache
+
 __all__ = [
     "PRECISIONS",
+    "DistillArgs",
+    "EvalFn",
     "check_accelerator",
     "check_args",
     "check_objective",
@@ -25,6 +32,57 @@ __all__ = [
 
 #: values of ``precision``: no autocast, bfloat16 autocast, float16 autocast with loss scaling
 PRECISIONS = ("no", "bf16", "fp16")
+
+#: ``eval_fn(student)``: the student's metrics
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class DistillArgs:
+    """The arguments of one :func:`~kdistill.train.loop.distill` call, checked on creation; its
+    docstring says what each one means."""
+
+    teacher: nn.Module | None
+    student: nn.Module
+    train_loader: Iterable[Any]
+    objective: Objective | None
+    optimizer: torch.optim.Optimizer | None
+    lr: float
+    epochs: int
+    max_steps: int | None
+    scheduler: Any | None
+    gradient_accumulation_steps: int
+    max_grad_norm: float | None
+    precision: str
+    eval_fn: EvalFn | None
+    eval_every: int | None
+    log_every: int
+    progress: bool
+    label_key: str | None
+    accelerator: Accelerator | None
+    teacher_cache: TeacherCache | None
+    checkpoint_dir: str | os.PathLike[str] | None
+    save_every: int | None
+    keep_checkpoints: int
+    resume: bool
+    on_nonfinite: str
+
+    def __post_init__(self) -> None:
+        check_args(
+            self.teacher,
+            self.student,
+            self.epochs,
+            self.max_steps,
+            self.gradient_accumulation_steps,
+            self.max_grad_norm,
+            self.precision,
+            self.log_every,
+            self.eval_every,
+            self.on_nonfinite,
+            self.save_every,
+            self.resume,
+            self.checkpoint_dir,
+        )
 
 
 def check_args(
@@ -136,7 +194,3 @@ def shuffle_generators(loader: Any) -> list[torch.Generator]:
         if isinstance(generator, torch.Generator):
             found.setdefault(id(generator), generator)
     return list(found.values())
-
-
-def nonfinite_kind(value: Tensor) -> str:
-    return "NaN" if bool(torch.isnan(value).any()) else "infinite"
