@@ -437,3 +437,32 @@ def test_the_shakespeare_example_checks_with_the_real_gguf_teacher_when_installe
     args += [f"data.{role}={SHAKESPEARE / f'{role}.txt'}" for role in ("train", "validation", "test")]
     code, err = run_command(args)
     assert code == 0, err
+
+
+def test_a_gguf_file_missing_from_the_folder_is_named_with_the_ones_there(plays: Path, tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.Q8_0.gguf").write_bytes(b"GGUF")
+    teacher = {"path": str(tmp_path / "weights"), "gguf_file": "model.Q4_1.gguf"}
+    config = lm_config(plays, "gguf.yaml", teacher=teacher, output={"dir": str(tmp_path / "run")})
+    line = one_line(["distill", str(config), "--no-progress"], after_log=True)
+    assert "has no file 'model.Q4_1.gguf' (teacher.gguf_file); its .gguf files: model.Q8_0.gguf" in line
+
+
+def test_a_gguf_file_name_must_name_a_gguf_file_in_the_folder(plays: Path, tmp_path: Path) -> None:
+    teacher = {"path": str(plays / "teacher"), "gguf_file": "x/absent.bin"}
+    config = lm_config(plays, "gguf-name.yaml", teacher=teacher, output={"dir": str(tmp_path / "run")})
+    assert "teacher.gguf_file: must be the name of a .gguf file" in one_line(["distill", str(config)])
+
+
+def test_an_encoder_preset_is_refused_for_a_causal_lm(plays: Path, tmp_path: Path) -> None:
+    config = lm_config(plays, "preset.yaml", objective={"preset": "tinybert"}, output={"dir": str(tmp_path / "r")})
+    line = one_line(["distill", str(config), "--no-progress"], after_log=True)
+    assert "a recipe for encoders" in line and "token_kd" in line
+
+
+def test_when_every_prompt_is_too_long_the_run_stops_in_one_line(plays: Path, tmp_path: Path) -> None:
+    train = _jsonl(tmp_path / "long.jsonl", [{"prompt": PLAY, "completion": " yes"}] * 3)
+    data = {"train": str(train), "validation": str(plays / "validation.txt"), "max_length": 16}
+    config = lm_config(plays, "all-long.yaml", data=data, output={"dir": str(tmp_path / "run")})
+    line = one_line(["distill", str(config), "--no-progress"], after_log=True)
+    assert "every prompt/completion example" in line and "(3) was dropped" in line and "raise data.max_length" in line

@@ -4,6 +4,7 @@ or loaded, and their tokenizers checked to give the same tokens."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -59,6 +60,7 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
+    _check_gguf_file(location, role, gguf_file)
     options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     loaded = load_pretrained(
         AutoModelForCausalLM, location, role, revision=revision, trust_remote_code=trust_remote_code, **options
@@ -67,6 +69,18 @@ def load_causal_lm(
     loaded.trained(role, "give a causal language model with all its weights (a save_pretrained folder or a GGUF file)")
     dequantized(loaded.model)
     return loaded
+
+
+def _check_gguf_file(location: str, role: str, gguf_file: str | None) -> None:
+    # transformers would look for a missing file on the hub and answer with a hub address
+    folder = Path(location)
+    if gguf_file is None or not folder.is_dir() or (folder / gguf_file).is_file():
+        return
+    found = sorted(path.name for path in folder.glob("*.gguf"))
+    raise ModelLoadError(
+        f"{role} folder {location!r} has no file {gguf_file!r} ({role}.gguf_file); "
+        + (f"its .gguf files: {', '.join(found)}" if found else "it holds no .gguf file")
+    )
 
 
 def load_lm_tokenizer(
