@@ -511,3 +511,19 @@ def test_distill_launched_as_several_processes_is_refused_before_anything_is_wri
     assert code == 2
     assert err.count("\n") == 1 and "runs in one process" in err and "docs/distributed.md" in err, err
     assert snapshot(folder) == before
+
+
+def test_the_example_files_the_help_names_exist() -> None:
+    import re
+
+    from kdistill.app.cli import build_parser
+
+    parser = build_parser()
+    texts = [parser.format_help()]
+    texts += [
+        action.choices[name].format_help() for action in parser._subparsers._group_actions for name in action.choices
+    ]
+    named = set(re.findall(r"examples/[\w./-]+\.(?:yaml|py)", "\n".join(texts)))
+    assert named, "the help shows example files"
+    root = Path(__file__).resolve().parents[1]
+    assert not [name for name in named if not (root / name).is_file()]

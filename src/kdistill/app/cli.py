@@ -48,7 +48,7 @@ its checkpoints with the config it started with (RUN_DIR/config.yaml; CONFIG may
 
 DISTILL_EXAMPLES = """\
 examples:
-  kdistill distill examples/sst2_minilm_hinton.yaml
+  kdistill distill examples/sst2_hinton.yaml
   kdistill distill my_run.yaml training.epochs=1 training.lr=1.0e-4 output.dir=runs/try
   kdistill distill my_run.yaml objective.preset=tinybert student.from_teacher.num_layers=3
   kdistill distill my_run.yaml --overwrite        # output.dir holds a run: start it again
