@@ -8,7 +8,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHATML", "CORPUS", "DECODERS", "PLAY", "make_tokenizer", "ragged_rows", "tiny_decoder", "write_teacher"]
+__all__ = [
+    "CHATML",
+    "CORPUS",
+    "DECODERS",
+    "PLAY",
+    "RecordingSGD",
+    "loop_gradients",
+    "make_tokenizer",
+    "one_step_arguments",
+    "ragged_rows",
+    "step_setup",
+    "tiny_decoder",
+    "write_teacher",
+]
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -58,49 +71,24 @@ def make_tokenizer(
     )
 
 
-def _llama(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
-    from transformers import LlamaConfig
+def _llama_like(config_class: str) -> Any:
+    """A config builder for the Llama-shaped families (grouped-query attention: 4 heads, 2 for keys/values)."""
 
-    return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-    )
+    def build(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
+        import transformers
 
+        return getattr(transformers, config_class)(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=tie,
+        )
 
-def _qwen2(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
-    from transformers import Qwen2Config
-
-    return Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-    )
-
-
-def _mistral(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
-    from transformers import MistralConfig
-
-    return MistralConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-    )
+    return build
 
 
 def _gpt2(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
@@ -120,7 +108,12 @@ def _gpt2(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
 
 
 #: family name -> config builder (vocabulary, layers, hidden, tied)
-DECODERS = {"llama": _llama, "qwen2": _qwen2, "mistral": _mistral, "gpt2": _gpt2}
+DECODERS = {
+    "llama": _llama_like("LlamaConfig"),
+    "qwen2": _llama_like("Qwen2Config"),
+    "mistral": _llama_like("MistralConfig"),
+    "gpt2": _gpt2,
+}
 
 
 def tiny_decoder(
@@ -158,3 +151,80 @@ def ragged_rows(count: int = 8, *, vocab: int = 64, longest: int = 12, seed: int
         labels = [-100] * prompt + ids[prompt:]
         rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
     return rows
+
+
+# ---------------------------------------------------------------------------
+# one optimizer step of token-level distillation (the normalisation tests and their DDP script)
+# ---------------------------------------------------------------------------
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps the gradients of its first step by parameter name (under DDP, averaged by then)."""
+
+    def __init__(self, named: list[tuple[str, torch.nn.Parameter]], lr: float = 0.1) -> None:
+        self.names = [name for name, _ in named]
+        self.recorded: dict[str, torch.Tensor] = {}
+        super().__init__([parameter for _, parameter in named], lr=lr)
+
+    def step(self, closure: Any = None) -> Any:
+        if not self.recorded:
+            params = self.param_groups[0]["params"]
+            self.recorded = {name: p.grad.detach().clone() for name, p in zip(self.names, params, strict=True)}
+        return super().step(closure)
+
+
+def step_setup(vocab: int = 64) -> tuple[Any, Any, Any, RecordingSGD]:
+    """Teacher, student, a token-level objective (chunks of 5 and 7 tokens) and a recording optimizer."""
+    from kdistill import Objective
+    from kdistill.losses.token_terms import TokenCE, TokenKD
+
+    teacher = tiny_decoder("llama", vocab=vocab, layers=3, hidden=32, seed=1)
+    student = tiny_decoder("llama", vocab=vocab, layers=2, hidden=32, seed=2).train()
+    objective = Objective(
+        {"kd": TokenKD("forward_kl", temperature=2.0, chunk_size=5), "ce": TokenCE(chunk_size=7)},
+        weights={"kd": 0.6, "ce": 0.4},
+    )
+    return teacher, student, objective, RecordingSGD(list(student.named_parameters()))
+
+
+def one_step_arguments(output_dir: Path, per_batch: int, accumulation: int, *, processes: int = 1) -> Any:
+    """``TrainingArguments`` of one plain SGD step (no clipping, no schedule), on the CPU."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        logging_strategy="no",
+        seed=0,
+        ddp_backend="gloo" if processes > 1 else None,
+    )
+
+
+def loop_gradients(per_batch: int, accumulation: int, *, wrap: Any = None) -> dict[str, torch.Tensor]:
+    """The student's gradients of one step of the plain loop over :func:`ragged_rows`, taken in
+    micro-batches of ``per_batch`` examples, ``accumulation`` of them (``wrap`` may replace the objective)."""
+    from kdistill import distill
+    from kdistill.datasets import PaddingCollator
+
+    teacher, student, objective, optimizer = step_setup()
+    loader = torch.utils.data.DataLoader(ragged_rows(vocab=64), batch_size=per_batch, collate_fn=PaddingCollator())
+    distill(
+        teacher,
+        student,
+        loader,
+        objective=wrap(objective) if wrap is not None else objective,
+        optimizer=optimizer,
+        gradient_accumulation_steps=accumulation,
+        max_grad_norm=None,
+        max_steps=1,
+        progress=False,
+    )
+    return optimizer.recorded

@@ -17,67 +17,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from lm_fixtures import ragged_rows, tiny_decoder
+from lm_fixtures import loop_gradients, one_step_arguments, ragged_rows, step_setup
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from kdistill import DistillationTrainer, Objective, distill
+from kdistill import DistillationTrainer, Objective
 from kdistill.datasets import PaddingCollator
-from kdistill.losses.token_terms import TokenCE, TokenKD
 
 SPLITS = [(8, 1), (4, 2), (1, 8)]  # (examples per micro-batch, micro-batches per step)
 VOCAB = 64
+Gradients = dict[str, torch.Tensor]
 
 
-class RecordingSGD(torch.optim.SGD):
-    """SGD that keeps a copy of the gradients of its first step."""
+def _loop_gradients(per_batch: int, accumulation: int, naive: bool = False) -> Gradients:
+    def per_micro_batch(objective: Objective) -> Objective:
+        return PerMicroBatchMean(dict(objective.terms), weights=dict(objective.weights))
 
-    def __init__(self, params, lr: float = 0.1) -> None:
-        super().__init__(params, lr=lr)
-        self.recorded: list[torch.Tensor] | None = None
-
-    def step(self, closure=None):
-        if self.recorded is None:
-            self.recorded = [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]
-        return super().step(closure)
+    return loop_gradients(per_batch, accumulation, wrap=per_micro_batch if naive else None)
 
 
-def _objective() -> Objective:
-    return Objective(
-        {"kd": TokenKD("forward_kl", temperature=2.0, chunk_size=5), "ce": TokenCE(chunk_size=7)},
-        weights={"kd": 0.6, "ce": 0.4},
-    )
-
-
-def _models() -> tuple[torch.nn.Module, torch.nn.Module]:
-    teacher = tiny_decoder("llama", vocab=VOCAB, layers=3, hidden=32, seed=1)
-    student = tiny_decoder("llama", vocab=VOCAB, layers=2, hidden=32, seed=2).train()
-    return teacher, student
-
-
-def _loop_gradients(per_batch: int, accumulation: int, objective: Objective | None = None) -> list[torch.Tensor]:
-    teacher, student = _models()
-    loader = torch.utils.data.DataLoader(ragged_rows(vocab=VOCAB), batch_size=per_batch, collate_fn=PaddingCollator())
-    optimizer = RecordingSGD(student.parameters())
-    distill(
-        teacher,
-        student,
-        loader,
-        objective=objective or _objective(),
-        optimizer=optimizer,
-        gradient_accumulation_steps=accumulation,
-        max_grad_norm=None,
-        max_steps=1,
-        progress=False,
-    )
-    assert optimizer.recorded is not None
-    return optimizer.recorded
-
-
-def _assert_same(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected, strict=True):
-        assert_close(a, b, rtol=1e-5, atol=1e-7)
+def _assert_same(got: Gradients, expected: Gradients) -> None:
+    assert got.keys() == expected.keys() and expected
+    for name in expected:
+        assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7)
 
 
 def test_the_fixture_is_ragged_enough_to_tell_the_normalisations_apart() -> None:
@@ -100,42 +62,24 @@ class PerMicroBatchMean(Objective):
 
 
 def test_a_per_micro_batch_mean_would_give_other_gradients() -> None:
-    naive = PerMicroBatchMean(dict(_objective().terms), weights={"kd": 0.6, "ce": 0.4})
-    got, expected = _loop_gradients(4, 2, naive), _loop_gradients(8, 1)
-    assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(got, expected, strict=True))
+    got, expected = _loop_gradients(4, 2, naive=True), _loop_gradients(8, 1)
+    assert any(not torch.allclose(got[name], expected[name], rtol=1e-3, atol=1e-6) for name in expected)
 
 
-def _trainer_gradients(tmp_path: Path, per_batch: int, accumulation: int) -> list[torch.Tensor]:
+def _trainer_gradients(tmp_path: Path, per_batch: int, accumulation: int) -> Gradients:
     from datasets import Dataset
-    from transformers import TrainingArguments
 
-    teacher, student = _models()
-    optimizer = RecordingSGD(student.parameters())
-    args = TrainingArguments(
-        output_dir=str(tmp_path / f"trainer-{per_batch}x{accumulation}"),
-        per_device_train_batch_size=per_batch,
-        gradient_accumulation_steps=accumulation,
-        max_steps=1,
-        max_grad_norm=0.0,
-        lr_scheduler_type="constant",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        save_strategy="no",
-        logging_strategy="no",
-        seed=0,
-    )
+    teacher, student, objective, optimizer = step_setup(VOCAB)
     trainer = DistillationTrainer(
         teacher_model=teacher,
         model=student,
-        args=args,
-        objective=_objective(),
+        args=one_step_arguments(tmp_path / f"trainer-{per_batch}x{accumulation}", per_batch, accumulation),
+        objective=objective,
         train_dataset=Dataset.from_list(ragged_rows(vocab=VOCAB)),
         data_collator=PaddingCollator(),
         optimizers=(optimizer, None),
     )
     trainer.train()
-    assert optimizer.recorded is not None
     return optimizer.recorded
 
 

@@ -10,6 +10,7 @@ absurd memory or time.
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import re
 from pathlib import Path
@@ -19,13 +20,28 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from kdistill.errors import ConfigError
 
-__all__ = ["MAX_BATCH", "MAX_EPOCHS", "LayerMapSpec", "ModelSource", "Section", "Seed"]
+__all__ = ["MAX_BATCH", "MAX_EPOCHS", "LayerMapSpec", "ModelSource", "Section", "Seed", "TextEncoding"]
 
 #: upper bounds that keep a typo (an extra zero or three) from asking for absurd memory or time
 MAX_BATCH = 65536
 MAX_EPOCHS = 100_000
 #: seeds every random generator kdistill seeds accepts (numpy's are 32-bit; stages add their index)
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+def _text_encoding(value: str) -> str:
+    try:
+        info = codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+    # codecs also holds bytes-to-bytes and text-to-text transforms (base64, rot13): no text comes out of those
+    if not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"{value!r} is not a text encoding (e.g. utf-8, latin-1, cp1252)")
+    return value
+
+
+#: the name of a codec that turns bytes into text (``utf-8``, ``latin-1`` ...), for ``data.encoding``
+TextEncoding = Annotated[str, AfterValidator(_text_encoding)]
 
 _MAP_SPEC = re.compile(r"^(uniform|every-[1-9]\d*|last-[1-9]\d*)$")
 _PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

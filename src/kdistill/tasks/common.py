@@ -1,5 +1,6 @@
 """What every task does alike: a student built from the teacher's own configuration, checked
-to fit the machine before it is allocated."""
+to fit the machine before it is allocated, and a data file's bytes decoded with a message that
+names the line."""
 
 from __future__ import annotations
 
@@ -9,12 +10,30 @@ from typing import Any
 from torch import nn
 
 from kdistill.attention import model_dims
-from kdistill.errors import ConfigError
+from kdistill.errors import ConfigError, DataError
 from kdistill.mapping import every_kth_map, last_k_map, uniform_map
 from kdistill.preflight import check_memory, estimate_parameters
 from kdistill.student import StudentReport, make_student
 
-__all__ = ["copy_map", "student_from_teacher"]
+__all__ = ["copy_map", "decode_text", "student_from_teacher"]
+
+
+def decode_text(raw: bytes, source: str, encoding: str) -> str:
+    """``raw`` as text in ``encoding``, a UTF-8 byte-order mark dropped.
+
+    Raises:
+        DataError: bytes that do not decode, with the line and byte where they are.
+    """
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{source!r} is not valid {encoding} text (line {line}, byte {error.start}): set data.encoding to the "
+            "file's encoding (kdistill eval: --encoding), e.g. latin-1 or cp1252"
+        ) from None
+    return text.removeprefix("\ufeff")
+
 
 _FFN_NAMES = ("intermediate_size", "hidden_dim", "ffn_dim", "n_inner")
 

@@ -3,14 +3,13 @@ records use, tokens per block or example, the held-out splits and token budgets.
 
 from __future__ import annotations
 
-import codecs
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from kdistill.errors import DataError
-from kdistill.schema import Section, Seed
+from kdistill.schema import Section, Seed, TextEncoding
 
 __all__ = ["LM_FORMATS", "LMDataConfig", "format_from_suffix"]
 
@@ -48,7 +47,7 @@ class LMDataConfig(Section):
     format: Literal["text", "jsonl"] | None = Field(
         None, description="default: from the suffix (.txt .text .md: text; .jsonl .json .ndjson: jsonl)"
     )
-    encoding: str = Field("utf-8", description="the text encoding of every file")
+    encoding: TextEncoding = Field("utf-8", description="the text encoding of every file")
     text_field: str = Field("text", min_length=1, description="the key of a JSONL record's text")
     prompt_field: str = Field("prompt", min_length=1, description="the key of a JSONL record's prompt")
     completion_field: str = Field(
@@ -71,18 +70,6 @@ class LMDataConfig(Section):
     max_eval_tokens: int | None = Field(
         None, ge=1, description="likewise for the validation and test splits, to keep evaluation short"
     )
-
-    @field_validator("encoding")
-    @classmethod
-    def _text_encoding(cls, value: str) -> str:
-        try:
-            codec = codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
-        # codecs also knows bytes-to-bytes transforms (base64, zlib, rot13): they give no text
-        if not getattr(codec, "_is_text_encoding", True):
-            raise ValueError(f"{value!r} is not a text encoding (e.g. utf-8, latin-1, cp1252)")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> LMDataConfig:

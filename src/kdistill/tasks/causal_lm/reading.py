@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from kdistill.errors import DataError
 from kdistill.tasks.causal_lm.config import LMDataConfig
+from kdistill.tasks.common import decode_text
 
 __all__ = ["DocumentKind", "Documents", "read_documents"]
 
@@ -71,24 +72,6 @@ def _describe(value: Any) -> str:
         if isinstance(value, kind):
             return name
     return "a string" if isinstance(value, str) else f"a {type(value).__name__}"
-
-
-def _decode(path: Path, encoding: str) -> str:
-    """The file's text in ``encoding`` (a UTF-8 byte-order mark dropped).
-
-    Raises:
-        DataError: bytes that do not decode, with the line they are on.
-    """
-    raw = path.read_bytes()
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"{str(path)!r} is not valid {encoding} text (line {line}, byte {error.start}): set data.encoding to the "
-            "file's encoding, e.g. latin-1 or cp1252"
-        ) from None
-    return text.removeprefix("\ufeff")
 
 
 class _DuplicateKey(ValueError):
@@ -233,7 +216,7 @@ def read_documents(path: str | Path, config: LMDataConfig, *, role: str = "train
         what = "not found" if not path.exists() else "not a file"
         raise DataError(f"data.{role} {source!r}: {what}; give the path of a text or JSONL file")
     kind = config.format_of(path)
-    text = _decode(path, config.encoding)
+    text = decode_text(path.read_bytes(), source, config.encoding)
     if not text.strip():
         raise DataError(f"data.{role} {source!r} is empty (or only whitespace); give a file with text in it")
     if kind == "text":

@@ -3,12 +3,11 @@ columns, splits, tokenisation, augmentation) and ``teacher.num_labels``."""
 
 from __future__ import annotations
 
-import codecs
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from kdistill.schema import Section, Seed
+from kdistill.schema import Section, Seed, TextEncoding
 
 __all__ = ["DATA_FORMATS", "AugmentConfig", "ClassifierOptions", "DataConfig", "HubDataConfig"]
 
@@ -62,7 +61,7 @@ class DataConfig(Section):
     format: Literal["csv", "tsv", "json", "jsonl", "parquet"] | None = Field(
         None, description="default: from the suffix"
     )
-    encoding: str = "utf-8"
+    encoding: TextEncoding = "utf-8"
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -80,18 +79,6 @@ class DataConfig(Section):
     augment: AugmentConfig | None = Field(
         None, description="add teacher-labelled sentences made from the training ones (distillation only)"
     )
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        try:
-            info = codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
-        # codecs also holds bytes-to-bytes and text-to-text transforms (base64, rot13): no text comes out of those
-        if not getattr(info, "_is_text_encoding", True):
-            raise ValueError(f"{value!r} is not a text encoding (e.g. utf-8, latin-1, cp1252)")
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

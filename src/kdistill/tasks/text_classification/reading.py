@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kdistill.errors import DataError
+from kdistill.tasks.common import decode_text
 from kdistill.tasks.text_classification.config import DATA_FORMATS, DataConfig
 
 logger = logging.getLogger("kdistill.data")
@@ -107,16 +108,7 @@ def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-
     try:
         if kind == "parquet":
             return pd.read_parquet(path)
-        raw = path.read_bytes()
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError as error:
-            line = raw[: error.start].count(b"\n") + 1
-            raise DataError(
-                f"{str(path)!r} is not valid {encoding} text (line {line}, byte {error.start}): set data.encoding "
-                "(kdistill eval: --encoding), e.g. latin-1 or cp1252"
-            ) from None
-        text = text.removeprefix("\ufeff")
+        text = decode_text(path.read_bytes(), str(path), encoding)
         if kind in ("csv", "tsv"):
             separator = "," if kind == "csv" else "\t"
             _check_header(path, next(csv.reader(io.StringIO(text), delimiter=separator), []))
