@@ -466,3 +466,13 @@ def test_when_every_prompt_is_too_long_the_run_stops_in_one_line(plays: Path, tm
     config = lm_config(plays, "all-long.yaml", data=data, output={"dir": str(tmp_path / "run")})
     line = one_line(["distill", str(config), "--no-progress"], after_log=True)
     assert "every prompt/completion example" in line and "(3) was dropped" in line and "raise data.max_length" in line
+
+
+def test_the_speed_note_counts_threads_in_words() -> None:
+    from kdistill.app.report import speed_note
+    from kdistill.tasks import get_task
+
+    task = get_task("causal_lm")
+    assert "batch 1, 1 thread)" in speed_note(task, {"batch_size": 1.0, "threads": 1})
+    assert "batch 1, 2 threads)" in speed_note(task, {"batch_size": 1.0, "threads": 2})
+    assert "(4 threads)" in speed_note(get_task("text_classification"), {"batch_size": 64, "threads": 4})

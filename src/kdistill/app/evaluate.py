@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.app.config_loading import load_config
-from kdistill.app.report import check_metrics_file, comparison_table, measure_models, update_metrics_file
+from kdistill.app.report import check_metrics_file, comparison_table, measure_models, speed_note, update_metrics_file
 from kdistill.app.run_folder import RunFolder
 from kdistill.datasets import Routed, make_loader
 from kdistill.errors import DataError, KdistillError, OutputFileError
@@ -64,8 +64,7 @@ class EvalResult:
 
     def speed_note(self) -> str:
         """How the latency column was measured, in the task's words."""
-        speed = self.metrics.get("speed", {})
-        return self.task.speed_note.format(batch=int(speed.get("batch_size") or 0), threads=speed.get("threads", "?"))
+        return speed_note(self.task, self.metrics.get("speed", {}))
 
 
 def resolve_target(

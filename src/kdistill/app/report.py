@@ -129,6 +129,13 @@ def comparison_rows(
     return rows
 
 
+def speed_note(task: Any, speed: Mapping[str, Any]) -> str:
+    """How the latency column was measured, in the task's words (batch size and threads filled in)."""
+    threads = speed.get("threads")
+    shown = f"{threads} thread{'' if threads == 1 else 's'}" if isinstance(threads, int) else "? threads"
+    return task.speed_note.format(batch=int(speed.get("batch_size") or 0), threads=shown)
+
+
 def comparison_table(metrics: Mapping[str, Any], task: Any, markdown: bool = False) -> str:
     """The teacher-versus-student table of a metrics record (``kdistill distill``, ``eval`` and ``report.md``),
     with the task's metric columns and throughput unit."""
@@ -315,7 +322,7 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
     ]
     speed = metrics.get("speed", {})
     if speed:
-        note = task.speed_note.format(batch=int(speed.get("batch_size") or 0), threads=speed.get("threads", "?"))
+        note = speed_note(task, speed)
         lines += ["", f"{note}; weights are the weight files on disk."]
     final = metrics.get("final_validation", {})
     if final and evaluated != "validation":

@@ -99,8 +99,8 @@ class Task(ABC):
     higher_is_better: ClassVar[bool] = True
     #: the task's columns of the comparison table: ``(metric key, header)``
     metric_columns: ClassVar[tuple[tuple[str, str], ...]]
-    #: what the speed measurement times, for the report (``{batch}`` and ``{threads}`` are filled in)
-    speed_note: ClassVar[str] = "Latency is the median CPU time of one batch of {batch} examples ({threads} threads)"
+    #: what the speed measurement times, for the report (``{batch}`` and ``{threads}``, "2 threads", are filled in)
+    speed_note: ClassVar[str] = "Latency is the median CPU time of one batch of {batch} examples ({threads})"
     #: the unit of the throughput column
     throughput_unit: ClassVar[str] = "examples/s"
 

@@ -41,7 +41,7 @@ class CausalLM(Task):
     metric_columns = (("perplexity", "perplexity"), ("agreement", "next-token agreement"))
     speed_note = (
         "Latency is the median CPU time per generated token (greedy decoding with the KV cache, batch "
-        "{batch}, {threads} threads), teacher and student timed in alternating rounds"
+        "{batch}, {threads}), teacher and student timed in alternating rounds"
     )
     throughput_unit = "tokens/s"
 
