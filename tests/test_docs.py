@@ -126,8 +126,10 @@ def test_the_causal_lm_guide_config_is_valid_and_matches_the_example_file():
 
     from kdistill.app.config_loading import parse_config
 
-    (block,) = _yaml_blocks("docs/causal_lm.md")
+    block, *parts = _yaml_blocks("docs/causal_lm.md")
     guide = parse_config(yaml.safe_load(block))
+    for part in parts:  # the later blocks are sections of the same config
+        assert parse_config({**yaml.safe_load(block), **yaml.safe_load(part)}).task == "causal_lm"
     example = parse_config(yaml.safe_load((ROOT / "examples" / "shakespeare_kd.yaml").read_text(encoding="utf-8")))
     assert guide.task == example.task == "causal_lm"
     assert guide.objective == example.objective and guide.student == example.student

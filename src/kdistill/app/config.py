@@ -339,9 +339,8 @@ def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]
     teacher = TeacherConfig
     if task.teacher_options is not None:
         teacher = create_model("TeacherConfig", __base__=(TeacherConfig, task.teacher_options))
-    objective = create_model(
-        "ObjectiveConfig", __base__=ObjectiveConfig, terms=(dict[str, settings_union()] | None, None)
-    )  # type: ignore[valid-type]
+    bases = (ObjectiveConfig, task.objective_options) if task.objective_options is not None else ObjectiveConfig
+    objective = create_model("ObjectiveConfig", __base__=bases, terms=(dict[str, settings_union()] | None, None))  # type: ignore[valid-type]
     return create_model(  # type: ignore[call-overload, no-any-return]
         "RunConfig",
         __base__=RunConfig,

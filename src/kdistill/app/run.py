@@ -24,6 +24,7 @@ The run folder (:mod:`kdistill.app.run_folder` says what a run may write and del
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,7 +55,7 @@ from kdistill.app.run_folder import (
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.training import Loaders, Trained, make_loaders, routed, train
 from kdistill.cache import check_cache_folder
-from kdistill.errors import KdistillError, RunFolderError
+from kdistill.errors import ConfigError, KdistillError, RunFolderError
 from kdistill.loading import looks_local
 from kdistill.preflight import check_memory, model_memory_per_layer
 from kdistill.tasks import Task, get_task
@@ -117,6 +118,14 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         assert config.objective is not None  # the schema gives a run with a student its objective
         stages = build_stages(config.objective, config.training, models.student, models.teacher, task)
         check_stage_capture(stages, models.student, models.teacher)
+        on_policy = task.on_policy(config.objective, models, seed=config.training.seed)
+        if on_policy is not None:
+            if config.teacher.cache is not None:
+                raise ConfigError(
+                    "objective.on_policy needs the teacher online (it scores the student's own samples, which no "
+                    "cache holds): remove teacher.cache"
+                )
+            stages = [dataclasses.replace(stage, on_policy=on_policy) for stage in stages]
     return PreparedRun(config, task, models, data, stages)
 
 

@@ -21,6 +21,7 @@ from kdistill.errors import ConfigError, KdistillError
 from kdistill.losses import Objective
 from kdistill.losses.registry import build_term
 from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation, minilm_objectives
+from kdistill.train.on_policy import OnPolicy
 
 __all__ = ["Stage", "build_stages", "check_stage_capture", "optimizer_and_scheduler"]
 
@@ -34,12 +35,14 @@ class Stage:
         objective: the loss of the stage.
         epochs: passes over the training data.
         lr: peak learning rate.
+        on_policy: causal LMs: replaces some batches by the student's samples (``objective.on_policy``).
     """
 
     name: str
     objective: Objective
     epochs: int
     lr: float
+    on_policy: OnPolicy | None = None
 
 
 def _stages(

@@ -324,15 +324,25 @@ def _stage_summary(stage: Stage, history: History, planned: int) -> dict[str, An
     final = {
         k: v for k, v in (history.epochs[-1] if history.epochs else {}).items() if k not in ("step", "epoch", "lr")
     }
-    return {
+    summary: dict[str, Any] = {
         "name": stage.name,
         "objective": stage.objective.formula(),
         "epochs": stage.epochs,
         "lr": stage.lr,
         "steps": len(history.steps),
         "planned_steps": planned,
+        "seconds": history.seconds,
         "final": final,
     }
+    if stage.on_policy is not None:
+        policy = stage.on_policy
+        summary["on_policy"] = {
+            "sampled_batches": policy.generated,
+            "batches": policy.seen,
+            "generation_seconds": policy.seconds,
+            "generation_share": policy.share_of(history.seconds),
+        }
+    return summary
 
 
 def _train_stage(
@@ -402,6 +412,7 @@ def _train_stage(
         keep_checkpoints=output.keep_checkpoints,
         resume=resume and stage_dir is not None,
         on_nonfinite=training.on_nonfinite,
+        on_policy=stage.on_policy,
     )
     if history.skipped_steps:
         logger.warning("stage %s: %d step(s) skipped for a NaN or infinite loss", stage.name, history.skipped_steps)
@@ -432,6 +443,12 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
     logger.info("teacher on validation: %s", _shown(trained.teacher_validation))
     if run.models.student is None:
         return trained
+    data = task.distill_data(config.objective, run.models, run.data, seed=config.training.seed, progress=progress)
+    if data is not run.data:
+        # the student learns from what the final teacher wrote (sequence-level KD)
+        run.data = data
+        fresh = make_loaders(data, config.training, cached=config.teacher.cache is not None)
+        loaders.train, loaders.steps_per_epoch = fresh.train, fresh.steps_per_epoch
     caches = _StageCaches(
         config.teacher.cache,
         models["teacher"],

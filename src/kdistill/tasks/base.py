@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdistill.losses.objective import Objective
 from kdistill.schema import Section
+from kdistill.train.on_policy import OnPolicy
 
 __all__ = ["Models", "Task", "TaskData"]
 
@@ -94,6 +95,8 @@ class Task(ABC):
     data_section: ClassVar[type[Section]]
     #: keys the task adds to ``teacher:`` (None for none)
     teacher_options: ClassVar[type[Section] | None] = None
+    #: keys the task adds to ``objective:`` (a section class), or None
+    objective_options: ClassVar[type[Section] | None] = None
     #: the metric the best student is chosen by, and whether higher is better
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
@@ -135,6 +138,17 @@ class Task(ABC):
     def samples(self, models: Mapping[str, nn.Module], data: TaskData, tokenizer: Any) -> list[dict[str, str]]:
         """Examples of each model's output side by side for the report (none by default)."""
         return []
+
+    def distill_data(
+        self, objective: Section, models: Models, data: TaskData, *, seed: int, progress: bool
+    ) -> TaskData:
+        """The data the student is distilled on, once the teacher is final (after its fine-tuning):
+        ``data`` as prepared by default; a task may add what the teacher writes (sequence-level KD)."""
+        return data
+
+    def on_policy(self, objective: Section, models: Models, *, seed: int) -> OnPolicy | None:
+        """What replaces some batches by the student's own samples during distillation (None: nothing)."""
+        return None
 
     @abstractmethod
     def finetune_objective(self) -> Objective:

@@ -21,12 +21,14 @@ class History:
         epochs: one record per epoch with the mean of each of those values.
         evals: one record per evaluation: ``step``, ``epoch`` and what ``eval_fn`` returned.
         skipped_steps: updates dropped for a non-finite loss (``on_nonfinite="skip"``).
+        seconds: the wall time of training (evaluations included), over every resumption.
     """
 
     steps: list[dict[str, float]] = field(default_factory=list)
     epochs: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
     skipped_steps: int = 0
+    seconds: float = 0.0
 
     def series(self, key: str) -> list[float]:
         """The values of ``key`` over the optimizer steps, e.g. ``history.series("kd")``."""

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ from kdistill.train.checkpoint import (
 )
 from kdistill.train.history import History, StepRecorder
 from kdistill.train.nonfinite import nonfinite_error, nonfinite_kind, nonfinite_loss, nonfinite_message
+from kdistill.train.on_policy import OnPolicy
 from kdistill.train.setup import (
     PRECISIONS,
     DistillArgs,
@@ -91,6 +93,7 @@ def distill(
     keep_checkpoints: int = 2,
     resume: bool = False,
     on_nonfinite: str = "stop",
+    on_policy: OnPolicy | None = None,
 ) -> History:
     """Train ``student`` to imitate ``teacher`` on ``train_loader``.
 
@@ -130,6 +133,8 @@ def distill(
             with the same student as an uninterrupted one.
         on_nonfinite: a NaN or infinite loss part or gradient norm: ``"stop"`` raises
             :class:`NonFiniteLossError` before the update; ``"skip"`` drops the update and counts it.
+        on_policy: causal LMs: an :class:`~kdistill.train.on_policy.OnPolicy` that replaces some
+            micro-batches' completions by the student's samples, which the teacher scores.
 
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
@@ -175,7 +180,7 @@ class _Loop:
         self.epochs, self.max_steps, self.eval_fn = args.epochs, args.max_steps, args.eval_fn
         self.eval_every, self.log_every, self.save_every = args.eval_every, args.log_every, args.save_every
         self.checkpoint_dir, self.keep_checkpoints = args.checkpoint_dir, args.keep_checkpoints
-        self.on_nonfinite = args.on_nonfinite
+        self.on_nonfinite, self.on_policy = args.on_nonfinite, args.on_policy
         self.resume, self.progress = args.resume, args.progress
         steps_per_epoch = math.ceil(self.num_batches / self.accumulation) if self.num_batches else None
         self.total_steps = steps_per_epoch * self.epochs if steps_per_epoch else None
@@ -185,6 +190,7 @@ class _Loop:
     # -- the run, top to bottom ------------------------------------------------------------
 
     def run(self) -> History:
+        started = time.perf_counter()
         if self.resume:
             self._restore()
         self.show = self.progress and self.accelerator.is_main_process
@@ -216,6 +222,15 @@ class _Loop:
         if self.checkpoint_dir is not None and done and self.global_step > (self.resumed.step if self.resumed else 0):
             self._save(epoch, 0 if self.num_batches is None else self.num_batches, epoch_rng)
         self.bar.close()
+        self.history.seconds += time.perf_counter() - started
+        if self.on_policy is not None:
+            policy = self.on_policy
+            logger.info(
+                "on-policy: %d of %d micro-batches sampled by the student, %.0f%% of the training time",
+                policy.generated,
+                policy.seen,
+                100 * policy.share_of(self.history.seconds),
+            )
         return self.history
 
     def _restore(self) -> None:
@@ -284,6 +299,13 @@ class _Loop:
         total: Tensor | None = None
         parts: dict[str, Tensor] = {}
         poisoned = False
+        if self.on_policy is not None:
+            # before the step's target tokens are counted: the student's samples are the step's targets
+            rank = self.accelerator.process_index
+            group = [
+                (index, self.on_policy(batch, self.student_module, f"{epoch}:{index}:{rank}"))
+                for index, batch in group
+            ]
         share = self._share(group)
         for position, (index, batch) in enumerate(group):
             result = self._loss_step(batch, share, at_boundary=position == len(group) - 1, epoch=epoch, index=index)

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from kdistill.losses.objective import Objective
+from kdistill.train.on_policy import OnPolicy
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -26,6 +27,7 @@ __all__ = [
     "check_accelerator",
     "check_args",
     "check_objective",
+    "check_on_policy",
     "default_accelerator",
     "prepare_optimizer",
 ]
@@ -66,6 +68,7 @@ class DistillArgs:
     keep_checkpoints: int
     resume: bool
     on_nonfinite: str
+    on_policy: OnPolicy | None
 
     def __post_init__(self) -> None:
         check_args(
@@ -82,6 +85,19 @@ class DistillArgs:
             self.save_every,
             self.resume,
             self.checkpoint_dir,
+        )
+        if self.on_policy is not None:
+            check_on_policy(self.on_policy, self.teacher, self.teacher_cache)
+
+
+def check_on_policy(on_policy: Any, teacher: nn.Module | None, teacher_cache: Any) -> None:
+    """On-policy distillation needs a teacher model: it scores tokens no cache has seen."""
+    if not isinstance(on_policy, OnPolicy):
+        raise TypeError(f"on_policy must be a kdistill OnPolicy, got {type(on_policy).__name__}")
+    if teacher is None or teacher_cache is not None:
+        raise ValueError(
+            "on-policy distillation needs the teacher model, without a teacher cache: the teacher scores the "
+            "student's own samples, which no cache holds"
         )
 
 

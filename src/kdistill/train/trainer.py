@@ -20,6 +20,8 @@ from kdistill.batch import INDEX_KEY
 from kdistill.capture import Features, attention_mask_of, capture
 from kdistill.losses.objective import Objective, StepShare
 from kdistill.losses.token_terms import count_targets
+from kdistill.train.on_policy import OnPolicy
+from kdistill.train.setup import check_on_policy
 from kdistill.train.teacher import (
     NonFiniteTeacherError,
     check_teacher_source,
@@ -76,6 +78,7 @@ class DistillationTrainer(Trainer):
         *args: Any,
         objective: Objective | None = None,
         teacher_cache: TeacherCache | None = None,
+        on_policy: OnPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         if teacher_model is None and teacher_cache is None:
@@ -89,7 +92,9 @@ class DistillationTrainer(Trainer):
             raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
         self.objective = objective if objective is not None else Objective.hinton(temperature, alpha)
         check_teacher_source(teacher_model, teacher_cache, self.objective.request("teacher"))
-        self.teacher_cache = teacher_cache
+        if on_policy is not None:
+            check_on_policy(on_policy, teacher_model, teacher_cache)
+        self.teacher_cache, self.on_policy = teacher_cache, on_policy
         super().__init__(*args, **kwargs)
         if teacher_model is not None and teacher_model is self.model:
             raise ValueError("teacher_model and model are the same module; the student must be a separate model")
@@ -220,6 +225,20 @@ class DistillationTrainer(Trainer):
                 self._part_sums[name] = value if name not in self._part_sums else self._part_sums[name] + value
             self._part_steps.add(self.state.global_step)
         return (result.total, student_side.output) if return_outputs else result.total
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        """The step's micro-batches and their target tokens; with ``on_policy``, some micro-batches'
+        completions are the student's samples, counted after they replace the data's."""
+        batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.on_policy is None or not batches:
+            return batches, items
+        student = self.accelerator.unwrap_model(self.model)
+        step, rank = self.state.global_step, self.args.process_index
+        batches = [
+            self.on_policy(self._prepare_inputs(batch), student, f"{step}:{index}:{rank}")
+            for index, batch in enumerate(batches)
+        ]
+        return batches, self._get_num_items_in_batch(batches, device)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Tensor | int | None:
         """The target tokens of a whole optimizer step (next-token targets that count, over every

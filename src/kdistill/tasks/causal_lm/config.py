@@ -11,7 +11,14 @@ from pydantic import Field, model_validator
 from kdistill.errors import DataError
 from kdistill.schema import Section, Seed, TextEncoding
 
-__all__ = ["LM_FORMATS", "LMDataConfig", "format_from_suffix"]
+__all__ = [
+    "LM_FORMATS",
+    "LMDataConfig",
+    "LMObjectiveOptions",
+    "OnPolicyConfig",
+    "SequenceKDConfig",
+    "format_from_suffix",
+]
 
 #: the file formats and the suffixes that name them
 LM_FORMATS = {
@@ -103,3 +110,39 @@ class LMDataConfig(Section):
         if found is None:
             raise DataError(_unknown_format(str(path)))
         return found
+
+
+class OnPolicyConfig(Section):
+    """``objective.on_policy``: some batches' completions sampled by the student, scored by the teacher (GKD)."""
+
+    lmbda: float = Field(0.5, ge=0, le=1, description="the share of batches the student generates (GKD's lambda)")
+    new_tokens: int = Field(32, ge=1, le=4096, description="tokens the student samples after each prompt")
+    prompt_tokens: int = Field(
+        32, ge=1, le=65536, description="the prompt of a text block (prompt/completion data: the prompt itself)"
+    )
+    temperature: float = Field(1.0, gt=0, description="the student's sampling temperature")
+    seed: Seed | None = Field(None, description="default: training.seed")
+
+
+class SequenceKDConfig(Section):
+    """``objective.sequence_kd``: the student learns from the teacher's own continuations (Kim & Rush 2016)."""
+
+    prompt_tokens: int = Field(
+        64,
+        ge=1,
+        le=65536,
+        description="a text block's first tokens prompt the teacher (prompt/completion: the prompt)",
+    )
+    new_tokens: int = Field(64, ge=1, le=4096, description="tokens the teacher writes after each prompt")
+    do_sample: bool = Field(False, description="sample at temperature instead of greedy decoding")
+    temperature: float = Field(1.0, gt=0)
+    seed: Seed | None = Field(None, description="default: training.seed")
+    batch_size: int = Field(16, ge=1, le=4096, description="prompts generated at once")
+    keep_data: bool = Field(False, description="train on the data's own text too, not only on the teacher's")
+
+
+class LMObjectiveOptions(Section):
+    """Keys a causal-LM run adds to ``objective:``."""
+
+    on_policy: OnPolicyConfig | None = None
+    sequence_kd: SequenceKDConfig | None = None

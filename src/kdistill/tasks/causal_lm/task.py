@@ -17,12 +17,14 @@ from kdistill.losses.token_terms import TokenCE, TokenKD
 from kdistill.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.speed import with_speedup
 from kdistill.tasks.base import Models, Task, TaskData
-from kdistill.tasks.causal_lm.config import LMDataConfig
+from kdistill.tasks.causal_lm.config import LMDataConfig, LMObjectiveOptions
 from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents
 from kdistill.tasks.causal_lm.evaluation import generate, generation_speed, language_model_metrics
 from kdistill.tasks.causal_lm.models import LMModelOptions, load_causal_lm, load_lm_tokenizer, student_lm
 from kdistill.tasks.causal_lm.reading import read_documents
+from kdistill.tasks.causal_lm.sequence_kd import sequence_kd_data
 from kdistill.tasks.causal_lm.vocab import check_tokenizers, shared_vocab_size
+from kdistill.train.on_policy import OnPolicy
 
 __all__ = ["CausalLM"]
 
@@ -36,6 +38,7 @@ class CausalLM(Task):
     name = "causal_lm"
     data_section = LMDataConfig
     teacher_options = LMModelOptions
+    objective_options = LMObjectiveOptions
     primary_metric = "perplexity"
     higher_is_better = False
     metric_columns = (("perplexity", "perplexity"), ("agreement", "next-token agreement"))
@@ -121,6 +124,25 @@ class CausalLM(Task):
             )
         return Objective(
             {"kd": TokenKD("forward_kl", temperature), "ce": TokenCE()}, weights={"kd": alpha, "ce": 1.0 - alpha}
+        )
+
+    def distill_data(self, objective: Any, models: Models, data: TaskData, *, seed: int, progress: bool) -> TaskData:
+        settings = getattr(objective, "sequence_kd", None)
+        return sequence_kd_data(settings, models, data, seed=seed, progress=progress) if settings else data
+
+    def on_policy(self, objective: Any, models: Models, *, seed: int) -> OnPolicy | None:
+        settings = getattr(objective, "on_policy", None)
+        if settings is None:
+            return None
+        tokenizer = models.tokenizer
+        return OnPolicy(
+            lmbda=settings.lmbda,
+            new_tokens=settings.new_tokens,
+            prompt_tokens=settings.prompt_tokens,
+            temperature=settings.temperature,
+            seed=settings.seed if settings.seed is not None else seed,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
 
     def finetune_objective(self) -> Objective:

@@ -1,0 +1,207 @@
+"""The teacher's own continuations, for sequence-level distillation (Kim & Rush 2016): the teacher
+continues each prompt once (greedy or sampled, with the KV cache) and the student then learns from
+what the teacher wrote instead of (or besides) the data's text.
+
+Generating is the expensive part, so the continuations are stored once per teacher, prompts and
+settings: :func:`teacher_generations` keeps them in a folder named by that fingerprint under
+``$KDISTILL_CACHE/teacher-generations/`` (written atomically, its marker written by kdistill) and
+reads them back on the next run with the same teacher and prompts. Sampling is seeded per prompt,
+so the same prompt gets the same continuation whatever the batch it is generated in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdistill.cache.keys import fingerprint_teacher
+from kdistill.errors import KdistillError
+from kdistill.fileio import cache_root
+
+__all__ = ["GenerationSettings", "generate_continuations", "teacher_generations"]
+
+logger = logging.getLogger("kdistill.generation")
+
+_MARKER = ".kdistill-generations.json"
+#: every file a generations folder holds: nothing else in it is ever deleted
+_FILES = {_MARKER, "ids.npy", "ends.npy"}
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How the teacher continues a prompt.
+
+    Attributes:
+        new_tokens: tokens generated after each prompt (fewer where the end token comes first).
+        do_sample: sample (at ``temperature``) instead of greedy decoding.
+        temperature: sampling temperature (> 0).
+        seed: seeds each prompt's sampling (with the prompt's place in the list).
+        batch_size: prompts generated at once.
+    """
+
+    new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"new_tokens and batch_size must be at least 1, got {self.new_tokens}, {self.batch_size}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+@torch.no_grad()
+def generate_continuations(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    *,
+    pad_token_id: int,
+    eos_token_id: int | None,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Each prompt's continuation by ``model`` (its end token included when it comes).
+
+    Args:
+        model: a causal LM (``generate``); run in eval mode, its own mode restored after.
+        prompts: token ids of each prompt.
+        settings: see :class:`GenerationSettings`.
+        pad_token_id: the id prompts are left-padded with.
+        eos_token_id: generation of a prompt stops at this token (kept); None: never early.
+
+    Returns:
+        One list of new token ids per prompt, in the prompts' order.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    found: list[list[int]] = []
+    batches = range(0, len(prompts), settings.batch_size)
+    for start in tqdm(batches, desc="teacher generations", disable=not progress, leave=False):
+        chunk = prompts[start : start + settings.batch_size]
+        if settings.do_sample:
+            # one prompt at a time: a prompt's sample never depends on the batch it falls in
+            for offset, prompt in enumerate(chunk):
+                found.extend(_generate(model, [prompt], settings, device, pad_token_id, eos_token_id, start + offset))
+        else:
+            found.extend(_generate(model, chunk, settings, device, pad_token_id, eos_token_id, start))
+    model.train(was_training)
+    return found
+
+
+def _generate(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    device: torch.device,
+    pad_token_id: int,
+    eos_token_id: int | None,
+    place: int,
+) -> list[list[int]]:
+    longest = max(len(prompt) for prompt in prompts)
+    ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, longest - len(prompt) :] = 1
+    options = {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": 1.0}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(random.Random(f"{settings.seed}:{place}").randrange(2**31))
+        output = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=settings.new_tokens,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            **(options if settings.do_sample else {"do_sample": False}),
+        )
+    found = []
+    for row in output[:, longest:].tolist():
+        if eos_token_id is not None and eos_token_id in row:
+            row = row[: row.index(eos_token_id) + 1]
+        found.append(row)
+    return found
+
+
+def _key(teacher: nn.Module, prompts: Sequence[Sequence[int]], settings: GenerationSettings) -> str:
+    digest = hashlib.sha256()
+    digest.update(fingerprint_teacher(teacher).encode())
+    for prompt in prompts:
+        digest.update(np.asarray(prompt, dtype=np.int64).tobytes() + b"|")
+    digest.update(json.dumps({**asdict(settings), "batch_size": None, "format": _FORMAT}, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def teacher_generations(
+    teacher: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    *,
+    pad_token_id: int,
+    eos_token_id: int | None,
+    root: Path | None = None,
+    progress: bool = False,
+) -> tuple[list[list[int]], Path, bool]:
+    """The teacher's continuations of ``prompts``: read back when stored, else generated and stored.
+
+    Returns:
+        ``(continuations, the folder they are stored in, whether they were read back)``.
+
+    Raises:
+        KdistillError: the fingerprint's folder exists but is not kdistill's (never replaced).
+    """
+    folder = (root or cache_root() / "teacher-generations") / _key(teacher, prompts, settings)
+    stored = _read(folder, len(prompts))
+    if stored is not None:
+        return stored, folder, True
+    if folder.exists() and not {entry.name for entry in folder.iterdir()} <= _FILES:
+        raise KdistillError(f"{str(folder)!r} holds files kdistill did not write; move them away to store generations")
+    found = generate_continuations(
+        teacher, prompts, settings, pad_token_id=pad_token_id, eos_token_id=eos_token_id, progress=progress
+    )
+    _write(folder, found, settings)
+    return found, folder, False
+
+
+def _read(folder: Path, count: int) -> list[list[int]] | None:
+    try:
+        marker = json.loads((folder / _MARKER).read_text())
+        ids, ends = np.load(folder / "ids.npy"), np.load(folder / "ends.npy")
+    except (OSError, ValueError):
+        return None
+    if marker.get("count") != count or len(ends) != count:
+        return None
+    starts = np.concatenate([[0], ends[:-1]])
+    return [ids[start:end].tolist() for start, end in zip(starts, ends)]
+
+
+def _write(folder: Path, continuations: list[list[int]], settings: GenerationSettings) -> None:
+    """Write to a staging folder beside ``folder``, marker last, and rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    flat = [token for row in continuations for token in row]
+    np.save(staging / "ids.npy", np.asarray(flat, dtype=np.int64))
+    np.save(staging / "ends.npy", np.cumsum([len(row) for row in continuations]).astype(np.int64))
+    marker = {"kdistill": "teacher-generations", "count": len(continuations), "settings": asdict(settings)}
+    (staging / _MARKER).write_text(json.dumps(marker))
+    if folder.exists():
+        shutil.rmtree(folder)  # a damaged earlier copy holding only our own files (checked by the caller)
+    os.replace(staging, folder)
+    logger.info("teacher generations stored in %s", folder)

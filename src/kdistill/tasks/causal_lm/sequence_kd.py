@@ -1,0 +1,85 @@
+"""Sequence-level distillation data (Kim & Rush 2016): each training example's prompt continued by the
+teacher, once; the student then learns the teacher's continuation (the prompt is never a target).
+
+A text block's prompt is its first ``prompt_tokens`` tokens; a prompt/completion or chat example's
+prompt is everything before its first learned token. The continuations are stored by
+:func:`kdistill.generation.teacher_generations`, so a later run with the same teacher, prompts and
+settings reads them back instead of generating again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from kdistill.datasets import IGNORE_INDEX, TokenizedDataset
+from kdistill.generation import GenerationSettings, teacher_generations
+from kdistill.tasks.base import Models, TaskData
+from kdistill.tasks.causal_lm.config import SequenceKDConfig
+
+__all__ = ["prompts_of", "sequence_kd_data"]
+
+logger = logging.getLogger("kdistill.data")
+
+
+def prompts_of(dataset: TokenizedDataset, prompt_tokens: int) -> list[list[int]]:
+    """Each example's prompt: its tokens before the first labelled one, or its first ``prompt_tokens``
+    tokens when it is labelled from the start (a text block)."""
+    prompts = []
+    for ids, labels in zip(dataset.columns["input_ids"], dataset.columns["labels"], strict=True):
+        first = next((place for place, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        prompts.append(list(ids[: first if first > 0 else min(prompt_tokens, max(len(ids) - 1, 1))]))
+    return prompts
+
+
+def sequence_kd_data(
+    settings: SequenceKDConfig, models: Models, data: TaskData, *, seed: int, progress: bool
+) -> TaskData:
+    """``data`` with the student distilled on the teacher's continuations of the training prompts
+    (and on the data's own examples too with ``keep_data``)."""
+    train = data.train
+    assert isinstance(train, TokenizedDataset)
+    tokenizer = models.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompts = prompts_of(train, settings.prompt_tokens)
+    generation = GenerationSettings(
+        new_tokens=settings.new_tokens,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature,
+        seed=settings.seed if settings.seed is not None else seed,
+        batch_size=settings.batch_size,
+    )
+    started = time.perf_counter()
+    continuations, folder, reused = teacher_generations(
+        models.teacher, prompts, generation, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, progress=progress
+    )
+    seconds = time.perf_counter() - started
+    columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for prompt, continuation in zip(prompts, continuations, strict=True):
+        ids = prompt + continuation
+        columns["input_ids"].append(ids)
+        columns["attention_mask"].append([1] * len(ids))
+        columns["labels"].append([IGNORE_INDEX] * len(prompt) + continuation)
+    written = TokenizedDataset(columns, None, f"the teacher's continuations ({folder})")
+    tokens = sum(len(continuation) for continuation in continuations)
+    logger.info(
+        "sequence-level KD: %d teacher continuations (%s tokens) of %s, %s",
+        len(continuations),
+        f"{tokens:,}",
+        "prompts of the training examples",
+        f"read back from {folder}" if reused else f"generated in {seconds:.0f} s and stored in {folder}",
+    )
+    distill: Any = train.concat(written) if settings.keep_data else written
+    details = {
+        **data.details,
+        "sequence_kd": {
+            "continuations": len(continuations),
+            "tokens": tokens,
+            "seconds": 0.0 if reused else seconds,
+            "reused": reused,
+            "folder": str(folder),
+        },
+    }
+    return dataclasses.replace(data, distill=distill, details=details)
