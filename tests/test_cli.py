@@ -140,6 +140,14 @@ def test_eval_on_the_run_measures_and_keeps_the_run_metrics(
     for key in ("macro_f1", "agreement", "parameters", "size_bytes", "latency_ms", "throughput", "speedup"):
         assert key in student
     assert student["size_bytes"] == (folder / "student" / "model.safetensors").stat().st_size
+    # the run and eval time the same batch shape (32 examples of the same length) in the same way
+    shape = ("batch_size", "sequence_length", "threads", "device")
+    assert {key: evaluated["speed"][key] for key in shape} == {key: before["speed"][key] for key in shape}
+    assert before["speed"]["batch_size"] == 32 and 1 < before["speed"]["sequence_length"] <= 16
+    for record in (before, evaluated):
+        assert {"rounds", "load_average", "cpu_count", "warning"} <= set(record["speed"])
+        assert {"latency_spread", "speedup_spread"} <= set(record["student"])
+    assert "alternating rounds" in out and "(1 thread)" in out and "IQR" in out
 
 
 def test_eval_on_a_model_folder_with_a_teacher(
@@ -527,3 +535,28 @@ def test_the_example_files_the_help_names_exist() -> None:
     assert named, "the help shows example files"
     root = Path(__file__).resolve().parents[1]
     assert not [name for name in named if not (root / name).is_file()]
+
+
+def test_a_teacher_only_run_reports_the_fine_tuning_and_its_own_files(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run without a student (fine-tune a teacher, as examples/quality/teacher.yaml) says so:
+    no student row, its fine-tuning steps and loss under Training, teacher/ in the file list."""
+    config = yaml.safe_load((workspace / "run.yaml").read_text(encoding="utf-8"))
+    config.pop("student"), config.pop("objective")
+    config["teacher"]["finetune"] = {"epochs": 1, "lr": 1.0e-3, "batch_size": 32}
+    config["output"] = {"dir": str(tmp_path / "teacher-run"), "save_checkpoints": False}
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    code, out, _ = run_cli(["distill", str(tmp_path / "teacher.yaml"), "--no-progress"], capsys)
+    assert code == 0
+    run = tmp_path / "teacher-run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "student" not in metrics and metrics["training"]["stages"] == []
+    tuned = metrics["training"]["teacher_finetune"]
+    assert (tuned["epochs"], tuned["batch_size"], tuned["steps"]) == (1, 32, 3) and tuned["final"]["ce"] > 0
+    assert tuned["seconds"] > 0
+    report = (run / "report.md").read_text()
+    assert "no student in this run" in report and "distilled into" not in report
+    assert "- teacher fine-tuning: 3 steps (1 epoch(s), lr 0.001, batch 32); last epoch: " in report
+    assert "- `teacher`: the fine-tuned teacher" in report and "`checkpoints`" not in report
+    assert "| student" not in report

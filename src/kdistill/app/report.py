@@ -7,6 +7,7 @@ definition of size and speed (:func:`measure_models`), and print them with the s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -14,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from kdistill._version import __version__
 from kdistill.errors import OutputFileError
 from kdistill.loading import count_parameters
+from kdistill.speed import MODEL_KEYS, speed_record
 
 __all__ = [
     "WEIGHT_SUFFIXES",
@@ -29,10 +30,14 @@ __all__ = [
     "format_table",
     "markdown_table",
     "measure_models",
+    "speed_lines",
+    "speed_note",
     "update_metrics_file",
     "weights_size",
     "write_report",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: files that hold weights, counted by :func:`weights_size`
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -121,19 +126,59 @@ def comparison_rows(
         row.update(
             parameters=metrics.get("parameters"),
             size=format_bytes(metrics["size_bytes"]) if metrics.get("size_bytes") is not None else None,
-            latency=f"{metrics['latency_ms']:.1f} ms" if metrics.get("latency_ms") is not None else None,
+            latency=_with_spread("{:.1f} ms", metrics.get("latency_ms"), metrics.get("latency_spread")),
             throughput=f"{metrics['throughput']:,.0f}" if metrics.get("throughput") is not None else None,
-            speedup=f"{metrics['speedup']:.2f}x" if metrics.get("speedup") is not None else None,
+            # the teacher's speed-up over itself is 1 in every round: its spread says nothing
+            speedup=_with_spread(
+                "{:.2f}x", metrics.get("speedup"), metrics.get("speedup_spread") if name != "teacher" else None
+            ),
         )
         rows.append(row)
     return rows
 
 
+def _with_spread(shown: str, value: float | None, spread: float | None) -> str | None:
+    """A median with its spread where one was measured: ``2.97x (IQR 6%)``."""
+    if value is None:
+        return None
+    return shown.format(value) + (f" (IQR {spread:.0%})" if spread is not None else "")
+
+
+def _count(number: Any, unit: str) -> str:
+    """``1 thread``, ``2 threads``; ``? threads`` when unknown."""
+    if not isinstance(number, int):
+        return f"? {unit}s"
+    return f"{number} {unit}{'' if number == 1 else 's'}"
+
+
 def speed_note(task: Any, speed: Mapping[str, Any]) -> str:
-    """How the latency column was measured, in the task's words (batch size and threads filled in)."""
-    threads = speed.get("threads")
-    shown = f"{threads} thread{'' if threads == 1 else 's'}" if isinstance(threads, int) else "? threads"
-    return task.speed_note.format(batch=int(speed.get("batch_size") or 0), threads=shown)
+    """How the latency and speed-up columns were measured: the task's words (batch size, sequence
+    length and threads filled in), the rounds and what "IQR" means, and the machine's load."""
+    length = speed.get("sequence_length")
+    note = task.speed_note.format(
+        batch=int(speed.get("batch_size") or 0),
+        length=length if length is not None else "?",
+        new_tokens=speed.get("new_tokens", "?"),
+        threads=_count(speed.get("threads"), "thread"),
+    )
+    rounds = speed.get("rounds")
+    if rounds:
+        note += (
+            f"; the models were timed in {rounds} alternating rounds, the speed-up is the median of the "
+            "rounds' ratios, and IQR is the interquartile range over the median"
+        )
+    load = speed.get("load_average")
+    if load is not None:
+        note += f"; load average {load:.1f} on {_count(speed.get('cpu_count'), 'CPU')}"
+    return note
+
+
+def speed_lines(task: Any, speed: Mapping[str, Any]) -> list[str]:
+    """The note on the speed measurement, and its warning when the machine was busy (each one line)."""
+    lines = [speed_note(task, speed)]
+    if speed.get("warning"):
+        lines.append(f"Warning: {speed['warning']}")
+    return lines
 
 
 def comparison_table(metrics: Mapping[str, Any], task: Any, markdown: bool = False) -> str:
@@ -156,26 +201,26 @@ def measure_models(
     desc: str,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Everything the comparison table shows, for each model: the task's metrics on ``loader``,
-    parameters, weights on disk (the files in its folder where it has one), latency,
-    throughput and speed-up on ``probe``.
+    parameters, weights on disk (the files in its folder where it has one), and on ``probe``,
+    timed in alternating rounds (:mod:`kdistill.speed`), the median latency, throughput and
+    speed-up with their spreads. A busy machine is logged as a warning.
 
     Returns:
-        ``(metrics by model, how speed was measured)``.
+        ``(metrics by model, how speed was measured)``: the second is
+        :func:`kdistill.speed.speed_record` (batch shape, rounds, threads, load, warning).
     """
     results = task.evaluate(models, loader, progress=progress, desc=desc)
     speeds = task.measure_speed(models, probe)
     for name, model in models.items():
-        speed = speeds[name]
         results[name].update(
             parameters=count_parameters(model),
             size_bytes=weights_size(model, folders.get(name)),
-            latency_ms=speed["latency_ms"],
-            throughput=speed["throughput"],
+            **{key: speeds[name][key] for key in MODEL_KEYS if key in speeds[name]},
         )
-        if "speedup" in speed:
-            results[name]["speedup"] = speed["speedup"]
-    first = next(iter(speeds.values()))
-    return results, {"batch_size": first.get("batch_size"), "threads": torch.get_num_threads(), "device": "cpu"}
+    record = speed_record(speeds)
+    if record["warning"]:
+        logger.warning("speed: %s", record["warning"])
+    return results, record
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -263,9 +308,16 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     return (
         f"Teacher `{run.get('teacher', '?')}` distilled into a student with "
         f"{metrics['student'].get('parameters', 0):,} parameters "
-        f"({run.get('compression', float('nan')):.1f}x fewer than the teacher's), "
+        f"({_smaller(run.get('compression'))}), "
         f"objective `{run.get('objective', '?')}`, in {run.get('seconds', 0):.0f} s."
     )
+
+
+def _smaller(compression: Any) -> str:
+    """``2.0x smaller than the teacher, 50% fewer parameters``: a ratio says "smaller", a share "fewer"."""
+    if not isinstance(compression, (int, float)) or not compression > 0:
+        return "compared with the teacher: unknown"
+    return f"{compression:.1f}x smaller than the teacher, {1 - 1 / compression:.0%} fewer parameters"
 
 
 def _validation_lines(metrics: Mapping[str, Any], primary: str, higher_is_better: bool) -> list[str]:
@@ -322,13 +374,21 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
     ]
     speed = metrics.get("speed", {})
     if speed:
-        note = speed_note(task, speed)
-        lines += ["", f"{note}; weights are the weight files on disk."]
+        note, *warning = speed_lines(task, speed)
+        lines += ["", f"{note}. Weights are the weight files on disk."]
+        lines += ["", f"**{warning[0]}**"] if warning else []
     final = metrics.get("final_validation", {})
     if final and evaluated != "validation":
         shown = ", ".join(f"{name} {values[primary]:.4f}" for name, values in final.items() if primary in values)
         lines += ["", f"On the validation split, {primary}: {shown}."]
     lines += ["", "## Training", ""]
+    tuned = metrics.get("training", {}).get("teacher_finetune")
+    if tuned:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in tuned.get("final", {}).items())
+        lines.append(
+            f"- teacher fine-tuning: {tuned['steps']} steps ({tuned['epochs']} epoch(s), lr {tuned['lr']:g}, "
+            f"batch {tuned['batch_size']}); last epoch: {losses}"
+        )
     for stage in metrics.get("training", {}).get("stages", []):
         losses = ", ".join(f"{k} {v:.4f}" for k, v in stage.get("final", {}).items())
         lines.append(

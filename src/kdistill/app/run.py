@@ -427,6 +427,8 @@ def _metrics(
         "validation": trained.validations,
         "training": {"stages": trained.stages},
     }
+    if trained.teacher_finetune is not None:
+        metrics["training"]["teacher_finetune"] = trained.teacher_finetune
     if trained.best is not None:
         primary = run.task.primary_metric
         metrics["training"]["best_student"] = {

@@ -9,7 +9,6 @@ run would have.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -23,12 +22,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, FINISHED_FILE, TEACHER_DIR, RunFolder
+from kdistill.app.stage_caches import StageCaches, shared_vocab
 from kdistill.app.stages import Stage, optimizer_and_scheduler
 from kdistill.batch import with_example_index
-from kdistill.cache import CacheSpec, TeacherCache, cache_key, fingerprint_tokenizer
 from kdistill.datasets import Routed, make_loader
-from kdistill.fileio import cache_root
 from kdistill.losses import Objective
+from kdistill.speed import SPEED_BATCH_SIZE
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.train.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from kdistill.train.loop import History, distill
@@ -47,7 +46,8 @@ class Loaders:
     validation: DataLoader
     evaluation: DataLoader
     evaluated_on: str
-    #: a batch as it comes (not the shortest), timed for the report
+    #: the first examples of the evaluated split as they come (not the shortest), timed for the
+    #: report: :data:`~kdistill.speed.SPEED_BATCH_SIZE` of them, the batch ``kdistill eval`` times
     probe: dict[str, torch.Tensor]
     steps_per_epoch: int = 0
 
@@ -60,6 +60,7 @@ class Trained:
     validations: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)
     teacher_validation: dict[str, float] = field(default_factory=dict)
+    teacher_finetune: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
 
 
@@ -84,7 +85,7 @@ def make_loaders(data: TaskData, training: Any, *, cached: bool) -> Loaders:
             evaluated, training.eval_batch_size, data.collate, group_by_length=training.group_by_length
         ),
         evaluated_on=evaluated_on,
-        probe=next(iter(make_loader(evaluated, training.eval_batch_size, data.collate))),
+        probe=next(iter(make_loader(evaluated, SPEED_BATCH_SIZE, data.collate))),
         steps_per_epoch=math.ceil(len(train) / training.gradient_accumulation_steps),
     )
 
@@ -96,104 +97,6 @@ def routed(models: Models, data: TaskData) -> dict[str, nn.Module]:
     if models.student is not None:
         found["student"] = Routed(models.student, False) if separate else models.student
     return found
-
-
-def _shared_vocab(teacher: nn.Module, student: nn.Module) -> int | None:
-    """The ids both output layers have when their sizes differ (heads padded differently), else None."""
-    heads = [getattr(model, "get_output_embeddings", lambda: None)() for model in (teacher, student)]
-    rows = [int(head.weight.shape[0]) for head in heads if head is not None and hasattr(head, "weight")]
-    return min(rows) if len(rows) == 2 and rows[0] != rows[1] else None
-
-
-class _StageCaches:
-    """The teacher's stored outputs over the training data, built once per distinct need.
-
-    A stage whose teacher terms need only logits and hidden states reads them from a cache; a
-    stage that needs attention maps or queries/keys runs the teacher online. Stages that need
-    the same fields share one cache.
-    """
-
-    def __init__(
-        self,
-        settings: Any,
-        teacher: nn.Module,
-        data: TaskData,
-        tokenizer: Any,
-        max_length: int | None,
-        precision: str,
-        progress: bool,
-        shared_vocab: int | None = None,
-    ) -> None:
-        self.settings, self.teacher, self.data, self.shared_vocab = settings, teacher, data, shared_vocab
-        self.tokenizer, self.max_length, self.precision, self.progress = tokenizer, max_length, precision, progress
-        self.built: dict[CacheSpec, TeacherCache] = {}
-
-    @functools.cached_property
-    def tokenization(self) -> dict[str, Any]:
-        """What shaped the teacher's inputs, for the cache key; hashing the vocabulary takes a
-        quarter of a second, so only runs that use a cache pay it, once."""
-        return {"tokenizer": fingerprint_tokenizer(self.tokenizer), "max_length": self.max_length}
-
-    def _spec(self, objective: Objective, request: Any, stage: str) -> CacheSpec | None:
-        """What to store: logits and hidden states, or for token-level terms each token's top-k at
-        the terms' temperature (None when they want different temperatures: the teacher runs online)."""
-        if not request.final_hidden:
-            return CacheSpec(
-                logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)), dtype=self.settings.dtype
-            )
-        temperatures = {
-            term.temperature for term in objective.terms.values() if term.token_level and hasattr(term, "temperature")
-        }
-        if len(temperatures) != 1:
-            logger.info(
-                "stage %s: its token-level terms use temperatures %s; a top-k cache holds one, so the "
-                "teacher runs online",
-                stage,
-                sorted(temperatures),
-            )
-            return None
-        return CacheSpec(
-            top_k=self.settings.top_k,
-            temperature=temperatures.pop(),
-            dtype=self.settings.topk_dtype,
-            from_hidden=True,
-            vocab_size=self.shared_vocab,
-        )
-
-    def for_objective(self, objective: Objective, stage: str) -> TeacherCache | None:
-        """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
-        request = objective.request("teacher")
-        if self.settings is None or request.empty:
-            return None
-        if request.attentions or request.attention_scores or request.qkv or request.modules:
-            logger.info(
-                "stage %s: its terms need attention maps or queries/keys, which a cache does not store; "
-                "the teacher runs online",
-                stage,
-            )
-            return None
-        spec = self._spec(objective, request, stage)
-        if spec is None:
-            return None
-        if spec not in self.built:
-            fingerprint, parts = cache_key(self.teacher, self.data.distill, spec, self.tokenization)
-            folder = (
-                Path(self.settings.dir) if self.settings.dir else cache_root() / "teacher-outputs" / fingerprint[:24]
-            )
-            logger.info("stage %s: teacher outputs from the cache at %s", stage, folder)
-            self.built[spec] = TeacherCache.build(
-                self.teacher,
-                self.data.distill,
-                folder,
-                spec=spec,
-                batch_size=self.settings.batch_size,
-                collate_fn=self.data.collate,
-                tokenization=self.tokenization,
-                precision=self.precision,
-                progress=self.progress,
-                key=(fingerprint, parts),
-            )
-        return self.built[spec]
 
 
 class _BestStudent:
@@ -313,17 +216,35 @@ def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) 
     def write(target: Path) -> None:
         run.task.save(teacher, models.teacher_tokenizer, target)
         (target / "training_history.json").write_text(
-            json.dumps({"steps": history.steps, "epochs": history.epochs}) + "\n", encoding="utf-8"
+            json.dumps({"steps": history.steps, "epochs": history.epochs, "seconds": history.seconds}) + "\n",
+            encoding="utf-8",
         )
 
     folder.write_folder(TEACHER_DIR, write)
     return history
 
 
-def _stage_summary(stage: Stage, history: History, planned: int) -> dict[str, Any]:
-    final = {
+def _last_epoch(history: History) -> dict[str, float]:
+    """The last epoch's mean loss and parts."""
+    return {
         k: v for k, v in (history.epochs[-1] if history.epochs else {}).items() if k not in ("step", "epoch", "lr")
     }
+
+
+def _finetune_summary(finetune: Any, training: Any, history: History) -> dict[str, Any]:
+    """What metrics.json and the report say of the teacher's fine-tuning."""
+    return {
+        "epochs": finetune.epochs,
+        "lr": finetune.lr,
+        "batch_size": finetune.batch_size or training.batch_size,
+        "steps": len(history.steps),
+        "seconds": history.seconds,
+        "final": _last_epoch(history),
+    }
+
+
+def _stage_summary(stage: Stage, history: History, planned: int) -> dict[str, Any]:
+    final = _last_epoch(history)
     summary: dict[str, Any] = {
         "name": stage.name,
         "objective": stage.objective.formula(),
@@ -351,7 +272,7 @@ def _train_stage(
     index: int,
     loaders: Loaders,
     best: _BestStudent,
-    caches: _StageCaches,
+    caches: StageCaches,
     folder: RunFolder,
     resume: bool,
     progress: bool,
@@ -436,6 +357,7 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
     history = finetune_teacher(run, folder, resume, progress)
     if history is not None:
         trained.histories.append(("teacher fine-tuning", history))
+        trained.teacher_finetune = _finetune_summary(config.teacher.finetune, config.training, history)
     models = routed(run.models, run.data)
     trained.teacher_validation = task.evaluate(
         {"teacher": models["teacher"]}, loaders.validation, progress=progress, desc="validation"
@@ -449,7 +371,7 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
         run.data = data
         fresh = make_loaders(data, config.training, cached=config.teacher.cache is not None)
         loaders.train, loaders.steps_per_epoch = fresh.train, fresh.steps_per_epoch
-    caches = _StageCaches(
+    caches = StageCaches(
         config.teacher.cache,
         models["teacher"],
         run.data,
@@ -457,7 +379,7 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
         getattr(config.data, "max_length", None),
         config.training.precision,
         progress,
-        _shared_vocab(run.models.teacher, run.models.student),
+        shared_vocab(run.models.teacher, run.models.student),
     )
     best = _BestStudent(folder, task, run.models, config.output.save_best)
     if resume and not config.output.save_checkpoints:

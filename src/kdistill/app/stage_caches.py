@@ -1,0 +1,122 @@
+"""The teacher's stored outputs for a run's stages: one cache per distinct need, built once.
+
+A stage whose teacher terms need only logits and hidden states (or, for token-level terms, each
+token's top-k) reads them from a :class:`~kdistill.cache.TeacherCache`; one that needs attention
+maps or queries/keys runs the teacher online.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdistill.cache import CacheSpec, TeacherCache, cache_key, fingerprint_tokenizer
+from kdistill.fileio import cache_root
+from kdistill.losses import Objective
+from kdistill.tasks.base import TaskData
+
+__all__ = ["StageCaches", "shared_vocab"]
+
+logger = logging.getLogger("kdistill.run")
+
+
+def shared_vocab(teacher: nn.Module, student: nn.Module) -> int | None:
+    """The ids both output layers have when their sizes differ (heads padded differently), else None."""
+    heads = [getattr(model, "get_output_embeddings", lambda: None)() for model in (teacher, student)]
+    rows = [int(head.weight.shape[0]) for head in heads if head is not None and hasattr(head, "weight")]
+    return min(rows) if len(rows) == 2 and rows[0] != rows[1] else None
+
+
+class StageCaches:
+    """The teacher's stored outputs over the training data, built once per distinct need.
+
+    A stage whose teacher terms need only logits and hidden states reads them from a cache; a
+    stage that needs attention maps or queries/keys runs the teacher online. Stages that need
+    the same fields share one cache.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        teacher: nn.Module,
+        data: TaskData,
+        tokenizer: Any,
+        max_length: int | None,
+        precision: str,
+        progress: bool,
+        shared_vocab: int | None = None,
+    ) -> None:
+        self.settings, self.teacher, self.data, self.shared_vocab = settings, teacher, data, shared_vocab
+        self.tokenizer, self.max_length, self.precision, self.progress = tokenizer, max_length, precision, progress
+        self.built: dict[CacheSpec, TeacherCache] = {}
+
+    @functools.cached_property
+    def tokenization(self) -> dict[str, Any]:
+        """What shaped the teacher's inputs, for the cache key; hashing the vocabulary takes a
+        quarter of a second, so only runs that use a cache pay it, once."""
+        return {"tokenizer": fingerprint_tokenizer(self.tokenizer), "max_length": self.max_length}
+
+    def _spec(self, objective: Objective, request: Any, stage: str) -> CacheSpec | None:
+        """What to store: logits and hidden states, or for token-level terms each token's top-k at
+        the terms' temperature (None when they want different temperatures: the teacher runs online)."""
+        if not request.final_hidden:
+            return CacheSpec(
+                logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)), dtype=self.settings.dtype
+            )
+        temperatures = {
+            term.temperature for term in objective.terms.values() if term.token_level and hasattr(term, "temperature")
+        }
+        if len(temperatures) != 1:
+            logger.info(
+                "stage %s: its token-level terms use temperatures %s; a top-k cache holds one, so the "
+                "teacher runs online",
+                stage,
+                sorted(temperatures),
+            )
+            return None
+        return CacheSpec(
+            top_k=self.settings.top_k,
+            temperature=temperatures.pop(),
+            dtype=self.settings.topk_dtype,
+            from_hidden=True,
+            vocab_size=self.shared_vocab,
+        )
+
+    def for_objective(self, objective: Objective, stage: str) -> TeacherCache | None:
+        """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
+        request = objective.request("teacher")
+        if self.settings is None or request.empty:
+            return None
+        if request.attentions or request.attention_scores or request.qkv or request.modules:
+            logger.info(
+                "stage %s: its terms need attention maps or queries/keys, which a cache does not store; "
+                "the teacher runs online",
+                stage,
+            )
+            return None
+        spec = self._spec(objective, request, stage)
+        if spec is None:
+            return None
+        if spec not in self.built:
+            fingerprint, parts = cache_key(self.teacher, self.data.distill, spec, self.tokenization)
+            folder = (
+                Path(self.settings.dir) if self.settings.dir else cache_root() / "teacher-outputs" / fingerprint[:24]
+            )
+            logger.info("stage %s: teacher outputs from the cache at %s", stage, folder)
+            self.built[spec] = TeacherCache.build(
+                self.teacher,
+                self.data.distill,
+                folder,
+                spec=spec,
+                batch_size=self.settings.batch_size,
+                collate_fn=self.data.collate,
+                tokenization=self.tokenization,
+                precision=self.precision,
+                progress=self.progress,
+                key=(fingerprint, parts),
+            )
+        return self.built[spec]
