@@ -478,8 +478,9 @@ def test_eval_and_inspect_refuse_bad_inputs_in_one_line(
         (["eval", str(workspace / "no-run")], "no such run or model folder"),
         (
             ["eval", str(folder), "--data", str(workspace / "train.csv"), "--label-column", "gold"],
-            "has no column 'gold' (data.label_column)",
+            "has no column 'gold' (--label-column)",  # the flag the user typed, not the config key
         ),
+        (["eval", str(folder), "--data", str(workspace / "latin.csv")], "--encoding"),
         (["eval", str(folder / "student")], "give the data to evaluate on: --data FILE"),
         (["eval", str(folder), "--data", str(workspace / "latin.csv"), "--encoding", "latin-9x"], "encoding"),
         (["inspect", "./no/such/teacher"], "teacher './no/such/teacher': no such folder"),
@@ -490,6 +491,7 @@ def test_eval_and_inspect_refuse_bad_inputs_in_one_line(
         code, _, err = run_cli([*args, *(["--no-progress"] if args[0] == "eval" else [])], capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (args, err)
+        assert args[0] != "eval" or "data." not in lines[0], err  # eval's messages name its flags
     assert snapshot(folder) == before
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -302,19 +303,42 @@ def _eval(args: argparse.Namespace) -> int:
             first = error.errors(include_url=False)[0]
             flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "the data options"
             raise KdistillError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
-    result = evaluate(
-        target,
-        args.data,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        max_examples=args.max_examples,
-        progress=not args.no_progress,
-    )
+    try:
+        result = evaluate(
+            target,
+            args.data,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            max_examples=args.max_examples,
+            progress=not args.no_progress,
+        )
+    except KdistillError as error:
+        raise type(error)(_as_eval_flags(str(error))) from None
     data = result.metrics["data"]
     print(f"{data['file']}: {data['examples']:,} examples; {result.speed_note()}")
     print(result.table())
     print(f"\nwritten to {result.metrics_file}")
     return 0
+
+
+#: the config keys a data message may name, as the flags of ``kdistill eval`` that set them
+EVAL_FLAGS = {
+    "data.text_pair_column": "--text-pair-column",
+    "data.text_column": "--text-column",
+    "data.label_column": "--label-column",
+    "data.format": "--format",
+    "data.encoding": "--encoding",
+    "data.max_length": "--max-length",
+    "data.train": "--data",
+    "data.test": "--data",
+}
+
+
+def _as_eval_flags(message: str) -> str:
+    """A data message in the words the user typed: ``set data.format`` becomes ``set --format``."""
+    for key, flag in EVAL_FLAGS.items():
+        message = re.sub(rf"{re.escape(key)}\b", flag, message)
+    return message
 
 
 def _inspect(args: argparse.Namespace) -> int:
