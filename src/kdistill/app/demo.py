@@ -15,6 +15,7 @@ would otherwise need many more passes over the hard labels to learn.
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from kdistill.app.report import format_table
 from kdistill.loading import count_parameters
 from kdistill.losses import HardCE, Objective
-from kdistill.speed import measure_speed
+from kdistill.speed import SPEED_BATCH_SIZE, compare_speed, speed_record
 from kdistill.train.loop import distill
 
 __all__ = ["DemoResult", "DemoRow", "DemoSettings", "run_demo"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class DemoRow:
     latency_ms: float
     seconds: float
     speedup: float = 1.0
+    #: the interquartile range of the rounds' speed-ups over their median
+    speedup_spread: float = 0.0
 
 
 @dataclass
@@ -95,6 +100,8 @@ class DemoResult:
     seconds: float = 0.0
     test_examples: int = 0
     settings: DemoSettings = field(default_factory=DemoSettings)
+    #: how the speed was measured (:func:`kdistill.speed.speed_record`), with its warning
+    speed: dict[str, Any] = field(default_factory=dict)
 
     def row(self, model: str) -> DemoRow:
         """The row of ``"teacher"``, ``"student alone"`` or ``"student distilled"``."""
@@ -129,9 +136,24 @@ class DemoResult:
             f"The student is {teacher.parameters / distilled.parameters:.0f}x smaller and "
             f"{distilled.speedup:.1f}x faster than the teacher; distillation moved its accuracy by "
             f"{100 * gain:+.1f} points over the same student trained alone.",
+            *self._speed_lines(distilled),
             f"Total time {self.seconds:.0f} s.",
         ]
         return "\n".join(lines)
+
+    def _speed_lines(self, distilled: DemoRow) -> list[str]:
+        """How the speed-up was measured, and the warning when the machine was busy."""
+        if not self.speed:
+            return []
+        threads = self.speed.get("threads")
+        lines = [
+            f"Speed-up: the median of {self.speed.get('rounds')} alternating rounds on a batch of "
+            f"{self.speed.get('batch_size')} digits, IQR {distilled.speedup_spread:.0%} "
+            f"({threads} thread{'' if threads == 1 else 's'})."
+        ]
+        if self.speed.get("warning"):
+            lines.append(f"Warning: {self.speed['warning']}")
+        return lines
 
 
 def _vit(hidden: int, layers: int, heads: int, seed: int) -> nn.Module:
@@ -300,18 +322,22 @@ def _train_students(
 
 def _measure_speed_ups(
     teacher: nn.Module, student: nn.Module, probe: dict[str, torch.Tensor], rows: list[DemoRow]
-) -> None:
-    """Fill in each row's latency and speed-up against the teacher."""
-    # both students have one architecture: one measurement serves both rows. Teacher and student
-    # are timed in turns and the fastest round kept, so a burst of load elsewhere skews neither
-    teacher_times, student_times = [], []
-    for _ in range(3):
-        teacher_times.append(measure_speed(teacher, probe, min_seconds=0.2)["latency_ms"])
-        student_times.append(measure_speed(student, probe, min_seconds=0.2)["latency_ms"])
-    teacher_ms, student_ms = min(teacher_times), min(student_times)
+) -> dict[str, Any]:
+    """Fill in each row's latency and speed-up against the teacher, measured as ``kdistill distill``
+    measures them (:func:`kdistill.speed.compare_speed`); returns how they were measured."""
+    # both students have one architecture: one measurement serves both rows
+    speeds = compare_speed({"teacher": teacher, "student": student}, probe)
     for row in rows:
-        row.latency_ms = teacher_ms if row.model == "teacher" else student_ms
-        row.speedup = teacher_ms / row.latency_ms
+        timing = speeds["teacher" if row.model == "teacher" else "student"]
+        row.latency_ms, row.speedup, row.speedup_spread = (
+            timing["latency_ms"],
+            timing["speedup"],
+            timing["speedup_spread"],
+        )
+    record = speed_record(speeds)
+    if record["warning"]:
+        logger.warning("speed: %s", record["warning"])
+    return record
 
 
 def run_demo(
@@ -335,7 +361,11 @@ def run_demo(
     teacher, teacher_row = _train_teacher(data, settings, hard_labels_only, seed, progress)
     student, student_rows = _train_students(data, settings, teacher, hard_labels_only, seed, progress)
     rows = [teacher_row, *student_rows]
-    _measure_speed_ups(teacher, student, {"pixel_values": data.test_x[:256]}, rows)
+    speed = _measure_speed_ups(teacher, student, {"pixel_values": data.test_x[:SPEED_BATCH_SIZE]}, rows)
     return DemoResult(
-        rows=rows, seconds=time.perf_counter() - started, test_examples=len(data.test_y), settings=settings
+        rows=rows,
+        seconds=time.perf_counter() - started,
+        test_examples=len(data.test_y),
+        settings=settings,
+        speed=speed,
     )

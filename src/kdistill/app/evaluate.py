@@ -15,11 +15,12 @@ from typing import Any
 from torch import nn
 
 from kdistill.app.config_loading import load_config
-from kdistill.app.report import check_metrics_file, comparison_table, measure_models, speed_note, update_metrics_file
+from kdistill.app.report import check_metrics_file, comparison_table, measure_models, speed_lines, update_metrics_file
 from kdistill.app.run_folder import RunFolder
 from kdistill.datasets import Routed, make_loader
 from kdistill.errors import DataError, KdistillError, OutputFileError
 from kdistill.loading import looks_local
+from kdistill.speed import SPEED_BATCH_SIZE
 from kdistill.tasks import get_task
 
 __all__ = ["EvalResult", "EvalTarget", "evaluate", "resolve_target"]
@@ -63,8 +64,9 @@ class EvalResult:
         return comparison_table(self.metrics, self.task)
 
     def speed_note(self) -> str:
-        """How the latency column was measured, in the task's words."""
-        return speed_note(self.task, self.metrics.get("speed", {}))
+        """How the latency and speed-up columns were measured, in the task's words, and on a second
+        line the warning when the machine was too busy for the numbers to be trusted."""
+        return "\n".join(speed_lines(self.task, self.metrics.get("speed", {})))
 
 
 def resolve_target(
@@ -123,20 +125,23 @@ def evaluate(
     target: EvalTarget,
     data_path: str | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = SPEED_BATCH_SIZE,
     max_length: int | None = None,
     max_examples: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Measure the target's model (and its teacher) on a file and write ``metrics.json``.
 
-    Measures the task's metrics, agreement with the teacher, parameters, weights on disk, the
-    CPU latency of one batch, throughput and the speed-up against the teacher.
+    Measures the task's metrics, agreement with the teacher, parameters, weights on disk, and
+    as ``kdistill distill`` does (:mod:`kdistill.speed`: the models in alternating rounds on the
+    first batch) the CPU latency of one batch, throughput and the speed-up against the teacher,
+    with their spreads and the conditions (batch shape, threads, load).
 
     Args:
         target: from :func:`resolve_target`.
         data_path: the file; default the run's test (or validation) file.
-        batch_size: examples per batch (also the batch that is timed).
+        batch_size: examples per batch, and the batch that is timed; the default is the batch a
+            run times, so that the two speed-ups compare.
         max_length: tokens per example; default the run's (else the task's default), shortened
             to what the models read.
         max_examples: measure on the first examples only.

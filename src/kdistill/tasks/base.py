@@ -102,7 +102,8 @@ class Task(ABC):
     higher_is_better: ClassVar[bool] = True
     #: the task's columns of the comparison table: ``(metric key, header)``
     metric_columns: ClassVar[tuple[tuple[str, str], ...]]
-    #: what the speed measurement times, for the report (``{batch}`` and ``{threads}``, "2 threads", are filled in)
+    #: what the speed measurement times, for the report: ``{batch}``, ``{length}`` (tokens per example),
+    #: ``{new_tokens}`` (tokens generated) and ``{threads}`` ("1 thread", "2 threads") are filled in
     speed_note: ClassVar[str] = "Latency is the median CPU time of one batch of {batch} examples ({threads})"
     #: the unit of the throughput column
     throughput_unit: ClassVar[str] = "examples/s"
@@ -174,11 +175,14 @@ class Task(ABC):
 
     @abstractmethod
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
-        """Time each model on ``batch`` the way the task is used (a classification, a generation).
+        """Time each model on ``batch`` the way the task is used (a classification, a generation),
+        the models in alternating rounds (:func:`kdistill.speed.compare_speed`, or
+        :func:`~kdistill.speed.time_rounds` and :func:`~kdistill.speed.summarise_rounds` for another workload).
 
         Returns:
             By model name: at least ``latency_ms`` and ``throughput``; for the student also
-            ``speedup`` over the teacher.
+            ``speedup`` over the teacher; and where known ``latency_spread``, ``speedup_spread`` and the
+            conditions of :func:`kdistill.speed.measuring_conditions` (batch size, sequence length ...).
         """
 
     @abstractmethod

@@ -5,15 +5,14 @@ training loss is: a batch's full logits are never held (4 × 512 tokens of a 49,
 would be 400 MB a model). Perplexity is ``exp`` of the mean cross-entropy over target tokens (the
 positions whose next token counts); agreement is the share of target tokens where the student's
 most likely next token is the teacher's. Generation speed is greedy decoding with the KV cache at
-batch 1, timed for teacher and student in alternating rounds (the median is kept), so that a burst
-of load elsewhere skews neither.
+batch 1, timed for teacher and student in alternating rounds as every speed in kdistill is
+(:mod:`kdistill.speed`): the median time per token, its spread, and the speed-up as the median
+of the rounds' ratios, so that a burst of load elsewhere skews neither.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from kdistill.capture import capture
 from kdistill.features import CaptureRequest
 from kdistill.losses.chunked import default_chunk_size
 from kdistill.losses.tokens import next_token_targets
+from kdistill.speed import measuring_conditions, summarise_rounds, time_rounds
 
 __all__ = ["generate", "generation_speed", "language_model_metrics"]
 
@@ -116,31 +116,29 @@ def generation_speed(
     prompt: Tensor,
     *,
     new_tokens: int = 32,
-    rounds: int = 3,
+    rounds: int = 5,
     eos_token_id: int | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Tokens per second of greedy generation at batch 1 (KV cache), the models timed in alternating
-    rounds after a warm-up; the median round is kept, and the spread of the rounds is reported.
+    rounds after a warm-up (:func:`kdistill.speed.time_rounds`): per model the median time per token
+    and its spread; the speed-up over the teacher is the median of the rounds' ratios.
 
     Returns:
-        ``{name: {"latency_ms": per generated token, "throughput": tokens/s, "batch_size": 1, "spread"}}``.
+        By model name: ``latency_ms`` (per generated token), ``latency_spread``, ``throughput``
+        (tokens/s), ``speedup`` and ``speedup_spread`` where a teacher was timed, and the
+        conditions of :func:`kdistill.speed.measuring_conditions` (batch 1, the prompt's length,
+        ``new_tokens``).
     """
-    times: dict[str, list[float]] = {name: [] for name in models}
+    load_before = measuring_conditions(1, prompt.shape[1], 0)["load_average"]
     for model in models.values():
-        generate(model, prompt, 2, eos_token_id)  # warm-up
-    for _ in range(rounds):
-        for name, model in models.items():
-            started = time.perf_counter()
-            generate(model, prompt, new_tokens, eos_token_id)
-            times[name].append((time.perf_counter() - started) / new_tokens)
-    speeds = {}
-    for name, rounds_taken in times.items():
-        per_token = statistics.median(rounds_taken)
-        spread = (max(rounds_taken) - min(rounds_taken)) / per_token if per_token else 0.0
-        speeds[name] = {
-            "latency_ms": per_token * 1e3,
-            "throughput": 1.0 / per_token,
-            "batch_size": 1.0,
-            "spread": spread,
-        }
-    return speeds
+        generate(model, prompt, 2, eos_token_id)  # warm-up, shorter than a timed round
+    workloads = {
+        name: (lambda model=model: generate(model, prompt, new_tokens, eos_token_id)) for name, model in models.items()
+    }
+    times = time_rounds(workloads, min_rounds=rounds, max_rounds=rounds, min_seconds=0.0, warmup=0)
+    per_token = {name: [seconds / new_tokens for seconds in taken] for name, taken in times.items()}
+    conditions = measuring_conditions(1, int(prompt.shape[1]), rounds, new_tokens=new_tokens)
+    # the load before timing: the timing's own threads would otherwise count as load
+    conditions["load_average"] = load_before
+    summary = summarise_rounds(per_token, units=1.0)
+    return {name: {**summary[name], **conditions} for name in models}

@@ -15,7 +15,6 @@ from kdistill.errors import ConfigError, ModelLoadError
 from kdistill.losses import Objective
 from kdistill.losses.token_terms import TokenCE, TokenKD
 from kdistill.preflight import check_max_length, check_token_ids, usable_positions
-from kdistill.speed import with_speedup
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.causal_lm.config import LMDataConfig, LMObjectiveOptions
 from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents
@@ -43,8 +42,8 @@ class CausalLM(Task):
     higher_is_better = False
     metric_columns = (("perplexity", "perplexity"), ("agreement", "next-token agreement"))
     speed_note = (
-        "Latency is the median CPU time per generated token (greedy decoding with the KV cache, batch "
-        "{batch}, {threads}), teacher and student timed in alternating rounds"
+        "Latency is the median CPU time per generated token (greedy decoding of {new_tokens} tokens with "
+        "the KV cache after a prompt of {length} tokens, batch {batch}, {threads})"
     )
     throughput_unit = "tokens/s"
 
@@ -156,7 +155,7 @@ class CausalLM(Task):
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
         prompt = batch["input_ids"][:1, :SAMPLE_PROMPT]
         eos = getattr(next(iter(models.values())).config, "eos_token_id", None)
-        return with_speedup(generation_speed(models, prompt, eos_token_id=eos if isinstance(eos, int) else None))
+        return generation_speed(models, prompt, eos_token_id=eos if isinstance(eos, int) else None)
 
     def samples(
         self, models: Mapping[str, nn.Module], data: TaskData, tokenizer: Any, count: int = 3

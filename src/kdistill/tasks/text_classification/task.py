@@ -14,7 +14,7 @@ from kdistill.errors import ConfigError, DataError, KdistillError
 from kdistill.loading import load_tokenizer
 from kdistill.losses import HardCE, Objective
 from kdistill.preflight import check_max_length, check_token_ids, usable_positions
-from kdistill.speed import measure_speed, with_speedup
+from kdistill.speed import compare_speed
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
 from kdistill.tasks.text_classification.config import ClassifierOptions, DataConfig
@@ -44,6 +44,7 @@ class TextClassification(Task):
     primary_metric = "accuracy"
     higher_is_better = True
     metric_columns = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement"))
+    speed_note = "Latency is the median CPU time of one batch of {batch} examples of {length} tokens ({threads})"
 
     def read(self, data: DataConfig) -> _Tables:
         return _Tables(load_splits(data))
@@ -248,4 +249,4 @@ class TextClassification(Task):
 
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
         inputs = {key: value for key, value in batch.items() if key not in ("labels", "kd_index")}
-        return with_speedup({name: measure_speed(model, inputs) for name, model in models.items()})
+        return compare_speed(models, inputs)
