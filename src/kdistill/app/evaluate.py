@@ -167,7 +167,14 @@ def evaluate(
     loader = make_loader(data.test, batch_size, data.collate)
     folders = {"student": _folder(target.model), "teacher": _folder(target.teacher)}
     measured, speed = measure_models(
-        task, models, folders, loader, next(iter(loader)), progress=progress, desc=Path(data_path).name
+        task,
+        models,
+        folders,
+        loader,
+        next(iter(loader)),
+        progress=progress,
+        desc=Path(data_path).name,
+        log_warning=False,  # EvalResult.speed_note() prints it
     )
     results: dict[str, Any] = {
         "data": {"file": str(data_path), "examples": len(data.test), "batch_size": batch_size},

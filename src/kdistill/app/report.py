@@ -199,11 +199,13 @@ def measure_models(
     *,
     progress: bool,
     desc: str,
+    log_warning: bool = True,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Everything the comparison table shows, for each model: the task's metrics on ``loader``,
     parameters, weights on disk (the files in its folder where it has one), and on ``probe``,
     timed in alternating rounds (:mod:`kdistill.speed`), the median latency, throughput and
-    speed-up with their spreads. A busy machine is logged as a warning.
+    speed-up with their spreads. A busy machine is logged as a warning (``log_warning``; a caller
+    that prints the record's warning itself passes False, or the user reads it twice).
 
     Returns:
         ``(metrics by model, how speed was measured)``: the second is
@@ -218,7 +220,7 @@ def measure_models(
             **{key: speeds[name][key] for key in MODEL_KEYS if key in speeds[name]},
         )
     record = speed_record(speeds)
-    if record["warning"]:
+    if record["warning"] and log_warning:
         logger.warning("speed: %s", record["warning"])
     return results, record
 
