@@ -186,7 +186,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "--format", choices=("csv", "tsv", "json", "jsonl", "parquet"), help="default: from the suffix"
     )
     evaluate.add_argument("--encoding", help="text encoding of the file (default utf-8)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch (default 32)")
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="examples per batch, and the batch timed (default 32)"
+    )
     evaluate.add_argument("--max-length", type=_positive_int, help="tokens per text (default: a run's, else 128)")
     evaluate.add_argument("--max-examples", type=_positive_int, help="measure on the first N examples only")
     evaluate.add_argument(
