@@ -86,7 +86,7 @@ def test_wrong_types_are_one_line(overrides: list[str], expected: str) -> None:
         (["objective.preset=distil"], "objective.preset: Input should be 'hinton', 'tinybert' or 'minilm'"),
         (["training.precision=fp8"], "training.precision: Input should be 'no', 'bf16' or 'fp16'"),
         (["data.encoding=klingon-8"], "data.encoding: unknown text encoding 'klingon-8'"),
-        (["data.validation_fraction=1.5"], "data.validation_fraction: Input should be less than 1"),
+        (["data.validation_fraction=1.5"], "data.validation_fraction: give a fraction between 0 and 1"),
         (["student.path=models/s"], "student: give exactly one of path"),
         (
             ["student.from_teacher.hidden_size=30", "student.from_teacher.num_heads=4"],

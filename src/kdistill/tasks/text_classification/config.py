@@ -3,15 +3,65 @@ columns, splits, tokenisation, augmentation) and ``teacher.num_labels``."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from kdistill.schema import Section, Seed, TextEncoding
 
-__all__ = ["DATA_FORMATS", "AugmentConfig", "ClassifierOptions", "DataConfig", "HubDataConfig"]
+__all__ = ["DATA_FORMATS", "AugmentConfig", "ClassifierOptions", "DataConfig", "HubDataConfig", "SplitSize"]
 
-DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+DATA_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "fasttext", "lines")
+
+
+def _split_size(value: Any) -> Any:
+    # a bool is an int to Python: YAML's true would count as one example
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"give a fraction (e.g. 0.1) or a number of examples (e.g. 500), got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"a number of examples must be at least 1, got {value}")
+        return value
+    if value >= 1 and value.is_integer():
+        raise ValueError(f"a number of examples is written without a decimal point ({int(value)}), got {value!r}")
+    if not 0 < value < 1:
+        raise ValueError(
+            f"give a fraction between 0 and 1 (e.g. 0.1) or a whole number of examples (e.g. 500), got {value!r}"
+        )
+    return value
+
+
+#: a split's size: a fraction of the examples (a float in (0, 1)) or a number of them (an int >= 1)
+SplitSize = Annotated[int | float, BeforeValidator(_split_size)]
+
+
+def _unique_names(names: str | list[str]) -> str | list[str]:
+    if isinstance(names, str):
+        return names
+    if not names:
+        raise ValueError("give at least one column name")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"names {', '.join(repr(name) for name in twice)} more than once")
+    return names
+
+
+ColumnNames = Annotated[list[str], AfterValidator(_unique_names)]
+#: one column, or several (their texts joined)
+TextColumns = Annotated[str | list[str], AfterValidator(_unique_names)]
+
+
+def _line_pattern(value: str) -> str:
+    try:
+        pattern = re.compile(value)
+    except re.error as error:
+        raise ValueError(f"not a valid regular expression ({error}): {value!r}") from None
+    if not pattern.groupindex:
+        raise ValueError(
+            f"needs named groups, one per column, e.g. '(?P<label>\\S+) (?P<text>.*)'; {value!r} has none"
+        )
+    return value
 
 
 class ClassifierOptions(Section):
@@ -54,21 +104,33 @@ class AugmentConfig(Section):
 class DataConfig(Section):
     """Where the examples come from and how they are read."""
 
-    train: str | None = Field(None, description="a CSV, TSV, JSON, JSONL or Parquet file")
+    train: str | None = Field(
+        None, description="a CSV, TSV, JSON, JSONL, Parquet or line file, optionally .gz, .bz2, .xz or .zip"
+    )
     validation: str | None = None
     test: str | None = None
     hub: HubDataConfig | None = None
-    format: Literal["csv", "tsv", "json", "jsonl", "parquet"] | None = Field(
-        None, description="default: from the suffix"
+    format: Literal["csv", "tsv", "json", "jsonl", "parquet", "fasttext", "lines"] | None = Field(
+        None, description="default: from the suffix (lines when line_pattern is given)"
     )
     encoding: TextEncoding = "utf-8"
-    text_column: str = "text"
+    columns: ColumnNames | None = Field(
+        None, description="the column names of a CSV/TSV file without a header row (its first row is data)"
+    )
+    line_pattern: Annotated[str, AfterValidator(_line_pattern)] | None = Field(
+        None, description="a regular expression matching a whole line; its named groups are the columns"
+    )
+    text_column: TextColumns = Field("text", description="a column, or several joined by text_separator")
+    text_separator: str = Field(" ", description="between the columns of a text_column list")
     text_pair_column: str | None = None
     label_column: str = "label"
-    validation_fraction: float = Field(
-        0.1, gt=0, lt=1, description="held out of train when there is no validation file"
+    validation_fraction: SplitSize = Field(
+        0.1,
+        description="held out of train (after the test split) when there is no validation file: a fraction or a count",
     )
-    test_fraction: float | None = Field(None, gt=0, lt=1, description="held out of train when there is no test file")
+    test_fraction: SplitSize | None = Field(
+        None, description="held out of train when there is no test file: a fraction or a count"
+    )
     split_seed: Seed = 42
     max_length: int = Field(128, ge=2, le=1_048_576)
     max_train_examples: int | None = Field(None, ge=1)
@@ -80,6 +142,11 @@ class DataConfig(Section):
         None, description="add teacher-labelled sentences made from the training ones (distillation only)"
     )
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The column(s) the text is read from, as a list."""
+        return [self.text_column] if isinstance(self.text_column, str) else list(self.text_column)
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if (self.train is None) == (self.hub is None):
@@ -88,11 +155,44 @@ class DataConfig(Section):
             raise ValueError("validation:/test: files go with train:; a hub data set names its splits in hub:")
         if self.augment is not None and self.text_pair_column is not None:
             raise ValueError("augment: works on single texts; remove text_pair_column or augment")
-        if self.label_column in (self.text_column, self.text_pair_column):
+        if self.label_column in (*self.text_columns, self.text_pair_column):
             raise ValueError(
                 f"label_column and text_column name the same column {self.label_column!r}: the labels "
                 "would be read as the texts"
             )
-        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
-            raise ValueError(f"text_pair_column and text_column name the same column {self.text_column!r}")
+        if self.text_pair_column is not None and self.text_pair_column in self.text_columns:
+            raise ValueError(f"text_pair_column and text_column name the same column {self.text_pair_column!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _layout(self) -> DataConfig:
+        """``columns`` goes with CSV/TSV files, ``line_pattern`` with line files, and the columns
+        the run reads must be among the names they give."""
+        if self.hub is not None and (self.columns is not None or self.line_pattern is not None):
+            raise ValueError("columns: and line_pattern: describe files; a hub data set names its own columns")
+        if self.columns is not None and self.format not in (None, "csv", "tsv"):
+            raise ValueError(f"columns: names the columns of a CSV or TSV file without a header, not of {self.format}")
+        if self.line_pattern is not None and self.format not in (None, "lines"):
+            raise ValueError(
+                f"line_pattern: reads line files: set format: lines or leave format out, not {self.format}"
+            )
+        if self.format == "lines" and self.line_pattern is None:
+            raise ValueError("format: lines needs line_pattern:, e.g. '(?P<label>\\S+) (?P<text>.*)'")
+        if self.columns is not None and self.line_pattern is not None:
+            raise ValueError(
+                "give columns: (a CSV/TSV file without a header) or line_pattern: (a line file), not both"
+            )
+        names, given = None, ""
+        if self.columns is not None:
+            names, given = self.columns, "columns"
+        elif self.line_pattern is not None:
+            names, given = list(re.compile(self.line_pattern).groupindex), "line_pattern's groups"
+        elif self.format == "fasttext":
+            names, given = ["label", "text"], "format: fasttext's columns"
+        if names is not None:
+            wanted = [("text_column", n) for n in self.text_columns] + [("label_column", self.label_column)]
+            wanted += [("text_pair_column", self.text_pair_column)] if self.text_pair_column is not None else []
+            for key, name in wanted:
+                if name not in names:
+                    raise ValueError(f"{key} {name!r} is not one of {given} ({', '.join(names)})")
         return self

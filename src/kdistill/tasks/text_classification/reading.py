@@ -1,16 +1,13 @@
-"""Reading labelled text: CSV, TSV, JSON(L) or Parquet files, or a hub data set, into table splits.
+"""Reading labelled text: data files (:mod:`.formats`) or a hub data set, into table splits.
 
 A :class:`TableSplit` is one split as read (texts, optional second texts, raw labels); the
-missing validation and test splits are held out of the training file, stratified and seeded.
+missing test and validation splits are held out of the training file, stratified and seeded.
 Files are read with pandas (no cache folder, any text encoding); a hub data set goes through
 ``datasets.load_dataset``. Everything a file can get wrong is one :class:`~kdistill.errors.DataError`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
 import random
@@ -22,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from kdistill.errors import DataError
-from kdistill.tasks.common import decode_text
-from kdistill.tasks.text_classification.config import DATA_FORMATS, DataConfig
+from kdistill.tasks.text_classification.config import DataConfig
+from kdistill.tasks.text_classification.formats import data_row_hint, infer_format, printable, read_file, read_frame
 
 logger = logging.getLogger("kdistill.data")
 
@@ -60,116 +57,11 @@ class TableSplit:
         )
 
 
-# ---------------------------------------------------------------------------
-# reading
-# ---------------------------------------------------------------------------
-
-
-def infer_format(path: str | Path, given: str | None = None) -> str:
-    """The file format: ``given``, else from the suffix (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``).
-
-    Raises:
-        DataError: the suffix says nothing known.
-    """
-    if given is not None:
-        return given
-    suffixes = [s.lower().lstrip(".") for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] in ("gz", "bz2", "xz", "zst") and len(suffixes) > 1:
-        suffixes = suffixes[:-1]
-    suffix = suffixes[-1] if suffixes else ""
-    aliases = {"txt": "tsv", "ndjson": "jsonl", "pq": "parquet", "tab": "tsv"}
-    suffix = aliases.get(suffix, suffix)
-    if suffix not in DATA_FORMATS:
-        raise DataError(
-            f"cannot tell the format of {str(path)!r} from its name: set data.format to one of "
-            f"{', '.join(DATA_FORMATS)}"
-        )
-    return suffix
-
-
-def read_file(path: str | Path, format: str | None = None, encoding: str = "utf-8") -> Any:
-    """Read a table file into a pandas ``DataFrame``.
-
-    Args:
-        path: the file.
-        format: ``csv``, ``tsv``, ``json`` (an array of records, or JSON lines), ``jsonl`` or
-            ``parquet``; default from the suffix.
-        encoding: the text encoding of CSV, TSV and JSON files.
-
-    Raises:
-        DataError: the file is missing, not in ``encoding``, or not in the format.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {str(path)!r} not found" if not path.exists() else f"{str(path)!r} is not a file")
-    kind = infer_format(path, format)
-    try:
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        text = decode_text(path.read_bytes(), str(path), encoding)
-        if kind in ("csv", "tsv"):
-            separator = "," if kind == "csv" else "\t"
-            _check_header(path, next(csv.reader(io.StringIO(text), delimiter=separator), []))
-            # keep_default_na=False: a text "NA" or "null" stays a text, an empty label is found below
-            return pd.read_csv(
-                io.StringIO(text), sep=separator, keep_default_na=False, dtype=str, quoting=csv.QUOTE_MINIMAL
-            )
-        if kind == "jsonl" or (kind == "json" and not text.lstrip().startswith("[")):
-            records = [
-                _json_record(path, line, number) for number, line in enumerate(text.splitlines(), 1) if line.strip()
-            ]
-        else:
-            records = json.loads(text, object_pairs_hook=_unique_keys)
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise DataError(f"{str(path)!r}: JSON data must be a list of records (objects), one per example")
-        return pd.DataFrame.from_records(records)
-    except DataError:
-        raise
-    except (ValueError, OSError, csv.Error) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"cannot read {str(path)!r} as {kind}: {first}") from None
-
-
-def _printable(name: str) -> str:
-    """A column name as it can stand in a one-line message (control characters escaped)."""
-    return name if name.isprintable() else repr(name)
-
-
-def _check_header(path: Path, header: list[str]) -> None:
-    """Refuse a header that names a column twice: pandas would rename the second and kdistill
-    would read the first without a word."""
-    seen: dict[str, int] = {}
-    for number, name in enumerate(header, 1):
-        first = seen.setdefault(name.strip(), number)
-        if first != number:
-            raise DataError(
-                f"{str(path)!r}: the header names the column {_printable(name.strip())!r} twice (columns {first} and "
-                f"{number}); rename one so that kdistill reads the column you mean"
-            )
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise ValueError(f"the key {key!r} is given twice in one record")
-    return dict(pairs)
-
-
-def _json_record(path: Path, line: str, number: int) -> Any:
-    try:
-        return json.loads(line, object_pairs_hook=_unique_keys)
-    except ValueError as error:
-        raise DataError(f"cannot read {str(path)!r} as JSON lines: line {number}: {error}") from None
-
-
-def _column(frame: Any, name: str, source: str, role: str) -> list[Any]:
+def _column(frame: Any, name: str, source: str, role: str, hint: str = "") -> list[Any]:
     if name not in frame.columns:
         raise DataError(
             f"{source} has no column {name!r} (data.{role}); its columns are "
-            f"{', '.join(_printable(str(column)) for column in frame.columns[:20])}"
+            f"{', '.join(printable(str(column)) for column in frame.columns[:20])}{hint}"
         )
     return frame[name].tolist()
 
@@ -203,47 +95,85 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def table_from_frame(frame: Any, config: DataConfig, source: str, labelled: bool = True) -> TableSplit:
-    """Pick the text, pair and label columns of a ``DataFrame``.
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _check_texts(values: list[Any], source: str, name: str, *, part: bool = False) -> None:
+    """Every value is a non-empty string; a ``part`` of a joined text may also be missing or empty."""
+    bad = [i for i, v in enumerate(values) if _missing(v)]
+    if bad and not part:
+        raise DataError(f"{source}: {len(bad)} example(s) without a {name} (data row {bad[0] + 1})")
+    # a number, list or object would become text through str() without a word
+    wrong = [i for i, v in enumerate(values) if not isinstance(v, str) and not _missing(v)]
+    if wrong:
+        raise DataError(
+            f"{source}: the {name} of data row {wrong[0] + 1} is {_kind(values[wrong[0]])}, not a "
+            f"string ({len(wrong)} such row(s)); give every {name} as a string"
+        )
+    empty = [i for i, v in enumerate(values) if not part and not v.strip()]
+    if empty:
+        raise DataError(
+            f"{source}: {len(empty)} example(s) with an empty {name} (data row {empty[0] + 1}); "
+            "remove them or give them a text"
+        )
+
+
+def _texts(frame: Any, config: DataConfig, source: str, hint: str) -> list[Any]:
+    """The text column, or the text columns joined with ``data.text_separator`` (empty parts left out)."""
+    names = config.text_columns
+    columns = [_column(frame, name, source, "text_column", hint) for name in names]
+    if len(columns) == 1:
+        return columns[0]
+    for name, values in zip(names, columns):
+        _check_texts(values, source, f"text (column {printable(name)!r})", part=True)
+    return [
+        config.text_separator.join(part for part in parts if not _missing(part) and part.strip())
+        for parts in zip(*columns)
+    ]
+
+
+def _labels(frame: Any, config: DataConfig, source: str, hint: str) -> list[Any]:
+    raw_labels = _column(frame, config.label_column, source, "label_column", hint)
+    wrong = [i for i, v in enumerate(raw_labels) if isinstance(v, (list, tuple, dict, np.ndarray))]
+    if wrong:
+        raise DataError(
+            f"{source}: the label of data row {wrong[0] + 1} is {_kind(raw_labels[wrong[0]])}; a label "
+            "is one class name or number"
+        )
+    labels = [_clean_label(v) for v in raw_labels]
+    missing = [i for i, label in enumerate(labels) if label is None]
+    if missing:
+        rows = ", ".join(str(i + 1) for i in missing[:5])
+        raise DataError(f"{source}: {len(missing)} example(s) without a label (data row {rows})")
+    return labels
+
+
+def table_from_frame(
+    frame: Any, config: DataConfig, source: str, labelled: bool = True, *, missing_hint: str = ""
+) -> TableSplit:
+    """Pick the text (one column, or several joined), pair and label columns of a ``DataFrame``.
+
+    Args:
+        frame: a pandas ``DataFrame`` (``datasets.Dataset.to_pandas()`` gives one).
+        config: the ``data:`` section: its column names and ``text_separator``.
+        source: names the data in messages.
+        labelled: read the label column too.
+        missing_hint: added to the message of a missing column (e.g. :func:`.formats.data_row_hint`).
 
     Raises:
-        DataError: a column is missing, or a label or text is empty.
+        DataError: a column is missing, or a label or text is empty or not a string.
     """
-    texts = _column(frame, config.text_column, source, "text_column")
-    pairs = _column(frame, config.text_pair_column, source, "text_pair_column") if config.text_pair_column else None
-    labels: list[Any] = []
-    if labelled:
-        raw_labels = _column(frame, config.label_column, source, "label_column")
-        wrong = [i for i, v in enumerate(raw_labels) if isinstance(v, (list, tuple, dict, np.ndarray))]
-        if wrong:
-            raise DataError(
-                f"{source}: the label of data row {wrong[0] + 1} is {_kind(raw_labels[wrong[0]])}; a label "
-                "is one class name or number"
-            )
-        labels = [_clean_label(v) for v in raw_labels]
-        missing = [i for i, label in enumerate(labels) if label is None]
-        if missing:
-            rows = ", ".join(str(i + 1) for i in missing[:5])
-            raise DataError(f"{source}: {len(missing)} example(s) without a label (data row {rows})")
+    texts = _texts(frame, config, source, missing_hint)
+    pairs = (
+        _column(frame, config.text_pair_column, source, "text_pair_column", missing_hint)
+        if config.text_pair_column
+        else None
+    )
+    labels = _labels(frame, config, source, missing_hint) if labelled else []
     for name, values in (("text", texts), ("text pair", pairs)):
-        if values is None:
-            continue
-        bad = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
-        if bad:
-            raise DataError(f"{source}: {len(bad)} example(s) without a {name} (data row {bad[0] + 1})")
-        # a number, list or object would become text through str() without a word
-        wrong = [i for i, v in enumerate(values) if not isinstance(v, str)]
-        if wrong:
-            raise DataError(
-                f"{source}: the {name} of data row {wrong[0] + 1} is {_kind(values[wrong[0]])}, not a "
-                f"string ({len(wrong)} such row(s)); give every {name} as a string"
-            )
-        empty = [i for i, v in enumerate(values) if not v.strip()]
-        if empty:
-            raise DataError(
-                f"{source}: {len(empty)} example(s) with an empty {name} (data row {empty[0] + 1}); "
-                "remove them or give them a text"
-            )
+        if values is not None:
+            _check_texts(values, source, name)
     return TableSplit(
         texts=[str(t) for t in texts],
         pairs=[str(p) for p in pairs] if pairs is not None else None,
@@ -253,11 +183,15 @@ def table_from_frame(frame: Any, config: DataConfig, source: str, labelled: bool
 
 
 def load_table(path: str | Path, config: DataConfig, labelled: bool = True) -> TableSplit:
-    """Read one file into a :class:`TableSplit` with the config's columns and encoding."""
-    frame = read_file(path, config.format, config.encoding)
+    """Read one file into a :class:`TableSplit` with the config's layout, columns and encoding."""
+    frame, kind = read_frame(
+        path, config.format, config.encoding, columns=config.columns, line_pattern=config.line_pattern
+    )
     if len(frame) == 0:
         raise DataError(f"data file {str(path)!r} holds no examples (only a header? is data.encoding right?)")
-    return table_from_frame(frame, config, str(path), labelled)
+    # a file without a header row, read as if it had one, shows its first example as column names
+    hint = data_row_hint(list(frame.columns)) if kind in ("csv", "tsv") and config.columns is None else ""
+    return table_from_frame(frame, config, str(path), labelled, missing_hint=hint)
 
 
 def _load_hub(config: DataConfig) -> dict[str, TableSplit]:
@@ -284,21 +218,38 @@ def _load_hub(config: DataConfig) -> dict[str, TableSplit]:
     return splits
 
 
-def split_table(table: TableSplit, fraction: float, seed: int, name: str) -> tuple[TableSplit, TableSplit]:
-    """Hold out ``fraction`` of ``table``, stratified by label where every class allows it, seeded.
+def split_table(
+    table: TableSplit, size: float | int, seed: int, name: str, *, note: str = ""
+) -> tuple[TableSplit, TableSplit]:
+    """Hold out examples of ``table``, stratified by label where every class allows it, seeded.
+
+    Args:
+        table: the examples to split.
+        size: a fraction of them (a float in (0, 1)) or a number of them (an int).
+        seed: the split's seed.
+        name: the split held out (``test``, ``validation``): its config key is ``data.<name>_fraction``.
+        note: what ``table`` is, after its source, in a message (e.g. `` left after the test split``).
 
     Returns:
         ``(rest, held_out)``.
 
     Raises:
-        DataError: the table is too small to hold out an example.
+        DataError: the table is too small to hold out that many and keep one to train on.
     """
     from sklearn.model_selection import train_test_split
 
     count = len(table)
-    held = max(1, round(count * fraction))
-    if count - held < 1:
-        raise DataError(f"{table.source} has {count} example(s): too few to hold out a {name} split")
+    if isinstance(size, int) and count > 1:
+        held = size
+        if held >= count:
+            raise DataError(
+                f"data.{name}_fraction asks for {held:,} {name} example(s) but {table.source} has {count:,}{note}: "
+                f"ask for fewer than {count:,} (some must be left to train on), or for a fraction such as 0.1"
+            )
+    else:
+        held = size if isinstance(size, int) else max(1, round(count * size))
+        if count - held < 1:
+            raise DataError(f"{table.source} has {count} example(s){note}: too few to hold out a {name} split")
     indices = np.arange(count)
     keys = [str(label) for label in table.labels]
     counts: dict[str, int] = {}
@@ -335,11 +286,18 @@ def load_splits(config: DataConfig) -> dict[str, TableSplit]:
             path = getattr(config, role)
             if path is not None:
                 splits[role] = load_table(path, config)
-    if "test" not in splits and config.test_fraction is not None:
+    held_test = "test" not in splits and config.test_fraction is not None
+    if held_test:
+        assert config.test_fraction is not None
         splits["train"], splits["test"] = split_table(splits["train"], config.test_fraction, config.split_seed, "test")
     if "validation" not in splits:
+        # held out of what the test split left, so a fraction is a share of that remainder
         splits["train"], splits["validation"] = split_table(
-            splits["train"], config.validation_fraction, config.split_seed + 1, "validation"
+            splits["train"],
+            config.validation_fraction,
+            config.split_seed + 1,
+            "validation",
+            note=" left after the test split" if held_test else "",
         )
     if config.max_train_examples is not None and len(splits["train"]) > config.max_train_examples:
         chosen = sorted(
