@@ -562,3 +562,28 @@ def test_a_teacher_only_run_reports_the_fine_tuning_and_its_own_files(
     assert "- teacher fine-tuning: 3 steps (1 epoch(s), lr 0.001, batch 32); last epoch: " in report
     assert "- `teacher`: the fine-tuned teacher" in report and "`checkpoints`" not in report
     assert "| student" not in report
+
+
+def test_eval_reads_a_header_less_csv_and_a_fasttext_file(
+    finished_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same 40 test sentences as a header-less CSV (--columns) and as fastText lines
+    (--format fasttext) measure what the run's own test file measures."""
+    import csv
+
+    folder, _ = finished_run
+    rows = sentences(40, seed=1, labels=("neg", "pos"))
+    with (tmp_path / "plain.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows((label, text) for text, label in rows)
+    (tmp_path / "test.txt").write_text("".join(f"__label__{label} {text}\n" for text, label in rows))
+    accuracy = json.loads((folder / "metrics.json").read_text())["student"]["accuracy"]
+    for flags in (
+        ["--data", str(tmp_path / "plain.csv"), "--columns", "label,text"],
+        ["--data", str(tmp_path / "test.txt"), "--format", "fasttext"],
+    ):
+        output = tmp_path / f"{flags[-1].replace(',', '-')}.json"
+        code, _, err = run_cli(["eval", str(folder), *flags, "--output", str(output), "--no-progress"], capsys)
+        assert code == 0, err
+        evaluated = json.loads(output.read_text())["eval"]
+        assert evaluated["data"]["examples"] == 40
+        assert evaluated["student"]["accuracy"] == pytest.approx(accuracy)

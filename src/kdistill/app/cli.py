@@ -183,8 +183,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--text-pair-column", help="column of the second texts, for sentence pairs")
     evaluate.add_argument("--label-column", help="column of the labels (default: a run's, else label)")
     evaluate.add_argument(
-        "--format", choices=("csv", "tsv", "json", "jsonl", "parquet"), help="default: from the suffix"
+        "--format",
+        choices=("csv", "tsv", "json", "jsonl", "parquet", "fasttext", "lines"),
+        help="default: from the suffix (lines: with --line-pattern)",
     )
+    evaluate.add_argument("--columns", help="comma-separated column names of a CSV/TSV file without a header row")
+    evaluate.add_argument("--line-pattern", metavar="REGEX", help="a regex with named groups text and label per line")
     evaluate.add_argument("--encoding", help="text encoding of the file (default utf-8)")
     evaluate.add_argument(
         "--batch-size", type=_positive_int, default=32, help="examples per batch, and the batch timed (default 32)"
@@ -292,6 +296,8 @@ def _eval(args: argparse.Namespace) -> int:
             ("label_column", args.label_column),
             ("format", args.format),
             ("encoding", args.encoding),
+            ("columns", args.columns.split(",") if args.columns else None),
+            ("line_pattern", args.line_pattern),
         )
         if value is not None
     }
@@ -330,6 +336,8 @@ EVAL_FLAGS = {
     "data.label_column": "--label-column",
     "data.format": "--format",
     "data.encoding": "--encoding",
+    "data.columns": "--columns",
+    "data.line_pattern": "--line-pattern",
     "data.max_length": "--max-length",
     "data.train": "--data",
     "data.test": "--data",
