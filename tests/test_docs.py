@@ -17,6 +17,7 @@ DOCUMENTS = [
     "docs/cache.md",
     "docs/distributed.md",
     "docs/causal_lm.md",
+    "docs/vocabulary.md",
 ]
 FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 

@@ -15,6 +15,7 @@ __all__ = [
     "NonFiniteLossError",
     "OutputFileError",
     "RunFolderError",
+    "VocabularyError",
 ]
 
 
@@ -41,6 +42,11 @@ class RunFolderError(ConfigError):
 
 class OutputFileError(ConfigError):
     """A file kdistill was asked to write exists and is not one kdistill wrote: it is never replaced."""
+
+
+class VocabularyError(KdistillError):
+    """The vocabulary cannot be pruned: the tokenizer is not a WordPiece fast tokenizer, or the
+    model has no word embeddings that fit it (:mod:`kdistill.vocab_pruning`)."""
 
 
 class NonFiniteLossError(KdistillError, FloatingPointError):

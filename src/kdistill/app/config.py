@@ -123,6 +123,11 @@ class StudentConfig(ModelSource):
     """The student: ``path``, ``package`` or ``from_teacher``."""
 
     from_teacher: FromTeacherConfig | None = None
+    prune_vocabulary: bool = Field(
+        False,
+        description="after training, keep only the vocabulary the training data (and augmented sentences) "
+        "use: student/ gets the smaller embeddings and a pruned tokenizer (docs/vocabulary.md)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentConfig:

@@ -53,7 +53,7 @@ from kdistill.app.run_folder import (
     RunFolder,
 )
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
-from kdistill.app.training import Loaders, Trained, make_loaders, routed, train
+from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train
 from kdistill.cache import check_cache_folder
 from kdistill.errors import ConfigError, KdistillError, RunFolderError
 from kdistill.loading import looks_local
@@ -113,6 +113,8 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     models = task.load_models(config.teacher, config.student, raw, seed=config.training.seed)
     _check_batch_memory(config, models)
     data = task.prepare(config.data, raw, models, progress=progress)
+    if config.student is not None and config.student.prune_vocabulary and not task.prunes_vocabulary:
+        raise ConfigError(f"student.prune_vocabulary is not available for the {task.name} task; remove it")
     stages: list[Stage] = []
     if models.student is not None:
         assert config.objective is not None  # the schema gives a run with a student its objective
@@ -347,11 +349,11 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
     loaders = make_loaders(data, run.config.training, cached=run.config.teacher.cache is not None)
     trained = train(run, folder, loaders, resume=resume, progress=progress)
     folders: dict[str, Path | None] = {"teacher": _teacher_folder(run, folder)}
+    pruning = None
     if models.student is not None:
-        folders["student"] = folder.write_folder(
-            STUDENT_DIR, lambda target: run.task.save(models.student, models.tokenizer, target)
-        )
-        logger.info("student saved to %s", folders["student"])
+        pruning = save_student(run, folder, progress)
+        # with a pruned student/, the table measures the student as trained, weighed in memory
+        folders["student"] = None if pruning is not None else folder.path / STUDENT_DIR
     models_as_fed = routed(models, data)
     measured, speed = measure_models(
         run.task,
@@ -363,6 +365,8 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
         desc=loaders.evaluated_on,
     )
     metrics = _metrics(run, folder, measured, speed, trained, loaders, time.time() - started)
+    if pruning is not None:
+        metrics["vocabulary_pruning"] = pruning
     if loaders.evaluated_on != "validation":
         metrics["final_validation"] = run.task.evaluate(
             models_as_fed, loaders.validation, progress=progress, desc="validation"

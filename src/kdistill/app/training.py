@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, FINISHED_FILE, TEACHER_DIR, RunFolder
+from kdistill.app.report import weights_size
+from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, FINISHED_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
 from kdistill.app.stage_caches import StageCaches, shared_vocab
 from kdistill.app.stages import Stage, optimizer_and_scheduler
 from kdistill.batch import with_example_index
@@ -32,7 +33,7 @@ from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.train.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from kdistill.train.loop import History, distill
 
-__all__ = ["Loaders", "Trained", "train"]
+__all__ = ["Loaders", "Trained", "save_student", "train"]
 
 logger = logging.getLogger("kdistill.run")
 
@@ -222,6 +223,32 @@ def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) 
 
     folder.write_folder(TEACHER_DIR, write)
     return history
+
+
+def save_student(run: Any, folder: RunFolder, progress: bool) -> dict[str, Any] | None:
+    """Save the final student and its tokenizer to ``student/``; with ``student.prune_vocabulary``,
+    pruned first (it trained with the whole vocabulary, which the teacher shares).
+
+    Args:
+        run: the :class:`~kdistill.app.run.PreparedRun`, trained.
+        folder: the run folder (claimed).
+        progress: show progress bars.
+
+    Returns:
+        What pruning changed (``metrics.json``'s ``vocabulary_pruning``), or None when not pruned.
+    """
+    models, pruning = run.models, None
+    assert models.student is not None and run.config.student is not None
+    student, tokenizer = models.student, models.tokenizer
+    if run.config.student.prune_vocabulary:
+        student, tokenizer, pruning = run.task.prune_vocabulary(
+            models, run.data, batch_size=run.config.training.eval_batch_size, progress=progress
+        )
+    saved = folder.write_folder(STUDENT_DIR, lambda target: run.task.save(student, tokenizer, target))
+    logger.info("student saved to %s", saved)
+    if pruning is not None:
+        pruning["weight_files_bytes"] = weights_size(folder=saved)
+    return pruning
 
 
 def _last_epoch(history: History) -> dict[str, float]:

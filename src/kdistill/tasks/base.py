@@ -107,6 +107,8 @@ class Task(ABC):
     speed_note: ClassVar[str] = "Latency is the median CPU time of one batch of {batch} examples ({threads})"
     #: the unit of the throughput column
     throughput_unit: ClassVar[str] = "examples/s"
+    #: whether the task implements :meth:`prune_vocabulary` (``student.prune_vocabulary``)
+    prunes_vocabulary: ClassVar[bool] = False
 
     @abstractmethod
     def read(self, data: Section) -> Any:
@@ -211,6 +213,18 @@ class Task(ABC):
             max_examples: the first examples only.
             progress: show progress bars.
         """
+
+    def prune_vocabulary(
+        self, models: Models, data: TaskData, *, batch_size: int, progress: bool
+    ) -> tuple[nn.Module, Any, dict[str, Any]]:
+        """The trained student with only the vocabulary its distillation data uses, and its tokenizer
+        (``student.prune_vocabulary``; only where :attr:`prunes_vocabulary`).
+
+        Returns:
+            ``(pruned student, pruned tokenizer, what pruning changed)``: sizes before and after, and
+            both students' metrics on the evaluated split, re-tokenised for the pruned one (``metrics.json``).
+        """
+        raise NotImplementedError(f"the {self.name} task does not prune vocabularies")
 
     def save(self, model: nn.Module, tokenizer: Any, folder: Path) -> None:
         """Write a model and its tokenizer where plain ``transformers`` can load them."""

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from kdistill.datasets import PADDED_KEYS, TEACHER_PREFIX, TokenizedDataset
 from kdistill.errors import DataError
+from kdistill.tasks.base import TaskData
 from kdistill.tasks.text_classification.augment import NO_LABEL, Augmenter
 from kdistill.tasks.text_classification.config import DataConfig
 from kdistill.tasks.text_classification.labels import build_label_names, encode_labels
@@ -26,7 +27,7 @@ from kdistill.tasks.text_classification.reading import TableSplit, load_splits
 
 logger = logging.getLogger("kdistill.data")
 
-__all__ = ["PreparedData", "describe_tokenizer_difference", "prepare_data", "tokenize"]
+__all__ = ["PreparedData", "TextTaskData", "describe_tokenizer_difference", "prepare_data", "tokenize"]
 
 
 def tokenize(
@@ -85,6 +86,8 @@ class PreparedData:
         label_names: class names in id order (the student's ``id2label``).
         tables: the raw splits, for reports.
         separate_teacher_tokens: the teacher has its own ``teacher_*`` token ids.
+        augmented: the generated training sentences, tokenised, if any.
+        augmented_texts: their texts (the vocabulary a pruned student keeps includes theirs).
     """
 
     train: TokenizedDataset
@@ -94,6 +97,7 @@ class PreparedData:
     tables: dict[str, TableSplit] = field(default_factory=dict)
     separate_teacher_tokens: bool = False
     augmented: TokenizedDataset | None = None
+    augmented_texts: list[str] = field(default_factory=list)
 
     def distillation_set(self) -> TokenizedDataset:
         """The examples the student is distilled on: train, then the generated sentences if any."""
@@ -179,7 +183,7 @@ def prepare_data(
         )
 
     datasets = {role: tokenised(table, role, encode_labels(table, label_names)) for role, table in splits.items()}
-    augmented = None
+    augmented, texts = None, []
     if augmenter is not None:
         texts, _ = augmenter.augment(splits["train"].texts)
         if texts:
@@ -193,4 +197,19 @@ def prepare_data(
         tables=splits,
         separate_teacher_tokens=separate,
         augmented=augmented,
+        augmented_texts=list(texts),
     )
+
+
+@dataclass
+class TextTaskData(TaskData):
+    """A run's :class:`~kdistill.tasks.base.TaskData` with the texts it was tokenised from, which
+    vocabulary pruning reads (the training texts) and re-tokenises (the evaluated split).
+
+    Attributes:
+        prepared: the splits as read and tokenised.
+        max_length: the tokens per example the splits were cut to.
+    """
+
+    prepared: PreparedData | None = None
+    max_length: int = 512

@@ -18,11 +18,18 @@ from kdistill.speed import compare_speed
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
 from kdistill.tasks.text_classification.config import ClassifierOptions, DataConfig
-from kdistill.tasks.text_classification.data import describe_tokenizer_difference, prepare_data, tokenize
+from kdistill.tasks.text_classification.data import (
+    TextTaskData,
+    describe_tokenizer_difference,
+    prepare_data,
+    tokenize,
+)
 from kdistill.tasks.text_classification.labels import build_label_names, model_label_ids
 from kdistill.tasks.text_classification.metrics import agreement, classification_metrics, predict
 from kdistill.tasks.text_classification.models import build_student, load_classifier
+from kdistill.tasks.text_classification.pruning import prune_student
 from kdistill.tasks.text_classification.reading import TableSplit, load_splits, load_table
+from kdistill.vocab_pruning import check_prunable
 
 __all__ = ["TextClassification"]
 
@@ -44,6 +51,7 @@ class TextClassification(Task):
     primary_metric = "accuracy"
     higher_is_better = True
     metric_columns = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("agreement", "agreement"))
+    prunes_vocabulary = True
     speed_note = "Latency is the median CPU time of one batch of {batch} examples of {length} tokens ({threads})"
 
     def read(self, data: DataConfig) -> _Tables:
@@ -100,6 +108,8 @@ class TextClassification(Task):
                     revision=student.revision,
                     trust_remote_code=student.trust_remote_code,
                 )
+            if student.prune_vocabulary:
+                check_prunable(tokenizer)  # refused before training, not after
         return Models(
             teacher=model,
             teacher_location=location,
@@ -133,7 +143,7 @@ class TextClassification(Task):
             pad_token_id=models.tokenizer.pad_token_id or 0,
             teacher_pad_token_id=getattr(models.teacher.config, "pad_token_id", None) or 0,
         )
-        return TaskData(
+        return TextTaskData(
             train=prepared.train,
             validation=prepared.validation,
             test=prepared.test,
@@ -143,6 +153,8 @@ class TextClassification(Task):
             description=f"labels {', '.join(prepared.label_names)}",
             details={"labels": prepared.label_names},
             separate_teacher_tokens=prepared.separate_teacher_tokens,
+            prepared=prepared,
+            max_length=data.max_length,
         )
 
     @staticmethod
@@ -171,6 +183,11 @@ class TextClassification(Task):
             neighbours=neighbours,
             seed=settings.seed,
         )
+
+    def prune_vocabulary(
+        self, models: Models, data: TaskData, *, batch_size: int, progress: bool
+    ) -> tuple[nn.Module, Any, dict[str, Any]]:
+        return prune_student(models, data, batch_size=batch_size, progress=progress)
 
     def load_trained(self, location: str, role: str) -> tuple[nn.Module, Any]:
         fix = (
