@@ -11,7 +11,8 @@ The public API:
 * models: :func:`make_student`, layer maps (:func:`uniform_map` ...) and :func:`print_layer_map`;
 * offline distillation: :class:`TeacherCache` and :func:`with_example_index`;
 * runs from a config: :func:`load_config`, :func:`run_distill`, :func:`run_demo` (what the
-  ``kdistill`` command calls), and :class:`KdistillError` for a user's mistakes.
+  ``kdistill`` command calls), and :class:`KdistillError` for a user's mistakes;
+* deployment: :func:`export_onnx` (a classifier folder to ONNX, checked against PyTorch and timed).
 """
 
 from kdistill._version import __version__
@@ -52,6 +53,7 @@ from kdistill.mapping import (
     uniform_map,
     validate_layer_map,
 )
+from kdistill.onnx_export import export_onnx
 from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
 from kdistill.student import StudentReport, make_student
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
@@ -91,6 +93,7 @@ __all__ = [
     "describe_layer_map",
     "distill",
     "every_kth_map",
+    "export_onnx",
     "last_k_map",
     "load_config",
     "make_student",

@@ -17,14 +17,17 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from kdistill.errors import OutputFileError
 
 __all__ = [
     "FILES_MANIFEST",
     "FolderInUseError",
     "cache_root",
+    "check_replaceable_file",
     "exclusive_lock",
     "file_sha256",
     "is_staging_name",
@@ -138,6 +141,31 @@ def remove_owned(path: Path, allowed: Iterable[str] = ()) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def check_replaceable_file(path: Path, written_by_kdistill: Callable[[Path], bool], what: str, flag: str) -> None:
+    """Refuse, writing nothing, an output file path that holds something kdistill did not write.
+
+    Args:
+        path: the file kdistill is about to write (or replace).
+        written_by_kdistill: whether the existing file at ``path`` is one kdistill wrote (it reads
+            the file's own signature: a metrics file names kdistill, a predictions file has
+            kdistill's columns); never called when ``path`` does not exist.
+        what: the kind of file, for the message (``"a predictions file"``).
+        flag: how the user gave the path (``"--output"``), for the message.
+
+    Raises:
+        OutputFileError: ``path`` is a folder, or an existing file ``written_by_kdistill`` rejects.
+    """
+    if path.is_dir():
+        raise OutputFileError(f"{flag} {str(path)!r} is a folder; give a file name for {what}")
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not written_by_kdistill(path):
+        raise OutputFileError(
+            f"{flag} {str(path)!r} exists and is not {what} kdistill wrote: kdistill never replaces a file "
+            "it did not write; give a new file name"
+        )
 
 
 def _holder_pid(handle: Any) -> int | None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from kdistill._version import __version__
+from kdistill.app import export, predict
 from kdistill.errors import KdistillError
 
 __all__ = ["build_parser", "main"]
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_inspect(commands)
     _add_demo(commands)
+    predict.add_parser(commands)
+    export.add_parser(commands)
     return parser
 
 
@@ -375,6 +378,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"distill": _distill, "eval": _eval, "inspect": _inspect, "demo": _demo}
+COMMANDS.update(predict=predict.run, export=export.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

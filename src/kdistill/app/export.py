@@ -1,0 +1,134 @@
+"""``kdistill export``: a run's student (or a model folder) as an ONNX folder, checked and timed.
+
+The work is :func:`kdistill.onnx_export.export_onnx`; this module picks the model
+(:mod:`kdistill.app.model_folder`), names the output folder and prints what was checked and the
+latency table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "default_output", "run"]
+
+HELP = """\
+Export a text classifier to ONNX: a run folder's student (or its teacher, in a run without a
+student) or a model folder. The output folder holds model.onnx (inputs input_ids, attention_mask
+and token_type_ids where the model takes them, batch and sequence axes dynamic; output logits),
+the config and the tokenizer, and export.json. ONNX Runtime's logits are checked against
+PyTorch's on sample texts (two batch sizes and lengths) before anything is written; --int8 adds
+model_int8.onnx (dynamic quantisation) and reports how often it agrees with PyTorch. Then
+PyTorch and ONNX Runtime are timed side by side at batch 1 and 32. Needs pip install "kdistill[onnx]".
+"""
+
+EXAMPLES = """\
+examples:
+  kdistill export runs/sst2 --format onnx                       # into ./sst2-onnx/
+  kdistill export runs/sst2 --int8 --output models/sst2-onnx
+  kdistill export models/student --threads 1 --rounds 20 --length 64
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add the ``export`` command: the model or run, the format, int8, the output folder and the timing."""
+    export = commands.add_parser(
+        "export",
+        help="export a run's student or a classifier folder to ONNX, checked and timed",
+        description=HELP,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, a model folder or a hub id")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="the format (onnx, the default)")
+    export.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantisation)")
+    export.add_argument("--output", metavar="DIR", help="the export folder (default: ./<run or model name>-onnx)")
+    export.add_argument(
+        "--atol", type=_positive_float, default=1e-4, help="largest logit difference allowed (default 1e-4)"
+    )
+    export.add_argument(
+        "--threads", type=_positive_int, help="CPU threads of both runtimes for the timing (default: torch's)"
+    )
+    export.add_argument("--rounds", type=_positive_int, default=10, help="alternating timing rounds (default 10)")
+    export.add_argument(
+        "--length", type=_positive_int, help="tokens per text in the timed batches (default: a run's, else 128)"
+    )
+    export.add_argument("--no-latency", action="store_true", help="check the export but do not time it")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def default_output(target: str) -> Path:
+    """``./<name>-onnx``: the run's or model's folder name, in the current folder (never inside the
+    run or model folder, which may be another program's or an installed package's)."""
+    name = Path(target.rstrip("/\\")).name or "model"
+    return Path(f"{name}-onnx")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``kdistill export``; returns the exit status (errors are raised as :class:`KdistillError`)."""
+    from kdistill.app.model_folder import choose_model
+    from kdistill.onnx_export import export_onnx, require_onnx
+
+    require_onnx()  # before any loading: the one line says how to install what is missing
+    chosen = choose_model(args.model, "export")
+    output = Path(args.output) if args.output else default_output(args.model)
+    length = args.length or (chosen.data.max_length if chosen.data is not None else 128)
+    report = export_onnx(
+        chosen.location,
+        output,
+        int8=args.int8,
+        atol=args.atol,
+        latency=not args.no_latency,
+        threads=args.threads,
+        rounds=args.rounds,
+        length=length,
+    )
+    print(f"exported {chosen.description} to {output}/")
+    for line in describe(report):
+        print(line)
+    return 0
+
+
+def describe(report: dict[str, Any]) -> list[str]:
+    """What an export wrote and checked, and its latency table, as printed lines."""
+    from kdistill.app.report import format_bytes
+    from kdistill.onnx_latency import format_latency_table
+
+    inputs = ", ".join(report["inputs"])
+    lines = [f"  inputs {inputs} [batch, sequence] -> logits [batch, {len(report['labels'])}]"]
+    for (graph, size), (backend, check) in zip(report["files"].items(), report["checks"].items()):
+        shapes = " and ".join("x".join(str(n) for n in shape) for shape in check["batches"])
+        agree = f"the same class for {check['argmax_agreement']:.0%} of the {check['texts']} rows"
+        if backend == "onnxruntime":
+            verdict = f"max |logit difference| {check['max_abs_diff']:.1e} <= {report['atol']:g}"
+        else:
+            verdict = f"max |logit difference| {check['max_abs_diff']:.1e} (int8 weights: not exact by design)"
+        lines.append(f"  {graph} ({format_bytes(size)}): {backend} vs PyTorch on batches {shapes}: {verdict}; {agree}")
+        if check.get("flagged"):
+            lines.append(
+                f"  warning: {graph} picks another class than PyTorch for {1 - check['argmax_agreement']:.0%} of "
+                "the sample rows; measure it on your data (kdistill eval) before using it"
+            )
+    if "latency" in report:
+        lines += ["", format_latency_table(report["latency"])]
+    return lines

@@ -1,0 +1,389 @@
+"""Export a sequence classifier (a distilled student) to ONNX, checked against PyTorch.
+
+:func:`export_onnx` writes one self-contained folder::
+
+    model.onnx          input_ids, attention_mask[, token_type_ids] [batch, sequence] -> logits [batch, labels]
+    model_int8.onnx     with int8=True: the same graph with int8 weights (ONNX Runtime dynamic quantisation)
+    config.json         the model's config (id2label names the logits' columns)
+    tokenizer files     what turns text into the inputs
+    export.json         what was checked and measured (the report :func:`export_onnx` returns)
+
+The graph comes from ``torch.onnx.export`` (the ``torch.export`` based exporter) with the batch
+and sequence axes dynamic. Before anything is written, ONNX Runtime runs it on sample texts in two
+batches of different sizes and lengths, and its logits must match PyTorch's within ``atol``;
+otherwise the export is refused. Int8 weights change the logits by design, so the int8 graph is
+checked loosely: its argmax agreement with PyTorch is reported, and flagged when low.
+
+The folder is built under a temporary name and moved into place whole; an existing output folder
+is replaced only when it is an earlier export (its manifest says so and names every file in it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdistill._version import __version__
+from kdistill.errors import KdistillError, OutputFileError
+from kdistill.fileio import FILES_MANIFEST, remove_owned, unowned_files, write_files_manifest
+from kdistill.loading import load_pretrained, load_tokenizer
+from kdistill.preflight import usable_positions
+
+__all__ = [
+    "EXPORT_KIND",
+    "INT8_FILE",
+    "MISSING_ONNX",
+    "ONNX_FILE",
+    "REPORT_FILE",
+    "SAMPLE_TEXTS",
+    "export_onnx",
+    "model_input_names",
+    "onnx_session",
+    "require_onnx",
+]
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+REPORT_FILE = "export.json"
+#: the kind an export folder's files manifest records: only such a folder is ever replaced
+EXPORT_KIND = "onnx-export"
+MISSING_ONNX = 'exporting to ONNX needs the onnx, onnxruntime and onnxscript packages: pip install "kdistill[onnx]"'
+#: int8 logits that pick another class for more than this share of the sample texts are flagged
+INT8_MIN_AGREEMENT = 0.9
+#: above this many bytes of weights the graph keeps them in a side file (ONNX files stop at 2 GB)
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+#: texts of varied length and tone: the export sample and the checks (tokenised, so any tokenizer reads them)
+SAMPLE_TEXTS = (
+    "A lovely, moving film.",
+    "Dull and far too long.",
+    "The cast is great, but the story never comes together and the ending falls flat.",
+    "I would watch it again tomorrow.",
+    "Not bad at all",
+    "What a waste of two hours; the dialogue is wooden and the plot makes no sense whatsoever.",
+    "Quietly brilliant.",
+    "It was fine, I guess, though I expected more from this director after her last three pictures.",
+    "Terrible.",
+    "Funny, warm and surprisingly sad in places.",
+    "The music is the best part of an otherwise forgettable evening at the cinema.",
+    "ok",
+    "An ambitious mess: too many ideas, too little time, and a running joke that never lands.",
+    "Five stars.",
+    "Bright, sharp and full of life from the first scene to the last.",
+    "Boring plot, weak acting, cold ending.",
+)
+
+
+def require_onnx() -> None:
+    """Check that the ONNX packages are installed.
+
+    Raises:
+        KdistillError: one of onnx, onnxruntime, onnxscript is missing; says how to install them.
+    """
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise KdistillError(f"{MISSING_ONNX} ({name} is not installed)") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's and the quantiser's chatter (deprecation warnings, "torchvision is not
+    installed", "consider pre-processing"): kdistill reports what it checked itself. The quantiser
+    logs through the root logger, which would otherwise install a handler on it for good."""
+    root = logging.getLogger()
+    loggers = [root, logging.getLogger("torch.onnx"), logging.getLogger("torch.export")]
+    levels = [logger.level for logger in loggers]
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        root.removeHandler(guard)
+
+
+def model_input_names(model: nn.Module, tokenizer: Any) -> list[str]:
+    """The graph's inputs: ``input_ids``, ``attention_mask``, and ``token_type_ids`` where the model
+    takes them and the tokenizer gives them (a RoBERTa model accepts them but is never fed any)."""
+    accepted = inspect.signature(model.forward).parameters
+    given = set(getattr(tokenizer, "model_input_names", ()))
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in accepted and "token_type_ids" in given:
+        names.append("token_type_ids")
+    return names
+
+
+class _Logits(nn.Module):
+    """The classifier as the graph computes it: token tensors in, logits ``[batch, labels]`` out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.model(**inputs).logits
+
+
+def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on the graph at ``path``.
+
+    Args:
+        path: a ``.onnx`` file.
+        threads: intra-op threads (the ones that share a matrix product); default ONNX Runtime's
+            own choice. Inter-op parallelism is off, as in PyTorch's eager forward pass.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: kdistill reports what matters
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _sample_batches(tokenizer: Any, names: Sequence[str], max_length: int, texts: Sequence[str]) -> list[dict]:
+    """Three batches of ``[batch, sequence]`` int64 tensors: the export example (3 texts padded to 16
+    tokens: every axis above 1 and unequal, so that neither is fixed in the graph), then the checks:
+    one text alone, and every text padded to the longest (another batch size and another length)."""
+
+    def encode(part: Sequence[str], padding: str | bool, length: int) -> dict[str, torch.Tensor]:
+        encoded = tokenizer(list(part), truncation=True, max_length=length, padding=padding, return_tensors="pt")
+        return {name: encoded[name].to(torch.int64) for name in names}
+
+    texts = list(texts)
+    example = encode((texts * 3)[:3], "max_length", min(16, max_length))
+    return [example, encode(texts[:1], False, max_length), encode(texts, "longest", max_length)]
+
+
+def _agreement(model: nn.Module, session: Any, batches: Sequence[dict]) -> dict[str, Any]:
+    """How the graph's logits compare with PyTorch's on ``batches``: the largest absolute difference,
+    and the share of texts whose argmax (predicted class) is the same."""
+    largest, same, rows = 0.0, 0, 0
+    shapes = []
+    for batch in batches:
+        with torch.inference_mode():
+            expected = model(**batch).logits.float().numpy()
+        got = session.run(["logits"], {name: tensor.numpy() for name, tensor in batch.items()})[0]
+        largest = max(largest, float(np.abs(got - expected).max()))
+        same += int((got.argmax(axis=1) == expected.argmax(axis=1)).sum())
+        rows += len(expected)
+        shapes.append(list(batch["input_ids"].shape))
+    return {"max_abs_diff": largest, "argmax_agreement": same / rows, "texts": rows, "batches": shapes}
+
+
+def _check_output(out: Path) -> None:
+    """Refuse an output folder that holds anything but an earlier export.
+
+    Raises:
+        OutputFileError: ``out`` is a file, or a folder with files that are not an export's.
+    """
+    if out.is_file() or out.is_symlink():
+        raise OutputFileError(f"the output {str(out)!r} is a file; give a folder for the export")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    manifest: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((out / FILES_MANIFEST).read_text(encoding="utf-8"))
+    foreign = unowned_files(out)
+    if not isinstance(manifest, dict) or manifest.get("kdistill") != EXPORT_KIND or foreign:
+        shown = ", ".join(str(p.relative_to(out)) for p in (foreign or sorted(out.iterdir()))[:3])
+        raise OutputFileError(
+            f"the output folder {str(out)!r} holds files that are not a kdistill ONNX export ({shown}): kdistill "
+            "never replaces what it did not write; give a new or empty folder"
+        )
+
+
+def _export_graph(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> None:
+    """Write the graph of ``model`` on ``example``'s inputs to ``path``, batch and sequence axes dynamic."""
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    with _quiet():
+        torch.onnx.export(
+            _Logits(model).eval(),
+            (),
+            str(path),
+            kwargs=example,
+            input_names=list(example),
+            output_names=["logits"],
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in example},
+            dynamo=True,
+            external_data=weights > EXTERNAL_DATA_BYTES,
+            verbose=False,
+        )
+
+
+def _quantize(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation: int8 weights, activations quantised on the fly (no calibration data)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            use_external_data_format=(source.parent / f"{source.name}.data").exists(),
+        )
+
+
+def _replace_folder(out: Path, built: Path) -> None:
+    """Move the finished export into place; an earlier export there (checked) is deleted after."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.is_dir():
+        out.rename(old)
+    built.rename(out)
+    if old.is_dir():
+        remove_owned(old)
+
+
+def export_onnx(
+    model_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    int8: bool = False,
+    atol: float = 1e-4,
+    latency: bool = True,
+    threads: int | None = None,
+    rounds: int = 10,
+    length: int = 128,
+    texts: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Export a sequence classifier folder to ONNX, check it against PyTorch, optionally quantise and time it.
+
+    Args:
+        model_dir: a folder written by ``save_pretrained`` holding an
+            ``AutoModelForSequenceClassification`` and its tokenizer (a run's ``student/``).
+        out_dir: the export folder to write (new, empty, or an earlier export, which is replaced).
+        int8: also write ``model_int8.onnx`` (dynamic int8 quantisation) and report its agreement.
+        atol: the largest difference allowed between the ONNX Runtime and PyTorch logits.
+        latency: time PyTorch and ONNX Runtime (and int8) at batch 1 and 32 (see
+            :func:`kdistill.onnx_latency.compare_latency`).
+        threads: CPU threads for the timing (torch and ONNX Runtime alike); default torch's current number.
+        rounds: alternating timing rounds.
+        length: tokens per text in the timed batches (capped by the model's positions).
+        texts: the sample texts of the checks (default :data:`SAMPLE_TEXTS`).
+
+    Returns:
+        The report, also written to ``export.json``: files, inputs, labels, ``checks`` (per graph:
+        ``max_abs_diff``, ``argmax_agreement``, ``texts``, ``batches``) and ``latency``.
+
+    Raises:
+        KdistillError: the ONNX packages are missing; the model cannot be loaded or exported; the
+            ONNX logits differ from PyTorch's by more than ``atol`` (nothing is written).
+        OutputFileError: ``out_dir`` holds files that are not an earlier export.
+    """
+    require_onnx()
+    out = Path(out_dir)
+    _check_output(out)
+    location = str(model_dir)
+    fix = "export a classifier trained for its labels (a run's student/)"
+    model = load_pretrained(_auto_class(), location, "model").trained("model", fix)
+    tokenizer = load_tokenizer(location, "model")
+    names = model_input_names(model, tokenizer)
+    max_length = min(length, usable_positions(model) or length)
+    batches = _sample_batches(tokenizer, names, min(128, max_length), texts or SAMPLE_TEXTS)
+    built = out.parent / f".{out.name}.building-{os.getpid()}"
+    built.mkdir(parents=True)
+    try:
+        report = _build(model, tokenizer, names, batches, built, location=location, int8=int8, atol=atol)
+        if latency:
+            from kdistill.onnx_latency import compare_latency
+
+            graphs = {"onnxruntime": built / ONNX_FILE, **({"onnxruntime int8": built / INT8_FILE} if int8 else {})}
+            report["latency"] = compare_latency(
+                model, graphs, tokenizer, names, length=max_length, rounds=rounds, threads=threads
+            )
+        (built / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_files_manifest(built, EXPORT_KIND)
+        _replace_folder(out, built)
+    finally:
+        if built.exists():
+            shutil.rmtree(built)
+    return report
+
+
+def _auto_class() -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification
+
+
+def _build(
+    model: nn.Module,
+    tokenizer: Any,
+    names: list[str],
+    batches: list[dict],
+    folder: Path,
+    *,
+    location: str,
+    int8: bool,
+    atol: float,
+) -> dict[str, Any]:
+    """Write the graph(s), the config and the tokenizer into ``folder`` and check them; the report."""
+    try:
+        _export_graph(model, batches[0], folder / ONNX_FILE)
+    except Exception as error:  # the exporter raises many kinds; each means "this model does not export"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KdistillError(
+            f"torch.onnx.export cannot export {location!r} ({type(model).__name__}): {first}"
+        ) from None
+    checks = {"onnxruntime": _agreement(model, onnx_session(folder / ONNX_FILE), batches[1:])}
+    found = checks["onnxruntime"]
+    if not found["max_abs_diff"] <= atol:  # also refuses NaN
+        raise KdistillError(
+            f"the ONNX graph of {location!r} does not compute what the model computes: its logits differ from "
+            f"PyTorch's by up to {found['max_abs_diff']:.2e} (tolerance {atol:g}) on sample batches of "
+            f"{found['texts']} rows; nothing was written (a larger tolerance: --atol / atol=)"
+        )
+    files = [ONNX_FILE]
+    if int8:
+        _quantize(folder / ONNX_FILE, folder / INT8_FILE)
+        checks["onnxruntime int8"] = _agreement(model, onnx_session(folder / INT8_FILE), batches[1:])
+        checks["onnxruntime int8"]["flagged"] = checks["onnxruntime int8"]["argmax_agreement"] < INT8_MIN_AGREEMENT
+        files.append(INT8_FILE)
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    return {
+        "kdistill": {"version": __version__, "export": EXPORT_KIND},
+        "source": location,
+        "architecture": type(model).__name__,
+        "files": {name: (folder / name).stat().st_size for name in files},
+        "inputs": {name: ["batch", "sequence"] for name in names},
+        "outputs": {"logits": ["batch", len(labels)]},
+        "labels": labels,
+        "atol": atol,
+        "checks": checks,
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
