@@ -48,7 +48,7 @@ def test_readme_yaml_example_is_a_valid_config_equal_to_the_example_file():
 
     from kdistill.app.config_loading import parse_config
 
-    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.DOTALL)
+    block = _yaml_blocks("README.md")[0]  # the first: the whole config; the others are parts of one
     from_readme = parse_config(yaml.safe_load(block))
     from_file = parse_config(yaml.safe_load((ROOT / "examples" / "sst2_hinton.yaml").read_text(encoding="utf-8")))
     assert from_readme == from_file
@@ -60,7 +60,7 @@ def _yaml_blocks(document: str) -> list[str]:
     return blocks
 
 
-@pytest.mark.parametrize("document", ["docs/cache.md", "docs/cli.md"])
+@pytest.mark.parametrize("document", ["docs/cache.md", "docs/cli.md", "README.md"])
 def test_document_configs_are_valid(document):
     """Each YAML example is a config (or a part of one, completed with a minimal config), and the
     resolved config reads back to itself."""
