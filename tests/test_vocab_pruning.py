@@ -13,8 +13,9 @@ import torch
 from cli_helpers import one_line, succeeds, write_run_config
 from text_fixtures import WORDS, save_classifier, sentences, write_csv
 
+from kdistill import VocabularyReport, prune_vocabulary
 from kdistill.errors import VocabularyError
-from kdistill.vocab_pruning import VocabularyReport, prune_vocabulary, tokenization_drift
+from kdistill.vocab_pruning import tokenization_drift
 
 #: pieces beyond the fixtures' words: whole words and the pieces that spell them otherwise
 EXTRA = ("play", "##ing", "playing", "##s", "run", "scene", "twist", "##y", "never", "used")

@@ -9,6 +9,7 @@ The public API:
 * training: :func:`distill` / :func:`train_distillation` (plain loop) and
   :class:`DistillationTrainer` (``transformers.Trainer``); :class:`TinyBERTDistillation`;
 * models: :func:`make_student`, layer maps (:func:`uniform_map` ...) and :func:`print_layer_map`;
+  :func:`prune_vocabulary` (keep only the word embeddings a set of texts uses);
 * offline distillation: :class:`TeacherCache` and :func:`with_example_index`;
 * runs from a config: :func:`load_config`, :func:`run_distill`, :func:`run_demo` (what the
   ``kdistill`` command calls), and :class:`KdistillError` for a user's mistakes;
@@ -57,6 +58,7 @@ from kdistill.onnx_export import export_onnx
 from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
 from kdistill.student import StudentReport, make_student
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
+from kdistill.vocab_pruning import VocabularyReport, prune_vocabulary
 
 __all__ = [
     "JSD",
@@ -88,6 +90,7 @@ __all__ = [
     "Term",
     "TinyBERTConfig",
     "TinyBERTDistillation",
+    "VocabularyReport",
     "__version__",
     "attention_distillation_loss",
     "describe_layer_map",
@@ -98,6 +101,7 @@ __all__ = [
     "load_config",
     "make_student",
     "print_layer_map",
+    "prune_vocabulary",
     "resolve_layer_map",
     "run_demo",
     "run_distill",

@@ -353,17 +353,21 @@ def _sample_lines(samples: Sequence[Mapping[str, str]]) -> list[str]:
     return lines
 
 
-def _pruning_lines(pruning: Mapping[str, Any], primary: str) -> list[str]:
+def _pruning_lines(metrics: Mapping[str, Any], primary: str) -> list[str]:
     """One line on the pruned vocabulary of ``student/`` (``student.prune_vocabulary``)."""
+    pruning = metrics.get("vocabulary_pruning")
     if not pruning:
         return []
     vocabulary, parameters, size = pruning["vocabulary"], pruning["parameters"], pruning["size_bytes"]
     after, before = pruning["student"][primary], pruning["unpruned_student"][primary]
+    teacher = metrics.get("teacher", {}).get("parameters")
     return [
         "",
         f"Vocabulary pruned after training: `student/` keeps the {vocabulary['kept']:,} of {vocabulary['total']:,} "
         f"tokens its training texts use, {parameters['before']:,} -> {parameters['after']:,} parameters "
-        f"({format_bytes(size['before'])} -> {format_bytes(size['after'])}); on the {pruning['evaluated_on']} split, "
+        f"({format_bytes(size['before'])} -> {format_bytes(size['after'])}"
+        + (f"; {teacher / parameters['after']:.1f}x smaller than the teacher" if teacher else "")
+        + f"); on the {pruning['evaluated_on']} split, "
         f"re-tokenised, {primary} {after:.4f} (the table's student, unpruned: {before:.4f}); "
         f"{pruning['with_unknown']:.1%} of its examples have an unknown token and "
         f"{pruning['changed']:.1%} other tokens than before pruning.",
@@ -400,7 +404,7 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
     if final and evaluated != "validation":
         shown = ", ".join(f"{name} {values[primary]:.4f}" for name, values in final.items() if primary in values)
         lines += ["", f"On the validation split, {primary}: {shown}."]
-    lines += _pruning_lines(metrics.get("vocabulary_pruning", {}), primary)
+    lines += _pruning_lines(metrics, primary)
     lines += ["", "## Training", ""]
     tuned = metrics.get("training", {}).get("teacher_finetune")
     if tuned:
