@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from kdistill._version import __version__
 from kdistill.app import export, predict
+from kdistill.app.arguments import add_data_flags, data_flag_values, positive_int
 from kdistill.errors import KdistillError
 
 __all__ = ["build_parser", "main"]
@@ -182,22 +183,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--task", help="the model's task, for a model folder (default text_classification; a run folder knows its own)"
     )
-    evaluate.add_argument("--text-column", help="column of the texts (default: a run's, else text)")
-    evaluate.add_argument("--text-pair-column", help="column of the second texts, for sentence pairs")
-    evaluate.add_argument("--label-column", help="column of the labels (default: a run's, else label)")
+    add_data_flags(evaluate, labels=True)
     evaluate.add_argument(
-        "--format",
-        choices=("csv", "tsv", "json", "jsonl", "parquet", "fasttext", "lines"),
-        help="default: from the suffix (lines: with --line-pattern)",
+        "--batch-size", type=positive_int, default=32, help="examples per batch, and the batch timed (default 32)"
     )
-    evaluate.add_argument("--columns", help="comma-separated column names of a CSV/TSV file without a header row")
-    evaluate.add_argument("--line-pattern", metavar="REGEX", help="a regex with named groups text and label per line")
-    evaluate.add_argument("--encoding", help="text encoding of the file (default utf-8)")
-    evaluate.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="examples per batch, and the batch timed (default 32)"
-    )
-    evaluate.add_argument("--max-length", type=_positive_int, help="tokens per text (default: a run's, else 128)")
-    evaluate.add_argument("--max-examples", type=_positive_int, help="measure on the first N examples only")
+    evaluate.add_argument("--max-length", type=positive_int, help="tokens per text (default: a run's, else 128)")
+    evaluate.add_argument("--max-examples", type=positive_int, help="measure on the first N examples only")
     evaluate.add_argument(
         "--output", metavar="FILE", help="the metrics file (default: the run's metrics.json, else ./metrics.json)"
     )
@@ -215,9 +206,9 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("teacher", metavar="TEACHER", help="a model folder or hub id")
     inspect.add_argument("student", metavar="STUDENT", nargs="?", help="a model folder or hub id (optional)")
-    inspect.add_argument("--num-layers", type=_positive_int, help="depth of the proposed student (default: half)")
+    inspect.add_argument("--num-layers", type=positive_int, help="depth of the proposed student (default: half)")
     inspect.add_argument(
-        "--hidden-size", type=_positive_int, help="width of the proposed student (default: the teacher's)"
+        "--hidden-size", type=positive_int, help="width of the proposed student (default: the teacher's)"
     )
     inspect.add_argument("--layer-map", default=None, help="uniform (default), every-K, last-K")
 
@@ -234,16 +225,6 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--quick", action="store_true", help="fewer epochs: a smoke test of a few seconds")
     demo.add_argument("--seed", type=int, default=0, help="the random seed (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -291,19 +272,7 @@ def _eval(args: argparse.Namespace) -> int:
     from kdistill.app.evaluate import evaluate, resolve_target
 
     target = resolve_target(args.model, args.teacher, args.output, args.task)
-    updates = {
-        key: value
-        for key, value in (
-            ("text_column", args.text_column),
-            ("text_pair_column", args.text_pair_column),
-            ("label_column", args.label_column),
-            ("format", args.format),
-            ("encoding", args.encoding),
-            ("columns", args.columns.split(",") if args.columns else None),
-            ("line_pattern", args.line_pattern),
-        )
-        if value is not None
-    }
+    updates = data_flag_values(args)
     if updates:
         from pydantic import ValidationError
 

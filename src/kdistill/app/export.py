@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from kdistill.app.arguments import positive_float, positive_int
+
 __all__ = ["add_parser", "default_output", "run"]
 
 HELP = """\
@@ -45,36 +47,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantisation)")
     export.add_argument("--output", metavar="DIR", help="the export folder (default: ./<run or model name>-onnx)")
     export.add_argument(
-        "--atol", type=_positive_float, default=1e-4, help="largest logit difference allowed (default 1e-4)"
+        "--atol", type=positive_float, default=1e-4, help="largest logit difference allowed (default 1e-4)"
     )
     export.add_argument(
-        "--threads", type=_positive_int, help="CPU threads of both runtimes for the timing (default: torch's)"
+        "--threads", type=positive_int, help="CPU threads of both runtimes for the timing (default: torch's)"
     )
-    export.add_argument("--rounds", type=_positive_int, default=10, help="alternating timing rounds (default 10)")
+    export.add_argument("--rounds", type=positive_int, default=10, help="alternating timing rounds (default 10)")
     export.add_argument(
-        "--length", type=_positive_int, help="tokens per text in the timed batches (default: a run's, else 128)"
+        "--length", type=positive_int, help="tokens per text in the timed batches (default: a run's, else 128)"
     )
     export.add_argument("--no-latency", action="store_true", help="check the export but do not time it")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def default_output(target: str) -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from kdistill.app.arguments import add_data_flags, data_flag_values, positive_int
 from kdistill.app.model_folder import TEXT_CLASSIFICATION, ChosenModel, choose_model
 from kdistill.app.run_folder import METRICS_FILE
 from kdistill.errors import DataError, KdistillError, ModelLoadError, OutputFileError
@@ -82,33 +83,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--output", metavar="FILE.csv", help=f"the predictions CSV (default with --data: ./{DEFAULT_OUTPUT})"
     )
-    predict.add_argument("--text-column", help="column of the texts (default: a run's, else text)")
-    predict.add_argument("--text-pair-column", help="column of the second texts, for sentence pairs")
-    predict.add_argument("--format", choices=_formats(), help="default: from the suffix (lines: with --line-pattern)")
-    predict.add_argument("--columns", help="comma-separated column names of a CSV/TSV file without a header row")
-    predict.add_argument("--line-pattern", metavar="REGEX", help="a regex with a named group text per line")
-    predict.add_argument("--encoding", help="text encoding of the file (default utf-8)")
-    predict.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default 32)")
+    add_data_flags(predict, labels=False)
+    predict.add_argument("--batch-size", type=positive_int, default=32, help="texts per batch (default 32)")
     predict.add_argument(
-        "--max-length", type=_positive_int, help=f"tokens per text (default: a run's, else {DEFAULT_MAX_LENGTH})"
+        "--max-length", type=positive_int, help=f"tokens per text (default: a run's, else {DEFAULT_MAX_LENGTH})"
     )
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _formats() -> tuple[str, ...]:
-    from kdistill.tasks.text_classification.config import DATA_FORMATS
-
-    return tuple(DATA_FORMATS)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 @dataclass
@@ -204,17 +184,10 @@ def _data_section(chosen: ChosenModel, args: argparse.Namespace) -> Any:
 
     section = get_task(TEXT_CLASSIFICATION).data_section
     base = chosen.data.model_dump() if chosen.data is not None else {}
-    flags = {
-        "text_column": args.text_column,
-        "text_pair_column": args.text_pair_column,
-        "format": args.format,
-        "encoding": args.encoding,
-        "columns": args.columns.split(",") if args.columns else None,
-        "line_pattern": args.line_pattern,
-    }
+    flags = data_flag_values(args)
     # the file to predict on takes the place of the run's training file; its other splits do not apply
     values = {**base, "train": args.data, "hub": None, "validation": None, "test": None, "augment": None}
-    values.update({key: value for key, value in flags.items() if value is not None})
+    values.update(flags)
     # predictions need no labels, but the section checks that the label column is among the
     # columns a header-less file or a line pattern names: give it one nobody reads
     given = {"columns": values.get("columns"), "line_pattern": values.get("line_pattern")}

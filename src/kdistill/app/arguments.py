@@ -1,0 +1,61 @@
+"""Argument types and flags shared by the ``kdistill`` subcommands (eval, predict, export)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_data_flags", "data_flag_values", "positive_float", "positive_int"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def add_data_flags(parser: argparse.ArgumentParser, *, labels: bool) -> None:
+    """The flags that say how to read a data file, as ``data.*`` keys say it in a config."""
+    from kdistill.tasks.text_classification.config import DATA_FORMATS
+
+    parser.add_argument("--text-column", help="column of the texts (default: a run's, else text)")
+    parser.add_argument("--text-pair-column", help="column of the second texts, for sentence pairs")
+    if labels:
+        parser.add_argument("--label-column", help="column of the labels (default: a run's, else label)")
+    parser.add_argument(
+        "--format", choices=tuple(DATA_FORMATS), help="default: from the suffix (lines: with --line-pattern)"
+    )
+    parser.add_argument("--columns", help="comma-separated column names of a CSV/TSV file without a header row")
+    group = "text and label" if labels else "text"
+    parser.add_argument("--line-pattern", metavar="REGEX", help=f"a regex with the named groups {group}, per line")
+    parser.add_argument("--encoding", help="text encoding of the file (default utf-8)")
+
+
+def data_flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``data.*`` values the user gave as flags (:func:`add_data_flags`), by config key."""
+    values = {
+        "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
+        "label_column": getattr(args, "label_column", None),
+        "format": args.format,
+        "encoding": args.encoding,
+        "columns": args.columns.split(",") if args.columns else None,
+        "line_pattern": args.line_pattern,
+    }
+    return {key: value for key, value in values.items() if value is not None}
