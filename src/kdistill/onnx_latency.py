@@ -10,16 +10,16 @@ hits a whole round cancels out of that round's ratio).
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from kdistill.speed import relative_spread, time_rounds
 
 __all__ = ["BATCH_SIZES", "compare_latency", "format_latency_table"]
 
@@ -30,35 +30,6 @@ BATCH_SIZES = (1, 32)
 MIN_TIMING_SECONDS = 0.02
 #: the backend the others are compared with
 REFERENCE = "pytorch"
-
-
-def _relative_spread(values: Sequence[float]) -> float:
-    """The interquartile range of ``values`` over their median (0.0 for fewer than two)."""
-    if len(values) < 2:
-        return 0.0
-    middle = statistics.median(values)
-    first, _, third = statistics.quantiles(values, n=4, method="inclusive")
-    return (third - first) / middle if middle else 0.0
-
-
-def _time_rounds(workloads: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each workload, one value per round, the order rotating each round."""
-    names = list(workloads)
-    repeats = {}
-    for name, work in workloads.items():
-        work()  # the first call allocates and plans; it is never timed
-        start = time.perf_counter()
-        work()
-        repeats[name] = max(1, math.ceil(MIN_TIMING_SECONDS / max(time.perf_counter() - start, 1e-9)))
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for number in range(rounds):
-        shift = number % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            for _ in range(repeats[name]):
-                workloads[name]()
-            times[name].append((time.perf_counter() - start) / repeats[name])
-    return times
 
 
 def _batch(tokenizer: Any, names: Sequence[str], size: int, length: int) -> dict[str, torch.Tensor]:
@@ -118,7 +89,13 @@ def compare_latency(
             workloads: dict[str, Callable[[], object]] = {REFERENCE: forward}
             for name, session in sessions.items():
                 workloads[name] = lambda session=session, feeds=feeds: session.run(["logits"], feeds)
-            times = _time_rounds(workloads, rounds)
+            times = time_rounds(
+                workloads,
+                min_rounds=rounds,
+                max_rounds=rounds,
+                min_seconds=0.0,
+                min_call_seconds=MIN_TIMING_SECONDS,
+            )
             for name, values in times.items():
                 ratios = [reference / value for reference, value in zip(times[REFERENCE], values)]
                 rows.append(
@@ -126,9 +103,9 @@ def compare_latency(
                         "batch_size": size,
                         "backend": name,
                         "median_ms": statistics.median(values) * 1000,
-                        "spread": _relative_spread(values),
+                        "spread": relative_spread(values),
                         "speedup": statistics.median(ratios),
-                        "speedup_spread": _relative_spread(ratios),
+                        "speedup_spread": relative_spread(ratios),
                     }
                 )
     finally:
