@@ -185,15 +185,16 @@ def markdown_table(results: dict[str, Any]) -> str:
     """The rows as a Markdown table (``--table``), as docs/results.md shows them."""
     lines = [
         "| student | recipe | test perplexity (mean ± std) | vs ce_only | seeds | agreement | "
-        "speed-up | train s | train tokens/s | parameters |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "speed-up | train s | train tokens/s | parameters | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     baselines = {row["student"]: row["perplexity_mean"] for row in results["rows"] if row["recipe"] == "ce_only"}
     for row in results["rows"]:
         if row["recipe"] == "teacher":
+            untuned = results.get("teacher", {}).get("untuned_test_perplexity")
             lines.append(
                 f"| teacher | fine-tuned | {row['perplexity_mean']:.2f} | | 1 | | 1.00x | | | "
-                f"{row['params'] / 1e6:.1f}M |"
+                f"{row['params'] / 1e6:.1f}M | {'' if untuned is None else f'untuned: {untuned:.2f}'} |"
             )
             continue
         base = baselines.get(row["student"])
@@ -208,9 +209,19 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {row['student']} | {row['recipe']} | {row['perplexity_mean']:.2f} ± {row['perplexity_std']:.2f} "
             f"| {change} | {row['seeds']} | {shown(row['agreement'], '{:.3f}')} "
             f"| {shown(row['generation_speedup'], '{:.2f}x')} | {shown(row['train_seconds'], '{:.0f}')} "
-            f"| {shown(row['train_tokens_per_s'], '{:.0f}')} | {row['params'] / 1e6:.1f}M |"
+            f"| {shown(row['train_tokens_per_s'], '{:.0f}')} | {row['params'] / 1e6:.1f}M | {_notes(row)} |"
         )
     return "\n".join(lines)
+
+
+def _notes(row: dict[str, Any]) -> str:
+    """What only some rows have: the cache's bytes per token, the share of training spent sampling."""
+    notes = []
+    if row.get("cache_bytes_per_token") is not None:
+        notes.append(f"cache {row['cache_bytes_per_token']:.0f} bytes/token")
+    if row.get("generation_share") is not None:
+        notes.append(f"sampling {100 * row['generation_share']:.0f}% of training")
+    return "; ".join(notes)
 
 
 def save(path: Path, results: dict[str, Any]) -> None:

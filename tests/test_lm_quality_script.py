@@ -92,6 +92,8 @@ def test_rows_are_saved_skipped_and_retried_with_what_each_recipe_adds(
     assert rows["on_policy"]["seeds"] == 1 and rows["teacher"]["perplexity_mean"] == 30.0
     table = module.markdown_table(results)
     assert "| a | forward_kl_topk | 90.50 ± 0.71 | -10.0% | 2 |" in table
+    assert table.count("cache 132 bytes/token") == 1 and "sampling 25% of training" in table
+    assert "untuned: 55.00" in table
 
     again = FakeRuns(fail=set())
     results = _main(module, monkeypatch, tmp_path, again, recipes)
