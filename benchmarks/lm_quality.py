@@ -174,6 +174,11 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "train_tokens_per_s": mean("train_tokens_per_s"),
                     "cache_bytes_per_token": mean("cache_bytes_per_token"),
                     "generation_share": mean("generation_share"),
+                    # the teacher's generations are made once (the first such row) and read back after
+                    "teacher_generation_seconds": max(
+                        (run["teacher_generation_seconds"] for run in runs if "teacher_generation_seconds" in run),
+                        default=None,
+                    ),
                     "params": runs[0]["params"],
                     "description": STUDENTS[student]["description"],
                 }
@@ -188,8 +193,9 @@ def markdown_table(results: dict[str, Any]) -> str:
         "speed-up | train s | train tokens/s | parameters | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    baselines = {row["student"]: row["perplexity_mean"] for row in results["rows"] if row["recipe"] == "ce_only"}
-    for row in results["rows"]:
+    rows = summarise(results)  # from the runs, so that a table printed by newer code shows what it adds
+    baselines = {row["student"]: row["perplexity_mean"] for row in rows if row["recipe"] == "ce_only"}
+    for row in rows:
         if row["recipe"] == "teacher":
             untuned = results.get("teacher", {}).get("untuned_test_perplexity")
             lines.append(
@@ -221,6 +227,8 @@ def _notes(row: dict[str, Any]) -> str:
         notes.append(f"cache {row['cache_bytes_per_token']:.0f} bytes/token")
     if row.get("generation_share") is not None:
         notes.append(f"sampling {100 * row['generation_share']:.0f}% of training")
+    if row.get("teacher_generation_seconds"):
+        notes.append(f"teacher generations {row['teacher_generation_seconds']:.0f} s, once")
     return "; ".join(notes)
 
 
