@@ -10,10 +10,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kdistill.datasets import IGNORE_INDEX, TokenizedDataset
+from kdistill.datasets import IGNORE_INDEX
 from kdistill.errors import DataError, ModelLoadError
 from kdistill.tasks.causal_lm.reading import Documents
-from kdistill.tasks.causal_lm.split import CHUNK, LMSplit, split_stats
+from kdistill.tasks.causal_lm.split import CHUNK, LMSplit, document_split
 
 logger = logging.getLogger("kdistill.data")
 
@@ -135,8 +135,6 @@ def tokenize_conversations(documents: Documents, tokenizer: Any, max_length: int
             len(documents),
             max_length,
         )
-    columns = {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
-    stats = split_stats(columns, spans_kept, cut_off)
-    stats.update(documents=len(documents), dropped=dropped, dropped_tokens=dropped_tokens)
-    dataset = TokenizedDataset(columns, None, documents.source)
-    return LMSplit(dataset, "messages", max_length, documents.source, stats, spans_kept, cut_off)
+    return document_split(
+        "messages", input_ids, labels, documents, max_length, spans_kept, cut_off, dropped, dropped_tokens
+    )

@@ -29,7 +29,7 @@ from kdistill.errors import DataError
 from kdistill.tasks.causal_lm.chat import tokenize_conversations
 from kdistill.tasks.causal_lm.config import LMDataConfig
 from kdistill.tasks.causal_lm.reading import Documents, read_documents
-from kdistill.tasks.causal_lm.split import UNITS, LMSplit, eos_id, plural, split_stats, token_ids
+from kdistill.tasks.causal_lm.split import UNITS, LMSplit, document_split, eos_id, plural, split_stats, token_ids
 
 logger = logging.getLogger("kdistill.data")
 
@@ -103,11 +103,9 @@ def _prompt_completion(documents: Documents, tokenizer: Any, max_length: int, pr
             max_length,
             longest_prompt,
         )
-    columns = {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
-    stats = split_stats(columns, spans, cut_off)
-    stats.update(documents=len(documents), dropped=dropped, dropped_tokens=dropped_tokens)
-    dataset = TokenizedDataset(columns, None, documents.source)
-    return LMSplit(dataset, "prompt_completion", max_length, documents.source, stats, spans, cut_off)
+    return document_split(
+        "prompt_completion", input_ids, labels, documents, max_length, spans, cut_off, dropped, dropped_tokens
+    )
 
 
 def tokenize_documents(

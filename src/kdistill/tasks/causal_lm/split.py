@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from kdistill.datasets import IGNORE_INDEX, TokenizedDataset
 from kdistill.errors import ModelLoadError
 
-__all__ = ["CHUNK", "UNITS", "LMSplit", "eos_id", "plural", "split_stats", "token_ids"]
+__all__ = ["CHUNK", "UNITS", "LMSplit", "document_split", "eos_id", "plural", "split_stats", "token_ids"]
 
 #: texts tokenised per call (one progress-bar step)
 CHUNK = 1000
@@ -131,6 +131,25 @@ def split_stats(
         "cut_tokens": sum(cut_off),
         "left_out": 0,
     }
+
+
+def document_split(
+    kind: str,
+    input_ids: list[list[int]],
+    labels: list[list[int]],
+    documents: Any,
+    max_length: int,
+    spans: list[tuple[int, int]],
+    cut_off: list[int],
+    dropped: int,
+    dropped_tokens: int,
+) -> LMSplit:
+    """An :class:`LMSplit` of one example per document (prompt/completion or chat), with its counts."""
+    columns = {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
+    stats = split_stats(columns, spans, cut_off)
+    stats.update(documents=len(documents), dropped=dropped, dropped_tokens=dropped_tokens)
+    dataset = TokenizedDataset(columns, None, documents.source)
+    return LMSplit(dataset, kind, max_length, documents.source, stats, spans, cut_off)
 
 
 def eos_id(tokenizer: Any, why: str) -> int:
