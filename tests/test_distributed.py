@@ -29,10 +29,8 @@ def _launch(mode, out, processes, batch_per_process):
             "torch.distributed.run",
             "--nproc_per_node",
             str(processes),
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(29500 + os.getpid() % 1000),
+            # a rendezvous on a free port: fixed ports collide when tests run in parallel
+            "--standalone",
             str(SCRIPT),
             mode,
             str(out),

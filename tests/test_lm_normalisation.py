@@ -101,9 +101,9 @@ def _launch(out: Path, processes: int, per_process: int, accumulation: int) -> d
     if processes == 1:
         command = [sys.executable, *script]
     else:
-        port = str(29600 + os.getpid() % 1000)
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-        command += ["--master_addr", "127.0.0.1", "--master_port", port, *script]
+        # --standalone: a rendezvous on a free port (fixed ports collide when tests run in parallel)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        command += script
     result = subprocess.run(command, capture_output=True, text=True, timeout=280, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads((out / "done.json").read_text())["processes"] == processes
