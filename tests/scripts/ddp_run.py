@@ -117,3 +117,8 @@ with open(f"{out}/result-{rank}.json", "w") as handle:
     json.dump({"losses": losses, "saves": len(saves)}, handle)
 if rank == 0:
     save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, f"{out}/student.safetensors")
+if torch.distributed.is_initialized():
+    # tear the group down before the interpreter does: a gloo group left to exit-time destructors
+    # has aborted a child process (SIGABRT) after its results were written
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

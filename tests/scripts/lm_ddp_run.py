@@ -53,3 +53,7 @@ for mode, run in (("loop", lambda: loop_gradients(per_batch, accumulation)), ("t
         )
 if rank == 0:
     (out / "done.json").write_text(json.dumps({"processes": world}))
+if torch.distributed.is_initialized():
+    # as in ddp_run.py: destroy the gloo group before exit-time destructors can abort the process
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
