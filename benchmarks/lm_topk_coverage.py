@@ -70,6 +70,8 @@ def main() -> None:
     ks = sorted({int(k) for k in args.k.split(",") if k})
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
     model = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32).eval()
+    if max(ks) > model.config.vocab_size:
+        raise SystemExit(f"--k {max(ks)} is more than the teacher's {model.config.vocab_size} ids")
     wanted = args.blocks * args.length + 1
     text = args.text.read_text(encoding="utf-8")[: wanted * 16]  # far more characters than tokens needed
     ids = torch.tensor(tokenizer(text)["input_ids"][:wanted])

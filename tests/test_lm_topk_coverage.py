@@ -36,33 +36,20 @@ def test_rest_mass_and_targets_outside_the_top_k() -> None:
 
 @pytest.mark.slow
 def test_the_script_reports_every_k_for_a_tiny_teacher(tmp_path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from lm_fixtures import CORPUS, write_teacher
 
-    words = [f"w{i}" for i in range(60)]
-    vocab = {"<unk>": 0, **{word: i + 1 for i, word in enumerate(words)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(tmp_path / "teacher")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "teacher")
-    (tmp_path / "text.txt").write_text(" ".join(words[i % 60] for i in range(200)), encoding="utf-8")
-    command = [sys.executable, str(ROOT / "benchmarks" / "lm_topk_coverage.py"), str(tmp_path / "teacher")]
-    command += [str(tmp_path / "text.txt"), "--blocks", "2", "--length", "16", "--k", "4,64"]
+    teacher = write_teacher(tmp_path / "teacher", layers=1)
+    vocab = json.loads((teacher / "config.json").read_text())["vocab_size"]
+    (tmp_path / "text.txt").write_text("".join(CORPUS) * 20, encoding="utf-8")
+    command = [sys.executable, str(ROOT / "benchmarks" / "lm_topk_coverage.py"), str(teacher)]
+    command += [str(tmp_path / "text.txt"), "--blocks", "2", "--length", "16", "--k", f"4,{vocab}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
-    assert result["tokens"] == 32 and set(result["k"]) == {"4", "64"}
-    # the top 64 of a 64-id vocabulary hold everything; the top 4 of a random model leave most out
-    assert result["k"]["64"]["rest_mass_mean"] == pytest.approx(0.0, abs=1e-5)
-    assert result["k"]["64"]["target_outside"] == 0.0
+    assert result["tokens"] == 32 and set(result["k"]) == {"4", str(vocab)}
+    # the top V of a V-id vocabulary hold everything; the top 4 of a random model leave most out
+    assert result["k"][str(vocab)]["rest_mass_mean"] == pytest.approx(0.0, abs=1e-5)
+    assert result["k"][str(vocab)]["target_outside"] == 0.0
     assert result["k"]["4"]["rest_mass_mean"] > 0.5 and result["k"]["4"]["bytes_per_token"] == 4 * 4 + 4
+    too_many = subprocess.run([*command[:-1], str(vocab + 1)], capture_output=True, text=True, timeout=120)
+    assert too_many.returncode != 0 and f"--k {vocab + 1} is more than the teacher's {vocab} ids" in too_many.stderr
