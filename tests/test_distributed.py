@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _launch(mode, out, processes, batch_per_process):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes == 1:
         command = [sys.executable, str(SCRIPT), mode, str(out), str(batch_per_process)]
     else:

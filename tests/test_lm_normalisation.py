@@ -96,7 +96,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "lm_ddp_run.py"
 
 
 def _launch(out: Path, processes: int, per_process: int, accumulation: int) -> dict[str, dict[str, torch.Tensor]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     script = [str(SCRIPT), str(out), str(per_process), str(accumulation)]
     if processes == 1:
         command = [sys.executable, *script]
