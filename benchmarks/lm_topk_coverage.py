@@ -49,11 +49,6 @@ def coverage(log_probs: torch.Tensor, targets: torch.Tensor, ks: list[int]) -> d
     return out
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("teacher", type=Path, help="a causal-LM folder (config, weights, tokenizer)")
@@ -98,8 +93,8 @@ def main() -> None:
         "k": {
             str(k): {
                 "rest_mass_mean": round(statistics.fmean(merged[k]["rest"]), 4),
-                "rest_mass_median": round(quantile(merged[k]["rest"], 0.5), 4),
-                "rest_mass_p90": round(quantile(merged[k]["rest"], 0.9), 4),
+                "rest_mass_median": round(statistics.median(merged[k]["rest"]), 4),
+                "rest_mass_p90": round(statistics.quantiles(merged[k]["rest"], n=10)[-1], 4),
                 "target_outside": round(statistics.fmean(merged[k]["outside"]), 4),
                 "bytes_per_token": k * (2 + id_bytes) + 4,
             }
