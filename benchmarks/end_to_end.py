@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kdistill import Objective, TeacherCache, distill, with_example_index
-from kdistill.datasets import PaddingCollator, TokenizedDataset, make_loader
-from kdistill.student import make_student
+from kdistill.data.datasets import PaddingCollator, TokenizedDataset, make_loader
+from kdistill.models.student import make_student
 
 EPOCHS, BATCH, SEED_LENGTH, LR, TEMPERATURE, ALPHA = 3, 32, 64, 1e-4, 4.0, 0.7
 

@@ -81,7 +81,7 @@ def untuned_teacher(common: list[str]) -> dict[str, float]:
     import yaml
 
     from kdistill.app.config_loading import apply_overrides, parse_config
-    from kdistill.datasets import PaddingCollator, make_loader
+    from kdistill.data.datasets import PaddingCollator, make_loader
     from kdistill.tasks.causal_lm.data import prepare_splits
     from kdistill.tasks.causal_lm.evaluation import language_model_metrics
     from kdistill.tasks.causal_lm.models import load_causal_lm, load_lm_tokenizer

@@ -107,7 +107,7 @@ def measure_speedup(teacher_dir: Path, student_overrides: list[str], repeats: in
     import yaml
 
     from kdistill.app.config_loading import apply_overrides, parse_config
-    from kdistill.loading import count_parameters
+    from kdistill.models.loading import count_parameters
     from kdistill.tasks.text_classification.models import build_student, load_classifier
 
     teacher = load_classifier(str(teacher_dir), "teacher").model.eval()

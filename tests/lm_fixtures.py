@@ -212,7 +212,7 @@ def loop_gradients(per_batch: int, accumulation: int, *, wrap: Any = None) -> di
     """The student's gradients of one step of the plain loop over :func:`ragged_rows`, taken in
     micro-batches of ``per_batch`` examples, ``accumulation`` of them (``wrap`` may replace the objective)."""
     from kdistill import distill
-    from kdistill.datasets import PaddingCollator
+    from kdistill.data.datasets import PaddingCollator
 
     teacher, student, objective, optimizer = step_setup()
     loader = torch.utils.data.DataLoader(ragged_rows(vocab=64), batch_size=per_batch, collate_fn=PaddingCollator())

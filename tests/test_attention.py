@@ -9,15 +9,15 @@ from conftest import tiny_bert
 from tiny_models import FAMILIES, batch_for, build, text_batch
 from torch.testing import assert_close
 
-from kdistill.attention import (
+from kdistill.capture import CaptureRequest, capture
+from kdistill.capture.attention_maps import additive_mask
+from kdistill.models.anatomy import (
     AttentionLayout,
     UnsupportedArchitectureError,
-    additive_mask,
     layer_attention,
     register_attention_layout,
     supported_model_types,
 )
-from kdistill.capture import CaptureRequest, capture
 
 
 def _inputs(family):
@@ -127,7 +127,7 @@ def test_eager_fallback_returns_eager_maps_for_an_unknown_architecture():
 
 
 def test_registering_a_layout_teaches_a_new_architecture(monkeypatch):
-    import kdistill.attention as attention
+    import kdistill.models.anatomy as attention
 
     monkeypatch.setitem(attention._LAYOUTS, "electra", attention._LAYOUTS["bert"])
     assert "electra" in supported_model_types()
@@ -139,7 +139,7 @@ def test_registering_a_layout_teaches_a_new_architecture(monkeypatch):
 
 
 def test_register_attention_layout_checks_its_arguments(monkeypatch):
-    import kdistill.attention as attention
+    import kdistill.models.anatomy as attention
 
     monkeypatch.setattr(attention, "_LAYOUTS", dict(attention._LAYOUTS))
     with pytest.raises(TypeError, match="AttentionLayout"):
@@ -181,8 +181,8 @@ def _padding(batch=3, length=7):
 
 
 def test_block_kernels_pass_gradcheck(monkeypatch):
-    import kdistill.attention_maps as attention_maps
-    from kdistill.losses.functional import _MaskedSquaredSum
+    import kdistill.capture.attention_maps as attention_maps
+    from kdistill.losses.layerwise import _MaskedSquaredSum
 
     monkeypatch.setattr(attention_maps, "BLOCK_BYTES", 600)  # several blocks even for tiny inputs
     query, key = _qk()
@@ -222,8 +222,8 @@ def test_block_kernels_pass_gradcheck(monkeypatch):
     ("student_heads", "heads"), [(4, "per_head"), (4, "average_both"), (2, "average_teacher"), (2, "average_both")]
 )
 def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, student_heads, heads):
-    import kdistill.attention_maps as attention_maps
-    from kdistill.attention import AttentionInputs
+    import kdistill.capture.attention_maps as attention_maps
+    from kdistill.capture.attention_maps import AttentionInputs
     from kdistill.losses.functional import attention_mse, attention_mse_from_inputs
 
     monkeypatch.setattr(attention_maps, "BLOCK_BYTES", 900)
@@ -245,7 +245,7 @@ def test_loss_from_attention_inputs_equals_the_loss_on_maps(monkeypatch, on, stu
 
 
 def test_recomputed_maps_are_lazy_and_the_mse_term_never_builds_large_student_maps(monkeypatch):
-    import kdistill.attention_maps as attention_maps
+    import kdistill.capture.attention_maps as attention_maps
     from kdistill.capture import LazyMaps
     from kdistill.losses import AttentionKL, AttentionMSE
 

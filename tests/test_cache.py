@@ -414,7 +414,7 @@ def test_indexed_dataset_exposes_the_wrapped_dataset_attributes():
 
 
 def test_padding_collator_keeps_example_indices():
-    from kdistill.datasets import PaddingCollator, TokenizedDataset
+    from kdistill.data.datasets import PaddingCollator, TokenizedDataset
 
     dataset = with_example_index(TokenizedDataset({"input_ids": [[5, 6, 7], [8]]}, [1, 0]))
     batch = PaddingCollator(pad_token_id=0)([dataset[0], dataset[1]])
@@ -426,7 +426,7 @@ def test_length_sorted_cache_pass_stores_every_example_in_its_own_row(tmp_path, 
     """The cache pass batches examples of similar length (less padding); every row, logits and
     per-token hidden states alike, must still belong to the example of its index."""
     from kdistill.cache import shards as cache_module
-    from kdistill.datasets import PaddingCollator, TokenizedDataset
+    from kdistill.data.datasets import PaddingCollator, TokenizedDataset
 
     generator = torch.Generator().manual_seed(3)
     lengths = torch.randint(2, 20, (70,), generator=generator).tolist()
@@ -436,7 +436,7 @@ def test_length_sorted_cache_pass_stores_every_example_in_its_own_row(tmp_path, 
     collator = PaddingCollator(pad_token_id=0)
     # small windows, so that the pass spans several of them and several shards
     monkeypatch.setattr(cache_module, "SORT_WINDOW_BATCHES", 3)
-    windows = cache_module._length_sorted_windows(len(dataset), dataset.lengths, 8)
+    windows = cache_module.length_sorted_windows(len(dataset), dataset.lengths, 8)
     assert [i for w in windows for b in w for i in b] != list(range(70))  # really reordered
     cache = TeacherCache.build(
         teacher,

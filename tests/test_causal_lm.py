@@ -329,11 +329,11 @@ def _lm_dataset(tokenizer: Any, length: int = 24) -> Any:
 
 @pytest.mark.parametrize("k", [32, 300])
 def test_the_lm_cache_stores_top_k_compactly_and_bounds_the_online_loss(tmp_path: Path, k: int) -> None:
-    from kdistill.batch import with_example_index
     from kdistill.cache import CacheSpec, TeacherCache
     from kdistill.capture import capture
-    from kdistill.datasets import PaddingCollator
-    from kdistill.features import CaptureRequest
+    from kdistill.capture.features import CaptureRequest
+    from kdistill.data.batch import with_example_index
+    from kdistill.data.datasets import PaddingCollator
     from kdistill.losses.token_terms import TokenKD
 
     tokenizer = make_tokenizer()

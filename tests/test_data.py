@@ -9,7 +9,7 @@ import pytest
 import torch
 from text_fixtures import sentences, write_csv, write_tokenizer
 
-from kdistill.datasets import LengthGroupedSampler, PaddingCollator, TokenizedDataset, make_loader
+from kdistill.data.datasets import LengthGroupedSampler, PaddingCollator, TokenizedDataset, make_loader
 from kdistill.errors import DataError
 from kdistill.tasks.text_classification.config import DataConfig
 from kdistill.tasks.text_classification.data import prepare_data
@@ -235,7 +235,7 @@ def test_an_unreachable_hub_data_set_is_one_line(monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_evaluation_loader_grouped_by_length_sees_every_example_once_shortest_first():
-    from kdistill.datasets import PaddingCollator, TokenizedDataset, make_loader
+    from kdistill.data.datasets import PaddingCollator, TokenizedDataset, make_loader
 
     lengths = [5, 2, 9, 2, 7, 3, 1]
     dataset = TokenizedDataset(

@@ -172,7 +172,7 @@ def test_eval_output_never_replaces_the_users_file(workspace: Path, tmp_path: Pa
 
 def test_a_folder_another_kdistill_process_holds_is_refused(workspace: Path, tmp_path: Path) -> None:
     from kdistill.app.run_folder import LOCK
-    from kdistill.fileio import exclusive_lock
+    from kdistill.files.locks import exclusive_lock
 
     run = tmp_path / "run"
     succeeds(distill(workspace, f"output.dir={run}", "training.max_steps=2"))

@@ -174,7 +174,7 @@ def test_an_output_folder_kdistill_did_not_write_is_never_replaced(models: Path,
 def test_a_graph_that_disagrees_with_pytorch_is_refused_and_nothing_is_written(
     models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kdistill import onnx_export
+    from kdistill.tasks.text_classification.onnx import export as onnx_export
 
     def off_by_a_lot(model, session, batches):
         return {"max_abs_diff": 0.25, "argmax_agreement": 1.0, "texts": 17, "batches": [[1, 8]]}

@@ -226,7 +226,7 @@ def test_a_yaml_alias_bomb_and_a_huge_config_end_quickly_in_one_line(workspace: 
 def test_a_batch_that_cannot_fit_in_memory_is_refused_before_the_run(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kdistill.preflight as preflight
+    import kdistill.models.preflight as preflight
 
     monkeypatch.setattr(preflight, "machine_memory", lambda: 2 * 10**9)
     line = one_line(["distill", str(workspace / "run.yaml"), "training.batch_size=60000"])
@@ -326,8 +326,8 @@ def test_a_teacher_with_nan_or_inf_logits_is_named_not_the_learning_rate() -> No
     from torch import nn
 
     from kdistill import distill
+    from kdistill.errors import NonFiniteTeacherError
     from kdistill.losses.functional import soft_kd
-    from kdistill.train.teacher import NonFiniteTeacherError
 
     for bad in (float("nan"), float("inf")):
         teacher_logits = torch.randn(4, 3)
@@ -353,7 +353,7 @@ def test_a_teacher_with_nan_outputs_is_not_cached(tmp_path: Path) -> None:
     from test_cache import _token_examples, pad_collate
 
     from kdistill.cache import TeacherCache
-    from kdistill.train.teacher import NonFiniteTeacherError
+    from kdistill.errors import NonFiniteTeacherError
 
     teacher = tiny_bert(num_layers=1, hidden=16, heads=2)
     with torch.no_grad():

@@ -159,7 +159,7 @@ def _loss_parts(objective, student, teacher, batch):
 
 @pytest.mark.parametrize("hold_maps", [True, False], ids=["maps-held", "maps-recomputed"])
 def test_padding_a_batch_more_changes_no_intermediate_loss(models, monkeypatch, hold_maps):
-    import kdistill.attention_maps as attention_maps
+    import kdistill.capture.attention_maps as attention_maps
 
     monkeypatch.setattr(attention_maps, "HOLD_MAPS_UP_TO_BYTES", 2**40 if hold_maps else 0)
     student, teacher = models

@@ -15,7 +15,7 @@ import pytest
 from lm_fixtures import CORPUS, make_tokenizer
 from pydantic import ValidationError
 
-from kdistill.datasets import IGNORE_INDEX, PaddingCollator, make_loader
+from kdistill.data.datasets import IGNORE_INDEX, PaddingCollator, make_loader
 from kdistill.errors import DataError, KdistillError, ModelLoadError
 from kdistill.tasks.causal_lm.config import LMDataConfig
 from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from kdistill import DistillationTrainer, Objective
-from kdistill.datasets import PaddingCollator
+from kdistill.data.datasets import PaddingCollator
 
 SPLITS = [(8, 1), (4, 2), (1, 8)]  # (examples per micro-batch, micro-batches per step)
 VOCAB = 64

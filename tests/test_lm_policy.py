@@ -15,10 +15,10 @@ from lm_fixtures import PLAY, make_tokenizer, ragged_rows, tiny_decoder, write_t
 from test_causal_lm import lm_config
 
 from kdistill import DistillationTrainer, Objective, distill
-from kdistill.datasets import IGNORE_INDEX, PaddingCollator
+from kdistill.data.datasets import IGNORE_INDEX, PaddingCollator
 from kdistill.errors import KdistillError
-from kdistill.generation import GenerationSettings, generate_continuations, teacher_generations
 from kdistill.losses.token_terms import TokenKD
+from kdistill.tasks.causal_lm.generation import GenerationSettings, generate_continuations, teacher_generations
 from kdistill.train.on_policy import OnPolicy
 
 VOCAB = 64

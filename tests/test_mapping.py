@@ -9,7 +9,7 @@ from conftest import tiny_bert
 from tiny_models import build
 from torch import nn
 
-from kdistill.mapping import (
+from kdistill.models.layer_maps import (
     check_layer_map,
     describe_layer_map,
     every_kth_map,

@@ -11,9 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from kdistill import speed
 from kdistill.app.report import _summary, measure_models, speed_lines, speed_note, write_report
-from kdistill.speed import compare_speed, measure_speed, relative_spread, speed_record, speed_warning, time_rounds
+from kdistill.models import speed
+from kdistill.models.speed import (
+    compare_speed,
+    measure_speed,
+    relative_spread,
+    speed_record,
+    speed_warning,
+    time_rounds,
+)
 from kdistill.tasks import get_task
 
 

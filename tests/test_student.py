@@ -8,7 +8,7 @@ from conftest import tiny_bert
 from tiny_models import build, image_batch, text_batch
 from torch.testing import assert_close
 
-from kdistill.student import make_student
+from kdistill.models.student import make_student
 
 
 def _count(model):

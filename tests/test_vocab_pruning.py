@@ -15,7 +15,7 @@ from text_fixtures import WORDS, save_classifier, sentences, write_csv
 
 from kdistill import VocabularyReport, prune_vocabulary
 from kdistill.errors import VocabularyError
-from kdistill.vocab_pruning import tokenization_drift
+from kdistill.tasks.text_classification.vocab_pruning import tokenization_drift
 
 #: pieces beyond the fixtures' words: whole words and the pieces that spell them otherwise
 EXTRA = ("play", "##ing", "playing", "##s", "run", "scene", "twist", "##y", "never", "used")

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kdistill.errors import DataError, ModelLoadError
 from kdistill.losses import LogitMSE, Objective
+from kdistill.models.speed import measure_speed, with_speedup
 from kdistill.schema import Section
-from kdistill.speed import measure_speed, with_speedup
 from kdistill.tasks import Models, Task, TaskData, register_task
 
 

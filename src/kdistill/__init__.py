@@ -21,9 +21,9 @@ from kdistill.app.config import RunConfig
 from kdistill.app.config_loading import load_config
 from kdistill.app.demo import run_demo
 from kdistill.app.run import run_distill
-from kdistill.batch import with_example_index
 from kdistill.cache import CacheSpec, TeacherCache
 from kdistill.capture import CaptureRequest, Features
+from kdistill.data.batch import with_example_index
 from kdistill.errors import KdistillError, NonFiniteLossError
 from kdistill.losses import (
     JSD,
@@ -45,7 +45,7 @@ from kdistill.losses import (
     Term,
     attention_distillation_loss,
 )
-from kdistill.mapping import (
+from kdistill.models.layer_maps import (
     describe_layer_map,
     every_kth_map,
     last_k_map,
@@ -54,11 +54,11 @@ from kdistill.mapping import (
     uniform_map,
     validate_layer_map,
 )
-from kdistill.onnx_export import export_onnx
+from kdistill.models.student import StudentReport, make_student
 from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
-from kdistill.student import StudentReport, make_student
+from kdistill.tasks.text_classification.onnx.export import export_onnx
+from kdistill.tasks.text_classification.vocab_pruning import VocabularyReport, prune_vocabulary
 from kdistill.train import DistillationTrainer, History, distill, train_distillation
-from kdistill.vocab_pruning import VocabularyReport, prune_vocabulary
 
 __all__ = [
     "JSD",

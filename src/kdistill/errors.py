@@ -13,6 +13,7 @@ __all__ = [
     "KdistillError",
     "ModelLoadError",
     "NonFiniteLossError",
+    "NonFiniteTeacherError",
     "OutputFileError",
     "RunFolderError",
     "VocabularyError",
@@ -46,12 +47,16 @@ class OutputFileError(ConfigError):
 
 class VocabularyError(KdistillError):
     """The vocabulary cannot be pruned: the tokenizer is not a WordPiece fast tokenizer, or the
-    model has no word embeddings that fit it (:mod:`kdistill.vocab_pruning`)."""
+    model has no word embeddings that fit it (:mod:`kdistill.tasks.text_classification.vocab_pruning`)."""
 
 
 class NonFiniteLossError(KdistillError, FloatingPointError):
     """A loss part or the gradient norm became NaN or infinite; the update was not applied.
 
     The training settings (learning rate, precision) cause it, or a broken teacher
-    (:class:`kdistill.train.teacher.NonFiniteTeacherError`); the message says which.
+    (:class:`NonFiniteTeacherError`); the message says which.
     """
+
+
+class NonFiniteTeacherError(NonFiniteLossError):
+    """The teacher's outputs hold NaN or infinite values: the teacher is broken, not the training settings."""

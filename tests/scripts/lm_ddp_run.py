@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for lm_f
 from lm_fixtures import loop_gradients, one_step_arguments, ragged_rows, step_setup
 
 from kdistill import DistillationTrainer
-from kdistill.datasets import PaddingCollator
+from kdistill.data.datasets import PaddingCollator
 
 torch.set_num_threads(1)
 out, per_batch, accumulation = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

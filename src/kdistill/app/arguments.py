@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
-__all__ = ["add_data_flags", "data_flag_values", "positive_float", "positive_int"]
+__all__ = ["EVAL_FLAGS", "add_data_flags", "as_eval_flags", "data_flag_values", "positive_float", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -59,3 +60,25 @@ def data_flag_values(args: argparse.Namespace) -> dict[str, Any]:
         "line_pattern": args.line_pattern,
     }
     return {key: value for key, value in values.items() if value is not None}
+
+
+#: the config keys a data message may name, as the flags of ``kdistill eval`` that set them
+EVAL_FLAGS = {
+    "data.text_pair_column": "--text-pair-column",
+    "data.text_column": "--text-column",
+    "data.label_column": "--label-column",
+    "data.format": "--format",
+    "data.encoding": "--encoding",
+    "data.columns": "--columns",
+    "data.line_pattern": "--line-pattern",
+    "data.max_length": "--max-length",
+    "data.train": "--data",
+    "data.test": "--data",
+}
+
+
+def as_eval_flags(message: str) -> str:
+    """A data message in the words the user typed: ``set data.format`` becomes ``set --format``."""
+    for key, flag in EVAL_FLAGS.items():
+        message = re.sub(rf"{re.escape(key)}\b", flag, message)
+    return message

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from kdistill._version import __version__
 from kdistill.app import export, predict
-from kdistill.app.arguments import add_data_flags, data_flag_values, positive_int
+from kdistill.app.arguments import add_data_flags, as_eval_flags, data_flag_values, positive_int
 from kdistill.errors import KdistillError
 
 __all__ = ["build_parser", "main"]
@@ -293,34 +292,12 @@ def _eval(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except KdistillError as error:
-        raise type(error)(_as_eval_flags(str(error))) from None
+        raise type(error)(as_eval_flags(str(error))) from None
     data = result.metrics["data"]
     print(f"{data['file']}: {data['examples']:,} examples; {result.speed_note()}")
     print(result.table())
     print(f"\nwritten to {result.metrics_file}")
     return 0
-
-
-#: the config keys a data message may name, as the flags of ``kdistill eval`` that set them
-EVAL_FLAGS = {
-    "data.text_pair_column": "--text-pair-column",
-    "data.text_column": "--text-column",
-    "data.label_column": "--label-column",
-    "data.format": "--format",
-    "data.encoding": "--encoding",
-    "data.columns": "--columns",
-    "data.line_pattern": "--line-pattern",
-    "data.max_length": "--max-length",
-    "data.train": "--data",
-    "data.test": "--data",
-}
-
-
-def _as_eval_flags(message: str) -> str:
-    """A data message in the words the user typed: ``set data.format`` becomes ``set --format``."""
-    for key, flag in EVAL_FLAGS.items():
-        message = re.sub(rf"{re.escape(key)}\b", flag, message)
-    return message
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -417,7 +394,7 @@ def _crash_report(args: argparse.Namespace, error: BaseException) -> str:
     import time
     import traceback
 
-    from kdistill.fileio import cache_root
+    from kdistill.files.locations import cache_root
 
     text = (
         f"kdistill {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}\ncommand: {' '.join(sys.argv)}\n"

@@ -102,7 +102,7 @@ class TeacherConfig(ModelSource):
 
 
 class FromTeacherConfig(Section):
-    """A student built from the teacher's own configuration by :func:`kdistill.student.make_student`."""
+    """A student built from the teacher's own configuration by :func:`kdistill.models.student.make_student`."""
 
     num_layers: int = Field(ge=1, le=1000)
     hidden_size: int | None = Field(None, ge=1, le=65536, description="default: the teacher's width")

@@ -26,9 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kdistill.app.report import format_table
-from kdistill.loading import count_parameters
 from kdistill.losses import HardCE, Objective
-from kdistill.speed import SPEED_BATCH_SIZE, compare_speed, speed_record
+from kdistill.models.loading import count_parameters
+from kdistill.models.speed import SPEED_BATCH_SIZE, compare_speed, speed_record
 from kdistill.train.loop import distill
 
 __all__ = ["DemoResult", "DemoRow", "DemoSettings", "run_demo"]
@@ -100,7 +100,7 @@ class DemoResult:
     seconds: float = 0.0
     test_examples: int = 0
     settings: DemoSettings = field(default_factory=DemoSettings)
-    #: how the speed was measured (:func:`kdistill.speed.speed_record`), with its warning
+    #: how the speed was measured (:func:`kdistill.models.speed.speed_record`), with its warning
     speed: dict[str, Any] = field(default_factory=dict)
 
     def row(self, model: str) -> DemoRow:
@@ -324,7 +324,7 @@ def _measure_speed_ups(
     teacher: nn.Module, student: nn.Module, probe: dict[str, torch.Tensor], rows: list[DemoRow]
 ) -> dict[str, Any]:
     """Fill in each row's latency and speed-up against the teacher, measured as ``kdistill distill``
-    measures them (:func:`kdistill.speed.compare_speed`); returns how they were measured."""
+    measures them (:func:`kdistill.models.speed.compare_speed`); returns how they were measured."""
     # both students have one architecture: one measurement serves both rows
     speeds = compare_speed({"teacher": teacher, "student": student}, probe)
     for row in rows:

@@ -17,10 +17,10 @@ from torch import nn
 from kdistill.app.config_loading import load_config
 from kdistill.app.report import check_metrics_file, comparison_table, measure_models, speed_lines, update_metrics_file
 from kdistill.app.run_folder import RunFolder
-from kdistill.datasets import Routed, make_loader
+from kdistill.data.datasets import Routed, make_loader
 from kdistill.errors import DataError, KdistillError, OutputFileError
-from kdistill.loading import looks_local
-from kdistill.speed import SPEED_BATCH_SIZE
+from kdistill.models.loading import looks_local
+from kdistill.models.speed import SPEED_BATCH_SIZE
 from kdistill.tasks import get_task
 
 __all__ = ["EvalResult", "EvalTarget", "evaluate", "resolve_target"]
@@ -133,7 +133,7 @@ def evaluate(
     """Measure the target's model (and its teacher) on a file and write ``metrics.json``.
 
     Measures the task's metrics, agreement with the teacher, parameters, weights on disk, and
-    as ``kdistill distill`` does (:mod:`kdistill.speed`: the models in alternating rounds on the
+    as ``kdistill distill`` does (:mod:`kdistill.models.speed`: the models in alternating rounds on the
     first batch) the CPU latency of one batch, throughput and the speed-up against the teacher,
     with their spreads and the conditions (batch shape, threads, load).
 

@@ -1,6 +1,6 @@
 """``kdistill export``: a run's student (or a model folder) as an ONNX folder, checked and timed.
 
-The work is :func:`kdistill.onnx_export.export_onnx`; this module picks the model
+The work is :func:`kdistill.tasks.text_classification.onnx.export.export_onnx`; this module picks the model
 (:mod:`kdistill.app.model_folder`), names the output folder and prints what was checked and the
 latency table.
 """
@@ -69,7 +69,7 @@ def default_output(target: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Run ``kdistill export``; returns the exit status (errors are raised as :class:`KdistillError`)."""
     from kdistill.app.model_folder import choose_model
-    from kdistill.onnx_export import export_onnx, require_onnx
+    from kdistill.tasks.text_classification.onnx.export import export_onnx, require_onnx
 
     require_onnx()  # before any loading: the one line says how to install what is missing
     chosen = choose_model(args.model, "export")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 def describe(report: dict[str, Any]) -> list[str]:
     """What an export wrote and checked, and its latency table, as printed lines."""
     from kdistill.app.report import format_bytes
-    from kdistill.onnx_latency import format_latency_table
+    from kdistill.tasks.text_classification.onnx.latency import format_latency_table
 
     inputs = ", ".join(report["inputs"])
     lines = [f"  inputs {inputs} [batch, sequence] -> logits [batch, {len(report['labels'])}]"]

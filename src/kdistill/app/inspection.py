@@ -8,11 +8,11 @@ from typing import Any
 from torch import nn
 
 from kdistill.app.report import format_table
-from kdistill.attention import base_model, config_int, layer_stack
 from kdistill.errors import ConfigError
-from kdistill.loading import count_parameters, load_any_model
-from kdistill.mapping import describe_layer_map
-from kdistill.student import make_student
+from kdistill.models.anatomy import base_model, config_int, layer_stack
+from kdistill.models.layer_maps import describe_layer_map
+from kdistill.models.loading import count_parameters, load_any_model
+from kdistill.models.student import make_student
 
 __all__ = ["ModelSummary", "describe_models", "summarize_model"]
 
@@ -107,7 +107,7 @@ def describe_models(
 ) -> str:
     """The text ``kdistill inspect`` prints: a table of both models and the proposed layer map.
 
-    Without a student, kdistill proposes one with :func:`~kdistill.student.make_student`
+    Without a student, kdistill proposes one with :func:`~kdistill.models.student.make_student`
     (``num_layers``, default half the teacher's depth; ``hidden_size``, default the teacher's)
     and shows how much smaller it would be.
 

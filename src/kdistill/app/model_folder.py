@@ -15,7 +15,7 @@ from typing import Any
 from kdistill.app.config_loading import load_config
 from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, LOG_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
 from kdistill.errors import KdistillError
-from kdistill.loading import looks_local
+from kdistill.models.loading import looks_local
 
 __all__ = ["TEXT_CLASSIFICATION", "ChosenModel", "choose_model"]
 

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from kdistill.app.arguments import add_data_flags, data_flag_values, positive_int
+from kdistill.app.arguments import add_data_flags, as_eval_flags, data_flag_values, positive_int
 from kdistill.app.model_folder import TEXT_CLASSIFICATION, ChosenModel, choose_model
 from kdistill.app.run_folder import METRICS_FILE
 from kdistill.errors import DataError, KdistillError, ModelLoadError, OutputFileError
-from kdistill.fileio import check_replaceable_file
+from kdistill.files.ownership import check_replaceable_file
 
 __all__ = [
     "PREDICTED_COLUMN",
@@ -155,13 +155,12 @@ def _read_texts(path: str, section: Any) -> tuple[list[str], list[str] | None]:
         DataError: the file cannot be read, or lacks a column; the message names the flags
             (``--text-column``) where the reader names config keys (``data.text_column``).
     """
-    from kdistill.app.cli import _as_eval_flags
     from kdistill.tasks.text_classification.reading import load_table
 
     try:
         table = load_table(path, section, labelled=False)
     except KdistillError as error:
-        raise type(error)(_as_eval_flags(str(error))) from None
+        raise type(error)(as_eval_flags(str(error))) from None
     return table.texts, table.pairs
 
 
@@ -214,7 +213,7 @@ def load_trained_classifier(chosen: ChosenModel) -> tuple[nn.Module, Any]:
         ModelLoadError: the folder holds no model, or one whose head was never trained (its
             predictions would be noise).
     """
-    from kdistill.loading import load_tokenizer
+    from kdistill.models.loading import load_tokenizer
     from kdistill.tasks.text_classification.models import load_classifier
 
     fix = "give a classifier trained for its labels (a run folder, or a model saved with its trained head)"
@@ -224,7 +223,7 @@ def load_trained_classifier(chosen: ChosenModel) -> tuple[nn.Module, Any]:
 
 def _max_length(model: nn.Module, tokenizer: Any, chosen: ChosenModel, given: int | None) -> int:
     """Tokens per text: ``--max-length``, else the run's, else what the model and tokenizer read."""
-    from kdistill.preflight import check_max_length, usable_positions
+    from kdistill.models.preflight import check_max_length, usable_positions
 
     if given is not None:
         check_max_length(given, [("model", model)], "--max-length")

@@ -19,8 +19,8 @@ from torch import nn
 
 from kdistill._version import __version__
 from kdistill.errors import OutputFileError
-from kdistill.loading import count_parameters
-from kdistill.speed import MODEL_KEYS, speed_record
+from kdistill.models.loading import count_parameters
+from kdistill.models.speed import MODEL_KEYS, speed_record
 
 __all__ = [
     "WEIGHT_SUFFIXES",
@@ -203,13 +203,13 @@ def measure_models(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Everything the comparison table shows, for each model: the task's metrics on ``loader``,
     parameters, weights on disk (the files in its folder where it has one), and on ``probe``,
-    timed in alternating rounds (:mod:`kdistill.speed`), the median latency, throughput and
+    timed in alternating rounds (:mod:`kdistill.models.speed`), the median latency, throughput and
     speed-up with their spreads. A busy machine is logged as a warning (``log_warning``; a caller
     that prints the record's warning itself passes False, or the user reads it twice).
 
     Returns:
         ``(metrics by model, how speed was measured)``: the second is
-        :func:`kdistill.speed.speed_record` (batch shape, rounds, threads, load, warning).
+        :func:`kdistill.models.speed.speed_record` (batch shape, rounds, threads, load, warning).
     """
     results = task.evaluate(models, loader, progress=progress, desc=desc)
     speeds = task.measure_speed(models, probe)

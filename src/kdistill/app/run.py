@@ -56,8 +56,8 @@ from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train
 from kdistill.cache import check_cache_folder
 from kdistill.errors import ConfigError, KdistillError, RunFolderError
-from kdistill.loading import looks_local
-from kdistill.preflight import check_memory, model_memory_per_layer
+from kdistill.models.loading import looks_local
+from kdistill.models.preflight import check_memory, model_memory_per_layer
 from kdistill.tasks import Task, get_task
 from kdistill.tasks.base import Models, TaskData
 

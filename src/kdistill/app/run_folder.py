@@ -3,7 +3,7 @@
 A run proves the folder is its own with a marker, :data:`MARKER`, written before anything else:
 the run's id, kdistill's version, and the top-level entries the run created (each recorded
 before it is made). Folders written whole (``student/``, ``teacher/``, the best student) get a
-files manifest (:func:`kdistill.fileio.write_files_manifest`); checkpoints carry their own.
+files manifest (:func:`kdistill.files.ownership.write_files_manifest`); checkpoints carry their own.
 
 ``--overwrite`` deletes the recorded entries of an earlier run and nothing else, and refuses,
 deleting nothing, when in doubt:
@@ -31,14 +31,8 @@ from typing import Any
 
 from kdistill._version import __version__
 from kdistill.errors import RunFolderError
-from kdistill.fileio import (
-    FolderInUseError,
-    exclusive_lock,
-    lock_holder,
-    remove_owned,
-    unowned_files,
-    write_files_manifest,
-)
+from kdistill.files.locks import FolderInUseError, exclusive_lock, lock_holder
+from kdistill.files.ownership import remove_owned, unowned_files, write_files_manifest
 
 __all__ = [
     "BEST_DIR",

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.cache import CacheSpec, TeacherCache, cache_key, fingerprint_tokenizer
-from kdistill.fileio import cache_root
+from kdistill.files.locations import cache_root
 from kdistill.losses import Objective
 from kdistill.tasks.base import TaskData
 

@@ -25,10 +25,10 @@ from kdistill.app.report import weights_size
 from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, FINISHED_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
 from kdistill.app.stage_caches import StageCaches, shared_vocab
 from kdistill.app.stages import Stage, optimizer_and_scheduler
-from kdistill.batch import with_example_index
-from kdistill.datasets import Routed, make_loader
+from kdistill.data.batch import with_example_index
+from kdistill.data.datasets import Routed, make_loader
 from kdistill.losses import Objective
-from kdistill.speed import SPEED_BATCH_SIZE
+from kdistill.models.speed import SPEED_BATCH_SIZE
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.train.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from kdistill.train.loop import History, distill
@@ -48,7 +48,7 @@ class Loaders:
     evaluation: DataLoader
     evaluated_on: str
     #: the first examples of the evaluated split as they come (not the shortest), timed for the
-    #: report: :data:`~kdistill.speed.SPEED_BATCH_SIZE` of them, the batch ``kdistill eval`` times
+    #: report: :data:`~kdistill.models.speed.SPEED_BATCH_SIZE` of them, the batch ``kdistill eval`` times
     probe: dict[str, torch.Tensor]
     steps_per_epoch: int = 0
 

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.cache.keys import MANIFEST, MARKER, CacheFolderError
-from kdistill.fileio import FolderInUseError, exclusive_lock, is_staging_name, unowned_files
+from kdistill.files.locks import FolderInUseError, exclusive_lock
+from kdistill.files.ownership import is_staging_name, unowned_files
+
+__all__ = ["build_lock", "changed_parts", "check_cache_folder", "check_replaceable", "replace_folder"]
 
 logger = logging.getLogger("kdistill.cache")
 
 
-def _changed_parts(folder: Path, parts: dict[str, str]) -> str:
+def changed_parts(folder: Path, parts: dict[str, str]) -> str:
     """' (changed: teacher weights, dataset)' for a cache built for other inputs, else ''."""
     try:
         stored = json.loads((folder / MANIFEST).read_text()).get("parts", {})
@@ -36,7 +39,7 @@ def _changed_parts(folder: Path, parts: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def _build_lock(folder: Path) -> Iterator[None]:
+def build_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder``'s cache (a ``.<name>.lock`` file beside it) while inside;
     a second builder waits for the first and then reads what it built."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,7 @@ def _marker_of(folder: Path) -> dict[str, Any] | None:
     return content if isinstance(content, dict) and content.get("kdistill") == "teacher-cache" else None
 
 
-def _check_replaceable(folder: Path) -> None:
+def check_replaceable(folder: Path) -> None:
     """Refuse to replace ``folder`` unless it is empty or every file in it belongs to a kdistill cache.
 
     Raises:
@@ -102,13 +105,13 @@ def check_cache_folder(folder: str | os.PathLike[str]) -> None:
     """
     folder = Path(folder)
     if folder.exists() or folder.is_symlink():
-        _check_replaceable(folder)
+        check_replaceable(folder)
 
 
-def _replace_folder(staging: Path, folder: Path) -> None:
+def replace_folder(staging: Path, folder: Path) -> None:
     """Move a complete staging folder to ``folder``, replacing an earlier cache there, with renames only."""
     if folder.exists() or folder.is_symlink():
-        _check_replaceable(folder)
+        check_replaceable(folder)
         trash = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         os.replace(folder, trash)
         os.replace(staging, folder)

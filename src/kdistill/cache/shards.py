@@ -12,12 +12,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdistill.batch import batches_by_length
+from kdistill.cache.keys import CacheSpec
+from kdistill.data.batch import batches_by_length
+from kdistill.files.ownership import file_sha256
+
+__all__ = [
+    "SORT_WINDOW_BATCHES",
+    "ShardWriter",
+    "from_storage",
+    "in_example_order",
+    "length_sorted_windows",
+    "to_storage",
+]
 
 #: the largest float16: fp16 storage clamps to it (larger logits would become inf and poison the loss)
-from kdistill.cache.keys import CacheSpec
-from kdistill.fileio import file_sha256
-
 _FP16_MAX = 65504.0
 
 # ---------------------------------------------------------------------------
@@ -25,7 +33,8 @@ _FP16_MAX = 65504.0
 # ---------------------------------------------------------------------------
 
 
-def _to_storage(tensor: Tensor, dtype: str) -> np.ndarray:
+def to_storage(tensor: Tensor, dtype: str) -> np.ndarray:
+    """A tensor as the array a shard stores in precision ``dtype`` (fp32; fp16, clamped; bf16 as its bits)."""
     tensor = tensor.detach().float().cpu()
     if dtype == "fp16":
         # logits beyond fp16's range would become inf and poison the loss
@@ -35,14 +44,15 @@ def _to_storage(tensor: Tensor, dtype: str) -> np.ndarray:
     return tensor.numpy().astype(np.float32)
 
 
-def _from_storage(array: np.ndarray, dtype: str) -> Tensor:
+def from_storage(array: np.ndarray, dtype: str) -> Tensor:
+    """A stored array back as a float32 tensor (the inverse of :func:`to_storage`)."""
     if dtype == "bf16":
         return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16).float()
     return torch.from_numpy(np.ascontiguousarray(array)).float()
 
 
 @dataclass
-class _ShardWriter:
+class ShardWriter:
     """Collects rows of every field for one shard and writes them as .npy files."""
 
     folder: Path
@@ -73,7 +83,7 @@ class _ShardWriter:
 SORT_WINDOW_BATCHES = 16
 
 
-def _length_sorted_windows(size: int, lengths: Sequence[int] | None, batch_size: int) -> list[list[list[int]]]:
+def length_sorted_windows(size: int, lengths: Sequence[int] | None, batch_size: int) -> list[list[list[int]]]:
     """Consecutive windows of example indices, each cut into batches of similar lengths.
 
     Without ``lengths`` every batch is its own window, in dataset order.
@@ -87,7 +97,7 @@ def _length_sorted_windows(size: int, lengths: Sequence[int] | None, batch_size:
     return windows
 
 
-def _in_example_order(
+def in_example_order(
     done: list[tuple[list[int], dict[str, np.ndarray], list[int]]], fields: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, np.ndarray], list[int]]:
     """The rows of a window's batches (run in length order) put back in example order."""

@@ -20,13 +20,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from kdistill.batch import example_indices, split_batch
-from kdistill.cache.folder import _build_lock, _changed_parts, _check_replaceable, _replace_folder
+from kdistill.cache.folder import build_lock, changed_parts, check_replaceable, replace_folder
 from kdistill.cache.keys import FORMAT_VERSION, MANIFEST, MARKER, STORAGE_DTYPES, CacheError, CacheSpec, cache_key
-from kdistill.cache.shards import _from_storage, _in_example_order, _length_sorted_windows, _ShardWriter, _to_storage
+from kdistill.cache.shards import ShardWriter, from_storage, in_example_order, length_sorted_windows, to_storage
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
-from kdistill.fileio import file_sha256
-from kdistill.train.teacher import NonFiniteTeacherError, nonfinite_teacher_fields
+from kdistill.capture.features import nonfinite_teacher_fields
+from kdistill.data.batch import example_indices, split_batch
+from kdistill.errors import NonFiniteTeacherError
+from kdistill.files.ownership import file_sha256
+from kdistill.losses.chunked import default_chunk_size
 
 logger = logging.getLogger("kdistill.cache")
 
@@ -40,8 +42,6 @@ def _compact_ids(indices: Tensor) -> np.ndarray:
 def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict[str, Tensor]:
     """The top-k log-probabilities, ids and rest mass of each kept token, computed chunk by chunk from the
     final hidden states and the output layer (a causal LM's logits are never held whole)."""
-    from kdistill.losses.chunked import default_chunk_size
-
     hidden, layer = features.final_hidden[keep], features.output_layer
     assert spec.top_k is not None and spec.temperature is not None and layer is not None
     # a student with a smaller padded head is compared on the ids both heads have
@@ -87,7 +87,7 @@ class TeacherCache:
 
     Build (or reuse) one with :meth:`build`; the training paths then take it as
     ``teacher_cache=`` and read the rows of each batch's example indices (see
-    :func:`kdistill.batch.with_example_index`).
+    :func:`kdistill.data.batch.with_example_index`).
 
     Example:
         >>> cache = TeacherCache.build(teacher, train_dataset, "runs/cache", collate_fn=collator)  # doctest: +SKIP
@@ -153,16 +153,16 @@ class TeacherCache:
         if (folder.exists() or folder.is_symlink()) and not (
             (folder / MARKER).is_file() or (folder / MANIFEST).is_file()
         ):
-            _check_replaceable(folder)  # before the lock file is made beside it: refuse a user's folder untouched
-        with _build_lock(folder):
+            check_replaceable(folder)  # before the lock file is made beside it: refuse a user's folder untouched
+        with build_lock(folder):
             if folder.exists():
                 try:
                     cache = cls.open(folder, fingerprint=fingerprint)
                     logger.info("reusing the teacher cache at %s", folder)
                     return cache
                 except CacheError as error:
-                    _check_replaceable(folder)
-                    logger.warning("%s%s; rebuilding it", error, _changed_parts(folder, parts))
+                    check_replaceable(folder)
+                    logger.warning("%s%s; rebuilding it", error, changed_parts(folder, parts))
             cls._write(
                 teacher,
                 dataset,
@@ -204,13 +204,13 @@ class TeacherCache:
         try:
             # the identity first: whatever is later found in a folder without it is not kdistill's
             (staging / MARKER).write_text(json.dumps({"kdistill": "teacher-cache", "fingerprint": fingerprint}) + "\n")
-            windows = _length_sorted_windows(len(dataset), getattr(dataset, "lengths", None), batch_size)
+            windows = length_sorted_windows(len(dataset), getattr(dataset, "lengths", None), batch_size)
             batches = [batch for window in windows for batch in window]
             loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn)  # type: ignore[arg-type]
             request = spec.request()
             fields: dict[str, dict[str, Any]] = {}
             shards: list[dict[str, Any]] = []
-            writer = _ShardWriter(staging, spec)
+            writer = ShardWriter(staging, spec)
             shard_limit = shard_megabytes * 2**20
             position = 0
             half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -224,7 +224,7 @@ class TeacherCache:
                         teacher, next(batch_iter), wanted, request, device, half, fields, spec
                     )
                     done.append((wanted, rows, counts))
-                rows, counts = _in_example_order(done, fields)
+                rows, counts = in_example_order(done, fields)
                 for name, array in rows.items():
                     writer.add(name, array)
                 writer.token_counts.extend(counts)
@@ -233,13 +233,13 @@ class TeacherCache:
                 position += size
                 if writer.nbytes >= shard_limit:
                     shards.append(writer.write(len(shards), position - writer.num_examples))
-                    writer = _ShardWriter(staging, spec)
+                    writer = ShardWriter(staging, spec)
             if writer.num_examples:
                 shards.append(writer.write(len(shards), position - writer.num_examples))
             manifest = _manifest(fingerprint, parts, spec, position, fields, shards)
             # the manifest is written last: a folder without one is never taken for a cache
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-            _replace_folder(staging, folder)
+            replace_folder(staging, folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -322,7 +322,7 @@ class TeacherCache:
                 if name == "topk_indices":
                     array = _compact_ids(value)
                 elif is_float and name != "topk_rest":
-                    array = _to_storage(value, spec.dtype)
+                    array = to_storage(value, spec.dtype)
                 else:
                     array = value.detach().float().cpu().numpy() if is_float else value.detach().cpu().numpy()
                 fields.setdefault(
@@ -425,11 +425,11 @@ class TeacherCache:
         if not info["per_token"]:
             stacked = np.stack(rows)
             if storage in STORAGE_DTYPES:
-                return _from_storage(stacked, storage).to(device)
+                return from_storage(stacked, storage).to(device)
             return torch.from_numpy(stacked.copy()).to(device)
         flat = np.concatenate(rows)
         if storage in STORAGE_DTYPES:
-            values = _from_storage(flat, storage)
+            values = from_storage(flat, storage)
         else:
             # ids kept as unsigned 16 bits where the vocabulary fits: widened to int64 on reading
             values = torch.from_numpy(flat.astype(np.int64) if flat.dtype.kind == "u" else flat.copy())

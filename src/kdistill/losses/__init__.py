@@ -3,6 +3,14 @@
 :func:`attention_distillation_loss`; intermediate-layer terms live in :mod:`.intermediate`, token-level (causal
 LM) losses in :mod:`.tokens` and their chunked, memory-bounded form in :mod:`.chunked`."""
 
+# isort: off
+# the order terms register in is the order a config's error messages list them: logit terms,
+# then hidden states, then attention maps and relations (the token-level terms come with their task)
+from kdistill.losses.terms import JSD, HardCE, LogitKD, LogitMSE, ReverseKL, Term
+from kdistill.losses.intermediate import EmbeddingMSE, HiddenCosine, HiddenMSE
+from kdistill.losses.attention_terms import AttentionKL, AttentionMSE, MiniLMv1, MiniLMv2
+
+# isort: on
 from kdistill.losses.chunked import chunked_token_loss
 from kdistill.losses.functional import (
     attention_kl,
@@ -16,18 +24,8 @@ from kdistill.losses.functional import (
     reverse_kl,
     soft_kd,
 )
-from kdistill.losses.intermediate import (
-    AttentionKL,
-    AttentionMSE,
-    EmbeddingMSE,
-    HiddenCosine,
-    HiddenMSE,
-    MiniLMv1,
-    MiniLMv2,
-)
 from kdistill.losses.objective import LossOutput, Objective
 from kdistill.losses.seed import DistillationLoss, LayerDistillationLoss, attention_distillation_loss
-from kdistill.losses.terms import JSD, HardCE, LogitKD, LogitMSE, ReverseKL, Term
 from kdistill.losses.tokens import DIVERGENCES, next_token_targets, token_loss, token_loss_topk
 
 __all__ = [

@@ -12,13 +12,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import Tensor, nn
 
-from kdistill.attention import AttentionInputs, model_dims
 from kdistill.capture import CaptureRequest, Features, LazyMaps
+from kdistill.capture.attention_maps import AttentionInputs
 from kdistill.losses import functional as LF
-from kdistill.losses.intermediate import Side, _mask
+from kdistill.losses.base import Side, Term, pair_mask
 from kdistill.losses.registry import TermSettings, register_term
-from kdistill.losses.terms import Term
-from kdistill.mapping import check_layer_map, resolve_layer_map, validate_layer_map
+from kdistill.models.anatomy import model_dims
+from kdistill.models.layer_maps import check_layer_map, resolve_layer_map, validate_layer_map
 from kdistill.schema import LayerMapSpec
 
 __all__ = ["AttentionKL", "AttentionMSE", "MiniLMv1", "MiniLMv2"]
@@ -136,7 +136,7 @@ class AttentionMSE(Term):
         return inputs if inputs is not None and lazy and inputs.worth_recomputing else None
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        mask = _mask(student, teacher)
+        mask = pair_mask(student, teacher)
         total: Tensor | None = None
         for student_layer, teacher_layer in self.layer_map.items():
             loss = self.pair_loss(student, teacher, student_layer, teacher_layer, mask)
@@ -239,7 +239,7 @@ class MiniLMv1(Term):
         return CaptureRequest(logits=False, attentions=layer, qkv=layer)
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        mask = _mask(student, teacher)
+        mask = pair_mask(student, teacher)
         s, t = self.student_layer, self.teacher_layer
         attention = LF.attention_kl(student.attentions[s], teacher.attentions[t], mask, self.heads)
         value = LF.relation_kl(student.values[s], teacher.values[t], mask, heads=self.heads)
@@ -326,7 +326,7 @@ class MiniLMv2(Term):
         return CaptureRequest(logits=False, qkv=layer)
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        mask = _mask(student, teacher)
+        mask = pair_mask(student, teacher)
         total: Tensor | None = None
         for relation in self.relations:
             field = f"{relation}s" if relation != "query" else "queries"

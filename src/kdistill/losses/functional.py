@@ -28,6 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# the intermediate-layer functions live in layerwise; the pure-function API names them here too
+from kdistill.losses.layerwise import (
+    HEAD_MODES,
+    align_heads,
+    attention_kl,
+    attention_mse,
+    attention_mse_from_inputs,
+    hidden_cosine,
+    hidden_mse,
+    relation_kl,
+    relation_log_probs,
+)
+from kdistill.losses.reduction import check_temperature, check_unit_interval, masked_mean, position_weights
+
 __all__ = [
     "HEAD_MODES",
     "align_heads",
@@ -55,35 +69,6 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def check_temperature(temperature: float) -> float:
-    """Return ``temperature`` as a float, or raise ``ValueError`` if it is not a positive number."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(
-            f"temperature must be a positive number, got {temperature!r} ({type(temperature).__name__}); "
-            "a typical value is 4.0"
-        )
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; a typical value is 4.0")
-    return float(temperature)
-
-
-def check_unit_interval(value: float, name: str, *, open_interval: bool = False) -> float:
-    """Return ``value`` as a float, or raise ``ValueError`` if it lies outside ``[0, 1]``.
-
-    Args:
-        value: the number to check.
-        name: how the error message calls it (``"alpha"``, ``"beta"``).
-        open_interval: require ``0 < value < 1`` instead.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    if open_interval and not 0 < value < 1:
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return float(value)
-
-
 def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
     for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if not isinstance(logits, Tensor):
@@ -101,31 +86,6 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
             f"student and teacher logits must have the same shape, got student {tuple(student_logits.shape)} "
             f"and teacher {tuple(teacher_logits.shape)}{hint}"
         )
-
-
-def _position_weights(
-    logits: Tensor, mask: Tensor | None, meaning: str = "the logits' shape without the class dimension"
-) -> Tensor | None:
-    """Return a float32 weight per position ``logits.shape[:-1]``, or None for 'all positions'.
-
-    ``meaning`` says in the error message what that shape is (logits, or hidden states).
-    """
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor):
-        raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.shape != logits.shape[:-1]:
-        raise ValueError(f"mask must have shape {tuple(logits.shape[:-1])} ({meaning}), got {tuple(mask.shape)}")
-    return mask.to(device=logits.device, dtype=torch.float32)
-
-
-def _reduce(per_position: Tensor, weights: Tensor | None) -> Tensor:
-    """Average a per-position loss ``(B,)`` or ``(B, L)`` over the positions that count."""
-    if weights is None:
-        # an empty batch has nothing to average: 0 (with a zero gradient), not 0/0 = NaN
-        return per_position.mean() if per_position.numel() else per_position.sum()
-    # clamp keeps an all-masked batch at 0 instead of 0/0 = NaN
-    return (per_position * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def _kl_per_position(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -171,11 +131,11 @@ def soft_kd(
     """
     _check_logits(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
-    weights = _position_weights(student_logits, mask)
+    weights = position_weights(student_logits, mask)
     log_teacher = _log_probs(teacher_logits.detach(), temperature)
     log_student = _log_probs(student_logits, temperature)
     per_position = _kl_per_position(log_teacher, log_student)
-    return _reduce(per_position, weights) * temperature**2
+    return masked_mean(per_position, weights) * temperature**2
 
 
 def log_rest_mass(log_probs: Tensor, indices: Tensor) -> Tensor:
@@ -232,7 +192,7 @@ def soft_kd_topk(
             f"teacher_rest must have shape {tuple(student_logits.shape[:-1])}, got {tuple(teacher_rest.shape)}"
         )
     temperature = check_temperature(temperature)
-    weights = _position_weights(student_logits, mask)
+    weights = position_weights(student_logits, mask)
     log_student = _log_probs(student_logits, temperature)
     indices = teacher_indices.long().to(student_logits.device)
     log_student_top = log_student.gather(-1, indices)
@@ -240,13 +200,13 @@ def soft_kd_topk(
     top_terms = _kl_per_position(log_teacher_top, log_student_top)
     if indices.shape[-1] >= student_logits.shape[-1]:
         # k covers every class: there is no rest bucket (a stored rest is rounding noise)
-        return _reduce(top_terms, weights) * temperature**2
+        return masked_mean(top_terms, weights) * temperature**2
     log_student_rest = log_rest_mass(log_student, indices)
     rest = teacher_rest.float().to(student_logits.device)
     has_rest = torch.isfinite(rest)
     safe_rest = torch.where(has_rest, rest, torch.zeros_like(rest))
     rest_terms = torch.where(has_rest, safe_rest.exp() * (safe_rest - log_student_rest), torch.zeros_like(rest))
-    return _reduce(top_terms + rest_terms, weights) * temperature**2
+    return masked_mean(top_terms + rest_terms, weights) * temperature**2
 
 
 def reverse_kl(
@@ -262,11 +222,11 @@ def reverse_kl(
     """
     _check_logits(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
-    weights = _position_weights(student_logits, mask)
+    weights = position_weights(student_logits, mask)
     log_teacher = _log_probs(teacher_logits.detach(), temperature)
     log_student = _log_probs(student_logits, temperature)
     per_position = _kl_per_position(log_student, log_teacher)
-    return _reduce(per_position, weights) * temperature**2
+    return masked_mean(per_position, weights) * temperature**2
 
 
 def jsd(
@@ -288,7 +248,7 @@ def jsd(
     _check_logits(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     beta = check_unit_interval(beta, "beta", open_interval=True)
-    weights = _position_weights(student_logits, mask)
+    weights = position_weights(student_logits, mask)
     log_teacher = _log_probs(teacher_logits.detach(), temperature)
     log_student = _log_probs(student_logits, temperature)
     # log m computed in log space: stable where either distribution underflows
@@ -296,7 +256,7 @@ def jsd(
     per_position = beta * _kl_per_position(log_teacher, log_mixture) + (1 - beta) * _kl_per_position(
         log_student, log_mixture
     )
-    return _reduce(per_position, weights) * temperature**2
+    return masked_mean(per_position, weights) * temperature**2
 
 
 def logit_mse(
@@ -310,9 +270,9 @@ def logit_mse(
     ``F.mse_loss(student_logits, teacher_logits)``.
     """
     _check_logits(student_logits, teacher_logits)
-    weights = _position_weights(student_logits, mask)
+    weights = position_weights(student_logits, mask)
     per_position = (student_logits.float() - teacher_logits.detach().float()).pow(2).mean(dim=-1)
-    return _reduce(per_position, weights)
+    return masked_mean(per_position, weights)
 
 
 def hard_ce(
@@ -345,7 +305,7 @@ def hard_ce(
         )
     if labels.is_floating_point():
         raise ValueError(f"labels must hold integer class ids, got dtype {labels.dtype}; for soft targets use soft_kd")
-    weights = _position_weights(student_logits, mask)
+    weights = position_weights(student_logits, mask)
     labels = labels.to(student_logits.device)
     valid = labels != ignore_index
     num_classes = student_logits.shape[-1]
@@ -363,18 +323,3 @@ def hard_ce(
     ).reshape(labels.shape)
     counted = valid.float() if weights is None else valid.float() * weights
     return (per_position * counted).sum() / counted.sum().clamp_min(1.0)
-
-
-# the intermediate-layer functions live in layerwise; the pure-function API names them here too
-from kdistill.losses.layerwise import (  # noqa: E402
-    HEAD_MODES,
-    _MaskedSquaredSum,  # noqa: F401 - tests reach it here
-    align_heads,
-    attention_kl,
-    attention_mse,
-    attention_mse_from_inputs,
-    hidden_cosine,
-    hidden_mse,
-    relation_kl,
-    relation_log_probs,
-)

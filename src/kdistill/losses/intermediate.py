@@ -1,7 +1,8 @@
-"""Intermediate-layer terms: hidden states, embeddings, attention maps and MiniLM relations.
+"""Intermediate-layer terms of hidden states and embeddings (attention maps and MiniLM relations:
+:mod:`kdistill.losses.attention_terms`).
 
 Each term compares layers chosen by a layer map ``{student_layer: teacher_layer}`` (see
-:mod:`kdistill.mapping`) and asks :func:`~kdistill.capture.capture` for exactly those layers.
+:mod:`kdistill.models.layer_maps`) and asks :func:`~kdistill.capture.capture` for exactly those layers.
 Where the student is narrower than the teacher, a term owns learned projections (student width
 -> teacher width); they are parameters of the :class:`~kdistill.losses.objective.Objective`, so
 they are optimised and checkpointed with it and never become part of the exported student.
@@ -12,35 +13,22 @@ Every term averages over its layer pairs and never counts padded positions.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from kdistill.attention import model_dims
 from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
+from kdistill.losses.base import Side, Term, pair_mask
 from kdistill.losses.registry import TermSettings, register_term
-from kdistill.losses.terms import Term
-from kdistill.mapping import LayerKey, LayerMap, check_layer_map, num_layers, resolve_layer_map
+from kdistill.models.anatomy import model_dims
+from kdistill.models.layer_maps import LayerKey, LayerMap, check_layer_map, num_layers, resolve_layer_map
 from kdistill.schema import LayerMapSpec
 
-__all__ = [
-    "AttentionKL",
-    "AttentionMSE",
-    "EmbeddingMSE",
-    "HiddenCosine",
-    "HiddenMSE",
-    "MiniLMv1",
-    "MiniLMv2",
-]
+__all__ = ["EmbeddingMSE", "HiddenCosine", "HiddenMSE"]
 
-Side = Literal["student", "teacher"]
 Dims = int | Mapping[LayerKey, int] | None
-
-
-def _mask(student: Features, teacher: Features) -> Tensor | None:
-    return student.attention_mask if student.attention_mask is not None else teacher.attention_mask
 
 
 def _as_tokens(states: Tensor) -> Tensor:
@@ -214,7 +202,7 @@ class HiddenMSE(Term):
         return LF.hidden_mse(student_hidden, teacher_hidden, mask)
 
     def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        mask = _mask(student, teacher)
+        mask = pair_mask(student, teacher)
         total: Tensor | None = None
         for student_key, teacher_key in self.layer_map.items():
             student_hidden = self._project(student_key, teacher_key, _lookup(student, student_key, "student"))
@@ -288,4 +276,3 @@ class EmbeddingMSE(HiddenMSE):
 
 
 # the attention and relation terms live in attention_terms; they are reachable here too
-from kdistill.losses.attention_terms import AttentionKL, AttentionMSE, MiniLMv1, MiniLMv2  # noqa: E402

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.attention_maps import AttentionInputs, map_blocks, projected_maps_mse
-from kdistill.losses.functional import _position_weights, _reduce
+from kdistill.capture.attention_maps import AttentionInputs, map_blocks, projected_maps_mse
+from kdistill.losses.reduction import masked_mean, position_weights
 
 __all__ = [
     "HEAD_MODES",
@@ -69,9 +69,9 @@ def hidden_mse(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | No
         A float32 scalar: squared error averaged over the width and the counted positions.
     """
     _check_states(student_hidden, teacher_hidden, "hidden states")
-    weights = _position_weights(student_hidden, mask, "batch and sequence of the states")
+    weights = position_weights(student_hidden, mask, "batch and sequence of the states")
     per_position = (student_hidden.float() - teacher_hidden.detach().float()).pow(2).mean(dim=-1)
-    return _reduce(per_position, weights)
+    return masked_mean(per_position, weights)
 
 
 def hidden_cosine(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -84,9 +84,9 @@ def hidden_cosine(student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor |
         A float32 scalar in [0, 2]; 0 when every counted position points the same way.
     """
     _check_states(student_hidden, teacher_hidden, "hidden states")
-    weights = _position_weights(student_hidden, mask, "batch and sequence of the states")
+    weights = position_weights(student_hidden, mask, "batch and sequence of the states")
     cosine = F.cosine_similarity(student_hidden.float(), teacher_hidden.detach().float(), dim=-1, eps=1e-8)
-    return _reduce(1.0 - cosine, weights)
+    return masked_mean(1.0 - cosine, weights)
 
 
 def _check_maps(student: Tensor, teacher: Tensor, what: str) -> None:
@@ -242,7 +242,7 @@ def attention_mse_from_inputs(
     maps are never held either.
 
     Args:
-        student: the student layer's :class:`~kdistill.attention.AttentionInputs` (query and key
+        student: the student layer's :class:`~kdistill.models.anatomy.AttentionInputs` (query and key
             ``(B, Hs, L, d)``, scaling, additive mask), as :func:`~kdistill.capture.capture` keeps them.
         teacher: the teacher's maps ``(B, Ht, L, L)``, probabilities (``on="probs"``) or scores
             (``on="scores"``), or its attention inputs.

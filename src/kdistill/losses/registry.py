@@ -1,6 +1,6 @@
 """The loss terms a config can name: one class and one registration each.
 
-A term is a :class:`~kdistill.losses.terms.Term` subclass with a nested ``Settings`` section
+A term is a :class:`~kdistill.losses.base.Term` subclass with a nested ``Settings`` section
 (its YAML keys; ``weight`` comes with every term) and, where building it needs the two models
 (layer maps, projections), a ``from_settings`` class method. Registering it makes it reachable
 by name from Python (:func:`build_term`) and from YAML (``objective.terms.<name>.type``)::
@@ -19,25 +19,16 @@ The config reads the registry when it is validated, so a term registered before
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import Field, create_model
 from torch import nn
 
-from kdistill.schema import Section
-
-if TYPE_CHECKING:
-    from kdistill.losses.terms import Term
+from kdistill.losses.base import Term, TermSettings
 
 __all__ = ["TermSettings", "build_term", "register_term", "settings_union", "term_class", "term_types"]
 
 T = TypeVar("T", bound="type[Term]")
-
-
-class TermSettings(Section):
-    """The YAML keys of a term; every term has ``type`` (added at registration) and ``weight``."""
-
-    weight: float = Field(1.0, ge=0)
 
 
 _TERMS: dict[str, type[Term]] = {}
@@ -45,7 +36,7 @@ _SETTINGS: dict[str, type[TermSettings]] = {}
 
 
 def register_term(name: str) -> Callable[[T], T]:
-    """Register a :class:`~kdistill.losses.terms.Term` subclass under ``name`` (a class decorator).
+    """Register a :class:`~kdistill.losses.base.Term` subclass under ``name`` (a class decorator).
 
     Raises:
         ValueError: another class holds ``name`` already.

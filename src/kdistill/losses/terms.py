@@ -11,46 +11,14 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
-from kdistill.losses.registry import TermSettings, register_term
+from kdistill.losses.base import Term, TermSettings
+from kdistill.losses.registry import register_term
 
 __all__ = ["JSD", "HardCE", "LogitKD", "LogitMSE", "ReverseKL", "Term"]
-
-
-class Term(nn.Module):
-    """Base class of a loss term.
-
-    Subclasses implement :meth:`forward`, set ``needs`` (names of :class:`Features` fields they
-    read) and ``needs_labels``, and override :meth:`request` when they need layers.
-    """
-
-    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
-    needs_labels: ClassVar[bool] = False
-    #: compares the two models position by position, so both must read the same tokens
-    compares_positions: ClassVar[bool] = False
-    #: a sum over target tokens (``token_sum``), normalised by the target tokens of the whole step
-    token_level: ClassVar[bool] = False
-    #: the name a config gives the term (set by :func:`~kdistill.losses.registry.register_term`)
-    term_type: ClassVar[str | None] = None
-
-    class Settings(TermSettings):
-        """A term's YAML keys: none beyond ``type`` and ``weight``."""
-
-    @classmethod
-    def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
-        """The term a config's settings describe (the default passes the settings' own keys to ``__init__``)."""
-        return cls(**settings.model_dump(exclude={"type", "weight"}))
-
-    def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:
-        """What this term needs from the ``side`` model's forward pass (default: its logits)."""
-        return CaptureRequest(logits="logits" in self.needs)
-
-    def forward(self, student: Features, teacher: Features, labels: Tensor | None = None) -> Tensor:
-        """Return a float32 scalar loss."""
-        raise NotImplementedError
 
 
 def _logits_pair(student: Features, teacher: Features, term: str) -> tuple[Tensor, Tensor]:

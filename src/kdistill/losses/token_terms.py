@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import Tensor
 
-from kdistill.features import CaptureRequest, Features
+from kdistill.capture.features import CaptureRequest, Features
 from kdistill.losses.chunked import chunked_token_loss
 from kdistill.losses.functional import check_temperature, check_unit_interval
 from kdistill.losses.registry import TermSettings, register_term

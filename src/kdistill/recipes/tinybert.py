@@ -19,13 +19,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from kdistill.batch import split_batch
 from kdistill.capture import capture
+from kdistill.data.batch import split_batch
+from kdistill.losses.attention_terms import AttentionMSE
 from kdistill.losses.functional import HEAD_MODES, check_temperature, check_unit_interval
-from kdistill.losses.intermediate import AttentionMSE, EmbeddingMSE, HiddenMSE
+from kdistill.losses.intermediate import EmbeddingMSE, HiddenMSE
 from kdistill.losses.objective import LossOutput, Objective
 from kdistill.losses.terms import HardCE, LogitKD
-from kdistill.mapping import resolve_layer_map
+from kdistill.models.layer_maps import resolve_layer_map
 from kdistill.train.loop import History, distill
 from kdistill.train.teacher import teacher_features
 from kdistill.train.trainer import DistillationTrainer
@@ -123,7 +124,7 @@ class TinyBERTDistillation:
     Stage 1 trains the student (and the projections) on embedding, hidden-state and attention
     losses over the layer map; stage 2 on the teacher's soft labels. Works for any depths (the
     uniform map is ``m -> round(m·N/M)``) and widths (learned projections), with SDPA attention
-    kept (see :mod:`kdistill.attention`).
+    kept (see :mod:`kdistill.models.anatomy`).
 
     Args:
         teacher: the trained teacher, a Hugging Face encoder.

@@ -178,13 +178,14 @@ class Task(ABC):
     @abstractmethod
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
         """Time each model on ``batch`` the way the task is used (a classification, a generation),
-        the models in alternating rounds (:func:`kdistill.speed.compare_speed`, or
-        :func:`~kdistill.speed.time_rounds` and :func:`~kdistill.speed.summarise_rounds` for another workload).
+        the models in alternating rounds (:func:`kdistill.models.speed.compare_speed`, or
+        :func:`~kdistill.models.speed.time_rounds` and :func:`~kdistill.models.speed.summarise_rounds`
+        for another workload).
 
         Returns:
             By model name: at least ``latency_ms`` and ``throughput``; for the student also
             ``speedup`` over the teacher; and where known ``latency_spread``, ``speedup_spread`` and the
-            conditions of :func:`kdistill.speed.measuring_conditions` (batch size, sequence length ...).
+            conditions of :func:`kdistill.models.speed.measuring_conditions` (batch size, sequence length ...).
         """
 
     @abstractmethod

@@ -9,11 +9,11 @@ from typing import Any
 
 from torch import nn
 
-from kdistill.attention import model_dims
 from kdistill.errors import ConfigError, DataError
-from kdistill.mapping import every_kth_map, last_k_map, uniform_map
-from kdistill.preflight import check_memory, estimate_parameters
-from kdistill.student import StudentReport, make_student
+from kdistill.models.anatomy import model_dims
+from kdistill.models.layer_maps import every_kth_map, last_k_map, uniform_map
+from kdistill.models.preflight import check_memory, estimate_parameters
+from kdistill.models.student import StudentReport, make_student
 
 __all__ = ["copy_map", "decode_text", "student_from_teacher"]
 
@@ -77,7 +77,7 @@ def _check_student_memory(teacher: nn.Module, options: Any) -> None:
 
 
 def student_from_teacher(teacher: nn.Module, options: Any) -> tuple[nn.Module, StudentReport]:
-    """The student a config's ``student.from_teacher`` describes (:func:`kdistill.student.make_student`).
+    """The student a config's ``student.from_teacher`` describes (:func:`kdistill.models.student.make_student`).
 
     Args:
         teacher: the teacher model.

@@ -35,7 +35,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from kdistill.errors import KdistillError
-from kdistill.fileio import file_sha256, unowned_files
+from kdistill.files.ownership import file_sha256, unowned_files
 
 __all__ = [
     "CheckpointError",

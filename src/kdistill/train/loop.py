@@ -31,8 +31,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kdistill.batch import example_indices, split_batch
 from kdistill.capture import capture
+from kdistill.capture.features import nonfinite_teacher_fields
+from kdistill.data.batch import example_indices, split_batch
 from kdistill.errors import NonFiniteLossError
 from kdistill.losses.objective import Objective, StepShare
 from kdistill.losses.token_terms import count_targets
@@ -57,7 +58,7 @@ from kdistill.train.setup import (
     prepare_optimizer,
     shuffle_generators,
 )
-from kdistill.train.teacher import check_teacher_source, nonfinite_teacher_fields, teacher_features
+from kdistill.train.teacher import check_teacher_source, teacher_features
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -124,7 +125,7 @@ def distill(
         label_key: key of the labels in dict batches (default ``labels`` or ``label``).
         accelerator: an ``accelerate.Accelerator`` to use instead of a default one.
         teacher_cache: a :class:`~kdistill.cache.TeacherCache`: batches with example indices
-            (:func:`~kdistill.batch.with_example_index`) read the teacher's features from it.
+            (:func:`~kdistill.data.batch.with_example_index`) read the teacher's features from it.
         checkpoint_dir: write checkpoints here (weights, optimizer, scheduler, RNG states, data
             position, history) after every epoch and every ``save_every`` steps.
         save_every: also checkpoint every this many optimizer steps.

@@ -8,8 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from kdistill.errors import NonFiniteLossError
-from kdistill.train.teacher import NonFiniteTeacherError
+from kdistill.errors import NonFiniteLossError, NonFiniteTeacherError
 
 __all__ = ["nonfinite_error", "nonfinite_kind", "nonfinite_loss", "nonfinite_message"]
 

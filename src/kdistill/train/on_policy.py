@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdistill.datasets import IGNORE_INDEX
+from kdistill.data.datasets import IGNORE_INDEX
 
 __all__ = ["OnPolicy"]
 

@@ -8,33 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.capture import CaptureRequest, Features, attention_mask_of, capture
-from kdistill.errors import NonFiniteLossError
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
 
-__all__ = ["NonFiniteTeacherError", "check_teacher_source", "nonfinite_teacher_fields", "teacher_features"]
-
-
-class NonFiniteTeacherError(NonFiniteLossError):
-    """The teacher's outputs hold NaN or infinite values: the teacher is broken, not the training settings."""
-
-
-def nonfinite_teacher_fields(features: Features) -> list[str]:
-    """Names of the teacher's fields that hold NaN or +/-infinity (top-k rest may be -inf: no mass left).
-
-    Only called once a loss has gone non-finite, to say whether the teacher is the cause: it
-    reads every tensor, which a training step should not pay for.
-    """
-    found = []
-    if features.logits is not None and not bool(torch.isfinite(features.logits).all()):
-        found.append("logits")
-    if features.topk is not None and not bool(torch.isfinite(features.topk.log_probs).all()):
-        found.append("top-k log-probabilities")
-    for layer, states in features.hidden_states.items():
-        if not bool(torch.isfinite(states).all()):
-            found.append(f"hidden states of layer {layer}")
-    return found
+__all__ = ["check_teacher_source", "teacher_features"]
 
 
 def check_teacher_source(teacher: nn.Module | None, cache: TeacherCache | None, request: CaptureRequest) -> None:

@@ -16,18 +16,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Trainer
 
-from kdistill.batch import INDEX_KEY
 from kdistill.capture import Features, attention_mask_of, capture
+from kdistill.capture.features import nonfinite_teacher_fields
+from kdistill.data.batch import INDEX_KEY
+from kdistill.errors import NonFiniteTeacherError
 from kdistill.losses.objective import Objective, StepShare
 from kdistill.losses.token_terms import count_targets
 from kdistill.train.on_policy import OnPolicy
 from kdistill.train.setup import check_on_policy
-from kdistill.train.teacher import (
-    NonFiniteTeacherError,
-    check_teacher_source,
-    nonfinite_teacher_fields,
-    teacher_features,
-)
+from kdistill.train.teacher import check_teacher_source, teacher_features
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -54,7 +51,7 @@ class DistillationTrainer(Trainer):
             ``Objective.hinton(temperature, alpha)``.
         teacher_cache: a :class:`~kdistill.cache.TeacherCache` over ``train_dataset``: training
             batches read the teacher's outputs from it (the dataset needs a ``kd_index``
-            column, see :func:`~kdistill.batch.with_example_index`); ``teacher_model`` may
+            column, see :func:`~kdistill.data.batch.with_example_index`); ``teacher_model`` may
             then be None, and evaluation batches, which carry no index, use it when given.
         *args, **kwargs: passed on to ``transformers.Trainer`` (``model``, ``args``,
             ``train_dataset``, ...).

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kdistill.datasets import IGNORE_INDEX
+from kdistill.data.datasets import IGNORE_INDEX
 from kdistill.errors import DataError, ModelLoadError
 from kdistill.tasks.causal_lm.reading import Documents
 from kdistill.tasks.causal_lm.split import CHUNK, LMSplit, document_split

@@ -24,7 +24,7 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
-from kdistill.datasets import IGNORE_INDEX, TokenizedDataset
+from kdistill.data.datasets import IGNORE_INDEX, TokenizedDataset
 from kdistill.errors import DataError
 from kdistill.tasks.causal_lm.chat import tokenize_conversations
 from kdistill.tasks.causal_lm.config import LMDataConfig

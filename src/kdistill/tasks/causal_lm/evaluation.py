@@ -6,7 +6,7 @@ would be 400 MB a model). Perplexity is ``exp`` of the mean cross-entropy over t
 positions whose next token counts); agreement is the share of target tokens where the student's
 most likely next token is the teacher's. Generation speed is greedy decoding with the KV cache at
 batch 1, timed for teacher and student in alternating rounds as every speed in kdistill is
-(:mod:`kdistill.speed`): the median time per token, its spread, and the speed-up as the median
+(:mod:`kdistill.models.speed`): the median time per token, its spread, and the speed-up as the median
 of the rounds' ratios, so that a burst of load elsewhere skews neither.
 """
 
@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kdistill.capture import capture
-from kdistill.features import CaptureRequest
+from kdistill.capture.features import CaptureRequest
 from kdistill.losses.chunked import default_chunk_size
 from kdistill.losses.tokens import next_token_targets
-from kdistill.speed import measuring_conditions, summarise_rounds, time_rounds
+from kdistill.models.speed import measuring_conditions, summarise_rounds, time_rounds
 
 __all__ = ["generate", "generation_speed", "language_model_metrics"]
 
@@ -120,13 +120,13 @@ def generation_speed(
     eos_token_id: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Tokens per second of greedy generation at batch 1 (KV cache), the models timed in alternating
-    rounds after a warm-up (:func:`kdistill.speed.time_rounds`): per model the median time per token
+    rounds after a warm-up (:func:`kdistill.models.speed.time_rounds`): per model the median time per token
     and its spread; the speed-up over the teacher is the median of the rounds' ratios.
 
     Returns:
         By model name: ``latency_ms`` (per generated token), ``latency_spread``, ``throughput``
         (tokens/s), ``speedup`` and ``speedup_spread`` where a teacher was timed, and the
-        conditions of :func:`kdistill.speed.measuring_conditions` (batch 1, the prompt's length,
+        conditions of :func:`kdistill.models.speed.measuring_conditions` (batch 1, the prompt's length,
         ``new_tokens``).
     """
     load_before = measuring_conditions(1, prompt.shape[1], 0)["load_average"]

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from kdistill.errors import ModelLoadError
-from kdistill.loading import LoadedModel, load_pretrained, load_tokenizer
+from kdistill.models.loading import LoadedModel, load_pretrained, load_tokenizer
 from kdistill.schema import Section
 from kdistill.tasks.common import student_from_teacher
 

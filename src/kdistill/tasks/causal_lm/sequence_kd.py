@@ -3,7 +3,7 @@ teacher, once; the student then learns the teacher's continuation (the prompt is
 
 A text block's prompt is its first ``prompt_tokens`` tokens; a prompt/completion or chat example's
 prompt is everything before its first learned token. The continuations are stored by
-:func:`kdistill.generation.teacher_generations`, so a later run with the same teacher, prompts and
+:func:`kdistill.tasks.causal_lm.generation.teacher_generations`, so a later run with the same teacher, prompts and
 settings reads them back instead of generating again.
 """
 
@@ -14,10 +14,10 @@ import logging
 import time
 from typing import Any
 
-from kdistill.datasets import IGNORE_INDEX, TokenizedDataset
-from kdistill.generation import GenerationSettings, teacher_generations
+from kdistill.data.datasets import IGNORE_INDEX, TokenizedDataset
 from kdistill.tasks.base import Models, TaskData
 from kdistill.tasks.causal_lm.config import SequenceKDConfig
+from kdistill.tasks.causal_lm.generation import GenerationSettings, teacher_generations
 
 __all__ = ["prompts_of", "sequence_kd_data"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kdistill.datasets import IGNORE_INDEX, TokenizedDataset
+from kdistill.data.datasets import IGNORE_INDEX, TokenizedDataset
 from kdistill.errors import ModelLoadError
 
 __all__ = ["CHUNK", "UNITS", "LMSplit", "document_split", "eos_id", "plural", "split_stats", "token_ids"]

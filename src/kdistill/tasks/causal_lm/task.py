@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.datasets import PaddingCollator
+from kdistill.data.datasets import PaddingCollator
 from kdistill.errors import ConfigError, ModelLoadError
 from kdistill.losses import Objective
 from kdistill.losses.token_terms import TokenCE, TokenKD
-from kdistill.preflight import check_max_length, check_token_ids, usable_positions
+from kdistill.models.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.causal_lm.config import LMDataConfig, LMObjectiveOptions
 from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents

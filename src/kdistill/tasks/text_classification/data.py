@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kdistill.datasets import PADDED_KEYS, TEACHER_PREFIX, TokenizedDataset
+from kdistill.data.datasets import PADDED_KEYS, TEACHER_PREFIX, TokenizedDataset
 from kdistill.errors import DataError
 from kdistill.tasks.base import TaskData
 from kdistill.tasks.text_classification.augment import NO_LABEL, Augmenter

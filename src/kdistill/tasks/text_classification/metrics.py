@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdistill.features import call_model, logits_from_output
+from kdistill.capture.features import logits_from_output
+from kdistill.models.anatomy import call_model
 
 __all__ = ["agreement", "classification_metrics", "predict"]
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.errors import ModelLoadError
-from kdistill.loading import LoadedModel, load_pretrained, read_model_config
+from kdistill.models.loading import LoadedModel, load_pretrained, read_model_config
 from kdistill.tasks.common import student_from_teacher
 
 __all__ = ["build_student", "load_classifier", "saved_head_size"]

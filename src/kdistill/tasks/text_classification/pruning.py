@@ -3,7 +3,7 @@
 The student trains with the teacher's whole vocabulary (both read the same token ids during
 distillation); once it is final, :func:`prune_student` keeps the vocabulary of what it was
 distilled on (the training texts, their second texts, and the augmented sentences) with
-:func:`kdistill.vocab_pruning.prune_vocabulary`, and measures what that changed on the evaluated
+:func:`.vocab_pruning.prune_vocabulary`, and measures what that changed on the evaluated
 split: both students' metrics, the pruned one reading the texts re-tokenised by its own tokenizer.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from kdistill.datasets import PaddingCollator, TokenizedDataset, make_loader
+from kdistill.data.datasets import PaddingCollator, TokenizedDataset, make_loader
 from kdistill.tasks.base import Models, TaskData
 from kdistill.tasks.text_classification.data import TextTaskData, tokenize
 from kdistill.tasks.text_classification.labels import encode_labels
 from kdistill.tasks.text_classification.metrics import agreement, classification_metrics, predict
 from kdistill.tasks.text_classification.reading import TableSplit
-from kdistill.vocab_pruning import prune_vocabulary, tokenization_drift
+from kdistill.tasks.text_classification.vocab_pruning import prune_vocabulary, tokenization_drift
 
 __all__ = ["prune_student", "training_texts"]
 
@@ -57,7 +57,7 @@ def prune_student(
 
     Returns:
         ``(student, tokenizer, record)``: the record holds the sizes of
-        :class:`~kdistill.vocab_pruning.VocabularyReport`, the evaluated split's name and size,
+        :class:`~.vocab_pruning.VocabularyReport`, the evaluated split's name and size,
         both students' accuracy and macro-F1 on it (``student`` pruned, re-tokenised;
         ``unpruned_student`` as trained), the share of its examples with an unknown token
         (``with_unknown``) or other tokens than before (``changed``), and both students' accuracy on

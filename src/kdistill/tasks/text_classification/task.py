@@ -9,12 +9,12 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.datasets import TEACHER_PREFIX, PaddingCollator, TokenizedDataset
+from kdistill.data.datasets import TEACHER_PREFIX, PaddingCollator, TokenizedDataset
 from kdistill.errors import ConfigError, DataError, KdistillError
-from kdistill.loading import load_tokenizer
 from kdistill.losses import HardCE, Objective
-from kdistill.preflight import check_max_length, check_token_ids, usable_positions
-from kdistill.speed import compare_speed
+from kdistill.models.loading import load_tokenizer
+from kdistill.models.preflight import check_max_length, check_token_ids, usable_positions
+from kdistill.models.speed import compare_speed
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
 from kdistill.tasks.text_classification.config import ClassifierOptions, DataConfig
@@ -29,7 +29,7 @@ from kdistill.tasks.text_classification.metrics import agreement, classification
 from kdistill.tasks.text_classification.models import build_student, load_classifier
 from kdistill.tasks.text_classification.pruning import prune_student
 from kdistill.tasks.text_classification.reading import TableSplit, load_splits, load_table
-from kdistill.vocab_pruning import check_prunable
+from kdistill.tasks.text_classification.vocab_pruning import check_prunable
 
 __all__ = ["TextClassification"]
 

@@ -37,9 +37,11 @@ from torch import nn
 
 from kdistill._version import __version__
 from kdistill.errors import KdistillError, OutputFileError
-from kdistill.fileio import FILES_MANIFEST, remove_owned, unowned_files, write_files_manifest
-from kdistill.loading import load_pretrained, load_tokenizer
-from kdistill.preflight import usable_positions
+from kdistill.files.ownership import FILES_MANIFEST, remove_owned, unowned_files, write_files_manifest
+from kdistill.models.loading import load_pretrained, load_tokenizer
+from kdistill.models.preflight import usable_positions
+from kdistill.tasks.text_classification.onnx.latency import compare_latency
+from kdistill.tasks.text_classification.onnx.runtime import MISSING_ONNX, SAMPLE_TEXTS, onnx_session, require_onnx
 
 __all__ = [
     "EXPORT_KIND",
@@ -59,44 +61,10 @@ INT8_FILE = "model_int8.onnx"
 REPORT_FILE = "export.json"
 #: the kind an export folder's files manifest records: only such a folder is ever replaced
 EXPORT_KIND = "onnx-export"
-MISSING_ONNX = 'exporting to ONNX needs the onnx, onnxruntime and onnxscript packages: pip install "kdistill[onnx]"'
 #: int8 logits that pick another class for more than this share of the sample texts are flagged
 INT8_MIN_AGREEMENT = 0.9
 #: above this many bytes of weights the graph keeps them in a side file (ONNX files stop at 2 GB)
 EXTERNAL_DATA_BYTES = 1_500_000_000
-
-#: texts of varied length and tone: the export sample and the checks (tokenised, so any tokenizer reads them)
-SAMPLE_TEXTS = (
-    "A lovely, moving film.",
-    "Dull and far too long.",
-    "The cast is great, but the story never comes together and the ending falls flat.",
-    "I would watch it again tomorrow.",
-    "Not bad at all",
-    "What a waste of two hours; the dialogue is wooden and the plot makes no sense whatsoever.",
-    "Quietly brilliant.",
-    "It was fine, I guess, though I expected more from this director after her last three pictures.",
-    "Terrible.",
-    "Funny, warm and surprisingly sad in places.",
-    "The music is the best part of an otherwise forgettable evening at the cinema.",
-    "ok",
-    "An ambitious mess: too many ideas, too little time, and a running joke that never lands.",
-    "Five stars.",
-    "Bright, sharp and full of life from the first scene to the last.",
-    "Boring plot, weak acting, cold ending.",
-)
-
-
-def require_onnx() -> None:
-    """Check that the ONNX packages are installed.
-
-    Raises:
-        KdistillError: one of onnx, onnxruntime, onnxscript is missing; says how to install them.
-    """
-    for name in ("onnx", "onnxruntime", "onnxscript"):
-        try:
-            __import__(name)
-        except ImportError:
-            raise KdistillError(f"{MISSING_ONNX} ({name} is not installed)") from None
 
 
 @contextlib.contextmanager
@@ -146,24 +114,6 @@ class _Logits(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         return self.model(**inputs).logits
-
-
-def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session on the graph at ``path``.
-
-    Args:
-        path: a ``.onnx`` file.
-        threads: intra-op threads (the ones that share a matrix product); default ONNX Runtime's
-            own choice. Inter-op parallelism is off, as in PyTorch's eager forward pass.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: kdistill reports what matters
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _sample_batches(tokenizer: Any, names: Sequence[str], max_length: int, texts: Sequence[str]) -> list[dict]:
@@ -281,7 +231,7 @@ def export_onnx(
         int8: also write ``model_int8.onnx`` (dynamic int8 quantisation) and report its agreement.
         atol: the largest difference allowed between the ONNX Runtime and PyTorch logits.
         latency: time PyTorch and ONNX Runtime (and int8) at batch 1 and 32 (see
-            :func:`kdistill.onnx_latency.compare_latency`).
+            :func:`kdistill.tasks.text_classification.onnx.latency.compare_latency`).
         threads: CPU threads for the timing (torch and ONNX Runtime alike); default torch's current number.
         rounds: alternating timing rounds.
         length: tokens per text in the timed batches (capped by the model's positions).
@@ -311,8 +261,6 @@ def export_onnx(
     try:
         report = _build(model, tokenizer, names, batches, built, location=location, int8=int8, atol=atol)
         if latency:
-            from kdistill.onnx_latency import compare_latency
-
             graphs = {"onnxruntime": built / ONNX_FILE, **({"onnxruntime int8": built / INT8_FILE} if int8 else {})}
             report["latency"] = compare_latency(
                 model, graphs, tokenizer, names, length=max_length, rounds=rounds, threads=threads

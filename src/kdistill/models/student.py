@@ -16,9 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kdistill.attention import ModelDims, layer_stack, model_dims
-from kdistill.loading import count_parameters
-from kdistill.mapping import uniform_map, validate_layer_map
+from kdistill.models.anatomy import ModelDims, layer_stack, model_dims
+from kdistill.models.layer_maps import uniform_map, validate_layer_map
+from kdistill.models.loading import count_parameters
 
 __all__ = ["StudentReport", "make_student"]
 

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from kdistill.attention_maps import AttentionInputs
+from kdistill.capture.attention_maps import AttentionInputs
 
 __all__ = [
     "CaptureRequest",
@@ -20,10 +21,10 @@ __all__ = [
     "LazyMaps",
     "TopKLogProbs",
     "attention_mask_of",
-    "call_model",
     "features_from_output",
     "find_logits",
     "logits_from_output",
+    "nonfinite_teacher_fields",
 ]
 
 
@@ -134,7 +135,7 @@ class LazyMaps(MutableMapping[int, Tensor]):
 
     Recomputed attention maps are ``(B, heads, L, L)``: the largest tensors of a step. Holding
     them lazily lets a loss that can work from the layer's
-    :class:`~kdistill.attention.AttentionInputs` block by block skip them entirely, while any
+    :class:`~kdistill.models.anatomy.AttentionInputs` block by block skip them entirely, while any
     other reader gets a plain tensor.
     """
 
@@ -188,7 +189,7 @@ class Features:
             recomputed maps are a :class:`LazyMaps`, computed when first read.
         attention_scores: layer index -> ``(B, heads, L, L)`` pre-softmax scores ``Q Kᵀ/√d``,
             without the padding mask (float32); lazy like ``attentions``.
-        attention_inputs: layer index -> the :class:`~kdistill.attention.AttentionInputs` that
+        attention_inputs: layer index -> the :class:`~kdistill.models.anatomy.AttentionInputs` that
             recomputed maps come from.
         queries: layer index -> ``(B, heads, L, d)`` query projections.
         keys: layer index -> ``(B, heads, L, d)`` key projections.
@@ -227,17 +228,6 @@ class Features:
         if self.logits is None or self.logits.dim() < 3 or self.attention_mask is None:
             return None
         return self.attention_mask
-
-
-def call_model(model: nn.Module, inputs: Any, **kwargs: Any) -> Any:
-    """Run ``model`` on ``inputs``: a mapping as keyword arguments (Hugging Face style), a
-    tuple or list as positional arguments, anything else as the single argument. ``kwargs``
-    (such as ``output_hidden_states=True``) are passed on as keyword arguments."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs, **kwargs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs, **kwargs)
-    return model(inputs, **kwargs)
 
 
 def find_logits(output: Any) -> Tensor | None:
@@ -285,3 +275,20 @@ def attention_mask_of(inputs: Any) -> Tensor | None:
         mask = inputs.get("attention_mask")
         return mask if isinstance(mask, Tensor) else None
     return None
+
+
+def nonfinite_teacher_fields(features: Features) -> list[str]:
+    """Names of the teacher's fields that hold NaN or +/-infinity (top-k rest may be -inf: no mass left).
+
+    Only called once a loss has gone non-finite, to say whether the teacher is the cause: it
+    reads every tensor, which a training step should not pay for.
+    """
+    found = []
+    if features.logits is not None and not bool(torch.isfinite(features.logits).all()):
+        found.append("logits")
+    if features.topk is not None and not bool(torch.isfinite(features.topk.log_probs).all()):
+        found.append("top-k log-probabilities")
+    for layer, states in features.hidden_states.items():
+        if not bool(torch.isfinite(states).all()):
+            found.append(f"hidden states of layer {layer}")
+    return found

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from kdistill.attention import base_model, layer_stack, model_dims
+from kdistill.models.anatomy import base_model, layer_stack, model_dims
 
 __all__ = [
     "LayerKey",

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from kdistill.cache.keys import fingerprint_teacher
 from kdistill.errors import KdistillError
-from kdistill.fileio import cache_root
+from kdistill.files.locations import cache_root
 
 __all__ = ["GenerationSettings", "generate_continuations", "teacher_generations"]
 

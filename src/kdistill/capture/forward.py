@@ -9,7 +9,7 @@ student's records to the :class:`~kdistill.losses.objective.Objective`.
 * Hugging Face outputs: logits, and hidden states by layer index (``output_hidden_states``);
 * forward hooks: the output of any submodule by its dotted path (``"layer2"``,
   ``"bert.encoder.layer.3.output"``), so any ``nn.Module`` can be distilled, and the query/key/value
-  projections of the layers whose attention is needed, from which :mod:`kdistill.attention`
+  projections of the layers whose attention is needed, from which :mod:`kdistill.capture.attention_maps`
   recomputes the attention maps while the model keeps its SDPA attention.
 
 Hooks live only for the one forward pass and are removed even when it raises.
@@ -25,33 +25,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdistill import attention as attn
-from kdistill.attention_maps import AttentionInputs
-from kdistill.features import (
+from kdistill.capture import attention_maps as maps
+from kdistill.capture.attention_maps import AttentionInputs
+from kdistill.capture.features import (
     CaptureRequest,
     Features,
     LazyMaps,
-    TopKLogProbs,
     attention_mask_of,
-    call_model,
     features_from_output,
     find_logits,
     logits_from_output,
 )
+from kdistill.models import anatomy
+from kdistill.models.anatomy import call_model
 
-__all__ = [
-    "AttentionInputs",
-    "CaptureRequest",
-    "Features",
-    "LazyMaps",
-    "TopKLogProbs",
-    "attention_mask_of",
-    "call_model",
-    "capture",
-    "check_capture",
-    "features_from_output",
-    "logits_from_output",
-]
+__all__ = ["capture", "check_capture"]
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +129,7 @@ def _check_differentiable(targets: Mapping[str, tuple[nn.Module, str]], recorded
 
 
 def _is_hf(module: nn.Module) -> bool:
-    return attn.model_type_of(module) is not None
+    return anatomy.model_type_of(module) is not None
 
 
 def _eager_attention(module: nn.Module) -> bool:
@@ -157,7 +145,7 @@ def _check_hidden_states(module: nn.Module) -> None:
         )
 
 
-def _attention_plan(module: nn.Module, request: CaptureRequest) -> tuple[dict[int, attn.LayerAttention], bool]:
+def _attention_plan(module: nn.Module, request: CaptureRequest) -> tuple[dict[int, anatomy.LayerAttention], bool]:
     """The layers whose query/key projections are hooked, and whether the maps come from
     ``output_attentions`` instead (an unknown architecture running eager attention).
 
@@ -166,21 +154,21 @@ def _attention_plan(module: nn.Module, request: CaptureRequest) -> tuple[dict[in
     """
     if not request.attention_layers:
         return {}, False
-    if attn.attention_layout(module) is not None:
-        return attn.layer_attention(module, request.attention_layers), False
+    if anatomy.attention_layout(module) is not None:
+        return anatomy.layer_attention(module, request.attention_layers), False
     if request.attention_scores or request.qkv or not _eager_attention(module):
         what = (
             "attention scores or query/key/value projections"
             if request.attention_scores or request.qkv
             else "attention maps"
         )
-        message = attn._unsupported_message(module, what)
+        message = anatomy.unsupported_message(module, what)
         if request.attention_scores or request.qkv:
             message += (
                 "; note that eager attention yields probabilities only: compare probabilities "
                 "(e.g. AttentionMSE(..., on='probs')) for such a model"
             )
-        raise attn.UnsupportedArchitectureError(message)
+        raise anatomy.UnsupportedArchitectureError(message)
     return {}, True
 
 
@@ -209,7 +197,7 @@ def capture(
     Hidden states by index come from the Hugging Face output (``output_hidden_states=True``);
     module outputs and attention projections come from forward hooks on ``module``. Attention
     probabilities and scores of the requested layers are recomputed from the hooked query and key
-    projections and the attention mask (see :mod:`kdistill.attention`), so the model keeps its SDPA
+    projections and the attention mask (see :mod:`kdistill.models.anatomy`), so the model keeps its SDPA
     attention. For an architecture kdistill does not know, attention probabilities come from
     ``output_attentions`` if the model runs eager attention.
 
@@ -336,7 +324,7 @@ def _select_layers(output: Any, kind: str, layers: frozenset[int], offset: int) 
 def _recompute_attention(
     features: Features,
     recorded: Mapping[str, Any],
-    layer_specs: Mapping[int, attn.LayerAttention],
+    layer_specs: Mapping[int, anatomy.LayerAttention],
     request: CaptureRequest,
     attention_mask: Tensor | None,
 ) -> None:
@@ -346,11 +334,11 @@ def _recompute_attention(
     for layer, spec in sorted(layer_specs.items()):
         if f"query:{layer}" not in recorded or f"key:{layer}" not in recorded:
             raise ValueError(f"the attention projections of layer {layer} did not run during the forward pass")
-        query = attn.split_heads(recorded[f"query:{layer}"], spec.num_heads)
-        key = attn.split_heads(recorded[f"key:{layer}"], spec.num_heads)
+        query = maps.split_heads(recorded[f"query:{layer}"], spec.num_heads)
+        key = maps.split_heads(recorded[f"key:{layer}"], spec.num_heads)
         if layer in request.attentions or layer in request.attention_scores:
             if spec.causal not in masks:
-                masks[spec.causal] = attn.additive_mask(
+                masks[spec.causal] = maps.additive_mask(
                     attention_mask, query.shape[2], causal=spec.causal, device=query.device
                 )
             inputs = AttentionInputs(query, key, spec.scaling, masks[spec.causal])
@@ -362,7 +350,7 @@ def _recompute_attention(
         if layer in request.qkv:
             features.queries[layer] = query
             features.keys[layer] = key
-            features.values[layer] = attn.split_heads(recorded[f"value:{layer}"], spec.num_heads)
+            features.values[layer] = maps.split_heads(recorded[f"value:{layer}"], spec.num_heads)
     # the maps are computed when a loss reads them: one that works from attention_inputs never does
     features.attentions = LazyMaps(probs)
     features.attention_scores = LazyMaps(scores)

@@ -1,46 +1,40 @@
-"""Attention maps without eager attention.
+"""Where a model's parts live and how it is called: its body without the task head, its stack of
+transformer layers, its sizes (:class:`ModelDims`), and per architecture where layer ``i``'s
+attention projections are (an :class:`AttentionLayout`).
 
 ``output_attentions=True`` forces a Hugging Face model onto the slow eager attention for every
 layer (with SDPA it returns nothing at all). kdistill instead hooks the query, key and value
-projections of the layers a loss needs and recomputes ``softmax(Q Kᵀ · scale + mask)`` for
-those layers only, while the model keeps running SDPA.
-
-This module knows, per architecture, where layer ``i``'s projections live (an
-:class:`AttentionLayout`), and does the recompute. :func:`kdistill.capture.capture` uses it.
-Architectures it does not know can still be distilled on attention maps when loaded with
+projections of the layers a loss needs (found here) and recomputes ``softmax(Q Kᵀ · scale + mask)``
+for those layers only (:mod:`kdistill.capture.attention_maps`), while the model keeps running SDPA.
+Architectures kdistill does not know can still be distilled on attention maps when loaded with
 ``attn_implementation="eager"`` (their maps then come from ``output_attentions``), or after
 :func:`register_attention_layout`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 __all__ = [
-    "AttentionInputs",
     "AttentionLayout",
     "LayerAttention",
     "ModelDims",
     "UnsupportedArchitectureError",
-    "additive_mask",
     "attention_layout",
-    "attention_probs",
-    "attention_scores",
     "base_model",
+    "call_model",
     "config_int",
     "layer_attention",
     "layer_stack",
-    "map_blocks",
     "model_dims",
     "model_type_of",
-    "projected_maps_mse",
     "register_attention_layout",
-    "split_heads",
     "supported_model_types",
+    "unsupported_message",
 ]
 
 EAGER_FALLBACK = 'attn_implementation="eager"'
@@ -184,7 +178,8 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     return None
 
 
-def _unsupported_message(model: nn.Module, what: str) -> str:
+def unsupported_message(model: nn.Module, what: str) -> str:
+    """Why kdistill cannot recompute ``what`` for ``model``, and the two ways out (eager attention, a layout)."""
     model_type = model_type_of(model)
     name = f"model type {model_type!r}" if model_type else f"{type(model).__name__} (not a Hugging Face model)"
     return (
@@ -192,8 +187,19 @@ def _unsupported_message(model: nn.Module, what: str) -> str:
         f"Load the model with {EAGER_FALLBACK} (for example "
         f'AutoModel.from_pretrained(name, attn_implementation="eager"), or model.set_attn_implementation("eager")) '
         "so that attention probabilities come from output_attentions, or describe its layers with "
-        "kdistill.attention.register_attention_layout()"
+        "kdistill.models.anatomy.register_attention_layout()"
     )
+
+
+def call_model(model: nn.Module, inputs: Any, **kwargs: Any) -> Any:
+    """Run ``model`` on ``inputs``: a mapping as keyword arguments (Hugging Face style), a
+    tuple or list as positional arguments, anything else as the single argument. ``kwargs``
+    (such as ``output_hidden_states=True``) are passed on as keyword arguments."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs, **kwargs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs, **kwargs)
+    return model(inputs, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -296,12 +302,12 @@ def layer_attention(model: nn.Module, layers: Iterable[int]) -> dict[int, LayerA
     """
     layout = attention_layout(model)
     if layout is None:
-        raise UnsupportedArchitectureError(_unsupported_message(model, "attention maps"))
+        raise UnsupportedArchitectureError(unsupported_message(model, "attention maps"))
     stack = layout.find_layers(model)
     if stack is None:
         raise UnsupportedArchitectureError(
             f"{type(model).__name__} has no layer list at {' or '.join(layout.layers)}, where kdistill's layout for "
-            f"{model_type_of(model)!r} expects it; " + _unsupported_message(model, "attention maps")
+            f"{model_type_of(model)!r} expects it; " + unsupported_message(model, "attention maps")
         )
     config = getattr(model, "config", None)
     causal = bool(getattr(config, "is_decoder", False))
@@ -319,7 +325,7 @@ def layer_attention(model: nn.Module, layers: Iterable[int]) -> dict[int, LayerA
             if hit is None or not isinstance(hit[1], nn.Linear):
                 raise UnsupportedArchitectureError(
                     f"layer {index} of {type(model).__name__} has no {role} projection at {' or '.join(candidates)}; "
-                    + _unsupported_message(model, "attention maps")
+                    + unsupported_message(model, "attention maps")
                 )
             projections.append(hit)
         (query_path, query), (_, key), (_, value) = projections
@@ -330,22 +336,10 @@ def layer_attention(model: nn.Module, layers: Iterable[int]) -> dict[int, LayerA
         if num_heads is None or query.out_features % num_heads:
             raise UnsupportedArchitectureError(
                 f"cannot tell the head count of layer {index} of {type(model).__name__}; "
-                + _unsupported_message(model, "attention maps")
+                + unsupported_message(model, "attention maps")
             )
         scaling = getattr(attention_module, "scaling", None)
         if not isinstance(scaling, float):
             scaling = (query.out_features // num_heads) ** -0.5
         found[index] = LayerAttention(query, key, value, num_heads, scaling, causal)  # type: ignore[arg-type]
     return found
-
-
-# the arithmetic lives in attention_maps; its names stay reachable here
-from kdistill.attention_maps import (  # noqa: E402
-    AttentionInputs,
-    additive_mask,
-    attention_probs,
-    attention_scores,
-    map_blocks,
-    projected_maps_mse,
-    split_heads,
-)

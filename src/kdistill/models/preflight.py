@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from kdistill.attention import model_dims
 from kdistill.errors import ConfigError, ModelLoadError
+from kdistill.models.anatomy import model_dims
 
 __all__ = [
     "check_max_length",

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdistill.speed import relative_spread, time_rounds
+from kdistill.models.speed import relative_spread, time_rounds
+from kdistill.tasks.text_classification.onnx.runtime import SAMPLE_TEXTS, onnx_session
 
 __all__ = ["BATCH_SIZES", "compare_latency", "format_latency_table"]
 
@@ -34,8 +35,6 @@ REFERENCE = "pytorch"
 
 def _batch(tokenizer: Any, names: Sequence[str], size: int, length: int) -> dict[str, torch.Tensor]:
     """``size`` sample texts padded (or cut) to ``length`` tokens: ``{name: [size, length] int64}``."""
-    from kdistill.onnx_export import SAMPLE_TEXTS
-
     texts = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(size)]
     encoded = tokenizer(texts, truncation=True, max_length=length, padding="max_length", return_tensors="pt")
     return {name: encoded[name].to(torch.int64) for name in names}
@@ -58,7 +57,7 @@ def compare_latency(
         model: the PyTorch classifier (eval mode, CPU).
         graphs: ``{backend name: .onnx file}`` (e.g. ``onnxruntime``, ``onnxruntime int8``).
         tokenizer: the model's tokenizer (the batches are sample texts).
-        names: the graph's input names (:func:`kdistill.onnx_export.model_input_names`).
+        names: the graph's input names (:func:`kdistill.tasks.text_classification.onnx.export.model_input_names`).
         length: tokens per text: every text is padded or cut to it (``[batch, length]`` inputs).
         rounds: alternating rounds (at least 2 for a spread).
         threads: CPU threads of both runtimes (``torch.set_num_threads``; ONNX Runtime's
@@ -70,8 +69,6 @@ def compare_latency(
         "rows"}``; a row per batch size and backend: ``batch_size``, ``backend``, ``median_ms``
         (per batch), ``spread`` (IQR over median), ``speedup`` over PyTorch and ``speedup_spread``.
     """
-    from kdistill.onnx_export import onnx_session
-
     threads = threads or torch.get_num_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -3,7 +3,7 @@
 ``softmax(Q Kᵀ · scale + mask)`` for the layers a loss needs (:func:`attention_probs`, with a
 backward pass of its own), the :class:`AttentionInputs` a map comes from, and
 :func:`projected_maps_mse`, which compares two models' maps block by block without holding them.
-:mod:`kdistill.attention` finds the projections; this module does the arithmetic.
+:mod:`kdistill.models.anatomy` finds the projections; this module does the arithmetic.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""File helpers shared by the run folder, the teacher cache and the checkpoints: hashes, locks, and
-the rule that kdistill deletes or replaces only what it can prove it wrote.
+"""The rule that kdistill deletes or replaces only what it can prove it wrote, and the file hashes
+its manifests record; shared by the run folder, the teacher cache and the checkpoints.
 
 Proof of authorship is a manifest that kdistill writes into every folder it writes whole: a
 model folder (``student/``, ``teacher/``) holds :data:`FILES_MANIFEST`, a checkpoint or a
@@ -12,12 +12,10 @@ a folder only when there are none.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +23,9 @@ from kdistill.errors import OutputFileError
 
 __all__ = [
     "FILES_MANIFEST",
-    "FolderInUseError",
-    "cache_root",
     "check_replaceable_file",
-    "exclusive_lock",
     "file_sha256",
     "is_staging_name",
-    "lock_holder",
     "remove_owned",
     "unowned_files",
     "write_files_manifest",
@@ -39,14 +33,6 @@ __all__ = [
 
 #: the manifest of a folder kdistill wrote whole (a saved model): the relative path of every file
 FILES_MANIFEST = ".kdistill-files.json"
-
-
-class FolderInUseError(RuntimeError):
-    """Another process holds the lock."""
-
-    def __init__(self, message: str, pid: int | None) -> None:
-        super().__init__(message)
-        self.pid = pid
 
 
 def file_sha256(path: Path) -> str:
@@ -166,73 +152,3 @@ def check_replaceable_file(path: Path, written_by_kdistill: Callable[[Path], boo
             f"{flag} {str(path)!r} exists and is not {what} kdistill wrote: kdistill never replaces a file "
             "it did not write; give a new file name"
         )
-
-
-def _holder_pid(handle: Any) -> int | None:
-    handle.seek(0)
-    text = handle.read().decode("utf-8", "replace").strip()
-    return int(text) if text.isdigit() else None
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_file: Path, *, wait: bool) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (created if needed) while inside, with this
-    process's pid written in it.
-
-    The operating system drops the lock when the process dies, so a killed run never leaves a
-    folder locked; the file itself stays (removing it could let two processes lock different files).
-    Where ``fcntl`` does not exist (Windows) nothing is locked.
-
-    Args:
-        lock_file: the lock's file.
-        wait: wait for the holder to finish; otherwise raise :class:`FolderInUseError` at once.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(lock_file, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _holder_pid(handle)
-            if not wait:
-                raise FolderInUseError(
-                    f"{lock_file.parent} is in use by another kdistill process" + (f" (pid {pid})" if pid else ""), pid
-                ) from None
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()).encode())
-            handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def lock_holder(lock_file: Path) -> int | None:
-    """The pid of the live process that holds ``lock_file`` (0 if unknown), or None when nobody does."""
-    if not lock_file.is_file():
-        return None
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    with open(lock_file, "rb") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder_pid(handle) or 0
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
-
-
-def cache_root() -> Path:
-    """kdistill's own folder for caches and crash reports: ``$KDISTILL_CACHE``, else
-    ``$XDG_CACHE_HOME/kdistill`` (default ``~/.cache/kdistill``)."""
-    root = os.environ.get("KDISTILL_CACHE")
-    if root:
-        return Path(root).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "kdistill"

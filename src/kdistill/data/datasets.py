@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdistill.batch import batches_by_length
+from kdistill.data.batch import batches_by_length
 
 __all__ = [
     "IGNORE_INDEX",

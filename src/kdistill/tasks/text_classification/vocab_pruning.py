@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from kdistill.errors import VocabularyError
-from kdistill.loading import count_parameters
+from kdistill.models.loading import count_parameters
 
 __all__ = [
     "VocabularyReport",

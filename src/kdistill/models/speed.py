@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdistill.features import call_model
+from kdistill.models.anatomy import call_model
 
 __all__ = [
     "BUSY_LOAD_PER_CPU",
@@ -206,7 +206,7 @@ def compare_speed(
     (:func:`time_rounds`; a model faster than ``min_call_seconds`` runs back to back that long in
     each round, and the round keeps the mean pass).
 
-    ``batch`` holds the models' keyword inputs (a :class:`~kdistill.datasets.Routed` model picks
+    ``batch`` holds the models' keyword inputs (a :class:`~kdistill.data.datasets.Routed` model picks
     its own token ids from a batch that holds both models'). Each model runs in eval mode under
     ``no_grad``, and is put back on its device and in its mode afterwards.
 
