@@ -10,11 +10,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 torch.set_num_threads(1)
+
+#: the workspace's real data (../shared/data beside the repository), which a user's clone does not
+#: have; KDISTILL_SHARED_DATA moves it (.ci/run points it at an empty folder for a pass that checks
+#: every test reading it skips cleanly). Tests reach it only through :func:`shared_data`.
+SHARED_DATA = Path(os.environ.get("KDISTILL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def shared_data(*parts: str) -> Path:
+    """A folder or file under :data:`SHARED_DATA`; skips the calling test where it is absent. A test
+    that calls it carries ``@pytest.mark.shared_data`` (tests/test_offline_suite.py checks)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {Path('../shared/data', *parts)} (the workspace's data; absent on a user's machine)")
+    return path
+
 
 VOCAB = 64
 

