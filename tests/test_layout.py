@@ -212,6 +212,7 @@ def test_every_name_kdistill_exports_imports() -> None:
 
     for name in kdistill.__all__:
         assert getattr(kdistill, name) is not None, name
+    assert set(kdistill._PUBLIC) | {"__version__"} == set(kdistill.__all__)  # the lazy table and the list agree
     for name in (
         "distill",
         "DistillationTrainer",

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdistill.app.config_loading import load_config
 from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, LOG_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
 from kdistill.errors import KdistillError
 from kdistill.models.loading import looks_local
@@ -78,6 +77,10 @@ def choose_model(target: str, command: str) -> ChosenModel:
 
 def _from_run(path: Path, target: str, command: str) -> ChosenModel:
     """The model a run folder holds (see :func:`choose_model`)."""
+    # the config's schema imports every task (torch, transformers): not at start-up, where
+    # ``kdistill predict --help`` only builds its parser
+    from kdistill.app.config_loading import load_config
+
     config = load_config(path / "config.yaml")
     if config.task != TEXT_CLASSIFICATION:
         raise KdistillError(

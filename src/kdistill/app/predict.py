@@ -17,16 +17,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from kdistill.app.arguments import add_data_flags, as_eval_flags, data_flag_values, positive_int
 from kdistill.app.model_folder import TEXT_CLASSIFICATION, ChosenModel, choose_model
 from kdistill.app.run_folder import METRICS_FILE
 from kdistill.errors import DataError, KdistillError, ModelLoadError, OutputFileError
 from kdistill.files.ownership import check_replaceable_file
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "PREDICTED_COLUMN",

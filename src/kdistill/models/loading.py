@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "LoadedModel",

@@ -7,16 +7,19 @@ one call to :func:`register_task` (``docs/adding_a_task.md`` walks through one).
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import ConfigError
-from kdistill.tasks.base import Models, Task, TaskData
+
+if TYPE_CHECKING:
+    from kdistill.tasks.base import Models, Task, TaskData
 
 __all__ = ["BUILTIN_TASKS", "Models", "Task", "TaskData", "get_task", "register_task", "task_names"]
 
 #: tasks that ship with kdistill: name -> the module that registers it
 BUILTIN_TASKS = {
-    "text_classification": "kdistill.tasks.text_classification",
-    "causal_lm": "kdistill.tasks.causal_lm",
+    "text_classification": "kdistill.tasks.text_classification.task",
+    "causal_lm": "kdistill.tasks.causal_lm.task",
 }
 
 _TASKS: dict[str, Task] = {}
@@ -52,3 +55,13 @@ def get_task(name: str) -> Task:
     if name not in _TASKS:
         raise ConfigError(f"task: unknown task {name!r}; the tasks are {', '.join(task_names())}")
     return _TASKS[name]
+
+
+def __getattr__(name: str) -> Any:
+    # the interface's names are imported on first use: it needs torch, and the command's start-up
+    # (``kdistill --help``, a config error) reads this package's registry without running a task
+    if name in ("Models", "Task", "TaskData"):
+        from kdistill.tasks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'kdistill.tasks' has no attribute {name!r}")

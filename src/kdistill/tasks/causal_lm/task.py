@@ -15,6 +15,7 @@ from kdistill.errors import ConfigError, ModelLoadError
 from kdistill.losses import Objective
 from kdistill.losses.token_terms import TokenCE, TokenKD
 from kdistill.models.preflight import check_max_length, check_token_ids, usable_positions
+from kdistill.tasks import register_task
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.causal_lm.config import LMDataConfig, LMObjectiveOptions
 from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents
@@ -219,3 +220,6 @@ def _sample_texts(data: LMDataConfig) -> list[str]:
             return [handle.read(4000)]
     except OSError:
         raise ModelLoadError(f"cannot read {data.train!r} to compare the tokenizers") from None
+
+
+register_task(CausalLM)

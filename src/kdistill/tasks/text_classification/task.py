@@ -15,6 +15,7 @@ from kdistill.losses import HardCE, Objective
 from kdistill.models.loading import load_tokenizer
 from kdistill.models.preflight import check_max_length, check_token_ids, usable_positions
 from kdistill.models.speed import compare_speed
+from kdistill.tasks import register_task
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.text_classification.augment import Augmenter, embedding_neighbours
 from kdistill.tasks.text_classification.config import ClassifierOptions, DataConfig
@@ -267,3 +268,6 @@ class TextClassification(Task):
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
         inputs = {key: value for key, value in batch.items() if key not in ("labels", "kd_index")}
         return compare_speed(models, inputs)
+
+
+register_task(TextClassification)
