@@ -226,11 +226,19 @@ def test_a_hub_data_set_is_read_through_datasets(monkeypatch: pytest.MonkeyPatch
 def test_an_unreachable_hub_data_set_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
+    from kdistill.tasks.text_classification import reading
+
     def offline(*args: object, **kwargs: object) -> None:
         raise ConnectionError("Couldn't reach 'nobody/nothing' on the Hub (LocalEntryNotFoundError)\nmore detail")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(reading, "hub_offline_reason", lambda: None)  # a network, but not this data set
     with pytest.raises(DataError, match=r"^cannot load hub data set 'nobody/nothing': Couldn't reach .*\)$"):
+        load_splits(DataConfig(hub={"id": "nobody/nothing"}))
+    monkeypatch.setattr(reading, "hub_offline_reason", lambda: "HF_HUB_OFFLINE is set")
+    with pytest.raises(
+        DataError, match=r"cannot be used \(HF_HUB_OFFLINE is set\).*offline, read files instead: data.hub=null"
+    ):
         load_splits(DataConfig(hub={"id": "nobody/nothing"}))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdistill.errors import ModelLoadError
+from kdistill.models.hub import hub_offline_reason, is_cached, offline_model_hint
 
 if TYPE_CHECKING:
     from torch import nn
@@ -96,7 +97,7 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(previous)
 
 
-def _check_location(location: str, role: str, what: str = "a model") -> str:
+def _check_location(location: str, role: str, what: str = "a model", revision: str | None = None) -> str:
     if looks_local(location):
         path = Path(location).expanduser()
         if not path.exists():
@@ -104,6 +105,14 @@ def _check_location(location: str, role: str, what: str = "a model") -> str:
         if not path.is_dir():
             raise ModelLoadError(f"{role} {location!r} is a file; give the folder that save_pretrained wrote")
         return str(path)
+    offline = hub_offline_reason()
+    if offline is not None and not is_cached(location, revision):
+        # fail now, not after the hub library's retries, and say what works without a network
+        raise ModelLoadError(
+            f"cannot load {role} {location!r}: there is no folder {location!r} here, and as a hub id it needs the "
+            f"hub, which cannot be used ({offline}), or the local Hugging Face cache, which does not hold it; "
+            f"{offline_model_hint(role)}"
+        )
     return location
 
 
@@ -163,7 +172,7 @@ def load_pretrained(
         ModelLoadError: the folder is missing or holds no model, its files are damaged or
             unsafe, or the hub is unreachable.
     """
-    source = _check_location(location, role)
+    source = _check_location(location, role, revision=revision)
     if looks_local(location) and "gguf_file" not in kwargs and not (Path(source) / "config.json").is_file():
         raise ModelLoadError(
             f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained"
@@ -191,7 +200,7 @@ def read_model_config(
     (loading the model then says why, in one line)."""
     from transformers import AutoConfig
 
-    source = _check_location(location, role)
+    source = _check_location(location, role, revision=revision)
     try:
         return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except NOT_LOAD_ERRORS:
@@ -229,7 +238,7 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
-    source = _check_location(location, role, "a tokenizer")
+    source = _check_location(location, role, "a tokenizer", revision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code, **options

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from kdistill.errors import DataError
+from kdistill.models.hub import hub_offline_reason, offline_data_hint
 from kdistill.tasks.text_classification.config import DataConfig
 from kdistill.tasks.text_classification.formats import data_row_hint, infer_format, printable, read_file, read_frame
 
@@ -201,9 +202,15 @@ def _load_hub(config: DataConfig) -> dict[str, TableSplit]:
     hub = config.hub
     assert hub is not None
     names = {"train": hub.train_split, "validation": hub.validation_split, "test": hub.test_split}
+    offline = hub_offline_reason()  # offline, load_dataset reads its cache at once instead of retrying
     try:
         loaded = datasets.load_dataset(hub.id, hub.name, revision=hub.revision)
     except Exception as error:
+        if offline is not None:
+            raise DataError(
+                f"cannot load hub data set {hub.id!r}: the hub cannot be used ({offline}) and the local cache does "
+                f"not hold it; {offline_data_hint()}"
+            ) from None
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"cannot load hub data set {hub.id!r}: {first}") from None
     splits: dict[str, TableSplit] = {}
