@@ -135,3 +135,22 @@ def test_fingerprints_tell_an_edited_file_and_folder(tmp_path: Path, monkeypatch
     assert fp.changes(recorded, fp.fingerprints(paths)) == [
         f"data.train {str(data)!r} changed since the run started (the same size and ends, but modified since)"
     ]
+
+
+def test_an_output_file_whose_staging_name_is_a_link_is_refused_before_any_work(tmp_path: Path, victim: Path) -> None:
+    from kdistill.app.predict import check_predictions_output, write_predictions
+    from kdistill.app.report import check_metrics_file
+
+    before = digest(victim)
+    (tmp_path / ".predictions.csv.partial").symlink_to(victim)
+    with pytest.raises(OutputFileError, match=r"\.predictions\.csv\.partial' is a symbolic link"):
+        check_predictions_output(tmp_path / "predictions.csv")
+    with pytest.raises(OutputFileError, match=r"\.predictions\.csv\.partial' is a symbolic link"):
+        write_predictions(tmp_path / "predictions.csv", None)  # type: ignore[arg-type]
+    (tmp_path / ".eval.json.partial").symlink_to(victim)
+    with pytest.raises(OutputFileError, match=r"\.eval\.json\.partial' is a symbolic link"):
+        check_metrics_file(tmp_path / "eval.json")
+    (tmp_path / "linked.json").symlink_to(victim)
+    with pytest.raises(OutputFileError, match=r"linked\.json' is a symbolic link"):
+        check_metrics_file(tmp_path / "linked.json")
+    assert digest(victim) == before

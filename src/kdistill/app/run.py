@@ -330,7 +330,7 @@ def run_distill(
         changed = folder.check_inputs(inputs, allow_changed_data) if resume else []
         if not resume:
             folder.write_text(CONFIG_FILE, dump_config(config))
-        elif changed or "inputs" not in (folder.marker() or {}):
+        elif changed or not (folder.marker() or {}).get("inputs"):
             folder.record_inputs(inputs)  # the next resume compares with what this part read
         with _log_to(folder.record(LOG_FILE), console_log):
             if deleted:
