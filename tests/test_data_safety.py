@@ -221,3 +221,76 @@ def test_overwrite_while_a_live_run_trains_is_refused_and_the_live_run_finishes(
     assert process.returncode == 0, stderr.decode()[-2000:]
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["lr"] == 1.0e-3  # the live run's own
     assert (run / "report.md").is_file() and "overwrite: deleted" not in (run / "run.log").read_text()
+
+
+#: every name in a run folder that a run, --resume, --overwrite or eval writes, appends to or
+#: replaces (a folder's name links to a folder outside, a file's to a file outside)
+LINKED_NAMES = [
+    "run.log",
+    "metrics.json",
+    "config.yaml",
+    "training_curves.png",
+    ".kdistill-run.json",
+    ".kdistill-run.lock",
+    ".metrics.json.partial",
+    ".run.log.partial",
+    "checkpoints/distill/finished.json",
+    "checkpoints/distill/.finished.json.partial",
+    "checkpoints/best-student",
+    "checkpoints/distill",
+    "checkpoints",
+    "student",
+    "teacher",
+]
+
+
+def test_a_link_in_a_run_folder_is_refused_naming_it_and_nothing_outside_changes(
+    workspace: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    succeeds(distill(workspace, f"output.dir={run}", "training.max_steps=2"))
+    (run / "report.md").unlink()  # so that --resume would continue it
+    outside = tmp_path / "outside"
+    (outside / "folder").mkdir(parents=True)
+    (outside / "victim.txt").write_text("precious\n", encoding="utf-8")
+    (outside / "folder" / "mine.txt").write_text("mine\n", encoding="utf-8")
+    before = snapshot(outside)
+    aside = tmp_path / "aside"
+    for name in LINKED_NAMES:
+        entry = run / name
+        kept = entry.exists() or entry.is_symlink()
+        if kept:
+            entry.rename(aside)
+        folder = name in ("checkpoints/best-student", "checkpoints/distill", "checkpoints", "student", "teacher")
+        entry.symlink_to(outside / ("folder" if folder else "victim.txt"), target_is_directory=folder)
+        refused = f"'{entry}' is a symbolic link to"
+        line = one_line(["distill", "--resume", str(run), "--no-progress"])
+        assert refused in line and "never writes through a link it did not create" in line, (name, line)
+        line = one_line(distill(workspace, f"output.dir={run}", "--overwrite"))
+        assert refused in line, (name, line)
+        if "metrics" in name:
+            line = one_line(["eval", str(run), "--no-progress"])
+            assert refused in line, (name, line)
+        assert snapshot(outside) == before, name
+        entry.unlink()
+        if kept:
+            aside.rename(entry)
+    # a hard link of run.log (a copy made with cp -l) would get the lines appended too
+    (run / "run.log").rename(aside)
+    os.link(outside / "victim.txt", run / "run.log")
+    line = one_line(["distill", "--resume", str(run), "--no-progress"])
+    assert f"'{run / 'run.log'}' is a hard link (one of 2 names of the same file)" in line, line
+    assert snapshot(outside) == before
+    (run / "run.log").unlink()
+    aside.rename(run / "run.log")
+    # a new run into a folder that holds only a linked lock file
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".kdistill-run.lock").symlink_to(outside / "victim.txt")
+    line = one_line(distill(workspace, f"output.dir={fresh}"))
+    assert f"'{fresh / '.kdistill-run.lock'}' is a symbolic link" in line, line
+    assert snapshot(outside) == before
+    # without the links, the run resumes and finishes, and eval writes into it
+    succeeds(["distill", "--resume", str(run), "--no-progress"])
+    succeeds(["eval", str(run), "--no-progress"])
+    assert snapshot(outside) == before

@@ -192,3 +192,45 @@ def test_resume_in_python_is_a_value_error_with_the_same_text(workspace: Path, t
     assert resume_config(run).output.dir == str(run)
     with pytest.raises(RunFolderError, match=r"training.batch_size \(8 in the run, 4 here\)"):
         resume_config(run, workspace / "run.yaml", ["training.batch_size=4"])
+
+
+def test_a_resume_whose_data_or_teacher_changed_is_refused_naming_the_file(tmp_path: Path) -> None:
+    from cli_helpers import one_line, succeeds, write_run_config
+    from text_fixtures import save_classifier
+
+    save_classifier(tmp_path / "teacher", num_layers=2, hidden=32, heads=4, seed=1, id2label={0: "neg", 1: "pos"})
+    train = write_csv(tmp_path / "train.csv", sentences(480, seed=0, labels=("neg", "pos")))
+    write_csv(tmp_path / "test.csv", sentences(16, seed=1, labels=("neg", "pos")))
+    run = tmp_path / "run"
+    config = write_run_config(tmp_path, output={"dir": str(run)}, training={"max_steps": 2, "batch_size": 8})
+    succeeds(["distill", str(config), "--no-progress"])
+    (run / "report.md").unlink()  # as a run killed before its report leaves the folder
+    marker = json.loads((run / ".kdistill-run.json").read_text(encoding="utf-8"))
+    assert {"data.train", "data.test", "teacher.path"} <= set(marker["inputs"])
+    kept = train.read_bytes()
+    # edited in place: 480 rows -> 100, labels flipped
+    flipped = [
+        (text, "pos" if label == "neg" else "neg") for text, label in sentences(100, seed=0, labels=("neg", "pos"))
+    ]
+    write_csv(train, flipped)
+    log = (run / "run.log").read_text(encoding="utf-8")
+    line = one_line(["distill", "--resume", str(run), "--no-progress"])
+    assert f"cannot resume '{run}': data.train '{train}' changed since the run started (" in line, line
+    assert "bytes then," in line and "add --allow-changed-data to go on knowingly" in line, line
+    assert (run / "run.log").read_text(encoding="utf-8") == log and not (run / "report.md").exists()
+    # the teacher too: a file added to its folder
+    train.write_bytes(kept)
+    (tmp_path / "teacher" / "notes.txt").write_text("retrained\n", encoding="utf-8")
+    line = one_line(["distill", "--resume", str(run), "--no-progress"])
+    assert f"teacher.path '{tmp_path / 'teacher' / 'notes.txt'}' is new since the run started" in line, line
+    # knowingly: the run goes on, and the log says with what
+    write_csv(train, flipped)
+    line = one_line(["distill", str(config), "--allow-changed-data", "--no-progress", "--overwrite"])
+    assert "--allow-changed-data goes with --resume RUN_DIR" in line, line
+    succeeds(["distill", "--resume", str(run), "--allow-changed-data", "--no-progress"])
+    log = (run / "run.log").read_text(encoding="utf-8")
+    warning = next(line for line in log.splitlines() if "going on with changed inputs (--allow-changed-data)" in line)
+    assert f"data.train '{train}' changed since the run started" in warning and "notes.txt' is new" in warning
+    assert (run / "report.md").is_file()
+    recorded = json.loads((run / ".kdistill-run.json").read_text(encoding="utf-8"))["inputs"]
+    assert recorded["data.train"]["bytes"] == train.stat().st_size  # the next resume compares with these

@@ -46,6 +46,9 @@ tokenizer), metrics.json, report.md and training_curves.png.
 An output folder that already holds a run is refused: --overwrite starts again (the old run's
 files are deleted once the new run is prepared), --resume RUN_DIR continues a stopped run from
 its checkpoints with the config it started with (RUN_DIR/config.yaml; CONFIG may be left out).
+A run records a fingerprint of its data files, teacher and student when it starts; --resume
+refuses inputs that changed since, naming the file (--allow-changed-data goes on knowingly).
+A symbolic link where a run writes (run.log -> elsewhere) is refused, never written through.
 """
 
 DISTILL_EXAMPLES = """\
@@ -55,6 +58,7 @@ examples:
   kdistill distill my_run.yaml objective.preset=tinybert student.from_teacher.num_layers=3
   kdistill distill my_run.yaml --overwrite        # output.dir holds a run: start it again
   kdistill distill --resume runs/first            # continue a run that was stopped or killed
+  kdistill distill --resume runs/first --allow-changed-data   # ... although its data changed since
 
 a minimal config:
   teacher: {path: models/my-finetuned-bert}
@@ -163,6 +167,12 @@ def _add_distill(commands: argparse._SubParsersAction) -> None:
     again.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoints, with its config.yaml"
     )
+    distill.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="with --resume: go on although a data file, the teacher or the student changed since the run "
+        "started (refused otherwise)",
+    )
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
@@ -238,6 +248,8 @@ def _distill(args: argparse.Namespace) -> int:
             f"{os.environ['WORLD_SIZE']}); run it without torchrun / accelerate launch, or train on several "
             "GPUs with the Python API (distill() or DistillationTrainer, see docs/distributed.md)"
         )
+    if args.allow_changed_data and args.resume is None:
+        raise KdistillError("--allow-changed-data goes with --resume RUN_DIR: a new run reads its inputs as they are")
     if args.resume is not None:
         config_file, overrides = args.config, list(args.overrides)
         if config_file is not None and "=" in config_file and not os.path.exists(config_file):
@@ -249,7 +261,8 @@ def _distill(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
     progress = not args.no_progress
     # a taken output folder is refused before the (slow) loading of data and models
-    check_run_folder(config, overwrite=args.overwrite, resume=args.resume is not None)
+    resume = args.resume is not None
+    check_run_folder(config, overwrite=args.overwrite, resume=resume, allow_changed_data=args.allow_changed_data)
     prepared = prepare_run(config, progress=progress)
     if args.check:
         sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes.items())
@@ -259,7 +272,12 @@ def _distill(args: argparse.Namespace) -> int:
             print(f"stage {stage.name}: loss = {stage.objective.formula()}")
         return 0
     result = run_distill(
-        config, progress=progress, prepared=prepared, overwrite=args.overwrite, resume=args.resume is not None
+        config,
+        progress=progress,
+        prepared=prepared,
+        overwrite=args.overwrite,
+        resume=resume,
+        allow_changed_data=args.allow_changed_data,
     )
     print()
     print(result.table())

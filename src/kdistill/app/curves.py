@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from kdistill.files.writing import write_atomic
 
 __all__ = ["plot_curves"]
 
@@ -75,7 +78,7 @@ def plot_curves(
     metric_axis.set_title("student (and teacher) on the validation split")
     figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
-    return path
+    return write_atomic(Path(path), image.getvalue())  # never through a link at the PNG's name

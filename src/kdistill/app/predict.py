@@ -26,6 +26,7 @@ from kdistill.app.model_folder import TEXT_CLASSIFICATION, ChosenModel, choose_m
 from kdistill.app.run_folder import METRICS_FILE
 from kdistill.errors import DataError, KdistillError, ModelLoadError, OutputFileError
 from kdistill.files.ownership import check_replaceable_file
+from kdistill.files.writing import atomic_writer
 
 if TYPE_CHECKING:
     from torch import nn
@@ -375,8 +376,7 @@ def write_predictions(
     check_predictions_output(path)
     header = [text_column, *([pair_column or "text_pair"] if predictions.pairs is not None else [])]
     header += [PREDICTED_COLUMN, *(f"{PROBABILITY_PREFIX}{label}" for label in predictions.labels)]
-    temporary = path.with_name(f".{path.name}.partial")
-    with temporary.open("w", encoding="utf-8", newline="") as handle:
+    with atomic_writer(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         predicted = predictions.predicted()
@@ -384,5 +384,4 @@ def write_predictions(
             pair = [predictions.pairs[row]] if predictions.pairs is not None else []
             scores = [f"{float(p):.6g}" for p in predictions.probabilities[row]]
             writer.writerow([text, *pair, predicted[row], *scores])
-    os.replace(temporary, path)
     return path

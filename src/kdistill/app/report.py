@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from torch import nn
 
 from kdistill._version import __version__
 from kdistill.errors import OutputFileError
+from kdistill.files.writing import check_writable, write_atomic
 from kdistill.models.loading import count_parameters
 from kdistill.models.speed import MODEL_KEYS, speed_record
 
@@ -225,13 +225,6 @@ def measure_models(
     return results, record
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write through a temporary file, so a crash never leaves half a file over a whole one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _is_metrics_file(content: Any) -> bool:
     """Whether parsed JSON is a metrics file kdistill wrote (it names kdistill inside)."""
     if not isinstance(content, dict):
@@ -244,9 +237,11 @@ def check_metrics_file(path: str | Path) -> None:
     """Refuse, writing nothing, a metrics file path that holds something kdistill did not write.
 
     Raises:
-        OutputFileError: ``path`` is a folder, or a file that is not a kdistill metrics file.
+        OutputFileError: ``path`` is a folder, a symbolic link (or its staging name is), or a file
+            that is not a kdistill metrics file.
     """
     path = Path(path)
+    check_writable(path)
     if path.is_dir():
         raise OutputFileError(f"{str(path)!r} is a folder; give a .json file for the metrics")
     if not path.exists():
@@ -276,7 +271,7 @@ def update_metrics_file(path: str | Path, updates: Mapping[str, Any]) -> dict[st
     content: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     content.update(updates)
     content["kdistill"] = {"version": __version__}
-    _atomic_write(path, json.dumps(content, indent=2, default=_json_default) + "\n")
+    write_atomic(path, json.dumps(content, indent=2, default=_json_default) + "\n")
     return content
 
 
@@ -432,5 +427,5 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
         lines += ["", "![training curves](training_curves.png)"]
     lines += ["", "## Files", ""] + [f"- `{name}`: {FILE_NOTES[name]}" for name in files if name in FILE_NOTES] + [""]
     path = Path(path)
-    _atomic_write(path, "\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path

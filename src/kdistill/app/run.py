@@ -51,30 +51,45 @@ from kdistill.app.run_folder import (
     STUDENT_DIR,
     TEACHER_DIR,
     RunFolder,
+    input_paths,
+    paths_read,
 )
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train
 from kdistill.cache import check_cache_folder
 from kdistill.errors import ConfigError, KdistillError, RunFolderError
+from kdistill.files.fingerprints import fingerprints
+from kdistill.files.writing import open_append
 from kdistill.models.loading import looks_local
 from kdistill.models.preflight import check_memory, model_memory_per_layer
 from kdistill.tasks import Task, get_task
 from kdistill.tasks.base import Models, TaskData
 
-__all__ = ["PreparedRun", "RunResult", "check_run_folder", "paths_read", "prepare_run", "resume_config", "run_distill"]
+__all__ = [
+    "PreparedRun",
+    "RunResult",
+    "check_run_folder",
+    "input_paths",
+    "paths_read",
+    "prepare_run",
+    "resume_config",
+    "run_distill",
+]
 
 logger = logging.getLogger("kdistill.run")
 
 
 @dataclass
 class PreparedRun:
-    """Everything a run needs, loaded and checked; nothing written yet."""
+    """Everything a run needs, loaded and checked; nothing written yet (``inputs``: the
+    fingerprints of the files and folders it read, taken before it read them)."""
 
     config: RunConfig
     task: Task
     models: Models
     data: TaskData
     stages: list[Stage]
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +123,7 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         KdistillError: any problem with the inputs, as one line.
     """
     task = get_task(config.task)
+    inputs = fingerprints(input_paths(config))  # before they are read: a later edit shows on --resume
     set_seed(config.training.seed)
     raw = task.read(config.data)
     models = task.load_models(config.teacher, config.student, raw, seed=config.training.seed)
@@ -128,7 +144,7 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
                     "cache holds): remove teacher.cache"
                 )
             stages = [dataclasses.replace(stage, on_policy=on_policy) for stage in stages]
-    return PreparedRun(config, task, models, data, stages)
+    return PreparedRun(config, task, models, data, stages, inputs)
 
 
 def _check_batch_memory(config: RunConfig, models: Models) -> None:
@@ -155,35 +171,17 @@ def _check_batch_memory(config: RunConfig, models: Models) -> None:
 # ---------------------------------------------------------------------------
 
 
-def paths_read(config: RunConfig) -> dict[str, str]:
-    """The local paths a run reads, by the config key that names them (hub ids left out):
-    ``--overwrite`` never deletes one of them."""
-    found: dict[str, str] = {}
-    for role in ("teacher", "student"):
-        source = getattr(config, role)
-        if source is None:
-            continue
-        for key in ("path", "tokenizer"):
-            value = getattr(source, key)
-            if value is not None and looks_local(value):
-                found[f"{role}.{key}"] = value
-    for key in ("train", "validation", "test"):
-        value = getattr(config.data, key, None)
-        if isinstance(value, str):
-            found[f"data.{key}"] = value
-    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
-        found["teacher.cache"] = config.teacher.cache.dir
-    return found
-
-
-def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
+def check_run_folder(
+    config: RunConfig, *, overwrite: bool = False, resume: bool = False, allow_changed_data: bool = False
+) -> Path:
     """Check that ``config.output.dir`` can take the run, and return it; write nothing.
 
     A new or empty folder takes a new run. A folder that already holds a run is refused unless
     ``overwrite`` (start again; the earlier run's entries are deleted once the new run is
     prepared, and only if kdistill can prove it wrote every file in them) or ``resume``
-    (continue it from its checkpoints). A folder holding files that are not a run is refused
-    either way, and so is a folder another kdistill process holds.
+    (continue it from its checkpoints, if its inputs are those it started with, or
+    ``allow_changed_data``). A folder holding files that are not a run is refused either way,
+    and so is a folder another kdistill process holds, or a link where the run would write.
 
     Raises:
         RunFolderError: the folder cannot take the run, in one line that says what to do.
@@ -205,12 +203,14 @@ def check_run_folder(config: RunConfig, *, overwrite: bool = False, resume: bool
     if not path.exists():
         return path
     folder.check_free()
+    folder.check_links()
     if resume:
         if not folder.holds_run():
             raise RunFolderError(
                 f"{str(path)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
                 "give the folder of a run that was stopped"
             )
+        folder.check_inputs(fingerprints(input_paths(config)), allow_changed_data)
         if (path / REPORT_FILE).is_file():
             raise RunFolderError(
                 f"the run in {str(path)!r} has finished (it wrote {REPORT_FILE}): there is nothing "
@@ -251,11 +251,13 @@ def resume_config(
     ``run_dir``, so a moved run folder resumes where it is.
 
     Raises:
-        RunFolderError: ``run_dir`` holds no run, or the given config differs from the run's.
+        RunFolderError: ``run_dir`` holds no run, a link where the run writes, or the given
+            config differs from the run's.
         ConfigError: the config file or an override is invalid.
     """
     folder = Path(run_dir)
     stored_file = folder / CONFIG_FILE
+    RunFolder(folder).check_links()  # config.yaml -> elsewhere would be read as the run's own
     if not stored_file.is_file() or not RunFolder(folder).holds_run():
         raise RunFolderError(
             f"{str(folder)!r} holds no run to resume (no {CONFIG_FILE} written by kdistill); "
@@ -293,6 +295,7 @@ def run_distill(
     prepared: PreparedRun | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    allow_changed_data: bool = False,
 ) -> RunResult:
     """Run a whole distillation: prepare, train every stage, save and report.
 
@@ -305,7 +308,8 @@ def run_distill(
             is prepared, and the run starts again.
         resume: continue the run in ``output.dir`` (see :func:`resume_config` for its config):
             finished stages are skipped, the fine-tuned teacher is read back, and each stage
-            continues from its newest intact checkpoint.
+            continues from its newest intact checkpoint. A data file, teacher or student that
+            changed since the run started is refused, unless ``allow_changed_data``.
 
     Returns:
         The run folder and its metrics.
@@ -316,17 +320,24 @@ def run_distill(
         KdistillError: a problem with the inputs; found before the run folder is touched.
     """
     started = time.time()
-    path = check_run_folder(config, overwrite=overwrite, resume=resume)
+    path = check_run_folder(config, overwrite=overwrite, resume=resume, allow_changed_data=allow_changed_data)
     run = prepared or prepare_run(config, progress=progress)
+    inputs = run.inputs or fingerprints(input_paths(config))
     folder = RunFolder(path)
     mode = "resume" if resume else "overwrite" if overwrite else "new"
-    with folder.claimed(mode, paths_read(config)) as deleted:
+    with folder.claimed(mode, paths_read(config), inputs) as deleted:
+        # what this run read, compared again now that the folder is held (it may have changed since the check)
+        changed = folder.check_inputs(inputs, allow_changed_data) if resume else []
         if not resume:
             folder.write_text(CONFIG_FILE, dump_config(config))
+        elif changed or not (folder.marker() or {}).get("inputs"):
+            folder.record_inputs(inputs)  # the next resume compares with what this part read
         with _log_to(folder.record(LOG_FILE), console_log):
             if deleted:
                 logger.info("overwrite: deleted the earlier run's %s", ", ".join(deleted))
             logger.info("kdistill %s: %s %s", __version__, "resuming the run in" if resume else "run folder", path)
+            if changed:
+                logger.warning("going on with changed inputs (--allow-changed-data): %s", "; ".join(changed))
             try:
                 return _train_and_report(run, folder, started, progress, resume)
             except BaseException as error:
@@ -454,7 +465,8 @@ class _MessageOnly(logging.Formatter):
 @contextmanager
 def _log_to(path: Path, console: bool) -> Iterator[None]:
     """Send kdistill's and transformers' log records to ``path`` (and the console) for the run."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    stream = open_append(path)  # never through a link: run.log -> ~/.bashrc would get the lines
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger("kdistill"), logging.getLogger("transformers")]
     previous = [(lg, lg.level) for lg in loggers]
@@ -476,3 +488,4 @@ def _log_to(path: Path, console: bool) -> Iterator[None]:
         if console_handler is not None:
             logging.getLogger("kdistill").removeHandler(console_handler)
         handler.close()
+        stream.close()

@@ -15,6 +15,14 @@ deleting nothing, when in doubt:
 
 A run holds the lock from the moment it claims the folder until it ends, so a second
 ``--overwrite`` or ``--resume`` of the same folder stops with one line naming the holder.
+
+A run folder may have been unpacked or shared, so it is not trusted either: a symbolic link
+where a run writes, appends, replaces or deletes (``run.log -> ~/.bashrc``, a linked
+``checkpoints/``), or a hard link where it appends, is refused before anything is written
+(:meth:`RunFolder.check_links`), and every write goes through :mod:`kdistill.files.writing`,
+which refuses links again. The marker also records a fingerprint of every input the run reads
+(:mod:`kdistill.files.fingerprints`), so that ``--resume`` can refuse inputs that changed
+(:meth:`RunFolder.check_inputs`).
 """
 
 from __future__ import annotations
@@ -27,12 +35,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdistill._version import __version__
-from kdistill.errors import RunFolderError
+from kdistill.errors import ConfigError, RunFolderError
+from kdistill.files.fingerprints import changes
 from kdistill.files.locks import FolderInUseError, exclusive_lock, lock_holder
 from kdistill.files.ownership import remove_owned, unowned_files, write_files_manifest
+from kdistill.files.writing import first_link, hard_link_message, link_message, staging_name, write_atomic
+from kdistill.models.loading import looks_local
+
+if TYPE_CHECKING:
+    from kdistill.app.config import RunConfig
 
 __all__ = [
     "BEST_DIR",
@@ -48,6 +62,8 @@ __all__ = [
     "STUDENT_DIR",
     "TEACHER_DIR",
     "RunFolder",
+    "input_paths",
+    "paths_read",
 ]
 
 MARKER = ".kdistill-run.json"
@@ -64,6 +80,8 @@ BEST_DIR = "best-student"
 FINISHED_FILE = "finished.json"
 #: files kdistill writes loose inside ``checkpoints/<stage>/`` (the folders carry manifests)
 CHECKPOINT_FILES = (FINISHED_FILE,)
+#: the top-level names a run writes, appends to, replaces or deletes (with their staging names)
+WRITTEN = (MARKER, LOCK, CONFIG_FILE, LOG_FILE, METRICS_FILE, REPORT_FILE, CURVES_FILE, STUDENT_DIR, TEACHER_DIR)
 
 
 def _shown(names: list[str]) -> str:
@@ -76,6 +94,37 @@ def _inside(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def input_paths(config: RunConfig) -> dict[str, str]:
+    """The local files and folders a run learns from, by the config key that names them: the
+    data files, the teacher and the student (and their tokenizers); hub ids left out."""
+    found: dict[str, str] = {}
+    for role in ("teacher", "student"):
+        source = getattr(config, role)
+        if source is None:
+            continue
+        for key in ("path", "tokenizer"):
+            value = getattr(source, key)
+            if value is not None and looks_local(value):
+                found[f"{role}.{key}"] = value
+        if source.package is not None:
+            with contextlib.suppress(ConfigError):  # not installed: loading the model says so
+                found[f"{role}.package"] = source.location()
+    for key in ("train", "validation", "test"):
+        value = getattr(config.data, key, None)
+        if isinstance(value, str):
+            found[f"data.{key}"] = value
+    return found
+
+
+def paths_read(config: RunConfig) -> dict[str, str]:
+    """The local paths a run reads, by the config key that names them (hub ids left out):
+    ``--overwrite`` never deletes one of them."""
+    found = input_paths(config)
+    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
+        found["teacher.cache"] = config.teacher.cache.dir
+    return found
 
 
 class RunFolder:
@@ -128,6 +177,56 @@ class RunFolder:
         if pid is not None:
             raise RunFolderError(self._in_use_message(pid))
 
+    def check_links(self) -> None:
+        """Raise when a path the run writes, appends to, replaces or deletes is a symbolic link
+        (anywhere under ``checkpoints/``, which runs write into), or a file it appends to
+        (``run.log``, the lock) has other hard links: writing would change a file outside."""
+        marker = self.marker()
+        names = [*WRITTEN, CHECKPOINTS_DIR, *(marker["entries"] if marker else [])]
+        for name in names:
+            for entry in (self.path / name, self.path / f".{name}.tmp", staging_name(self.path / name)):
+                if entry.is_symlink():
+                    raise RunFolderError(link_message(entry))
+        checkpoints = self.path / CHECKPOINTS_DIR
+        for top, folders, files in os.walk(checkpoints) if checkpoints.is_dir() else ():
+            # os.walk lists a linked folder without entering it
+            for name in sorted(folders + files):
+                if (Path(top) / name).is_symlink():
+                    raise RunFolderError(link_message(Path(top) / name))
+        for name in (LOG_FILE, LOCK):
+            entry = self.path / name
+            if entry.is_file() and entry.stat().st_nlink > 1:
+                raise RunFolderError(hard_link_message(entry, entry.stat().st_nlink))
+
+    def check_inputs(self, current: Mapping[str, Mapping[str, Any]], allow_changed: bool = False) -> list[str]:
+        """Compare the run's inputs now (:func:`kdistill.files.fingerprints.fingerprints`) with
+        those its marker recorded when it started; what changed, one phrase per input.
+
+        A run that recorded none (one started before kdistill recorded them) is not checked.
+
+        Raises:
+            RunFolderError: an input changed and ``allow_changed`` is not set.
+        """
+        marker = self.marker()
+        recorded = marker.get("inputs") if marker else None
+        found = changes(recorded, current) if isinstance(recorded, dict) else []
+        if found and not allow_changed:
+            more = f"; and {len(found) - 2} more" if len(found) > 2 else ""
+            raise RunFolderError(
+                f"cannot resume {str(self.path)!r}: {'; '.join(found[:2])}{more}. A resumed run must read the "
+                "inputs it started with, or it ends with another student than an uninterrupted run: put them "
+                "back, or add --allow-changed-data to go on knowingly (in Python: allow_changed_data=True)"
+            )
+        return found
+
+    def record_inputs(self, current: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record the fingerprints of the inputs in the marker (the folder must be claimed)."""
+        marker = self.marker()
+        if marker is None:
+            raise RunFolderError(self._lost_marker_message())
+        marker["inputs"] = dict(current)
+        self._write_marker(marker)
+
     def deletable(self, reads: Mapping[str, str | os.PathLike[str]]) -> list[str]:
         """The entries ``--overwrite`` would delete; raises instead of returning when in doubt.
 
@@ -176,7 +275,12 @@ class RunFolder:
     # -- writing: only while the folder is claimed ------------------------------------------
 
     @contextlib.contextmanager
-    def claimed(self, mode: str, reads: Mapping[str, str | os.PathLike[str]] | None = None) -> Iterator[list[str]]:
+    def claimed(
+        self,
+        mode: str,
+        reads: Mapping[str, str | os.PathLike[str]] | None = None,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Iterator[list[str]]:
         """Create and lock the folder for a run; yields the names of an earlier run deleted.
 
         Args:
@@ -184,16 +288,20 @@ class RunFolder:
                 entries are deleted, after the checks of :meth:`deletable`, and a new marker is
                 written) or ``"resume"`` (the run's marker must be there and is kept).
             reads: the paths the run reads (see :meth:`deletable`).
+            inputs: the fingerprints of what the run reads, recorded in a new marker.
 
         Raises:
             RunFolderError: another process holds the folder, it holds what ``mode`` does not
-                allow, or the earlier run cannot be deleted without doubt.
+                allow, a link is where the run writes (:meth:`check_links`), or the earlier run
+                cannot be deleted without doubt.
         """
         if mode not in ("new", "overwrite", "resume"):
             raise ValueError(f"mode must be 'new', 'overwrite' or 'resume', got {mode!r}")
         self.path.mkdir(parents=True, exist_ok=True)
+        self.check_links()  # the lock file too, before it is written
         try:
             with exclusive_lock(self.path / LOCK, wait=False):
+                self.check_links()  # again, now that no other kdistill process can change the folder
                 deleted: list[str] = []
                 holds_run = self.marker() is not None
                 if mode == "resume" and not holds_run:
@@ -216,6 +324,7 @@ class RunFolder:
                             "version": __version__,
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             "entries": [],
+                            "inputs": dict(inputs or {}),
                         }
                     )
                 yield deleted
@@ -237,18 +346,26 @@ class RunFolder:
             remove_owned(entry, CHECKPOINT_FILES)  # deletable() checked it; this checks again
 
     def _write_marker(self, content: dict[str, Any]) -> None:
-        staging = self.path / f".{MARKER}.tmp"
-        staging.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
-        os.replace(staging, self.path / MARKER)
+        write_atomic(self.path / MARKER, json.dumps(content, indent=1) + "\n")
+
+    def _lost_marker_message(self) -> str:
+        return (
+            f"{str(self.path)!r} lost its {MARKER}: the run stops rather than write into a "
+            "folder it cannot prove is its own"
+        )
 
     def record(self, name: str) -> Path:
-        """Record the top-level entry ``name`` as the run's (before it is made); return its path."""
+        """Record the top-level entry ``name`` as the run's (before it is made); return its path.
+
+        Raises:
+            RunFolderError: the marker is gone, or a part of ``name`` is a symbolic link.
+        """
         marker = self.marker()
         if marker is None:
-            raise RunFolderError(
-                f"{str(self.path)!r} lost its {MARKER}: the run stops rather than write into a "
-                "folder it cannot prove is its own"
-            )
+            raise RunFolderError(self._lost_marker_message())
+        link = first_link(self.path, name)
+        if link is not None:
+            raise RunFolderError(link_message(link))
         top = Path(name).parts[0]
         if top not in marker["entries"]:
             marker["entries"].append(top)
@@ -257,18 +374,16 @@ class RunFolder:
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a top-level file atomically (through a temporary file)."""
-        target = self.record(name)
-        staging = target.with_name(f".{target.name}.tmp")
-        staging.write_text(text, encoding="utf-8")
-        os.replace(staging, target)
-        return target
+        return write_atomic(self.record(name), text)
 
     def write_folder(self, name: str, write: Callable[[Path], None]) -> Path:
         """Write the folder ``name`` (a relative path) whole: ``write(staging)`` fills a staging
         folder, which gets a files manifest and is renamed into place, replacing an earlier one
         kdistill wrote. The folder is whole or absent, never half-written."""
         target = self.record(name)
-        staging = target.with_name(f".{target.name}.partial")
+        staging = staging_name(target)
+        if staging.is_symlink():
+            raise RunFolderError(link_message(staging))
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from kdistill.app.stage_caches import StageCaches, shared_vocab
 from kdistill.app.stages import Stage, optimizer_and_scheduler
 from kdistill.data.batch import with_example_index
 from kdistill.data.datasets import Routed, make_loader
+from kdistill.files.writing import write_atomic
 from kdistill.losses import Objective
 from kdistill.models.speed import SPEED_BATCH_SIZE
 from kdistill.tasks.base import Models, Task, TaskData
@@ -161,9 +161,7 @@ def _mark_finished(stage_dir: Path, history: History) -> None:
     final = find_resumable(stage_dir)
     if final is None:
         return
-    staging = stage_dir / f".{FINISHED_FILE}.partial"
-    staging.write_text(json.dumps({"checkpoint": final.name, "steps": len(history.steps)}) + "\n", encoding="utf-8")
-    os.replace(staging, stage_dir / FINISHED_FILE)
+    write_atomic(stage_dir / FINISHED_FILE, json.dumps({"checkpoint": final.name, "steps": len(history.steps)}) + "\n")
 
 
 def _restart_shuffle(loader: Any, seed: int) -> None:

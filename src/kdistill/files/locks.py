@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kdistill.files.writing import open_lock_file
+
 __all__ = ["FolderInUseError", "exclusive_lock", "lock_holder"]
 
 
@@ -38,13 +40,17 @@ def exclusive_lock(lock_file: Path, *, wait: bool) -> Iterator[None]:
     Args:
         lock_file: the lock's file.
         wait: wait for the holder to finish; otherwise raise :class:`FolderInUseError` at once.
+
+    Raises:
+        OutputFileError: ``lock_file`` is a symbolic or hard link (writing the pid would change
+            the file it links to).
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(lock_file, "a+b") as handle:
+    with open_lock_file(lock_file) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,8 +72,8 @@ def exclusive_lock(lock_file: Path, *, wait: bool) -> Iterator[None]:
 
 def lock_holder(lock_file: Path) -> int | None:
     """The pid of the live process that holds ``lock_file`` (0 if unknown), or None when nobody does."""
-    if not lock_file.is_file():
-        return None
+    if lock_file.is_symlink() or not lock_file.is_file():
+        return None  # a link is no lock of kdistill's (and is refused before it is written)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.errors import OutputFileError
+from kdistill.files.writing import check_writable
 
 __all__ = [
     "FILES_MANIFEST",
@@ -141,14 +142,17 @@ def check_replaceable_file(path: Path, written_by_kdistill: Callable[[Path], boo
         flag: how the user gave the path (``"--output"``), for the message.
 
     Raises:
-        OutputFileError: ``path`` is a folder, or an existing file ``written_by_kdistill`` rejects.
+        OutputFileError: ``path`` is a folder, an existing file ``written_by_kdistill`` rejects,
+            or its staging name is a symbolic link.
     """
     if path.is_dir():
         raise OutputFileError(f"{flag} {str(path)!r} is a folder; give a file name for {what}")
     if not (path.exists() or path.is_symlink()):
+        check_writable(path)
         return
     if path.is_symlink() or not written_by_kdistill(path):
         raise OutputFileError(
             f"{flag} {str(path)!r} exists and is not {what} kdistill wrote: kdistill never replaces a file "
             "it did not write; give a new file name"
         )
+    check_writable(path)  # its staging name too, before any work
