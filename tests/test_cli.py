@@ -113,6 +113,7 @@ def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, s
         "evaluated_on": "test",
     }
     assert [round(v["step"]) for v in metrics["validation"]] == [6, 12]
+    assert [v["epoch"] for v in metrics["validation"]] == [1, 2]  # counted from 1: epoch 2 of a 2-epoch run
     assert set(metrics["training"]["stages"][0]["final"]) == {"loss", "kd", "ce"}
 
     assert (folder / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -202,7 +203,20 @@ def test_check_validates_without_training(workspace: Path, capsys: pytest.Captur
     )
     assert code == 0, err
     assert out.startswith("config OK: train 86, validation 10, test 40; labels neg, pos")
+    assert out.splitlines()[1:] == ["stage distill: loss = 0.7·kd + 0.3·ce, 2 epoch(s), lr 0.001"]
     assert not (workspace / "runs" / "never").exists()
+
+
+def test_check_lists_the_teachers_fine_tuning_before_the_distillation(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["distill", str(workspace / "run.yaml"), "--check", "--no-progress", f"output.dir={workspace / 'never'}"]
+    code, out, err = run_cli([*args, "teacher.finetune.epochs=2", "teacher.finetune.max_steps=5"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[1:] == [
+        "stage teacher fine-tuning: loss = 1·ce, 2 epoch(s), lr 5e-05, at most 5 steps",
+        "stage distill: loss = 0.7·kd + 0.3·ce, 2 epoch(s), lr 0.001",
+    ]
 
 
 BAD_INPUTS = [

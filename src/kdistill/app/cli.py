@@ -268,8 +268,15 @@ def _distill(args: argparse.Namespace) -> int:
         sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes.items())
         note = prepared.models.student_note or "no student: the teacher is fine-tuned alone"
         print(f"config OK: {sizes}; {prepared.data.description}; {note}")
+        finetune = config.teacher.finetune
+        if finetune is not None:  # the first stage of the run, often its longest
+            steps = f", at most {finetune.max_steps} steps" if finetune.max_steps else ""
+            objective = prepared.task.finetune_objective().formula()
+            print(
+                f"stage teacher fine-tuning: loss = {objective}, {finetune.epochs} epoch(s), lr {finetune.lr:g}{steps}"
+            )
         for stage in prepared.stages:
-            print(f"stage {stage.name}: loss = {stage.objective.formula()}")
+            print(f"stage {stage.name}: loss = {stage.objective.formula()}, {stage.epochs} epoch(s), lr {stage.lr:g}")
         return 0
     result = run_distill(
         config,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kdistill.app.curves import TEACHER_STAGE
 from kdistill.app.report import weights_size
 from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, FINISHED_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
 from kdistill.app.stage_caches import StageCaches, shared_vocab
@@ -207,7 +208,7 @@ def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) 
         epochs=finetune.epochs,
         max_steps=finetune.max_steps,
         precision=training.precision,
-        progress=progress,
+        progress=TEACHER_STAGE if progress else False,
         log_every=training.log_every,
     )
     teacher.eval()
@@ -352,7 +353,7 @@ def _train_stage(
         eval_fn=evaluate,
         eval_every=training.eval_every,
         log_every=training.log_every,
-        progress=progress,
+        progress=stage.name if progress else False,
         checkpoint_dir=stage_dir,
         save_every=output.save_every,
         keep_checkpoints=output.keep_checkpoints,
@@ -381,7 +382,7 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
     task, config = run.task, run.config
     history = finetune_teacher(run, folder, resume, progress)
     if history is not None:
-        trained.histories.append(("teacher fine-tuning", history))
+        trained.histories.append((TEACHER_STAGE, history))
         trained.teacher_finetune = _finetune_summary(config.teacher.finetune, config.training, history)
     models = routed(run.models, run.data)
     trained.teacher_validation = task.evaluate(
@@ -413,7 +414,9 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
     for index, stage in enumerate(run.stages):
         history, planned = _train_stage(run, stage, index, loaders, best, caches, folder, resume, progress)
         for record in history.evals:
-            trained.validations.append({"stage": stage.name, **record, "global_step": record["step"] + step_offset})
+            # metrics.json counts epochs from 1 (the loop's records index them from 0)
+            counted = {**record, "epoch": int(record["epoch"]) + 1, "global_step": record["step"] + step_offset}
+            trained.validations.append({"stage": stage.name, **counted})
         step_offset += int(history.steps[-1]["step"]) if history.steps else 0
         trained.stages.append(_stage_summary(stage, history, planned))
         trained.histories.append((stage.name, history))

@@ -85,7 +85,7 @@ def distill(
     eval_fn: EvalFn | None = None,
     eval_every: int | None = None,
     log_every: int = 10,
-    progress: bool = True,
+    progress: bool | str = True,
     label_key: str | None = None,
     accelerator: Accelerator | None = None,
     teacher_cache: TeacherCache | None = None,
@@ -121,7 +121,8 @@ def distill(
         eval_fn: called as ``eval_fn(student)`` in eval mode under ``no_grad``; returns metrics.
         eval_every: evaluate every this many optimizer steps; default: after every epoch.
         log_every: optimizer steps between history flushes (a read of the losses syncs the device).
-        progress: show a progress bar with the running loss.
+        progress: show a progress bar with the running loss; a string shows it under that label
+            (default ``"distill"``).
         label_key: key of the labels in dict batches (default ``labels`` or ``label``).
         accelerator: an ``accelerate.Accelerator`` to use instead of a default one.
         teacher_cache: a :class:`~kdistill.cache.TeacherCache`: batches with example indices
@@ -194,11 +195,11 @@ class _Loop:
         started = time.perf_counter()
         if self.resume:
             self._restore()
-        self.show = self.progress and self.accelerator.is_main_process
+        self.show = bool(self.progress) and self.accelerator.is_main_process
         self.bar = tqdm(
             total=self.total_steps,
             initial=self.global_step,
-            desc="distill",
+            desc=self.progress if isinstance(self.progress, str) else "distill",
             unit="step",
             dynamic_ncols=True,
             disable=not self.show,

@@ -59,7 +59,7 @@ class DistillArgs:
     eval_fn: EvalFn | None
     eval_every: int | None
     log_every: int
-    progress: bool
+    progress: bool | str
     label_key: str | None
     accelerator: Accelerator | None
     teacher_cache: TeacherCache | None
