@@ -32,7 +32,8 @@ def timed(command: list[str]) -> tuple[float, str, float]:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        output = done.stdout[-2000:] + done.stderr[-2000:]
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{output}")
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     return seconds, lines[-1] if lines else "", load
 
