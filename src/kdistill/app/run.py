@@ -136,6 +136,8 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         assert config.objective is not None  # the schema gives a run with a student its objective
         stages = build_stages(config.objective, config.training, models.student, models.teacher, task)
         check_stage_capture(stages, models.student, models.teacher)
+        # the task's own objective settings against the models and data (causal LMs: generated lengths)
+        task.check_objective(config.objective, models, data)
         on_policy = task.on_policy(config.objective, models, seed=config.training.seed)
         if on_policy is not None:
             if config.teacher.cache is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdistill.app.config import ObjectiveConfig, TrainingConfig
+from kdistill.app.config import PRESET_DEFAULTS, ObjectiveConfig, TrainingConfig
 from kdistill.capture import check_capture
 from kdistill.errors import ConfigError, KdistillError
 from kdistill.losses import Objective
@@ -52,8 +52,10 @@ def _stages(
         terms = {name: build_term(spec, student, teacher) for name, spec in objective.terms.items()}
         weights = {name: spec.weight for name, spec in objective.terms.items()}
         return [Stage("distill", Objective(terms, weights), training.epochs, training.lr)]
-    assert objective.temperature is not None and objective.alpha is not None  # the schema fills them per preset
-    own = task.preset_objective(objective.preset, objective.temperature, objective.alpha) if task else None
+    assert objective.preset is not None and objective.alpha is not None  # the schema fills them per preset
+    # no temperature with alpha 0: the soft labels get weight 0, so any temperature builds that unused term
+    temperature = objective.temperature if objective.temperature is not None else PRESET_DEFAULTS[objective.preset][0]
+    own = task.preset_objective(objective.preset, temperature, objective.alpha) if task else None
     if own is not None:
         return [Stage("distill", own, training.epochs, training.lr)]
     if objective.preset == "tinybert":
@@ -70,7 +72,7 @@ def _stages(
                 embedding_weight=settings.embedding_weight,
                 hidden_weight=settings.hidden_weight,
                 attention_weight=settings.attention_weight,
-                temperature=objective.temperature,
+                temperature=temperature,
                 hard_label_weight=1.0 - objective.alpha,
             ),
         )
@@ -98,14 +100,14 @@ def _stages(
             student_layer=settings.student_layer,
             teacher_layer=settings.teacher_layer,
             relation_heads=settings.relation_heads,
-            temperature=objective.temperature,
+            temperature=temperature,
             alpha=objective.alpha,
         )
         return [
             Stage("relations", relations, settings.relation_epochs, settings.relation_lr or training.lr),
             Stage("prediction", prediction, training.epochs, training.lr),
         ]
-    hinton = Objective.hinton(temperature=objective.temperature, alpha=objective.alpha)
+    hinton = Objective.hinton(temperature=temperature, alpha=objective.alpha)
     return [Stage("distill", hinton, training.epochs, training.lr)]
 
 

@@ -8,18 +8,28 @@ Its nested ``Settings`` (a :class:`TermSettings`) are its YAML keys;
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from torch import Tensor, nn
 
 from kdistill.capture.features import CaptureRequest, Features
+from kdistill.losses.reduction import check_temperature
 from kdistill.schema import Section
 
-__all__ = ["Side", "Term", "TermSettings", "pair_mask"]
+__all__ = ["Side", "Temperature", "Term", "TermSettings", "pair_mask"]
 
 #: which of the two models a term asks about
 Side = Literal["student", "teacher"]
+
+
+def _temperature(value: float) -> float:
+    return check_temperature(value)
+
+
+#: a temperature key of the config: > 0 and at least :data:`~kdistill.losses.reduction.MIN_TEMPERATURE`
+#: (below it float32's softmax is one-hot and the setting cannot take effect)
+Temperature = Annotated[float, Field(gt=0), AfterValidator(_temperature)]
 
 
 class TermSettings(Section):

@@ -84,7 +84,7 @@ class HiddenMSE(Term):
             widths are given and differ, a learned ``nn.Linear(student_dim, teacher_dim)``
             projects the student first.
         shared_projection: one projection for every pair (TinyBERT's single ``W_h``) instead of
-            one per pair.
+            one per pair; refused where no pair needs one (equal widths: it would change nothing).
 
     :meth:`from_models` reads the depths and widths from the two models.
     """
@@ -129,6 +129,16 @@ class HiddenMSE(Term):
             shapes.add((width_in, width_out))
             if not self.shared_projection:
                 self.projections[_projection_name(student_key, teacher_key)] = nn.Linear(width_in, width_out)
+        if self.shared_projection and not shapes:
+            widths = (
+                "the widths are not given"
+                if student_dim is None or teacher_dim is None
+                else "every pair has one width"
+            )
+            raise ValueError(
+                f"shared_projection=True has no effect: {widths}, so no projection is learned to share; "
+                "remove shared_projection"
+            )
         if self.shared_projection and shapes:
             if len(shapes) > 1:
                 raise ValueError(

@@ -9,18 +9,40 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_temperature", "check_unit_interval", "masked_mean", "position_weights"]
+__all__ = ["MIN_TEMPERATURE", "check_temperature", "check_unit_interval", "masked_mean", "position_weights"]
+
+_FLOAT32 = torch.finfo(torch.float32)
+#: The smallest temperature a loss (or sampling) can take effect at. Every softened loss computes
+#: ``softmax(logits.float() / T)`` in float32. Two logits near 1 that differ at all differ by at least
+#: float32's spacing there, 2^-23; divided by a T below 2^-23 / 87.3 (87.3 = -ln of float32's smallest
+#: normal number, 2^-126) any such difference exceeds 87.3, so exp(-difference / T) underflows and the
+#: softened distribution is the one-hot argmax, whatever the logits: nothing soft is left to distil,
+#: and the term (T² × a KL of one-hot distributions, about T × the logit margin) is 0 or vanishingly
+#: small, with no gradient to speak of. The bound is about 1.4e-9; useful temperatures are 0.5 to 20.
+MIN_TEMPERATURE = float(_FLOAT32.eps / -math.log(_FLOAT32.tiny))
 
 
-def check_temperature(temperature: float) -> float:
-    """Return ``temperature`` as a float, or raise ``ValueError`` if it is not a positive number."""
+def check_temperature(temperature: float, name: str = "temperature") -> float:
+    """Return ``temperature`` as a float, or raise ``ValueError`` if it is not a number of at least
+    :data:`MIN_TEMPERATURE` (a smaller one cannot take effect in float32, see there).
+
+    Args:
+        temperature: the number to check.
+        name: how the error message calls it.
+    """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ValueError(
-            f"temperature must be a positive number, got {temperature!r} ({type(temperature).__name__}); "
+            f"{name} must be a positive number, got {temperature!r} ({type(temperature).__name__}); "
             "a typical value is 4.0"
         )
     if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; a typical value is 4.0")
+        raise ValueError(f"{name} must be > 0, got {temperature}; a typical value is 4.0")
+    if temperature < MIN_TEMPERATURE:
+        raise ValueError(
+            f"{name} must be at least {MIN_TEMPERATURE:.2g}, got {temperature:g}: logits divided by less differ "
+            "by more than float32's softmax can hold, so the softened distributions are one-hot and the term "
+            "cannot take effect; a typical value is 4.0"
+        )
     return float(temperature)
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from kdistill.capture import CaptureRequest, Features
 from kdistill.losses import functional as LF
-from kdistill.losses.base import Term, TermSettings
+from kdistill.losses.base import Temperature, Term, TermSettings
 from kdistill.losses.registry import register_term
 
 __all__ = ["JSD", "HardCE", "LogitKD", "LogitMSE", "ReverseKL", "Term"]
@@ -38,7 +38,7 @@ class LogitKD(Term):
     """Soft-label distillation ``T² · KL(p_teacher ‖ p_student)`` (see :func:`~kdistill.losses.functional.soft_kd`)."""
 
     class Settings(TermSettings):
-        temperature: float = Field(4.0, gt=0)
+        temperature: Temperature = 4.0
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
@@ -95,7 +95,7 @@ class ReverseKL(Term):
     """Reverse KL ``T² · KL(p_student ‖ p_teacher)`` (see :func:`~kdistill.losses.functional.reverse_kl`)."""
 
     class Settings(TermSettings):
-        temperature: float = Field(1.0, gt=0)
+        temperature: Temperature = 1.0
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -115,7 +115,7 @@ class JSD(Term):
 
     class Settings(TermSettings):
         beta: float = Field(0.5, gt=0, lt=1)
-        temperature: float = Field(1.0, gt=0)
+        temperature: Temperature = 1.0
 
     def __init__(self, beta: float = 0.5, temperature: float = 1.0) -> None:
         super().__init__()

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from kdistill.capture.features import CaptureRequest, Features
+from kdistill.losses.base import Temperature
 from kdistill.losses.chunked import chunked_token_loss
 from kdistill.losses.functional import check_temperature, check_unit_interval
 from kdistill.losses.registry import TermSettings, register_term
@@ -31,6 +32,34 @@ from kdistill.losses.tokens import DIVERGENCES, next_token_targets
 __all__ = ["TokenCE", "TokenKD", "count_targets"]
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"]
+
+
+#: the default weights of the divergences that have one: jsd's beta, the skew divergences' alpha
+BETA, SKEW = 0.5, 0.1
+#: the divergences each weight applies to
+_WEIGHT_OF = {"beta": ("jsd",), "skew": ("skew_kl", "skew_reverse_kl")}
+
+
+def _divergence_weights(divergence: str, beta: float | None, skew: float | None) -> dict[str, float | None]:
+    """``{"beta": ..., "skew": ...}`` as ``divergence`` uses them: the default where it uses one and
+    none is given, None where it uses none.
+
+    Raises:
+        ValueError: a weight given for a divergence that does not use it.
+    """
+    found: dict[str, float | None] = {}
+    for key, value, default in (("beta", beta, BETA), ("skew", skew, SKEW)):
+        kinds = _WEIGHT_OF[key]
+        if divergence in kinds:
+            found[key] = default if value is None else value
+        elif value is not None:
+            raise ValueError(
+                f"{key} applies to divergence {' or '.join(kinds)} only, and this term's divergence is {divergence}: "
+                f"{key} would change nothing; remove it, or set divergence: {kinds[0]}"
+            )
+        else:
+            found[key] = None
+    return found
 
 
 def count_targets(labels: Tensor, ignore_index: int = -100) -> Tensor:
@@ -79,33 +108,48 @@ class TokenKD(_TokenTerm):
             of GKD with ``beta``: 0 is forward KL, 1 reverse KL), ``skew_kl`` / ``skew_reverse_kl``
             (DistiLLM, with ``skew``), or ``tv`` (total variation).
         temperature: softens both distributions; the divergence is multiplied by T².
-        beta: the generalized JSD's weight, in [0, 1].
-        skew: the skew divergences' alpha, in [0, 1].
+        beta: the generalized JSD's weight, in [0, 1] (default 0.5); ``jsd`` only.
+        skew: the skew divergences' alpha, in [0, 1] (default 0.1); ``skew_kl`` / ``skew_reverse_kl`` only.
         chunk_size: tokens per chunk of logits (None: 16 MiB of float32 logits a chunk).
+
+    Raises:
+        ValueError: ``beta`` or ``skew`` given with a divergence that does not use it (it would
+            change nothing).
     """
 
     class Settings(TermSettings):
         divergence: Divergence = "forward_kl"
-        temperature: float = Field(1.0, gt=0)
-        beta: float = Field(0.5, ge=0, le=1, description="jsd: 0 is forward KL, 1 reverse KL")
-        skew: float = Field(0.1, ge=0, le=1, description="skew_kl, skew_reverse_kl: DistiLLM's alpha")
+        temperature: Temperature = 1.0
+        beta: float | None = Field(None, ge=0, le=1, description="jsd only (default 0.5): 0 is forward KL, 1 reverse")
+        skew: float | None = Field(
+            None, ge=0, le=1, description="skew_kl, skew_reverse_kl only (default 0.1): DistiLLM's alpha"
+        )
         chunk_size: int | None = Field(None, ge=1, description="tokens per chunk of logits")
+
+        @model_validator(mode="after")
+        def _weights_that_apply(self) -> TokenKD.Settings:
+            # the resolved config records the weight that runs, and null where the divergence has none
+            for key, value in _divergence_weights(self.divergence, self.beta, self.skew).items():
+                if getattr(self, key) != value:
+                    setattr(self, key, value)
+            return self
 
     def __init__(
         self,
         divergence: str = "forward_kl",
         temperature: float = 1.0,
-        beta: float = 0.5,
-        skew: float = 0.1,
+        beta: float | None = None,
+        skew: float | None = None,
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
+        weights = _divergence_weights(divergence, beta, skew)
         self.divergence = divergence
         self.temperature = check_temperature(temperature)
-        self.beta = check_unit_interval(beta, "beta")
-        self.skew = check_unit_interval(skew, "skew")
+        self.beta = check_unit_interval(weights["beta"] if weights["beta"] is not None else BETA, "beta")
+        self.skew = check_unit_interval(weights["skew"] if weights["skew"] is not None else SKEW, "skew")
         self.chunk_size = chunk_size
 
     def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:

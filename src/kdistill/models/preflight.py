@@ -4,7 +4,10 @@ Each check turns what would otherwise fail minutes into a run (an index error de
 embedding, an out-of-memory kill) into one line that names the setting to change:
 
 * :func:`usable_positions` / :func:`check_max_length`: ``data.max_length`` within the position
-  embeddings of every model;
+  embeddings of every model; :func:`check_generated_length`: a prompt and the tokens generated
+  after it (sequence-level KD, on-policy samples) within them too, since both models then read
+  the whole sequence; :func:`fit_generation` shortens kdistill's own generations (report samples,
+  speed) to fit;
 * :func:`check_token_ids`: every token id a tokenizer produced has a row in the model's
   embeddings (a tokenizer of another model would index past them);
 * :func:`estimate_parameters` / :func:`check_memory`: a student built from a config, or a
@@ -23,10 +26,12 @@ from kdistill.errors import ConfigError, ModelLoadError
 from kdistill.models.anatomy import model_dims
 
 __all__ = [
+    "check_generated_length",
     "check_max_length",
     "check_memory",
     "check_token_ids",
     "estimate_parameters",
+    "fit_generation",
     "machine_memory",
     "model_memory_per_layer",
     "usable_positions",
@@ -42,7 +47,8 @@ def _config_of(model: nn.Module) -> Any:
 
 
 def usable_positions(model: nn.Module) -> int | None:
-    """How many tokens one sequence may hold in ``model``, or None where the config does not say."""
+    """How many tokens one sequence may hold in ``model``, or None where the config does not say
+    (a model without a position limit: no check applies to it)."""
     config = _config_of(model)
     for name in _POSITION_NAMES:
         value = getattr(config, name, None)
@@ -53,6 +59,15 @@ def usable_positions(model: nn.Module) -> int | None:
     return None
 
 
+def _tightest(models: Iterable[tuple[str, nn.Module]]) -> tuple[str, int] | None:
+    """``(role, positions)`` of the model that holds the fewest tokens; None when none says."""
+    limits = [(positions, role) for role, model in models if (positions := usable_positions(model)) is not None]
+    if not limits:
+        return None
+    positions, role = min(limits, key=lambda pair: pair[0])
+    return role, positions
+
+
 def check_max_length(
     max_length: int, models: Iterable[tuple[str, nn.Module]], setting: str = "data.max_length"
 ) -> None:
@@ -60,19 +75,65 @@ def check_max_length(
 
     Args:
         max_length: tokens per sequence asked for.
-        models: ``(role, model)`` pairs.
+        models: ``(role, model)`` pairs; the one with the fewest positions is named.
         setting: how the user sets ``max_length`` (the config key or the flag).
 
     Raises:
         ConfigError: naming the model and the most it takes.
     """
-    for role, model in models:
-        positions = usable_positions(model)
-        if positions is not None and max_length > positions:
-            raise ConfigError(
-                f"{setting} {max_length} is more than the {role}'s {positions} token positions: it would "
-                f"fail on the first text that long; set {setting} to {positions} or less"
-            )
+    tightest = _tightest(models)
+    if tightest is not None and max_length > tightest[1]:
+        role, positions = tightest
+        raise ConfigError(
+            f"{setting} {max_length} is more than the {role}'s {positions} token positions: it would "
+            f"fail on the first text that long; set {setting} to {positions} or less"
+        )
+
+
+def check_generated_length(
+    longest_prompt: int,
+    new_tokens: int,
+    models: Iterable[tuple[str, nn.Module]],
+    setting: str,
+    prompts: str,
+) -> None:
+    """Refuse generating ``new_tokens`` after prompts of up to ``longest_prompt`` tokens where the
+    whole sequence would not fit a model's position embeddings (every model reads it after: the
+    student learns it, the teacher scores it).
+
+    Args:
+        longest_prompt: tokens of the longest prompt generation starts from.
+        new_tokens: tokens generated after it.
+        models: ``(role, model)`` pairs; the one with the fewest positions is named.
+        setting: the config block that sets ``new_tokens`` (``objective.on_policy``).
+        prompts: what makes the prompts that long, with the keys that set it, for the message.
+
+    Raises:
+        ConfigError: naming ``new_tokens``, the prompt, the model and the most ``new_tokens`` may be.
+    """
+    tightest = _tightest(models)
+    reached = longest_prompt + new_tokens
+    if tightest is None or reached <= tightest[1]:
+        return
+    role, positions = tightest
+    room = positions - longest_prompt
+    fix = f"set {setting}.new_tokens to {room} or less" if room >= 1 else "shorten the prompts"
+    raise ConfigError(
+        f"{setting}.new_tokens {new_tokens} after prompts of up to {longest_prompt} tokens ({prompts}) makes "
+        f"sequences of {reached} tokens, more than the {role}'s {positions} token positions: it would fail "
+        f"mid-run; {fix}"
+    )
+
+
+def fit_generation(prompt_tokens: int, new_tokens: int, models: Iterable[nn.Module]) -> tuple[int, int]:
+    """``(prompt_tokens, new_tokens)`` shortened so that a prompt and its continuation fit every
+    model's positions: the prompt gives way first, and ``new_tokens`` keeps at most half of them."""
+    limits = [positions for model in models if (positions := usable_positions(model)) is not None]
+    if not limits or prompt_tokens + new_tokens <= min(limits):
+        return prompt_tokens, new_tokens
+    positions = min(limits)
+    new_tokens = max(1, min(new_tokens, positions // 2))
+    return max(1, min(prompt_tokens, positions - new_tokens)), new_tokens
 
 
 def check_token_ids(columns: Sequence[Sequence[int]], model: nn.Module, role: str, tokenizer_setting: str) -> None:

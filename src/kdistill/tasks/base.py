@@ -149,6 +149,16 @@ class Task(ABC):
         ``data`` as prepared by default; a task may add what the teacher writes (sequence-level KD)."""
         return data
 
+    def check_objective(self, objective: Section, models: Models, data: TaskData) -> None:
+        """Refuse, before any work, objective settings of the task's own (``objective_options``) that
+        cannot run or cannot take effect with these models and data; nothing to check by default.
+
+        Raises:
+            KdistillError: one line that names the setting (a causal LM: generating past the
+                models' positions).
+        """
+        return None
+
     def on_policy(self, objective: Section, models: Models, *, seed: int) -> OnPolicy | None:
         """What replaces some batches by the student's own samples during distillation (None: nothing)."""
         return None

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.data.datasets import IGNORE_INDEX
+from kdistill.losses.reduction import check_temperature
+from kdistill.models.preflight import usable_positions
 
 __all__ = ["OnPolicy"]
 
@@ -67,8 +69,7 @@ class OnPolicy:
             raise ValueError(
                 f"lmbda must lie in [0, 1] (the share of batches the student generates), got {self.lmbda}"
             )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.temperature = check_temperature(self.temperature)
         for name in ("new_tokens", "prompt_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -90,6 +91,7 @@ class OnPolicy:
             return batch
         started = time.perf_counter()
         prompts = self._prompts(batch)
+        self._check_length(student, max(len(prompt) for prompt in prompts))
         samples = self._sample(student, prompts, key)
         self.generated += 1
         self.seconds += time.perf_counter() - started
@@ -106,6 +108,16 @@ class OnPolicy:
             cut = first if first > 0 else min(self.prompt_tokens, max(int(length) - 1, 1))
             prompts.append(ids[row, :cut])
         return prompts
+
+    def _check_length(self, student: nn.Module, longest: int) -> None:
+        """Refuse samples that would run past the student's positions (its embeddings would be indexed past)."""
+        positions = usable_positions(student)
+        if positions is not None and longest + self.new_tokens > positions:
+            raise ValueError(
+                f"new_tokens {self.new_tokens} after a prompt of {longest} tokens makes a sequence of "
+                f"{longest + self.new_tokens} tokens, more than the student's {positions} token positions; "
+                f"use new_tokens <= {positions - longest} or shorter prompts (prompt_tokens)"
+            )
 
     @torch.no_grad()
     def _sample(self, student: nn.Module, prompts: list[Tensor], key: int | str) -> list[Tensor]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdistill.errors import DataError
+from kdistill.losses.base import Temperature
 from kdistill.schema import Section, Seed, TextEncoding
 
 __all__ = [
@@ -120,8 +121,18 @@ class OnPolicyConfig(Section):
     prompt_tokens: int = Field(
         32, ge=1, le=65536, description="the prompt of a text block (prompt/completion data: the prompt itself)"
     )
-    temperature: float = Field(1.0, gt=0, description="the student's sampling temperature")
+    temperature: Temperature = Field(1.0, description="the student's sampling temperature")
     seed: Seed | None = Field(None, description="default: training.seed")
+
+    @field_validator("lmbda")
+    @classmethod
+    def _some_batches(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError(
+                "0 means the student samples no batch, so on_policy would change nothing: remove "
+                "objective.on_policy, or give a share above 0 (GKD uses 0.5)"
+            )
+        return value
 
 
 class SequenceKDConfig(Section):
@@ -135,10 +146,24 @@ class SequenceKDConfig(Section):
     )
     new_tokens: int = Field(64, ge=1, le=4096, description="tokens the teacher writes after each prompt")
     do_sample: bool = Field(False, description="sample at temperature instead of greedy decoding")
-    temperature: float = Field(1.0, gt=0)
-    seed: Seed | None = Field(None, description="default: training.seed")
+    temperature: Temperature | None = Field(None, description="do_sample only; default 1.0")
+    seed: Seed | None = Field(None, description="do_sample only; default: training.seed")
     batch_size: int = Field(16, ge=1, le=4096, description="prompts generated at once")
     keep_data: bool = Field(False, description="train on the data's own text too, not only on the teacher's")
+
+    @model_validator(mode="after")
+    def _sampling_keys(self) -> SequenceKDConfig:
+        if not self.do_sample:
+            given = [key for key in ("temperature", "seed") if getattr(self, key) is not None]
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to sampling only, and "
+                    "do_sample is false (greedy decoding, the same continuation every time): remove "
+                    f"{' and '.join(given)}, or set do_sample: true"
+                )
+        elif self.temperature is None:
+            self.temperature = 1.0  # the resolved config records the temperature that samples
+        return self
 
 
 class LMObjectiveOptions(Section):

@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from kdistill.cache.keys import fingerprint_teacher
 from kdistill.errors import KdistillError
 from kdistill.files.locations import cache_root
+from kdistill.losses.reduction import check_temperature
+from kdistill.models.preflight import usable_positions
 
 __all__ = ["GenerationSettings", "generate_continuations", "teacher_generations"]
 
@@ -61,8 +63,7 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.new_tokens < 1 or self.batch_size < 1:
             raise ValueError(f"new_tokens and batch_size must be at least 1, got {self.new_tokens}, {self.batch_size}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        check_temperature(self.temperature)
 
 
 @torch.no_grad()
@@ -87,6 +88,14 @@ def generate_continuations(
     Returns:
         One list of new token ids per prompt, in the prompts' order.
     """
+    positions = usable_positions(model)
+    longest = max((len(prompt) for prompt in prompts), default=0)
+    if positions is not None and longest + settings.new_tokens > positions:
+        raise ValueError(
+            f"new_tokens {settings.new_tokens} after a prompt of {longest} tokens makes a sequence of "
+            f"{longest + settings.new_tokens} tokens, more than the model's {positions} token positions; "
+            f"use new_tokens <= {positions - longest} or shorter prompts"
+        )
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

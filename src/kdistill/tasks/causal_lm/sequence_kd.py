@@ -12,26 +12,53 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from kdistill.data.datasets import IGNORE_INDEX, TokenizedDataset
 from kdistill.tasks.base import Models, TaskData
 from kdistill.tasks.causal_lm.config import SequenceKDConfig
 from kdistill.tasks.causal_lm.generation import GenerationSettings, teacher_generations
 
-__all__ = ["prompts_of", "sequence_kd_data"]
+__all__ = ["LongestPrompt", "longest_prompt", "prompts_of", "sequence_kd_data"]
 
 logger = logging.getLogger("kdistill.data")
+
+
+def _prompt_ends(dataset: TokenizedDataset, prompt_tokens: int) -> Iterator[tuple[int, bool]]:
+    """Where each example's prompt ends, and whether ``prompt_tokens`` cut it (an example labelled
+    from the start, a text block) rather than its own first labelled token."""
+    for ids, labels in zip(dataset.columns["input_ids"], dataset.columns["labels"], strict=True):
+        first = next((place for place, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        yield (first, False) if first > 0 else (min(prompt_tokens, max(len(ids) - 1, 1)), True)
 
 
 def prompts_of(dataset: TokenizedDataset, prompt_tokens: int) -> list[list[int]]:
     """Each example's prompt: its tokens before the first labelled one, or its first ``prompt_tokens``
     tokens when it is labelled from the start (a text block)."""
-    prompts = []
-    for ids, labels in zip(dataset.columns["input_ids"], dataset.columns["labels"], strict=True):
-        first = next((place for place, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
-        prompts.append(list(ids[: first if first > 0 else min(prompt_tokens, max(len(ids) - 1, 1))]))
-    return prompts
+    ends = _prompt_ends(dataset, prompt_tokens)
+    return [list(ids[:end]) for ids, (end, _) in zip(dataset.columns["input_ids"], ends)]
+
+
+class LongestPrompt(NamedTuple):
+    """The longest prompt :func:`prompts_of` gives a dataset."""
+
+    #: its tokens
+    tokens: int
+    #: whether ``prompt_tokens`` cut that one (a text block) rather than the example's own prompt
+    cut: bool
+    #: whether ``prompt_tokens`` cut any prompt at all (False: it changes nothing)
+    any_cut: bool
+
+
+def longest_prompt(dataset: TokenizedDataset, prompt_tokens: int) -> LongestPrompt:
+    """The longest prompt :func:`prompts_of` gives ``dataset``, and where ``prompt_tokens`` cuts prompts."""
+    longest, cut, any_cut = 0, False, False
+    for end, by_setting in _prompt_ends(dataset, prompt_tokens):
+        any_cut = any_cut or by_setting
+        if end > longest or (end == longest and by_setting):
+            longest, cut = end, by_setting
+    return LongestPrompt(longest, cut, any_cut)
 
 
 def sequence_kd_data(
@@ -47,7 +74,8 @@ def sequence_kd_data(
     generation = GenerationSettings(
         new_tokens=settings.new_tokens,
         do_sample=settings.do_sample,
-        temperature=settings.temperature,
+        # greedy decoding reads neither; they keep their defaults so that its stored continuations keep their key
+        temperature=settings.temperature if settings.temperature is not None else 1.0,
         seed=settings.seed if settings.seed is not None else seed,
         batch_size=settings.batch_size,
     )

@@ -10,11 +10,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kdistill.data.datasets import PaddingCollator
+from kdistill.data.datasets import PaddingCollator, TokenizedDataset
 from kdistill.errors import ConfigError, ModelLoadError
 from kdistill.losses import Objective
 from kdistill.losses.token_terms import TokenCE, TokenKD
-from kdistill.models.preflight import check_max_length, check_token_ids, usable_positions
+from kdistill.models.preflight import (
+    check_generated_length,
+    check_max_length,
+    check_token_ids,
+    fit_generation,
+    usable_positions,
+)
 from kdistill.tasks import register_task
 from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.tasks.causal_lm.config import LMDataConfig, LMObjectiveOptions
@@ -22,14 +28,15 @@ from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents
 from kdistill.tasks.causal_lm.evaluation import generate, generation_speed, language_model_metrics
 from kdistill.tasks.causal_lm.models import LMModelOptions, load_causal_lm, load_lm_tokenizer, student_lm
 from kdistill.tasks.causal_lm.reading import read_documents
-from kdistill.tasks.causal_lm.sequence_kd import sequence_kd_data
+from kdistill.tasks.causal_lm.sequence_kd import longest_prompt, sequence_kd_data
 from kdistill.tasks.causal_lm.vocab import check_tokenizers, shared_vocab_size
 from kdistill.train.on_policy import OnPolicy
 
 __all__ = ["CausalLM"]
 
-#: tokens of a test example that prompt the sample continuations of the report, and tokens generated
-SAMPLE_PROMPT, SAMPLE_TOKENS = 48, 40
+#: tokens of a test example that prompt the sample continuations of the report, and tokens generated;
+#: tokens generated per timed round of the speed measurement (all shortened to fit the models' positions)
+SAMPLE_PROMPT, SAMPLE_TOKENS, SPEED_TOKENS = 48, 40, 32
 
 
 class CausalLM(Task):
@@ -130,6 +137,39 @@ class CausalLM(Task):
         settings = getattr(objective, "sequence_kd", None)
         return sequence_kd_data(settings, models, data, seed=seed, progress=progress) if settings else data
 
+    def check_objective(self, objective: Any, models: Models, data: TaskData) -> None:
+        """Refuse sequence-level KD or on-policy samples that would run past either model's positions
+        (the longest training prompt and the tokens generated after it: the student learns the whole
+        sequence and the teacher scores it), and a ``prompt_tokens`` no prompt is cut by."""
+        sequence_kd = getattr(objective, "sequence_kd", None)
+        on_policy = getattr(objective, "on_policy", None)
+        if (sequence_kd is None and on_policy is None) or models.student is None:
+            return
+        train = data.train
+        assert isinstance(train, TokenizedDataset)
+        readers = [("teacher", models.teacher), ("student", models.student)]
+        own = None
+        if sequence_kd is not None:
+            own = longest_prompt(train, sequence_kd.prompt_tokens)
+            own_source = _prompt_source(own.cut, "objective.sequence_kd", sequence_kd.prompt_tokens)
+            _check_prompt_tokens(sequence_kd, "objective.sequence_kd", own.any_cut)
+            check_generated_length(own.tokens, sequence_kd.new_tokens, readers, "objective.sequence_kd", own_source)
+        if on_policy is not None:
+            # the student continues the prompts of the batches it trains on: the teacher's
+            # continuations keep sequence_kd's prompts, the data's examples (keep_data) their own
+            sources, cuts = [], False
+            if sequence_kd is None or sequence_kd.keep_data:
+                found = longest_prompt(train, on_policy.prompt_tokens)
+                sources.append(
+                    (found.tokens, _prompt_source(found.cut, "objective.on_policy", on_policy.prompt_tokens))
+                )
+                cuts = found.any_cut
+            if own is not None:
+                sources.append((own.tokens, f"the prompts of objective.sequence_kd: {own_source}"))
+            _check_prompt_tokens(on_policy, "objective.on_policy", cuts)
+            longest, source = max(sources, key=lambda pair: pair[0])
+            check_generated_length(longest, on_policy.new_tokens, readers, "objective.on_policy", source)
+
     def on_policy(self, objective: Any, models: Models, *, seed: int) -> OnPolicy | None:
         settings = getattr(objective, "on_policy", None)
         if settings is None:
@@ -154,21 +194,26 @@ class CausalLM(Task):
         return language_model_metrics(models, loader, progress=progress, desc=desc)
 
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
-        prompt = batch["input_ids"][:1, :SAMPLE_PROMPT]
+        # a prompt and the timed tokens within the positions of every model
+        length, new_tokens = fit_generation(SAMPLE_PROMPT, SPEED_TOKENS, models.values())
+        prompt = batch["input_ids"][:1, :length]
         eos = getattr(next(iter(models.values())).config, "eos_token_id", None)
-        return generation_speed(models, prompt, eos_token_id=eos if isinstance(eos, int) else None)
+        return generation_speed(
+            models, prompt, new_tokens=new_tokens, eos_token_id=eos if isinstance(eos, int) else None
+        )
 
     def samples(
         self, models: Mapping[str, nn.Module], data: TaskData, tokenizer: Any, count: int = 3
     ) -> list[dict[str, str]]:  # type: ignore[override]
         """Continuations of a few test (or validation) prompts by each model, greedy, side by side."""
         split = data.test if data.test is not None else data.validation
+        length, new_tokens = fit_generation(SAMPLE_PROMPT, SAMPLE_TOKENS, models.values())
         found = []
         for index in range(min(count, len(split))):
-            prompt = torch.tensor([split[index]["input_ids"][:SAMPLE_PROMPT]])
+            prompt = torch.tensor([split[index]["input_ids"][:length]])
             entry = {"prompt": tokenizer.decode(prompt[0])}
             for name, model in models.items():
-                entry[name] = tokenizer.decode(generate(model, prompt, SAMPLE_TOKENS, tokenizer.eos_token_id)[0])
+                entry[name] = tokenizer.decode(generate(model, prompt, new_tokens, tokenizer.eos_token_id)[0])
             found.append(entry)
         return found
 
@@ -206,6 +251,25 @@ class CausalLM(Task):
             distill=dataset,
             collate=PaddingCollator(pad_token_id=pad),
             sizes={"test": len(dataset)},
+        )
+
+
+def _prompt_source(cut: bool, setting: str, prompt_tokens: int) -> str:
+    """What makes the longest prompt that long, with the keys that set it, for a message."""
+    if cut:
+        return f"a text block's first tokens, {setting}.prompt_tokens {prompt_tokens} at most"
+    return "the data's own prompts, shorter than data.max_length"
+
+
+def _check_prompt_tokens(settings: Any, setting: str, cuts: bool) -> None:
+    """Refuse a ``prompt_tokens`` other than its default where no prompt is cut by it (every example has
+    a prompt of its own): it would change nothing."""
+    default = type(settings).model_fields["prompt_tokens"].default
+    if not cuts and settings.prompt_tokens != default:
+        raise ConfigError(
+            f"{setting}.prompt_tokens {settings.prompt_tokens} has no effect: it cuts the prompt of a text block, "
+            "and every example the student trains on has a prompt of its own (prompt/completion or chat data); "
+            "remove it"
         )
 
 
