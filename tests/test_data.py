@@ -257,3 +257,15 @@ def test_an_evaluation_loader_grouped_by_length_sees_every_example_once_shortest
     assert [batch["labels"].tolist() for batch in loader] == batches  # the same order every pass
     # each batch is padded only to its own longest example
     assert [batch["input_ids"].shape[1] for batch in loader] == [2, 7, 9]
+
+
+def test_the_teachers_order_is_its_logits_order_whatever_the_type_of_its_keys() -> None:
+    # id2label read from JSON by hand has string keys: logit 10 comes after logit 9, not after logit 1
+    labels = [f"c{i}" for i in range(11)]
+    teacher = {str(i): f"c{i}" for i in range(11)}
+    assert build_label_names(labels * 2, teacher, 11) == labels
+
+
+def test_a_teacher_whose_ids_are_not_its_logits_is_refused() -> None:
+    with pytest.raises(DataError, match=r"id2label \{1: neg, 2: pos\}, but there are 2 logits, 0 to 1"):
+        build_label_names(["neg", "pos"], {1: "neg", 2: "pos"}, 2)

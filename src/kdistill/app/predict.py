@@ -15,6 +15,8 @@ import argparse
 import csv
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ import numpy as np
 from kdistill.app.arguments import add_data_flags, as_eval_flags, data_flag_values, positive_int
 from kdistill.app.model_folder import TEXT_CLASSIFICATION, ChosenModel, choose_model
 from kdistill.app.run_folder import METRICS_FILE
-from kdistill.errors import DataError, KdistillError, ModelLoadError, OutputFileError
+from kdistill.errors import DataError, KdistillError, OutputFileError
 from kdistill.files.ownership import check_replaceable_file
 from kdistill.files.writing import atomic_writer
 
@@ -128,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         texts, pairs = _given_texts(args.text), None
     model, tokenizer = load_trained_classifier(chosen)
+    _logit_labels(model, chosen).warn()
     max_length = _max_length(model, tokenizer, chosen, args.max_length)
     probabilities = predict_probabilities(
         model,
@@ -262,26 +265,57 @@ def predict_probabilities(
         progress: show a progress bar.
 
     Returns:
-        ``[N, C]`` float32 array in the model's class order (``config.id2label``): the pipeline's
-        scores, softmax of the logits for a single-label classifier.
+        ``[N, C]`` float32 array in the order of the model's logits (logit j is ``config.id2label[j]``,
+        as transformers reads it): the pipeline's scores, softmax of the logits for a single-label
+        classifier.
 
     Raises:
-        ModelLoadError: the model's ``id2label`` gives two classes the same name.
+        ModelLoadError: the model's ``id2label`` gives two classes the same name, or has a key
+            that is not a logit number.
     """
-    from tqdm.auto import tqdm
     from transformers import pipeline
 
-    names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-    if len(set(names)) != len(names):
-        twice = next(name for name in names if names.count(name) > 1)
-        raise ModelLoadError(
-            f"the model's config names two classes {twice!r} (id2label): its predictions cannot be told apart; "
-            "give each class its own name in config.json"
-        )
+    from kdistill.tasks.text_classification.labels import logit_labels
+
+    names = logit_labels(model.config).names
     column = {name: i for i, name in enumerate(names)}
-    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, device=model.device)
+    with _every_logit_named(model, names):
+        classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, device=model.device)
+        probabilities = _pipeline_scores(classifier, texts, pairs, column, batch_size, max_length, progress)
+    return probabilities
+
+
+@contextmanager
+def _every_logit_named(model: nn.Module, names: list[str]) -> Iterator[None]:
+    """The model with an ``id2label`` that names every logit while the pipeline runs: a logit the
+    config leaves unnamed (ids that are not 0 to C-1) is LABEL_j, where the pipeline itself would
+    stop at it with a KeyError; every other logit keeps its name, so the scores are the pipeline's."""
+    config = model.config
+    saved, complete = config.id2label, dict(enumerate(names))
+    if saved == complete:
+        yield
+        return
+    config.id2label = complete
+    try:
+        yield
+    finally:
+        config.id2label = saved
+
+
+def _pipeline_scores(
+    classifier: Any,
+    texts: list[str],
+    pairs: list[str] | None,
+    column: dict[str, int],
+    batch_size: int,
+    max_length: int,
+    progress: bool,
+) -> np.ndarray:
+    """The pipeline's score of each class for each text, as ``[N, C]`` in logit order."""
+    from tqdm.auto import tqdm
+
     inputs: list[Any] = texts if pairs is None else [{"text": t, "text_pair": p} for t, p in zip(texts, pairs)]
-    probabilities = np.zeros((len(texts), len(names)), dtype=np.float32)
+    probabilities = np.zeros((len(texts), len(column)), dtype=np.float32)
     # the pipeline batches internally; calling it a chunk at a time gives the progress bar its steps
     chunk = batch_size * 8
     with tqdm(total=len(inputs), desc="predicting", unit="text", disable=not progress, dynamic_ncols=True) as bar:
@@ -295,13 +329,22 @@ def predict_probabilities(
     return probabilities
 
 
+def _logit_labels(model: nn.Module, chosen: ChosenModel) -> Any:
+    """The model's :class:`~kdistill.tasks.text_classification.labels.LogitLabels` (as transformers
+    reads its config), naming its folder in messages."""
+    from kdistill.tasks.text_classification.labels import logit_labels
+
+    return logit_labels(model.config, f"the model's config.json ({chosen.location})", read_file=True)
+
+
 def _label_names(model: nn.Module, chosen: ChosenModel) -> list[str]:
-    """The class names: the model's ``id2label``; where it holds only LABEL_0, LABEL_1 ... the run's
-    recorded labels (``metrics.json``), which name the same classes in the same order."""
+    """The class names in the order of the logits: the model's ``id2label`` (logit j is
+    ``id2label[j]``); where it holds only LABEL_0, LABEL_1 ... the run's recorded labels
+    (``metrics.json``), which name the same classes in the same order."""
     from kdistill.tasks.text_classification.labels import is_default_names
 
-    names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-    if not is_default_names(model.config.id2label) or chosen.run_folder is None:
+    names = _logit_labels(model, chosen).names
+    if not is_default_names(dict(enumerate(names))) or chosen.run_folder is None:
         return names
     try:
         recorded = json.loads((chosen.run_folder / METRICS_FILE).read_text(encoding="utf-8"))["data"]["labels"]

@@ -124,11 +124,14 @@ class LoadedModel:
         model: the model, in eval mode.
         location: the folder or hub id it came from.
         new_weights: names of weights that were not in the checkpoint (a new head).
+        resized: the weights whose shape in the checkpoint is not the model's, as
+            ``(name, shape in the checkpoint, shape in the model)`` (loaded with ``ignore_mismatched_sizes``).
     """
 
     model: nn.Module
     location: str
     new_weights: list[str] = field(default_factory=list)
+    resized: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
     @property
     def has_new_head(self) -> bool:
@@ -187,9 +190,17 @@ def load_pretrained(
     except LOAD_ERRORS as error:
         raise ModelLoadError(f"cannot load {role} {location!r}: {_load_problem(error, location, role)}") from None
     mismatched = {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])}
+    resized = sorted(
+        (str(k[0]), tuple(k[1]), tuple(k[2]))
+        for k in info.get("mismatched_keys", [])
+        if isinstance(k, tuple) and len(k) == 3
+    )
     model.eval()
     return LoadedModel(
-        model=model, location=location, new_weights=sorted(set(info.get("missing_keys", [])) | mismatched)
+        model=model,
+        location=location,
+        new_weights=sorted(set(info.get("missing_keys", [])) | mismatched),
+        resized=resized,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -42,14 +44,97 @@ def load_classifier(
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     if id2label is not None:
         kwargs.update(id2label=dict(id2label), label2id={name: i for i, name in id2label.items()})
-    return load_pretrained(
-        AutoModelForSequenceClassification,
-        location,
-        role,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        **kwargs,
+    saved_head = not kwargs
+    if saved_head:
+        _check_id2label_keys(location, role)
+    try:
+        return load_pretrained(
+            AutoModelForSequenceClassification,
+            location,
+            role,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
+    except ModelLoadError as error:
+        if not saved_head or "ignore_mismatched_sizes" not in str(error):
+            raise
+        # transformers' own words point at a load report kdistill keeps quiet: say what does not fit
+        found = _head_mismatch(location, role, revision=revision, trust_remote_code=trust_remote_code)
+        raise ModelLoadError(found or str(error)) from None
+
+
+def _config_file(location: str) -> dict[str, Any] | None:
+    """A local model folder's ``config.json`` as written; None for a hub id or a file that cannot be read."""
+    path = Path(location).expanduser() / "config.json"
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None
+
+
+def _check_id2label_keys(location: str, role: str) -> None:
+    """Refuse, in one line, an ``id2label`` whose keys are not logit numbers (transformers fails on it
+    with ``invalid literal for int()``).
+
+    Raises:
+        ModelLoadError: naming the key.
+    """
+    written = (_config_file(location) or {}).get("id2label")
+    if not isinstance(written, dict):
+        return
+    for key in written:
+        try:
+            int(key)
+        except (TypeError, ValueError):
+            shown = ", ".join(f"{k}: {v}" for k, v in list(written.items())[:6])
+            raise ModelLoadError(
+                f"cannot load {role} {location!r}: its config.json has id2label {{{shown}}}, whose key {key!r} is "
+                f"not a logit number (transformers reads logit j as id2label[j]); number id2label 0 to "
+                f"{len(written) - 1} in the order of the logits"
+            ) from None
+
+
+def _head_mismatch(location: str, role: str, *, revision: str | None, trust_remote_code: bool) -> str | None:
+    """What in a model's weights does not fit its config (a head of another size than id2label
+    says), in one line; None where it cannot be told. Loads the model once more, only to say it."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        loaded = load_pretrained(
+            AutoModelForSequenceClassification,
+            location,
+            role,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+        )
+    except ModelLoadError:
+        return None
+    shapes = {key: (list(saved), list(built)) for key, saved, built in loaded.resized}
+    if not shapes:
+        return None
+    key, (saved, built) = sorted(shapes.items(), key=lambda item: (not item[0].endswith("weight"), item[0]))[0]
+    line = (
+        f"cannot load {role} {location!r}: its weights do not fit its config.json ({key} is {saved} in the weights "
+        f"but {built} by the config)"
     )
+    count = loaded.model.config.num_labels
+    heads = [shape for shape, by_config in shapes.values() if shape and by_config and by_config[0] == count]
+    written = _config_file(location) or {}
+    if heads and heads[0][0] != count:
+        outputs = heads[0][0]
+        given = written.get("id2label")
+        said = (
+            f"config.json's id2label names {len(given)}" if isinstance(given, dict) else "config.json names none"
+        ) + (f" and its num_labels says {written['num_labels']}" if "num_labels" in written else "")
+        line += (
+            f": the classification head has {outputs} outputs, but transformers builds one per class it reads "
+            f"({count}; {said}); give id2label one name for each of the {outputs} outputs, 0 to {outputs - 1}"
+            + (", and leave num_labels out" if "num_labels" in written else "")
+        )
+    return line
 
 
 def saved_head_size(

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdistill.data.datasets import TEACHER_PREFIX, PaddingCollator, TokenizedDataset
-from kdistill.errors import ConfigError, DataError, KdistillError
+from kdistill.errors import ConfigError, DataError, KdistillError, ModelLoadError
 from kdistill.losses import HardCE, Objective
 from kdistill.models.loading import load_tokenizer
 from kdistill.models.preflight import check_max_length, check_token_ids, usable_positions
@@ -25,7 +25,7 @@ from kdistill.tasks.text_classification.data import (
     prepare_data,
     tokenize,
 )
-from kdistill.tasks.text_classification.labels import build_label_names, model_label_ids
+from kdistill.tasks.text_classification.labels import LogitLabels, build_label_names, logit_labels, model_label_ids
 from kdistill.tasks.text_classification.metrics import agreement, classification_metrics, predict
 from kdistill.tasks.text_classification.models import build_student, load_classifier
 from kdistill.tasks.text_classification.pruning import prune_student
@@ -93,8 +93,20 @@ class TextClassification(Task):
             trust_remote_code=teacher.trust_remote_code,
         )
         new_head = loaded.has_new_head
+        teacher_classes = None
+        if not new_head:
+            # its logits are its classes as transformers reads them (logit j is id2label[j]); a config
+            # that does not say which logit is which class would be distilled into the wrong classes
+            teacher_classes = logit_labels(
+                model.config, f"the teacher's config.json ({location})", read_file=True, distinct=False
+            )
+            if (problem := teacher_classes.refusal()) is not None:
+                raise ModelLoadError(problem)
+            teacher_classes.warn()
         raw.label_names = build_label_names(
-            train_labels, None if new_head else model.config.id2label, None if new_head else model.config.num_labels
+            train_labels,
+            None if teacher_classes is None else dict(enumerate(teacher_classes.names)),
+            None if teacher_classes is None else teacher_classes.count,
         )
         id2label = dict(enumerate(raw.label_names))
         if new_head:
@@ -213,11 +225,10 @@ class TextClassification(Task):
             table = table.subset(range(max_examples), f"{table.source} (first {max_examples})")
         model, tokenizer = models["student"]
         teacher = models.get("teacher")
-        if teacher is not None and teacher[0].config.num_labels != model.config.num_labels:
-            raise KdistillError(
-                f"the teacher predicts {teacher[0].config.num_labels} classes and the model "
-                f"{model.config.num_labels}: they were not trained for the same task"
-            )
+        classes = _classes(model, "model")
+        if teacher is not None:
+            teacher_classes = _classes(teacher[0], "teacher", distinct=False)
+            _check_same_classes(classes, teacher_classes)
         readers = [(name, pair[0]) for name, pair in models.items()]
         length = max_length or min([data.max_length, *(usable_positions(m) or data.max_length for _, m in readers)])
         check_max_length(length, [("model" if name == "student" else name, m) for name, m in readers], "--max-length")
@@ -236,7 +247,11 @@ class TextClassification(Task):
             check_token_ids(
                 columns.get(f"{TEACHER_PREFIX}input_ids", columns["input_ids"]), teacher[0], "teacher", "--teacher"
             )
-        dataset = TokenizedDataset(columns, model_label_ids(table, model.config.id2label), table.source)
+        dataset = TokenizedDataset(columns, model_label_ids(table, classes), table.source)
+        # what the configs say that transformers reads otherwise: told once the data is known to fit
+        classes.warn()
+        if teacher is not None:
+            teacher_classes.warn()
         pad = getattr(teacher[0].config, "pad_token_id", None) if teacher is not None else None
         collator = PaddingCollator(tokenizer.pad_token_id or 0, pad or 0)
         return TaskData(
@@ -268,6 +283,41 @@ class TextClassification(Task):
     def measure_speed(self, models: Mapping[str, nn.Module], batch: Any) -> dict[str, dict[str, float]]:
         inputs = {key: value for key, value in batch.items() if key not in ("labels", "kd_index")}
         return compare_speed(models, inputs)
+
+
+def _classes(model: nn.Module, role: str, *, distinct: bool = True) -> LogitLabels:
+    """The classes of a trained model's logits, as transformers reads its config."""
+    location = getattr(model.config, "name_or_path", None)
+    where = f"the {role}'s config.json ({location})" if location else f"the {role}'s config"
+    return logit_labels(model.config, where, read_file=True, distinct=distinct)
+
+
+def _check_same_classes(classes: LogitLabels, teacher_classes: LogitLabels) -> None:
+    """Refuse a teacher whose logits are not the model's classes in the model's order.
+
+    Raises:
+        KdistillError: another number of classes, or a class that the two name at different logits.
+    """
+    if teacher_classes.count != classes.count:
+        raise KdistillError(
+            f"the teacher predicts {teacher_classes.count} classes and the model "
+            f"{classes.count}: they were not trained for the same task"
+        )
+    # logit j of the one is compared with logit j of the other (the labels are the model's logits),
+    # which names that do not match allow (a run's teacher may name its classes otherwise), but a
+    # class that both name at different logits would be counted as another
+    moved = [
+        n
+        for n in classes.names
+        if n in teacher_classes.names and teacher_classes.names.index(n) != classes.names.index(n)
+    ]
+    if moved:
+        raise KdistillError(
+            f"the teacher's logits are the classes {', '.join(teacher_classes.names[:10])} and the model's "
+            f"{', '.join(classes.names[:10])} (id2label in their config.json): {moved[0]} is another logit "
+            "in each, so the teacher's accuracy and the agreement would compare different classes; give a "
+            "teacher whose id2label names the model's classes at the same logits"
+        )
 
 
 register_task(TextClassification)

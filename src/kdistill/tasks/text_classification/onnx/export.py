@@ -36,10 +36,12 @@ import torch
 from torch import nn
 
 from kdistill._version import __version__
-from kdistill.errors import KdistillError, OutputFileError
+from kdistill.errors import KdistillError, ModelLoadError, OutputFileError
 from kdistill.files.ownership import FILES_MANIFEST, remove_owned, unowned_files, write_files_manifest
-from kdistill.models.loading import load_pretrained, load_tokenizer
+from kdistill.models.loading import load_tokenizer
 from kdistill.models.preflight import usable_positions
+from kdistill.tasks.text_classification.labels import logit_labels
+from kdistill.tasks.text_classification.models import load_classifier
 from kdistill.tasks.text_classification.onnx.latency import compare_latency
 from kdistill.tasks.text_classification.onnx.runtime import MISSING_ONNX, SAMPLE_TEXTS, onnx_session, require_onnx
 
@@ -251,7 +253,12 @@ def export_onnx(
     _check_output(out)
     location = str(model_dir)
     fix = "export a classifier trained for its labels (a run's student/)"
-    model = load_pretrained(_auto_class(), location, "model").trained("model", fix)
+    model = load_classifier(location, "model").trained("model", fix)
+    # the export's config.json names the logits for whatever serves it: refused where it cannot say which is which
+    classes = logit_labels(model.config, f"the model's config.json ({location})", read_file=True)
+    if (problem := classes.refusal()) is not None:
+        raise ModelLoadError(f"{problem}; nothing was exported")
+    classes.warn()
     tokenizer = load_tokenizer(location, "model")
     names = model_input_names(model, tokenizer)
     max_length = min(length, usable_positions(model) or length)
@@ -259,7 +266,9 @@ def export_onnx(
     built = out.parent / f".{out.name}.building-{os.getpid()}"
     built.mkdir(parents=True)
     try:
-        report = _build(model, tokenizer, names, batches, built, location=location, int8=int8, atol=atol)
+        report = _build(
+            model, tokenizer, names, batches, built, location=location, labels=classes.names, int8=int8, atol=atol
+        )
         if latency:
             graphs = {"onnxruntime": built / ONNX_FILE, **({"onnxruntime int8": built / INT8_FILE} if int8 else {})}
             report["latency"] = compare_latency(
@@ -274,12 +283,6 @@ def export_onnx(
     return report
 
 
-def _auto_class() -> Any:
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification
-
-
 def _build(
     model: nn.Module,
     tokenizer: Any,
@@ -288,6 +291,7 @@ def _build(
     folder: Path,
     *,
     location: str,
+    labels: list[str],
     int8: bool,
     atol: float,
 ) -> dict[str, Any]:
@@ -315,7 +319,6 @@ def _build(
         files.append(INT8_FILE)
     model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     return {
         "kdistill": {"version": __version__, "export": EXPORT_KIND},
         "source": location,
