@@ -168,9 +168,20 @@ def cache_key(
         "teacher": fingerprint_teacher(teacher),
         "dataset": fingerprint_dataset(dataset),
         "tokenization": _hash_json(dict(tokenization or {})),
-        "spec": _hash_json(_spec_key(spec or CacheSpec())),
+        "spec": fingerprint_spec(spec or CacheSpec()),
     }
-    return _hash_json({"format": FORMAT_VERSION, **parts}), parts
+    return fingerprint_of(parts), parts
+
+
+def fingerprint_of(parts: Mapping[str, str]) -> str:
+    """The fingerprint :func:`cache_key` gives a cache whose parts hash to ``parts``: a manifest's
+    fingerprint must be that of its own parts (a manifest edited by hand is not)."""
+    return _hash_json({"format": FORMAT_VERSION, **parts})
+
+
+def fingerprint_spec(spec: CacheSpec) -> str:
+    """The hash of what ``spec`` stores, as the ``spec`` part of :func:`cache_key`."""
+    return _hash_json(_spec_key(spec))
 
 
 def _spec_key(spec: CacheSpec) -> dict[str, Any]:
