@@ -9,7 +9,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from kdistill.cache.keys import (
     CacheError,
     CacheSpec,
     cache_key,
-    fingerprint_of,
-    fingerprint_spec,
+    cache_manifest,
+    manifest_spec,
 )
 from kdistill.cache.shards import (
     ShardWriter,
@@ -78,48 +77,6 @@ def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict
         rest = torch.log(-torch.expm1(kept)) if k < vocab else torch.full_like(kept, float("-inf"))
         values.append(top), ids.append(index), rests.append(rest)
     return {"topk_logprobs": torch.cat(values), "topk_indices": torch.cat(ids), "topk_rest": torch.cat(rests)}
-
-
-def _manifest(
-    fingerprint: str,
-    parts: dict[str, str],
-    spec: CacheSpec,
-    num_examples: int,
-    fields: dict[str, dict[str, Any]],
-    shards: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The manifest of a complete cache: its key, what it stores and where."""
-    return {
-        "format": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "parts": parts,
-        "spec": asdict(spec),
-        "num_examples": num_examples,
-        "fields": fields,
-        "shards": shards,
-        "complete": True,
-    }
-
-
-def _manifest_spec(manifest: dict[str, Any]) -> CacheSpec:
-    """The :class:`CacheSpec` a manifest records, once its fingerprint is shown to be that of its own
-    parts and its spec that of its ``spec`` part (a manifest edited by hand is neither).
-
-    Raises:
-        ValueError: what is wrong, to follow "manifest.json ".
-    """
-    parts, stored = manifest.get("parts"), manifest.get("spec")
-    if not (isinstance(parts, dict) and isinstance(stored, dict)):
-        raise ValueError("lacks the parts of its fingerprint or its spec")
-    if manifest.get("fingerprint") != fingerprint_of(parts):
-        raise ValueError("does not match its own fingerprint")
-    try:
-        spec = CacheSpec(**{**stored, "hidden_states": tuple(stored.get("hidden_states", ()))})
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"records an impossible spec ({error})") from error
-    if fingerprint_spec(spec) != parts.get("spec"):
-        raise ValueError("records a spec that does not match its fingerprint")
-    return spec
 
 
 class TeacherCache:
@@ -277,7 +234,7 @@ class TeacherCache:
                     writer = ShardWriter(staging, spec)
             if writer.num_examples:
                 shards.append(writer.write(len(shards), position - writer.num_examples))
-            manifest = _manifest(fingerprint, parts, spec, position, fields, shards)
+            manifest = cache_manifest(fingerprint, parts, spec, position, fields, shards)
             # the manifest is written last: a folder without one is never taken for a cache
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
             replace_folder(staging, folder)
@@ -408,7 +365,7 @@ class TeacherCache:
         if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
             raise CacheError(f"the teacher cache at {folder} was built for other inputs")
         try:
-            spec = _manifest_spec(manifest)
+            spec = manifest_spec(manifest)
             check_layout(manifest)
         except (TypeError, ValueError) as error:
             raise CacheError(f"the teacher cache at {folder} is damaged: manifest.json {error}") from error

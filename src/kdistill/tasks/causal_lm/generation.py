@@ -221,7 +221,8 @@ def _read(
     """
     marker_path = folder / _MARKER
     if not marker_path.is_file():
-        return None, ("the marker " + _MARKER + " is missing") if folder.is_dir() and any(folder.iterdir()) else None
+        # an empty or absent folder holds nothing yet; files without their marker are damage
+        return None, f"the marker {_MARKER} is missing" if folder.is_dir() and any(folder.iterdir()) else None
     try:
         marker = json.loads(marker_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
