@@ -13,6 +13,7 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader, TensorDataset
 
 from kdistill import CacheSpec, Objective, TeacherCache, distill, with_example_index
+from kdistill.cache import CacheError
 from kdistill.capture import CaptureRequest, capture
 from kdistill.losses import functional as LF
 
@@ -204,6 +205,187 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, caplog, damage):
         rebuilt = _build(teacher, examples, folder, shard_megabytes=0.00004)
     assert "rebuilding" in caplog.text
     assert_close(rebuilt.features(torch.arange(12)).logits, expected)
+
+
+def _rewrite_shard(folder, name, change):
+    """Replace shard file ``name`` by ``change(its array)`` and record the new size and SHA-256 in the
+    manifest, as someone editing the cache by hand would: the checksums alone no longer tell."""
+    from kdistill.files.ownership import file_sha256
+
+    path = folder / name
+    np.save(path, change(np.load(path)))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        for entry in shard["files"].values():
+            if entry["path"] == name:
+                entry.update(bytes=path.stat().st_size, sha256=file_sha256(path))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _swap_offsets(offsets):
+    offsets = offsets.copy()
+    offsets[1], offsets[2] = offsets[2], offsets[1]
+    return offsets
+
+
+def _wider_logits(manifest):
+    manifest["fields"]["logits"]["row_shape"] = [4]
+
+
+def _more_examples(manifest):
+    manifest["num_examples"] += 2
+    manifest["shards"][-1]["end"] += 2
+
+
+def _other_temperature(manifest):
+    manifest["spec"]["temperature"] = 2.0
+
+
+def _path_outside(manifest):
+    manifest["shards"][0]["files"]["logits"]["path"] = "../logits.00000.npy"
+
+
+def _other_storage(manifest):
+    manifest["fields"]["logits"]["storage"] = "bf16"
+
+
+#: damage the checksums do not show (the manifest records the edited file's size and SHA-256, or is
+#: itself edited), with the file the message must name: each is found on opening, so the cache is rebuilt
+STRUCTURAL_DAMAGE = {
+    "offsets that decrease": (
+        lambda folder: _rewrite_shard(folder, "offsets.00000.npy", _swap_offsets),
+        "offsets.00000.npy holds offsets that do not increase",
+    ),
+    "offsets past the tokens": (
+        lambda folder: _rewrite_shard(folder, "offsets.00000.npy", lambda a: a + 1),
+        "offsets.00000.npy holds offsets that do not increase from 0",
+    ),
+    "a truncated row of a per-token field": (
+        lambda folder: _rewrite_shard(folder, "hidden.1.00000.npy", lambda a: a[:-1]),
+        "hidden.1.00000.npy holds float32 of shape",
+    ),
+    "a shape the manifest does not give": (
+        lambda folder: _edit_manifest(folder, _wider_logits),
+        "logits.00000.npy holds float32 of shape (4, 3); the manifest says float32 of shape (4, 4)",
+    ),
+    "another storage precision": (
+        lambda folder: _edit_manifest(folder, _other_storage),
+        "logits.00000.npy holds float32 of shape (4, 3); the manifest says uint16",
+    ),
+    "more examples than the shards hold": (
+        lambda folder: _edit_manifest(folder, _more_examples),
+        "offsets.00002.npy holds int64 offsets of shape (5,), not the 7 offsets of its 6 examples",
+    ),
+    "a spec edited by hand": (
+        lambda folder: _edit_manifest(folder, _other_temperature),
+        "manifest.json records a spec that does not match its fingerprint",
+    ),
+    "a file outside the cache": (
+        lambda folder: _edit_manifest(folder, _path_outside),
+        "manifest.json names the file '../logits.00000.npy'",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(STRUCTURAL_DAMAGE))
+def test_damage_the_checksums_do_not_show_is_found_on_opening_and_rebuilt(tmp_path, caplog, damage):
+    examples = _token_examples(12)
+    teacher = tiny_bert(2, 32, seed=1)
+    folder = tmp_path / "cache"
+    spec = CacheSpec(hidden_states=(1,))
+    cache = _build(teacher, examples, folder, spec=spec, shard_megabytes=0.00004)  # 4 examples a shard
+    assert [shard["end"] for shard in cache.manifest["shards"]] == [4, 8, 12]
+    expected = cache.features(torch.arange(12), pad_collate(examples)["attention_mask"])
+    fingerprint = cache.manifest["fingerprint"]
+    del cache
+    make, message = STRUCTURAL_DAMAGE[damage]
+    make(folder)
+    for verify in (True, False):  # sizes, shapes and offsets are checked even without the checksums
+        with pytest.raises(CacheError, match="damaged") as error:
+            TeacherCache.open(folder, fingerprint=fingerprint, verify=verify)
+        assert message in str(error.value) and len(str(error.value).splitlines()) == 1, str(error.value)
+    with caplog.at_level(logging.WARNING, logger="kdistill.cache"):
+        rebuilt = _build(teacher, examples, folder, spec=spec, shard_megabytes=0.00004)
+    assert "rebuilding" in caplog.text and message in caplog.text
+    again = rebuilt.features(torch.arange(12), pad_collate(examples)["attention_mask"])
+    assert_close(again.logits, expected.logits)
+    assert_close(again.hidden_states[1], expected.hidden_states[1])
+
+
+def test_top_k_ids_past_the_vocabulary_are_found_on_opening_and_rebuilt(tmp_path, caplog):
+    examples = _token_examples(8)
+    teacher = tiny_bert(2, 32, num_labels=5, seed=1)
+    folder = tmp_path / "cache"
+    spec = CacheSpec(top_k=2, temperature=4.0)
+    cache = _build(teacher, examples, folder, spec=spec)
+    assert cache.fields["topk_indices"]["vocab_size"] == 5
+    expected = cache.features(torch.arange(8)).topk.indices.clone()
+    del cache
+
+    def past_the_end(ids):
+        ids = ids.copy()
+        ids[3, 1] = 7  # the teacher has 5 classes
+        return ids
+
+    _rewrite_shard(folder, "topk_indices.00000.npy", past_the_end)
+    with pytest.raises(CacheError, match="topk_indices.00000.npy holds id 7, past the teacher's vocabulary of 5"):
+        TeacherCache.open(folder)
+    with caplog.at_level(logging.WARNING, logger="kdistill.cache"):
+        rebuilt = _build(teacher, examples, folder, spec=spec)
+    assert "rebuilding" in caplog.text and "topk_indices.00000.npy holds id 7" in caplog.text
+    assert torch.equal(rebuilt.features(torch.arange(8)).topk.indices, expected)
+
+
+def test_a_manifest_that_is_not_a_cache_manifest_is_rebuilt_not_an_internal_error(tmp_path, caplog):
+    examples = _token_examples(8)
+    teacher = tiny_bert(2, 32, seed=1)
+    folder = tmp_path / "cache"
+    expected = _build(teacher, examples, folder).features(torch.arange(8)).logits.clone()
+    for text in (
+        "[1, 2]",
+        json.dumps({"format": 1, "complete": True}),
+        json.dumps({"format": 1, "complete": True, "fingerprint": "x", "parts": {}, "spec": {}}),
+    ):
+        (folder / "manifest.json").write_text(text)
+        with pytest.raises(CacheError):
+            TeacherCache.open(folder)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kdistill.cache"):
+            rebuilt = _build(teacher, examples, folder)
+        assert "rebuilding" in caplog.text
+        assert_close(rebuilt.features(torch.arange(8)).logits, expected)
+
+
+def test_the_checks_on_opening_cost_little_beside_the_checksums(tmp_path):
+    """The shapes, offsets and id scan are a small share of opening: the SHA-256 is the cost."""
+    import time
+
+    from kdistill.files.ownership import file_sha256
+
+    examples = [{"input_ids": torch.randint(1, 64, (64,)), "labels": 0} for _ in range(64)]
+    folder = tmp_path / "cache"
+    spec = CacheSpec(top_k=4, temperature=2.0, hidden_states=(0, 1, 2))
+    _build(tiny_bert(2, 256, seed=1), examples, folder, spec=spec)
+    files = sorted(folder.glob("*.npy"))
+    assert sum(path.stat().st_size for path in files) > 10 * 2**20
+
+    def best(action):
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    hashing = best(lambda: [file_sha256(path) for path in files])
+    opening = best(lambda: TeacherCache.open(folder))
+    assert opening < 1.5 * hashing + 0.05, (opening, hashing)
 
 
 def test_failed_build_leaves_the_previous_cache_intact(tmp_path):

@@ -410,3 +410,46 @@ def test_a_data_file_with_a_nul_byte_or_ragged_rows_is_one_line(workspace: Path,
         handle.write(b"\x00\x01\x02\xff\xfe")
     line = one_line(["distill", str(workspace / "run.yaml"), f"data.train={binary}"])
     assert "is not valid utf-8 text" in line, line
+
+
+def _consistent_checkpoint_file(checkpoint: Path, name: str) -> None:
+    """Record the size and SHA-256 of the checkpoint's edited file ``name`` in its manifest, as an
+    edit by hand would: the checksums alone no longer tell."""
+    import hashlib
+
+    data = (checkpoint / name).read_bytes()
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_checkpoint_that_passes_its_checksums_but_does_not_fit_is_one_line_on_resume(
+    workspace: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "run"
+    code, err = run_command(
+        [
+            "distill",
+            str(workspace / "run.yaml"),
+            "--no-progress",
+            "training.max_steps=2",
+            "output.save_every=1",
+            f"output.dir={folder}",
+        ]
+    )
+    assert code == 0, err
+    # as if killed before its end: no report, the stage not marked finished
+    (folder / "report.md").unlink()
+    stage = folder / "checkpoints" / "distill"
+    (stage / "finished.json").unlink()
+    newest = sorted(stage.glob("checkpoint-*"))[-1]
+    weights = newest / "student.safetensors"
+    tensors = load_file(weights)
+    name = next(key for key in sorted(tensors) if tensors[key].dim() == 2)
+    tensors[name] = torch.zeros(tensors[name].shape[0] + 1, tensors[name].shape[1])
+    save_file(tensors, weights)
+    _consistent_checkpoint_file(newest, "student.safetensors")
+    line = one_line(["distill", "--resume", str(folder), "--no-progress"], after_log=True)
+    assert line.startswith(f"{PREFIX}{weights} does not fit the student (") and "size mismatch for" in line, line

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from cli_helpers import one_line, run_command
@@ -203,6 +204,94 @@ def test_a_generations_folder_holding_foreign_files_is_refused(tmp_path: Path) -
     assert (folder / "notes.txt").read_text() == "mine"
 
 
+def _consistent(folder: Path, name: str, array: Any, **marker_changes: Any) -> None:
+    """Write ``array`` as ``name`` and record its size and SHA-256 in the marker (with ``marker_changes``),
+    as an edit by hand would: the checksums alone no longer tell."""
+    from kdistill.files.ownership import file_sha256
+
+    np.save(folder / name, np.asarray(array, dtype=np.int64))
+    marker_path = folder / ".kdistill-generations.json"
+    marker = json.loads(marker_path.read_text())
+    marker["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+    marker.update(marker_changes)
+    marker_path.write_text(json.dumps(marker))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-5])
+
+
+def _without_checksums(folder: Path) -> None:
+    marker = json.loads((folder / ".kdistill-generations.json").read_text())
+    del marker["files"], marker["format"]  # as an earlier kdistill wrote it
+    (folder / ".kdistill-generations.json").write_text(json.dumps(marker))
+
+
+#: the stored continuations are [[a, b, c], [d, e, f]] (new_tokens=3, no end token): each damage, with
+#: what the log line must say; the issue's case was ends.npy edited to end at 3 tokens of 161 entries
+GENERATION_DAMAGE = {
+    "ends.npy edited": (
+        lambda f: np.save(f / "ends.npy", np.arange(1, 162) // 54),
+        "ends.npy does not match the checksum recorded when it was written",
+    ),
+    "ids.npy truncated": (lambda f: _truncate(f / "ids.npy"), "ids.npy does not match the checksum"),
+    "ids.npy deleted": (lambda f: (f / "ids.npy").unlink(), "ids.npy is missing"),
+    "marker deleted": (lambda f: (f / ".kdistill-generations.json").unlink(), "the marker"),
+    "marker unreadable": (lambda f: (f / ".kdistill-generations.json").write_text("{"), "is unreadable"),
+    "no checksums": (_without_checksums, "records no checksums (written by an earlier kdistill)"),
+    "ends that decrease": (
+        lambda f: _consistent(f, "ends.npy", [6, 4]),
+        "ends.npy is not the increasing ends of the 6 ids in ids.npy",
+    ),
+    "ends past the ids": (
+        lambda f: _consistent(f, "ends.npy", [3, 7]),
+        "ends.npy is not the increasing ends of the 6 ids in ids.npy",
+    ),
+    "more continuations than prompts": (
+        lambda f: _consistent(f, "ends.npy", [1, 2, 3, 4, 5, 6], count=6),
+        "ends.npy holds 6 continuations, 2 prompts were given",
+    ),
+    "a continuation longer than new_tokens": (
+        lambda f: _consistent(f, "ends.npy", [1, 6]),
+        "ends.npy holds a continuation of 5 tokens, more than new_tokens=3",
+    ),
+    "ids past the vocabulary": (
+        lambda f: _consistent(f, "ids.npy", [5, 6, 7, VOCAB + 100, 1, 2]),
+        f"ids.npy holds id {VOCAB + 100}, past the teacher's vocabulary of {VOCAB} ids",
+    ),
+    "a negative id": (lambda f: _consistent(f, "ids.npy", [5, 6, 7, -1, 1, 2]), "ids.npy holds the negative id -1"),
+    "ids of another shape": (
+        lambda f: _consistent(f, "ids.npy", [[5, 6, 7], [1, 2, 3]]),
+        "ids.npy holds a int64 array of shape (2, 3), not 1-D integers",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(GENERATION_DAMAGE))
+def test_damaged_stored_continuations_are_generated_again_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    model = tiny_decoder("llama", vocab=VOCAB, layers=2, seed=3)
+    prompts, settings = [[5, 6, 7], [9, 10]], GenerationSettings(new_tokens=3)
+    first, folder, _ = teacher_generations(model, prompts, settings, pad_token_id=0, eos_token_id=None, root=tmp_path)
+    assert [len(row) for row in first] == [3, 3]
+    make, message = GENERATION_DAMAGE[damage]
+    make(folder)
+    with caplog.at_level("WARNING", logger="kdistill.generation"):
+        again, same, reused = teacher_generations(
+            model, prompts, settings, pad_token_id=0, eos_token_id=None, root=tmp_path
+        )
+    assert (again, same, reused) == (first, folder, False)  # never the damaged copy
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and str(folder) in lines[0] and message in lines[0], lines
+    assert "generating them again" in lines[0]
+    assert teacher_generations(model, prompts, settings, pad_token_id=0, eos_token_id=None, root=tmp_path) == (
+        first,
+        folder,
+        True,
+    )
+
+
 # ---------------------------------------------------------------------------
 # through the command
 # ---------------------------------------------------------------------------
@@ -232,6 +321,21 @@ def test_sequence_kd_trains_on_the_teachers_continuations_and_stores_them(
     assert first["continuations"] == second["continuations"] > 0 and 0 < first["tokens"] <= 6 * first["continuations"]
     assert (first["reused"], second["reused"]) == (False, True) and first["folder"] == second["folder"]
     assert "read back from" in (tmp_path / "second" / "run.log").read_text()
+    # the issue's case: ends.npy damaged into 161 ends of 3 tokens was trained on; now it is generated again
+    np.save(Path(first["folder"]) / "ends.npy", np.arange(1, 162) // 54)
+    config = lm_config(plays, "third.yaml", objective=objective, output={"dir": str(tmp_path / "third")})
+    code, err = run_command(["distill", str(config), "--no-progress", "training.epochs=1"])
+    assert code == 0, err
+    third = json.loads((tmp_path / "third" / "metrics.json").read_text())["data"]["sequence_kd"]
+    assert (third["continuations"], third["tokens"], third["reused"]) == (
+        first["continuations"],
+        first["tokens"],
+        False,
+    )
+    log = (tmp_path / "third" / "run.log").read_text()
+    assert (
+        "are damaged (ends.npy does not match the checksum recorded when it was written); generating them again" in log
+    )
 
 
 def test_on_policy_through_the_command_reports_its_share_of_the_time(plays: Path, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import mlp
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.testing import assert_close
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -120,6 +122,187 @@ def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog
     with caplog.at_level("WARNING"):
         assert find_resumable(tmp_path) == previous
     assert "damaged" in caplog.text and newest.name in caplog.text
+
+
+def _checkpointed(folder):
+    """Two epochs of a small run, checkpointed every 2 steps (the newest 3 kept)."""
+    distill(
+        mlp(16, 32, 4, seed=0),
+        mlp(16, 8, 4, seed=1),
+        _loader(_task()),
+        lr=1e-2,
+        epochs=2,
+        checkpoint_dir=folder,
+        save_every=2,
+        keep_checkpoints=3,
+        progress=False,
+    )
+    return sorted(folder.glob("checkpoint-*"))
+
+
+def _edit_manifest(checkpoint, change):
+    manifest_path = checkpoint / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest = change(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def _drop(key):
+    def change(manifest):
+        del manifest["files"][key]
+        return manifest
+
+    return change
+
+
+def _outside(manifest):
+    manifest["files"]["../student.safetensors"] = manifest["files"]["student.safetensors"]
+    return manifest
+
+
+def _other_step(manifest):
+    manifest["step"] += 1
+    return manifest
+
+
+def _no_checksum(manifest):
+    del manifest["files"]["training_state.pt"]["sha256"]
+    return manifest
+
+
+#: manifests that are not the one kdistill wrote, with what the warning must say
+MANIFEST_DAMAGE = {
+    "a list": (lambda manifest: [manifest], "lists no step or files"),
+    "no files": (lambda manifest: {"step": manifest["step"]}, "lists no step or files"),
+    "the state not listed": (_drop("training_state.pt"), "does not list training_state.pt"),
+    "a path outside": (_outside, "lists the file '../student.safetensors'"),
+    "another step": (_other_step, "names step"),
+    "no checksum": (_no_checksum, "records no size and checksum of training_state.pt"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE))
+def test_a_checkpoint_whose_manifest_kdistill_did_not_write_falls_back_to_the_one_before(tmp_path, caplog, damage):
+    *_, previous, newest = _checkpointed(tmp_path)
+    change, message = MANIFEST_DAMAGE[damage]
+    _edit_manifest(newest, change)
+    with caplog.at_level("WARNING"):
+        assert find_resumable(tmp_path) == previous
+    assert f"{newest.name} is damaged" in caplog.text and message in caplog.text, caplog.text
+    student = mlp(16, 8, 4, seed=1)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_checkpoint(newest, student, Objective.hinton())
+
+
+def _rewrite(checkpoint, name, write):
+    """Replace the checkpoint's file ``name`` through ``write(path)`` and record its new size and
+    SHA-256 in the manifest, as an edit by hand would: the checksums alone no longer tell."""
+    from kdistill.files.ownership import file_sha256
+
+    path = checkpoint / name
+    write(path)
+    _edit_manifest(
+        checkpoint,
+        lambda manifest: {
+            **manifest,
+            "files": {**manifest["files"], name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}},
+        },
+    )
+
+
+def _weights(change):
+    def write(path):
+        tensors = load_file(path)
+        change(tensors)
+        save_file(tensors, path)
+
+    return write
+
+
+def _state(change):
+    def write(path):
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+
+    return write
+
+
+def _wider(tensors):
+    name = sorted(tensors)[0]
+    tensors[name] = torch.zeros(tensors[name].shape[0] + 1, *tensors[name].shape[1:])
+
+
+def _set(key, value):
+    return lambda state: state.__setitem__(key, value)
+
+
+def _broken_rng(state):
+    state["rng"]["torch"] = state["rng"]["torch"][:10]
+
+
+def _one_group_less(state):
+    state["optimizer"]["param_groups"][0]["params"] = state["optimizer"]["param_groups"][0]["params"][:1]
+
+
+#: files that pass their checksums (the manifest was edited to match) but do not fit the run
+CONTENT_DAMAGE = {
+    "student weights of another shape": (
+        "student.safetensors",
+        _weights(_wider),
+        "student.safetensors does not fit the student (",
+    ),
+    "student weights missing a tensor": (
+        "student.safetensors",
+        _weights(lambda tensors: tensors.pop(sorted(tensors)[0])),
+        "student.safetensors does not fit the student (Error(s) in loading state_dict for Sequential:; Missing key",
+    ),
+    "a state without its history": (
+        "training_state.pt",
+        _state(lambda state: state.pop("history")),
+        "training_state.pt is damaged: it holds [",
+    ),
+    "a negative step": ("training_state.pt", _state(_set("batches_done", -3)), "its batches_done is -3, not a count"),
+    "a state of another step": ("training_state.pt", _state(_set("step", 2)), "it is the state of step 2"),
+    "an RNG state that cannot be restored": (
+        "training_state.pt",
+        _state(_broken_rng),
+        "it holds an RNG state that cannot be restored",
+    ),
+    "an optimizer state of another model": (
+        "training_state.pt",
+        _state(_one_group_less),
+        "training_state.pt does not fit this run's optimizer or scheduler",
+    ),
+    "a history that is not one": (
+        "training_state.pt",
+        _state(_set("history", {"steps": [], "bogus": 1})),
+        "its history holds ['bogus', 'steps']",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CONTENT_DAMAGE))
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused_in_one_line(tmp_path, damage):
+    *_, newest = _checkpointed(tmp_path)
+    name, write, message = CONTENT_DAMAGE[damage]
+    _rewrite(newest, name, write)
+    assert find_resumable(tmp_path) == newest  # its checksums pass
+    student = mlp(16, 8, 4, seed=1)
+    with pytest.raises(CheckpointError) as error:
+        distill(
+            mlp(16, 32, 4, seed=0),
+            student,
+            _loader(_task()),
+            lr=1e-2,
+            epochs=3,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
+    text = str(error.value)
+    assert message in text and str(newest / name) in text and len(text.splitlines()) == 1, text
+    assert isinstance(error.value, ValueError)  # a KdistillError: one line on the command line
 
 
 def test_a_checkpoint_holding_an_unsafe_pickle_is_refused(tmp_path):

@@ -172,3 +172,20 @@ def test_building_the_cache_does_not_shift_the_stages_random_draws(workspace: Pa
     assert "reusing the teacher cache" in (reused / "run.log").read_text()
     for name, tensor in student_weights(built).items():
         assert torch.equal(tensor, student_weights(reused)[name]), name
+
+
+def test_a_damaged_cache_is_rebuilt_with_a_log_line_and_never_trained_on(workspace: Path, tmp_path: Path) -> None:
+    import json
+
+    cache = tmp_path / "cache"
+    first = distill(workspace, tmp_path / "first", f"teacher.cache={cache}", "training.epochs=1")
+    # a shape the manifest does not give: the shards' checksums still pass
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["fields"]["logits"]["row_shape"] = [3]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    again = distill(workspace, tmp_path / "again", f"teacher.cache={cache}", "training.epochs=1")
+    log = (again / "run.log").read_text()
+    assert f"the teacher cache at {cache} is damaged: logits.00000.npy holds float32 of shape" in log
+    assert "; rebuilding it" in log
+    for name, tensor in student_weights(again).items():
+        torch.testing.assert_close(tensor, student_weights(first)[name], msg=name)

@@ -25,8 +25,11 @@ logger = logging.getLogger("kdistill.cache")
 def changed_parts(folder: Path, parts: dict[str, str]) -> str:
     """' (changed: teacher weights, dataset)' for a cache built for other inputs, else ''."""
     try:
-        stored = json.loads((folder / MANIFEST).read_text()).get("parts", {})
+        manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
+        return ""
+    stored = manifest.get("parts") if isinstance(manifest, dict) else None
+    if not isinstance(stored, dict):
         return ""
     names = {
         "teacher": "teacher weights",

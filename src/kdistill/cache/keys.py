@@ -1,5 +1,6 @@
-"""What a teacher cache stores (:class:`CacheSpec`), its errors, and the fingerprints that key it:
-the teacher's weights, the dataset's content and order, the tokenisation and what is stored."""
+"""What a teacher cache stores (:class:`CacheSpec`), its errors, the fingerprints that key it (the
+teacher's weights, the dataset's content and order, the tokenisation and what is stored), and its
+manifest, whose fingerprint must be that of its own parts when it is read back."""
 
 from __future__ import annotations
 
@@ -168,9 +169,20 @@ def cache_key(
         "teacher": fingerprint_teacher(teacher),
         "dataset": fingerprint_dataset(dataset),
         "tokenization": _hash_json(dict(tokenization or {})),
-        "spec": _hash_json(_spec_key(spec or CacheSpec())),
+        "spec": _fingerprint_spec(spec or CacheSpec()),
     }
-    return _hash_json({"format": FORMAT_VERSION, **parts}), parts
+    return _fingerprint_of(parts), parts
+
+
+def _fingerprint_of(parts: Mapping[str, str]) -> str:
+    """The fingerprint :func:`cache_key` gives a cache whose parts hash to ``parts``: a manifest's
+    fingerprint must be that of its own parts (a manifest edited by hand is not)."""
+    return _hash_json({"format": FORMAT_VERSION, **parts})
+
+
+def _fingerprint_spec(spec: CacheSpec) -> str:
+    """The hash of what ``spec`` stores, as the ``spec`` part of :func:`cache_key`."""
+    return _hash_json(_spec_key(spec))
 
 
 def _spec_key(spec: CacheSpec) -> dict[str, Any]:
@@ -184,3 +196,50 @@ def _spec_key(spec: CacheSpec) -> dict[str, Any]:
 
 def _hash_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------
+# the manifest
+# ---------------------------------------------------------------------------
+
+
+def cache_manifest(
+    fingerprint: str,
+    parts: dict[str, str],
+    spec: CacheSpec,
+    num_examples: int,
+    fields: dict[str, dict[str, Any]],
+    shards: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The manifest of a complete cache: its key, what it stores and where."""
+    return {
+        "format": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "parts": parts,
+        "spec": asdict(spec),
+        "num_examples": num_examples,
+        "fields": fields,
+        "shards": shards,
+        "complete": True,
+    }
+
+
+def manifest_spec(manifest: dict[str, Any]) -> CacheSpec:
+    """The :class:`CacheSpec` a manifest records, once its fingerprint is shown to be that of its own
+    parts and its spec that of its ``spec`` part (a manifest edited by hand is neither).
+
+    Raises:
+        ValueError: what is wrong, to follow "manifest.json ".
+    """
+    parts, stored = manifest.get("parts"), manifest.get("spec")
+    if not (isinstance(parts, dict) and isinstance(stored, dict)):
+        raise ValueError("lacks the parts of its fingerprint or its spec")
+    if manifest.get("fingerprint") != _fingerprint_of(parts):
+        raise ValueError("does not match its own fingerprint")
+    try:
+        spec = CacheSpec(**{**stored, "hidden_states": tuple(stored.get("hidden_states", ()))})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"records an impossible spec ({error})") from error
+    if _fingerprint_spec(spec) != parts.get("spec"):
+        raise ValueError("records a spec that does not match its fingerprint")
+    return spec

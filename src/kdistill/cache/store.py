@@ -9,7 +9,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,26 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from kdistill.cache.folder import build_lock, changed_parts, check_replaceable, replace_folder
-from kdistill.cache.keys import FORMAT_VERSION, MANIFEST, MARKER, STORAGE_DTYPES, CacheError, CacheSpec, cache_key
-from kdistill.cache.shards import ShardWriter, from_storage, in_example_order, length_sorted_windows, to_storage
+from kdistill.cache.keys import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MARKER,
+    STORAGE_DTYPES,
+    CacheError,
+    CacheSpec,
+    cache_key,
+    cache_manifest,
+    manifest_spec,
+)
+from kdistill.cache.shards import (
+    ShardWriter,
+    check_layout,
+    check_shard_arrays,
+    from_storage,
+    in_example_order,
+    length_sorted_windows,
+    to_storage,
+)
 from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
 from kdistill.capture.features import nonfinite_teacher_fields
 from kdistill.data.batch import example_indices, split_batch
@@ -33,10 +50,11 @@ from kdistill.losses.chunked import default_chunk_size
 logger = logging.getLogger("kdistill.cache")
 
 
-def _compact_ids(indices: Tensor) -> np.ndarray:
-    """Top-k ids in the narrowest unsigned type that holds them: 16 bits for vocabularies up to 65,536."""
-    array = indices.detach().cpu().numpy()
-    return array.astype(np.uint16 if int(array.max(initial=0)) < 2**16 else np.uint32)
+def _compact_ids(indices: Tensor, vocab_size: int) -> np.ndarray:
+    """Top-k ids in the narrowest unsigned type that holds every id of the vocabulary: 16 bits for
+    vocabularies up to 65,536 (chosen by the vocabulary, not the batch, so that every batch and shard
+    of a cache has the dtype its manifest records)."""
+    return indices.detach().cpu().numpy().astype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
 def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict[str, Tensor]:
@@ -61,27 +79,6 @@ def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict
     return {"topk_logprobs": torch.cat(values), "topk_indices": torch.cat(ids), "topk_rest": torch.cat(rests)}
 
 
-def _manifest(
-    fingerprint: str,
-    parts: dict[str, str],
-    spec: CacheSpec,
-    num_examples: int,
-    fields: dict[str, dict[str, Any]],
-    shards: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The manifest of a complete cache: its key, what it stores and where."""
-    return {
-        "format": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "parts": parts,
-        "spec": asdict(spec),
-        "num_examples": num_examples,
-        "fields": fields,
-        "shards": shards,
-        "complete": True,
-    }
-
-
 class TeacherCache:
     """A teacher's outputs over a dataset, stored on disk and read back per batch.
 
@@ -94,10 +91,11 @@ class TeacherCache:
         >>> distill(None, student, loader, teacher_cache=cache)  # doctest: +SKIP
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], spec: CacheSpec) -> None:
+        """A cache over the files of ``folder`` (use :meth:`open`, which checks them first)."""
         self.folder = folder
         self.manifest = manifest
-        self.spec = CacheSpec(**{**manifest["spec"], "hidden_states": tuple(manifest["spec"]["hidden_states"])})
+        self.spec = spec
         self.fields: dict[str, dict[str, Any]] = manifest["fields"]
         self._starts = np.array([shard["start"] for shard in manifest["shards"]], dtype=np.int64)
         self._arrays: list[dict[str, np.ndarray]] = [
@@ -236,7 +234,7 @@ class TeacherCache:
                     writer = ShardWriter(staging, spec)
             if writer.num_examples:
                 shards.append(writer.write(len(shards), position - writer.num_examples))
-            manifest = _manifest(fingerprint, parts, spec, position, fields, shards)
+            manifest = cache_manifest(fingerprint, parts, spec, position, fields, shards)
             # the manifest is written last: a folder without one is never taken for a cache
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
             replace_folder(staging, folder)
@@ -288,6 +286,11 @@ class TeacherCache:
         per_example_rows: dict[str, Tensor] = {}
         # a from_hidden cache computes its top-k below; the logits a causal LM returns then are empty
         logits = None if spec.from_hidden else features.logits
+        vocab_size = 0  # the ids a top-k is drawn from: the top-k ids are checked against it on opening
+        if spec.top_k and logits is not None:
+            vocab_size = int(logits.shape[-1])
+        elif spec.from_hidden and features.output_layer is not None:
+            vocab_size = int(features.output_layer.weight[: spec.vocab_size].shape[0])
         if logits is not None and (spec.logits or spec.top_k):
             target = per_token_rows if logits.dim() == 3 else per_example_rows
             if spec.top_k:
@@ -320,19 +323,19 @@ class TeacherCache:
             for name, value in rows.items():
                 is_float = value.is_floating_point()
                 if name == "topk_indices":
-                    array = _compact_ids(value)
+                    array = _compact_ids(value, vocab_size)
                 elif is_float and name != "topk_rest":
                     array = to_storage(value, spec.dtype)
                 else:
                     array = value.detach().float().cpu().numpy() if is_float else value.detach().cpu().numpy()
-                fields.setdefault(
-                    name,
-                    {
-                        "per_token": per_token,
-                        "row_shape": list(array.shape[1:]),
-                        "storage": spec.dtype if is_float and name != "topk_rest" else str(array.dtype),
-                    },
-                )
+                info = {
+                    "per_token": per_token,
+                    "row_shape": list(array.shape[1:]),
+                    "storage": spec.dtype if is_float and name != "topk_rest" else str(array.dtype),
+                }
+                if name == "topk_indices":
+                    info["vocab_size"] = vocab_size
+                fields.setdefault(name, info)
                 out[name] = array
         return out, counts
 
@@ -340,8 +343,15 @@ class TeacherCache:
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str], fingerprint: str | None = None, verify: bool = True) -> TeacherCache:
-        """Open a complete cache; raise :class:`CacheError` if it is missing, incomplete,
-        damaged (a shard's size or SHA-256 differs) or, given ``fingerprint``, built for other inputs."""
+        """Open a complete cache; raise :class:`CacheError` if it is missing, incomplete, damaged
+        or, given ``fingerprint``, built for other inputs.
+
+        Damaged: a manifest that is not the one kdistill wrote (its fingerprint is not that of its
+        own parts, or its shards do not cover the examples one after another), a shard whose size or
+        SHA-256 differs from the manifest's, or whose dtype, shape or offsets disagree with it, or
+        top-k ids past the vocabulary. ``verify=False`` skips what reads every byte (the SHA-256
+        and the scan of the top-k ids); the sizes, shapes and offsets are checked all the same.
+        """
         folder = Path(folder)
         manifest_path = folder / MANIFEST
         if not manifest_path.exists():
@@ -350,10 +360,15 @@ class TeacherCache:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as error:
             raise CacheError(f"the teacher cache manifest at {manifest_path} is unreadable ({error})") from error
-        if manifest.get("format") != FORMAT_VERSION or not manifest.get("complete"):
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or not manifest.get("complete"):
             raise CacheError(f"the teacher cache at {folder} is incomplete or from another kdistill version")
         if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
             raise CacheError(f"the teacher cache at {folder} was built for other inputs")
+        try:
+            spec = manifest_spec(manifest)
+            check_layout(manifest)
+        except (TypeError, ValueError) as error:
+            raise CacheError(f"the teacher cache at {folder} is damaged: manifest.json {error}") from error
         for shard in manifest["shards"]:
             for _name, entry in shard["files"].items():
                 path = folder / entry["path"]
@@ -367,9 +382,11 @@ class TeacherCache:
                 if verify and file_sha256(path) != entry["sha256"]:
                     raise CacheError(f"the teacher cache at {folder} is damaged: {entry['path']} fails its checksum")
         try:
-            return cls(folder, manifest)
+            cache = cls(folder, manifest, spec)
+            check_shard_arrays(cache.fields, manifest["shards"], cache._arrays, scan=verify)
         except (OSError, ValueError) as error:
             raise CacheError(f"the teacher cache at {folder} is damaged: {error}") from error
+        return cache
 
     # -- reading ------------------------------------------------------------
 

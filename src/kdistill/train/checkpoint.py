@@ -12,11 +12,14 @@ A checkpoint is a folder ``checkpoint-<step>`` holding:
 
 It is written to a staging folder and renamed into place, so a run killed at any moment
 (SIGKILL included) leaves either a complete checkpoint or none. On resume a damaged last
-checkpoint is reported and the one before it is used.
+checkpoint (a file missing or changed since its manifest was written, or a manifest that is not
+the one kdistill wrote) is reported and the one before it is used; a checkpoint that passes its
+checksums but whose weights or state do not fit the run is refused in one line naming the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,11 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from kdistill.errors import KdistillError
 from kdistill.files.ownership import file_sha256, unowned_files
+from kdistill.train.history import History
 
 __all__ = [
     "CheckpointError",
@@ -51,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "manifest.json"
+#: the files every checkpoint holds, each listed in its manifest with its size and SHA-256
+CHECKPOINT_FILES = ("student.safetensors", "objective.safetensors", "training_state.pt")
 
 
 class CheckpointError(KdistillError, RuntimeError):
@@ -183,18 +190,38 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless every file of the checkpoint is present and intact."""
+def _manifest_of(path: Path) -> dict[str, Any]:
+    """The checkpoint's manifest, once it is shown to be one kdistill writes: its step that of the
+    folder's name, and a size and SHA-256 for each file a checkpoint holds (and for no other path)."""
     manifest_path = path / MANIFEST
-    if not manifest_path.exists():
+    if not manifest_path.is_file():
         raise CheckpointError(f"{path.name} is incomplete (no manifest)")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except ValueError as error:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
         raise CheckpointError(f"{path.name} has an unreadable manifest ({error})") from error
-    for name, entry in manifest["files"].items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not isinstance(manifest.get("step"), int):
+        raise CheckpointError(f"{path.name} is damaged: its {MANIFEST} lists no step or files")
+    named = CHECKPOINT_PATTERN.match(path.name)
+    if named is not None and int(named.group(1)) != manifest["step"]:
+        raise CheckpointError(f"{path.name} is damaged: its {MANIFEST} names step {manifest['step']}")
+    missing = [name for name in CHECKPOINT_FILES if name not in files]
+    if missing:
+        raise CheckpointError(f"{path.name} is damaged: its {MANIFEST} does not list {', '.join(missing)}")
+    for name, entry in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..", MANIFEST):
+            raise CheckpointError(f"{path.name} is damaged: its {MANIFEST} lists the file {name!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int) or "sha256" not in entry:
+            raise CheckpointError(f"{path.name} is damaged: its {MANIFEST} records no size and checksum of {name}")
+    return manifest
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless every file of the checkpoint is present and intact."""
+    for name, entry in _manifest_of(path)["files"].items():
         file = path / name
-        if not file.exists():
+        if not file.is_file():
             raise CheckpointError(f"{path.name} is damaged: {name} is missing")
         if file.stat().st_size != entry["bytes"] or file_sha256(file) != entry["sha256"]:
             raise CheckpointError(f"{path.name} is damaged: {name} does not match its checksum")
@@ -211,24 +238,80 @@ def find_resumable(folder: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def load_checkpoint(path: str | os.PathLike[str], student: nn.Module, objective: nn.Module) -> TrainingState:
-    """Load weights into ``student`` and ``objective`` and return the rest of the training state.
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (torch's and safetensors' span several)."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
-    Everything is read without unpickling code: safetensors for weights and
-    ``torch.load(weights_only=True)`` for the state.
-    """
-    path = Path(path)
-    verify_checkpoint(path)
-    load_model(student, str(path / "student.safetensors"))
-    load_model(objective, str(path / "objective.safetensors"))
+
+def _check_state(raw: Any, file: Path, step: int, generators: Sequence[torch.Generator]) -> TrainingState:
+    """The :class:`TrainingState` in ``raw``, once it holds what :func:`save_checkpoint` writes:
+    every field, counters that are counts, the manifest's step and RNG states that can be restored."""
+    names = [field.name for field in dataclasses.fields(TrainingState)]
+    if not isinstance(raw, dict) or sorted(raw) != sorted(names):
+        found = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{file} is damaged: it holds {found}, not a kdistill training state")
+    for name in ("step", "epoch", "batches_done"):
+        value = raw[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"{file} is damaged: its {name} is {value!r}, not a count")
+    if raw["step"] != step:
+        raise CheckpointError(f"{file} is damaged: it is the state of step {raw['step']}, its manifest's step {step}")
+    if not all(isinstance(raw[name], dict) for name in ("epoch_rng", "rng", "optimizer", "history")) or not all(
+        raw[name] is None or isinstance(raw[name], dict) for name in ("scheduler", "scaler")
+    ):
+        raise CheckpointError(f"{file} is damaged: its optimizer, scheduler, RNG or history state is not a mapping")
+    history_fields = {field.name for field in dataclasses.fields(History)}
+    if not set(raw["history"]) <= history_fields:
+        raise CheckpointError(f"{file} is damaged: its history holds {sorted(map(str, raw['history']))}")
+    before = rng_state(generators)
+    try:  # restore each RNG state once (then the current ones again): one that cannot be restored is damage
+        for state in (raw["rng"], raw["epoch_rng"]):
+            set_rng_state(state, generators)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        raise CheckpointError(f"{file} is damaged: it holds an RNG state that cannot be restored ({error})") from error
+    finally:
+        set_rng_state(before, generators)
+    return TrainingState(**raw)
+
+
+def _load_state(file: Path, step: int, generators: Sequence[torch.Generator]) -> TrainingState:
+    """The training state in ``file`` (``torch.load(weights_only=True)``), checked by :func:`_check_state`."""
     try:
-        raw = torch.load(path / "training_state.pt", weights_only=True)
+        raw = torch.load(file, weights_only=True)
     except Exception as error:  # an unpicklable or tampered state: refuse it with the reason
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         # torch's message is a page long; the line naming the refused object is the reason
         reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(error).__name__)
         raise CheckpointError(
-            f"{path / 'training_state.pt'} holds objects that cannot be loaded safely ({reason}); "
+            f"{file} holds objects that cannot be loaded safely ({reason}); "
             "kdistill loads checkpoints with torch.load(weights_only=True) only"
         ) from error
-    return TrainingState(**raw)
+    return _check_state(raw, file, step, generators)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    student: nn.Module,
+    objective: nn.Module,
+    generators: Sequence[torch.Generator] = (),
+) -> TrainingState:
+    """Load weights into ``student`` and ``objective`` and return the rest of the training state.
+
+    Everything is read without unpickling code: safetensors for weights and
+    ``torch.load(weights_only=True)`` for the state; what is read is checked (checksums, the
+    state's fields, RNG states that can be restored into the global RNGs and ``generators``, the
+    weights' names and shapes), and :class:`CheckpointError` names the file that does not fit.
+    """
+    path = Path(path)
+    verify_checkpoint(path)
+    state = _load_state(path / "training_state.pt", _manifest_of(path)["step"], generators)
+    for name, module, what in (
+        ("student.safetensors", student, "the student"),
+        ("objective.safetensors", objective, "the objective"),
+    ):
+        try:
+            load_model(module, str(path / name))
+        except (RuntimeError, ValueError, OSError, SafetensorError) as error:
+            raise CheckpointError(f"{path / name} does not fit {what} ({_one_line(error)})") from error
+    return state

@@ -38,6 +38,7 @@ from kdistill.errors import NonFiniteLossError
 from kdistill.losses.objective import Objective, StepShare
 from kdistill.losses.token_terms import count_targets
 from kdistill.train.checkpoint import (
+    CheckpointError,
     TrainingState,
     find_resumable,
     load_checkpoint,
@@ -241,13 +242,18 @@ class _Loop:
         if found is None:
             logger.warning("no usable checkpoint in %s: starting from the beginning", self.checkpoint_dir)
             return
-        state = self.resumed = load_checkpoint(found, self.student_module, self.objective)
-        self.optimizer.load_state_dict(state.optimizer)
-        if self.scheduler is not None and state.scheduler is not None:
-            self.scheduler.load_state_dict(state.scheduler)
-        if self.scaler is not None and state.scaler is not None:
-            self.scaler.load_state_dict(state.scaler)
-        self.history = History(**state.history)
+        state = self.resumed = load_checkpoint(found, self.student_module, self.objective, self.generators)
+        try:
+            self.optimizer.load_state_dict(state.optimizer)
+            if self.scheduler is not None and state.scheduler is not None:
+                self.scheduler.load_state_dict(state.scheduler)
+            if self.scaler is not None and state.scaler is not None:
+                self.scaler.load_state_dict(state.scaler)
+            self.history = History(**state.history)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise CheckpointError(
+                f"{found / 'training_state.pt'} does not fit this run's optimizer or scheduler ({error})"
+            ) from error
         self.global_step, self.start_epoch, self.skip_batches = state.step, state.epoch, state.batches_done
         logger.info("resuming from %s (step %d, epoch %d)", found, self.global_step, self.start_epoch)
 

@@ -4,9 +4,12 @@ what the teacher wrote instead of (or besides) the data's text.
 
 Generating is the expensive part, so the continuations are stored once per teacher, prompts and
 settings: :func:`teacher_generations` keeps them in a folder named by that fingerprint under
-``$KDISTILL_CACHE/teacher-generations/`` (written atomically, its marker written by kdistill) and
-reads them back on the next run with the same teacher and prompts. Sampling is seeded per prompt,
-so the same prompt gets the same continuation whatever the batch it is generated in.
+``$KDISTILL_CACHE/teacher-generations/`` (written atomically, its marker written by kdistill last,
+with the size and SHA-256 of each file) and reads them back on the next run with the same teacher
+and prompts. What is read back is verified (checksums, one increasing end per prompt, ids within the
+teacher's vocabulary): a damaged copy is said so in a log line and generated again, never trained on.
+Sampling is seeded per prompt, so the same prompt gets the same continuation whatever the batch it
+is generated in.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tqdm.auto import tqdm
 from kdistill.cache.keys import fingerprint_teacher
 from kdistill.errors import KdistillError
 from kdistill.files.locations import cache_root
+from kdistill.files.ownership import file_sha256
 from kdistill.losses.reduction import check_temperature
 from kdistill.models.preflight import usable_positions
 
@@ -168,6 +172,9 @@ def teacher_generations(
 ) -> tuple[list[list[int]], Path, bool]:
     """The teacher's continuations of ``prompts``: read back when stored, else generated and stored.
 
+    What is read back is verified first (see :func:`_read`): a stored copy that is damaged is
+    reported in a log line and generated again, never trained on.
+
     Returns:
         ``(continuations, the folder they are stored in, whether they were read back)``.
 
@@ -175,32 +182,93 @@ def teacher_generations(
         KdistillError: the fingerprint's folder exists but is not kdistill's (never replaced).
     """
     folder = (root or cache_root() / "teacher-generations") / _key(teacher, prompts, settings)
-    stored = _read(folder, len(prompts))
+    vocab_size = _vocab_size(teacher)
+    stored, damage = _read(folder, len(prompts), settings.new_tokens, vocab_size)
     if stored is not None:
         return stored, folder, True
-    if folder.exists() and not {entry.name for entry in folder.iterdir()} <= _FILES:
+    if folder.exists() and (not folder.is_dir() or not {entry.name for entry in folder.iterdir()} <= _FILES):
         raise KdistillError(f"{str(folder)!r} holds files kdistill did not write; move them away to store generations")
+    if damage is not None:
+        logger.warning("the teacher generations stored in %s are damaged (%s); generating them again", folder, damage)
     found = generate_continuations(
         teacher, prompts, settings, pad_token_id=pad_token_id, eos_token_id=eos_token_id, progress=progress
     )
-    _write(folder, found, settings)
+    _write(folder, found, settings, vocab_size)
     return found, folder, False
 
 
-def _read(folder: Path, count: int) -> list[list[int]] | None:
+def _vocab_size(model: nn.Module) -> int | None:
+    """The number of ids ``model`` can generate (its output layer's rows), or None where it has no such layer."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    layer = get_output() if callable(get_output) else None
+    weight = getattr(layer, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _load_ids(path: Path) -> np.ndarray:
+    """A 1-D integer array from a ``.npy`` file (no pickles), or ValueError saying what it holds instead."""
+    array = np.load(path, allow_pickle=False)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise ValueError(f"{path.name} holds a {array.dtype} array of shape {array.shape}, not 1-D integers")
+    return array.astype(np.int64)
+
+
+def _read(
+    folder: Path, count: int, new_tokens: int, vocab_size: int | None
+) -> tuple[list[list[int]] | None, str | None]:
+    """The ``count`` continuations stored in ``folder``, verified; else None and why not.
+
+    Returns:
+        ``(continuations, None)`` for an intact store, ``(None, None)`` where there is none, and
+        ``(None, what is damaged)`` for one that cannot be used: a file missing, changed since it was
+        written (its size or SHA-256, recorded in the marker, differs), or holding what kdistill never
+        writes (offsets that are not increasing, another number of continuations, a continuation longer
+        than ``new_tokens``, ids past the teacher's vocabulary).
+    """
+    marker_path = folder / _MARKER
+    if not marker_path.is_file():
+        # an empty or absent folder holds nothing yet; files without their marker are damage
+        return None, f"the marker {_MARKER} is missing" if folder.is_dir() and any(folder.iterdir()) else None
     try:
-        marker = json.loads((folder / _MARKER).read_text())
-        ids, ends = np.load(folder / "ids.npy"), np.load(folder / "ends.npy")
-    except (OSError, ValueError):
-        return None
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return None, f"{_MARKER} is unreadable ({error})"
+    if not isinstance(marker, dict) or marker.get("kdistill") != "teacher-generations":
+        return None, f"{_MARKER} is not a kdistill generations marker"
+    files = marker.get("files")
+    if marker.get("format") != _FORMAT or not isinstance(files, dict):
+        return None, f"{_MARKER} records no checksums (written by an earlier kdistill)"
+    for name in ("ids.npy", "ends.npy"):
+        entry, path = files.get(name), folder / name
+        if not isinstance(entry, dict) or not path.is_file():
+            return None, f"{name} is missing"
+        if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
+            return None, f"{name} does not match the checksum recorded when it was written"
+    try:
+        ids, ends = _load_ids(folder / "ids.npy"), _load_ids(folder / "ends.npy")
+    except (OSError, ValueError) as error:
+        return None, str(error)
     if marker.get("count") != count or len(ends) != count:
-        return None
-    starts = np.concatenate([[0], ends[:-1]])
-    return [ids[start:end].tolist() for start, end in zip(starts, ends)]
+        return None, f"ends.npy holds {len(ends)} continuations, {count} prompts were given"
+    lengths = np.diff(ends, prepend=0)
+    if count and (lengths.min() < 0 or ends[-1] != len(ids)):
+        return None, f"ends.npy is not the increasing ends of the {len(ids)} ids in ids.npy"
+    if count and lengths.max() > new_tokens:
+        return None, f"ends.npy holds a continuation of {int(lengths.max())} tokens, more than new_tokens={new_tokens}"
+    if len(ids) and ids.min() < 0:
+        return None, f"ids.npy holds the negative id {int(ids.min())}"
+    if len(ids) and vocab_size is not None and ids.max() >= vocab_size:
+        return None, f"ids.npy holds id {int(ids.max())}, past the teacher's vocabulary of {vocab_size} ids"
+    starts = ends - lengths
+    return [ids[start:end].tolist() for start, end in zip(starts.tolist(), ends.tolist())], None
 
 
-def _write(folder: Path, continuations: list[list[int]], settings: GenerationSettings) -> None:
-    """Write to a staging folder beside ``folder``, marker last, and rename it into place."""
+def _write(folder: Path, continuations: list[list[int]], settings: GenerationSettings, vocab_size: int | None) -> None:
+    """Write to a staging folder beside ``folder``, marker last (with each file's size and SHA-256),
+    and rename it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -208,8 +276,20 @@ def _write(folder: Path, continuations: list[list[int]], settings: GenerationSet
     flat = [token for row in continuations for token in row]
     np.save(staging / "ids.npy", np.asarray(flat, dtype=np.int64))
     np.save(staging / "ends.npy", np.cumsum([len(row) for row in continuations]).astype(np.int64))
-    marker = {"kdistill": "teacher-generations", "count": len(continuations), "settings": asdict(settings)}
-    (staging / _MARKER).write_text(json.dumps(marker))
+    files = {
+        name: {"bytes": (staging / name).stat().st_size, "sha256": file_sha256(staging / name)}
+        for name in ("ids.npy", "ends.npy")
+    }
+    marker = {
+        "kdistill": "teacher-generations",
+        "format": _FORMAT,
+        "count": len(continuations),
+        "tokens": len(flat),
+        "vocab_size": vocab_size,
+        "settings": asdict(settings),
+        "files": files,
+    }
+    (staging / _MARKER).write_text(json.dumps(marker), encoding="utf-8")
     if folder.exists():
         shutil.rmtree(folder)  # a damaged earlier copy holding only our own files (checked by the caller)
     os.replace(staging, folder)
