@@ -56,6 +56,7 @@ from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train
 from kdistill.cache import check_cache_folder
 from kdistill.errors import ConfigError, KdistillError, RunFolderError
+from kdistill.files.locations import cache_root
 from kdistill.models.loading import looks_local
 from kdistill.models.preflight import check_memory, model_memory_per_layer
 from kdistill.tasks import Task, get_task
@@ -108,6 +109,8 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         KdistillError: any problem with the inputs, as one line.
     """
     task = get_task(config.task)
+    if _uses_cache_root(config):
+        cache_root()  # a $KDISTILL_CACHE that is a file is refused now, not when the first stage starts
     set_seed(config.training.seed)
     raw = task.read(config.data)
     models = task.load_models(config.teacher, config.student, raw, seed=config.training.seed)
@@ -129,6 +132,13 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
                 )
             stages = [dataclasses.replace(stage, on_policy=on_policy) for stage in stages]
     return PreparedRun(config, task, models, data, stages)
+
+
+def _uses_cache_root(config: RunConfig) -> bool:
+    """Whether the run keeps something under kdistill's cache folder (:func:`cache_root`): a teacher
+    cache without a folder of its own, or the teacher's generations of sequence-level KD."""
+    cache = config.teacher.cache
+    return (cache is not None and cache.dir is None) or getattr(config.objective, "sequence_kd", None) is not None
 
 
 def _check_batch_memory(config: RunConfig, models: Models) -> None:
