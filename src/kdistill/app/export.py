@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kdistill.app.arguments import positive_float, positive_int
+from kdistill.app.arguments import file_argument, model_argument, positive_float, positive_int
 
 __all__ = ["add_parser", "default_output", "run"]
 
@@ -42,10 +42,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    export.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, a model folder or a hub id")
+    export.add_argument(
+        "model", metavar="RUN_OR_MODEL", type=model_argument, help="a run folder, a model folder or a hub id"
+    )
     export.add_argument("--format", choices=("onnx",), default="onnx", help="the format (onnx, the default)")
     export.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantisation)")
-    export.add_argument("--output", metavar="DIR", help="the export folder (default: ./<run or model name>-onnx)")
+    export.add_argument(
+        "--output", metavar="DIR", type=file_argument, help="the export folder (default: ./<run or model name>-onnx)"
+    )
     export.add_argument(
         "--atol", type=positive_float, default=1e-4, help="largest logit difference allowed (default 1e-4)"
     )

@@ -23,18 +23,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kdistill.app.arguments import add_data_flags, as_eval_flags, data_flag_values, positive_int
+from kdistill.app.arguments import (
+    add_data_flags,
+    as_eval_flags,
+    data_flag_values,
+    file_argument,
+    model_argument,
+    positive_int,
+)
 from kdistill.app.model_folder import TEXT_CLASSIFICATION, ChosenModel, choose_model
 from kdistill.app.run_folder import METRICS_FILE
 from kdistill.errors import DataError, KdistillError, OutputFileError
-from kdistill.files.ownership import check_replaceable_file
-from kdistill.files.writing import atomic_writer
+from kdistill.files.ownership import (
+    check_replaceable_marked_file,
+    is_marked_file,
+    marker_path,
+    write_marked_file,
+)
 
 if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
     "PREDICTED_COLUMN",
+    "PREDICTIONS_KIND",
     "PROBABILITY_PREFIX",
     "Predictions",
     "add_parser",
@@ -46,10 +58,12 @@ __all__ = [
     "write_predictions",
 ]
 
-#: the column of the predicted label; a predictions file is recognised by it (see :func:`is_predictions_file`)
+#: the column of the predicted label
 PREDICTED_COLUMN = "predicted_label"
 #: the prefix of the probability columns, one per label: ``prob_<label>``
 PROBABILITY_PREFIX = "prob_"
+#: the kind of file the marker beside a predictions file names (``preds.csv.kdistill.json``)
+PREDICTIONS_KIND = "predictions"
 #: the predictions file of ``--data`` without ``--output``
 DEFAULT_OUTPUT = "predictions.csv"
 #: the label column of the data section a file is read with: predictions read no labels
@@ -81,12 +95,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, a model folder or a hub id")
+    predict.add_argument(
+        "model", metavar="RUN_OR_MODEL", type=model_argument, help="a run folder, a model folder or a hub id"
+    )
     given = predict.add_mutually_exclusive_group(required=True)
     given.add_argument("--text", action="append", metavar="TEXT", help="a text to classify (repeat for more)")
-    given.add_argument("--data", metavar="FILE", help="a CSV/TSV/JSON/JSONL/Parquet file of texts (labels not needed)")
+    given.add_argument(
+        "--data",
+        metavar="FILE",
+        type=file_argument,
+        help="a CSV/TSV/JSON/JSONL/Parquet file of texts (labels not needed)",
+    )
     predict.add_argument(
-        "--output", metavar="FILE.csv", help=f"the predictions CSV (default with --data: ./{DEFAULT_OUTPUT})"
+        "--output",
+        metavar="FILE.csv",
+        type=file_argument,
+        help=f"the predictions CSV (default with --data: ./{DEFAULT_OUTPUT})",
     )
     add_data_flags(predict, labels=False)
     predict.add_argument("--batch-size", type=positive_int, default=32, help="texts per batch (default 32)")
@@ -150,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         write_predictions(output, predictions, text_column=text_column, pair_column=pair_column)
         counts = dict(zip(*np.unique(predictions.predicted(), return_counts=True)))
         shown = ", ".join(f"{label} {int(counts.get(label, 0)):,}" for label in predictions.labels)
-        print(f"{len(texts):,} predictions written to {output} ({shown})")
+        print(f"{len(texts):,} predictions written to {output} ({shown}; its marker: {marker_path(output)})")
     return 0
 
 
@@ -375,18 +399,11 @@ def _column_names(section: Any) -> tuple[str, str | None]:
 
 
 def is_predictions_file(path: Path) -> bool:
-    """Whether the file at ``path`` is a predictions CSV kdistill wrote: its header ends with
-    ``predicted_label`` and one ``prob_<label>`` column per label (a data file, or one a person
-    edited to add a column, does not)."""
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-    if PREDICTED_COLUMN not in header:
-        return False
-    after = header[header.index(PREDICTED_COLUMN) + 1 :]
-    return bool(after) and all(name.startswith(PROBABILITY_PREFIX) for name in after)
+    """Whether the file at ``path`` is a predictions CSV kdistill wrote: its marker beside it,
+    ``FILE.kdistill.json``, names it as kdistill's predictions and the SHA-256 of its very bytes (a
+    data file, a file whose header merely looks like kdistill's, or a predictions file a person
+    edited, does not match)."""
+    return is_marked_file(path, PREDICTIONS_KIND)
 
 
 def check_predictions_output(path: Path) -> None:
@@ -397,7 +414,7 @@ def check_predictions_output(path: Path) -> None:
     """
     if path.suffix.lower() != ".csv":
         raise OutputFileError(f"--output {str(path)!r}: the predictions are CSV; give a file name ending in .csv")
-    check_replaceable_file(path, is_predictions_file, "a predictions file", "--output")
+    check_replaceable_marked_file(path, PREDICTIONS_KIND, "a predictions file", "--output")
 
 
 def write_predictions(
@@ -410,7 +427,9 @@ def write_predictions(
     """Write ``predictions`` as CSV (UTF-8): the text (and pair), ``predicted_label``, ``prob_<label>`` per label.
 
     The file is written whole through a temporary file, and only where nothing is, or a
-    predictions file kdistill wrote.
+    predictions file kdistill wrote. The CSV holds the predictions alone (any CSV reader reads
+    it); beside it goes ``FILE.kdistill.json``, its marker: the SHA-256 of the file, its rows,
+    columns and labels, and the kdistill version (see :func:`is_predictions_file`).
 
     Raises:
         OutputFileError: ``path`` holds a file kdistill did not write (it is left as it is).
@@ -419,7 +438,8 @@ def write_predictions(
     check_predictions_output(path)
     header = [text_column, *([pair_column or "text_pair"] if predictions.pairs is not None else [])]
     header += [PREDICTED_COLUMN, *(f"{PROBABILITY_PREFIX}{label}" for label in predictions.labels)]
-    with atomic_writer(path, newline="") as handle:
+
+    def write(handle: Any) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         predicted = predictions.predicted()
@@ -427,4 +447,7 @@ def write_predictions(
             pair = [predictions.pairs[row]] if predictions.pairs is not None else []
             scores = [f"{float(p):.6g}" for p in predictions.probabilities[row]]
             writer.writerow([text, *pair, predicted[row], *scores])
+
+    details = {"rows": len(predictions.texts), "columns": header, "labels": list(predictions.labels)}
+    write_marked_file(path, PREDICTIONS_KIND, write, details)
     return path

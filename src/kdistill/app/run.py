@@ -59,6 +59,7 @@ from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_s
 from kdistill.cache import check_cache_folder
 from kdistill.errors import ConfigError, KdistillError, RunFolderError
 from kdistill.files.fingerprints import fingerprints
+from kdistill.files.locations import cache_root
 from kdistill.files.writing import open_append
 from kdistill.models.loading import looks_local
 from kdistill.models.preflight import check_memory, model_memory_per_layer
@@ -124,6 +125,8 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     """
     task = get_task(config.task)
     inputs = fingerprints(input_paths(config))  # before they are read: a later edit shows on --resume
+    if _uses_cache_root(config):
+        cache_root()  # a $KDISTILL_CACHE that is a file is refused now, not when the first stage starts
     set_seed(config.training.seed)
     raw = task.read(config.data)
     models = task.load_models(config.teacher, config.student, raw, seed=config.training.seed)
@@ -147,6 +150,13 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
                 )
             stages = [dataclasses.replace(stage, on_policy=on_policy) for stage in stages]
     return PreparedRun(config, task, models, data, stages, inputs)
+
+
+def _uses_cache_root(config: RunConfig) -> bool:
+    """Whether the run keeps something under kdistill's cache folder (:func:`cache_root`): a teacher
+    cache without a folder of its own, or the teacher's generations of sequence-level KD."""
+    cache = config.teacher.cache
+    return (cache is not None and cache.dir is None) or getattr(config.objective, "sequence_kd", None) is not None
 
 
 def _check_batch_memory(config: RunConfig, models: Models) -> None:

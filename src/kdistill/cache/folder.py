@@ -15,7 +15,7 @@ from typing import Any
 
 from kdistill.cache.keys import MANIFEST, MARKER, CacheFolderError
 from kdistill.files.locks import FolderInUseError, exclusive_lock
-from kdistill.files.ownership import is_staging_name, unowned_files
+from kdistill.files.ownership import is_staging_name, link_problem, unowned_files
 
 __all__ = ["build_lock", "changed_parts", "check_cache_folder", "check_replaceable", "replace_folder"]
 
@@ -74,7 +74,12 @@ def check_replaceable(folder: Path) -> None:
     Raises:
         CacheFolderError: ``folder`` is a file, or holds files no cache manifest names.
     """
-    if folder.is_symlink() or not folder.is_dir():
+    if folder.is_symlink():
+        raise CacheFolderError(
+            f"the teacher cache folder {str(folder)!r} {link_problem(folder)}; give the folder itself, or a new "
+            "or empty folder for the cache"
+        )
+    if not folder.is_dir():
         raise CacheFolderError(
             f"the teacher cache folder {str(folder)!r} is a file, not a folder; give a new or "
             "empty folder for the cache"

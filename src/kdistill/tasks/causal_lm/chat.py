@@ -1,11 +1,22 @@
 """Conversations (JSONL ``messages``) rendered with the tokenizer's chat template; only the
-assistant's turns are learned."""
+assistant's turns are learned.
+
+A chat template is a program (Jinja) that comes with the tokenizer: one that loops for minutes
+would hang the run without a word, so each rendering is bounded in time (:data:`RENDER_SECONDS`)
+and one that runs past it is refused in one line that names the template's file.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+import sys
+import threading
+import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -17,15 +28,93 @@ from kdistill.tasks.causal_lm.split import CHUNK, LMSplit, document_split
 
 logger = logging.getLogger("kdistill.data")
 
-__all__ = ["tokenize_conversations"]
+__all__ = ["RENDER_SECONDS", "tokenize_conversations"]
+
+#: the longest one rendering of one conversation may take (a real template takes a millisecond)
+RENDER_SECONDS = 10.0
+#: the name Jinja gives the code it compiles a template into
+_TEMPLATE_CODE = "<template>"
+
+
+class _RenderTimeout(BaseException):
+    """Raised inside a template that has run past its time; a BaseException, so that no
+    ``except Exception`` in Jinja or transformers swallows it."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_RenderTimeout` inside the block once it has run ``seconds``.
+
+    In the main thread, with no timer of anyone else's running, a ``SIGALRM`` timer does it at no
+    cost while the template runs; elsewhere (another thread, a timer taken, as pytest-timeout
+    takes it) a trace function watches the template's own code only, and the one that was set
+    before is set again after.
+    """
+    free = (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    )
+    if free:
+
+        def expire(signum: int, frame: Any) -> None:
+            raise _RenderTimeout
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    deadline = time.monotonic() + seconds
+
+    def in_template(frame: Any, event: str, arg: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise _RenderTimeout
+        return in_template
+
+    def on_call(frame: Any, event: str, arg: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise _RenderTimeout
+        return in_template if frame.f_code.co_filename == _TEMPLATE_CODE else None
+
+    tracer = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        yield
+    finally:
+        sys.settrace(tracer)
+
+
+def _template_name(tokenizer: Any) -> str:
+    """The chat template of ``tokenizer`` as a message names it: the file it was read from, where
+    the tokenizer came from a folder (``chat_template.jinja`` or ``tokenizer_config.json``)."""
+    origin = str(getattr(tokenizer, "name_or_path", "") or "")
+    folder = Path(origin)
+    if origin and folder.is_dir():
+        for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
+            if (folder / name).is_file():
+                return f"the chat template in {str(folder / name)!r}"
+    if origin:
+        return f"the chat template of the tokenizer {origin!r}"
+    return "the tokenizer's chat template"
 
 
 def _render(tokenizer: Any, messages: list[dict[str, Any]], where: str, *, generation_prompt: bool) -> str:
     try:
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        with _time_limit(RENDER_SECONDS):
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except _RenderTimeout:
+        raise ModelLoadError(
+            f"{_template_name(tokenizer)} did not finish rendering the conversation of {where} within "
+            f"{RENDER_SECONDS:g} s (a loop that does not end?); fix the template, give a tokenizer whose "
+            "template renders (teacher.tokenizer:), or use prompt/completion records"
+        ) from None
     except Exception as error:  # the template's own checks (roles must alternate ...) raise anything
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"the tokenizer's chat template refuses the conversation of {where}: {first}") from None
+        raise DataError(f"{_template_name(tokenizer)} refuses the conversation of {where}: {first}") from None
     if not isinstance(rendered, str):
         raise ModelLoadError(
             f"the tokenizer's apply_chat_template gave {type(rendered).__name__}, not text, for {where}; give a "

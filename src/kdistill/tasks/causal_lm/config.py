@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kdistill.errors import DataError
 from kdistill.losses.base import Temperature
-from kdistill.schema import Section, Seed, TextEncoding
+from kdistill.schema import LocalPath, Section, Seed, TextEncoding
 
 __all__ = [
     "LM_FORMATS",
@@ -45,11 +45,13 @@ def _unknown_format(path: str) -> str:
 class LMDataConfig(Section):
     """Where the text comes from and how it becomes blocks or examples of tokens."""
 
-    train: str = Field(min_length=1, description="a text file (one document) or a JSONL file (one record a line)")
-    validation: str | None = Field(
+    train: LocalPath = Field(
+        min_length=1, description="a text file (one document) or a JSONL file (one record a line)"
+    )
+    validation: LocalPath | None = Field(
         None, min_length=1, description="default: held out of train (data.validation_fraction)"
     )
-    test: str | None = Field(
+    test: LocalPath | None = Field(
         None, min_length=1, description="default: none, or held out of train (data.test_fraction)"
     )
     format: Literal["text", "jsonl"] | None = Field(

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from kdistill.schema import Section, Seed, TextEncoding
+from kdistill.schema import Section, Seed, TextEncoding, local_path
 
 __all__ = ["DATA_FORMATS", "AugmentConfig", "ClassifierOptions", "DataConfig", "HubDataConfig", "SplitSize"]
 
@@ -64,6 +64,19 @@ def _line_pattern(value: str) -> str:
     return value
 
 
+def _data_file(value: str) -> str:
+    try:
+        return local_path(value)
+    except ValueError as error:
+        if "is a URL" in str(error):
+            raise ValueError(f"{error}, or name a data set on the hub with data.hub: {{id: ...}}") from None
+        raise
+
+
+#: a data file: ``~`` expanded; a URL refused with the ways to read it (download it, or data.hub)
+DataFile = Annotated[str, AfterValidator(_data_file)]
+
+
 class ClassifierOptions(Section):
     """Keys a classification run adds to ``teacher:``."""
 
@@ -104,11 +117,11 @@ class AugmentConfig(Section):
 class DataConfig(Section):
     """Where the examples come from and how they are read."""
 
-    train: str | None = Field(
+    train: DataFile | None = Field(
         None, description="a CSV, TSV, JSON, JSONL, Parquet or line file, optionally .gz, .bz2, .xz or .zip"
     )
-    validation: str | None = None
-    test: str | None = None
+    validation: DataFile | None = None
+    test: DataFile | None = None
     hub: HubDataConfig | None = None
     format: Literal["csv", "tsv", "json", "jsonl", "parquet", "fasttext", "lines"] | None = Field(
         None, description="default: from the suffix (lines when line_pattern is given)"

@@ -4,8 +4,10 @@ Table files (CSV and TSV with or without a header row, JSON, JSON lines, Parquet
 files (fastText's ``__label__X text``, or any line layout described by a regular expression),
 each optionally compressed (``.gz``, ``.bz2``, ``.xz``, or a ``.zip`` holding one file). The
 file is decompressed in memory, never to a temporary file, and its format is told by the name
-inside (``train.csv.gz`` is a CSV). Everything a file can get wrong is one
-:class:`~kdistill.errors.DataError`.
+inside (``train.csv.gz`` is a CSV). What a compressed file may hold is bounded
+(:func:`decompressed_limit`, an eighth of the machine's memory): a compression bomb is one line
+that names the file, not an out-of-memory that blames the batch size. Everything a file can get
+wrong is one :class:`~kdistill.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gzip
 import io
 import json
 import lzma
+import os
 import re
 import zipfile
 import zlib
@@ -27,7 +30,16 @@ from kdistill.errors import DataError
 from kdistill.tasks.common import decode_text
 from kdistill.tasks.text_classification.config import DATA_FORMATS
 
-__all__ = ["COMPRESSIONS", "FASTTEXT_PREFIX", "data_row_hint", "infer_format", "printable", "read_file", "read_frame"]
+__all__ = [
+    "COMPRESSIONS",
+    "FASTTEXT_PREFIX",
+    "data_row_hint",
+    "decompressed_limit",
+    "infer_format",
+    "printable",
+    "read_file",
+    "read_frame",
+]
 
 #: what starts a label in fastText's format (``__label__sports Some text``)
 FASTTEXT_PREFIX = "__label__"
@@ -80,7 +92,42 @@ def infer_format(path: str | Path, given: str | None = None, *, shown: str | Non
     return suffix
 
 
-def _unzip(raw: bytes, name: str, source: str) -> tuple[bytes, str]:
+def decompressed_limit() -> int:
+    """The most bytes kdistill takes out of one compressed data file: an eighth of this machine's
+    memory (the file is read whole, then as text, then as a table: several times its size), 4 GB
+    where the memory is unknown."""
+    try:
+        memory = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 10**9
+    return max(memory // 8, 1)
+
+
+def _gigabytes(count: float) -> str:
+    return f"{count / 1e9:,.1f} GB" if count >= 1e8 else f"{count / 1e6:,.1f} MB"
+
+
+class _TooLarge(Exception):
+    """A compressed file holds more than :func:`decompressed_limit`."""
+
+
+#: bytes decompressed at a time: a bomb is stopped within one block of the limit
+_BLOCK = 1 << 22
+
+
+def _read_bounded(stream: Any, limit: int) -> bytes:
+    """What ``stream`` (a decompressing file object) holds, refused past ``limit`` bytes."""
+    held = io.BytesIO()
+    while True:
+        block = stream.read(min(_BLOCK, limit + 1 - held.tell()))
+        if not block:
+            return held.getvalue()
+        held.write(block)
+        if held.tell() > limit:
+            raise _TooLarge
+
+
+def _unzip(raw: bytes, name: str, source: str, limit: int) -> tuple[bytes, str]:
     """The one file a zip archive holds (folders and macOS's ``__MACOSX/`` and dot files aside)."""
     with zipfile.ZipFile(io.BytesIO(raw)) as archive:
         members = [
@@ -98,16 +145,31 @@ def _unzip(raw: bytes, name: str, source: str) -> tuple[bytes, str]:
                 f"{source!r} holds {held}: kdistill reads a zip that holds exactly one data file; extract the "
                 "one you mean and give its path (data.train, data.validation, data.test)"
             )
-        return archive.read(members[0]), Path(members[0].filename).name
+        with archive.open(members[0]) as stream:
+            return _read_bounded(stream, limit), Path(members[0].filename).name
 
 
-#: per suffix: (bytes, name, source) -> the bytes held and their name
-_DECOMPRESS: dict[str, Callable[[bytes, str, str], tuple[bytes, str]]] = {
-    "gz": lambda raw, name, source: (gzip.decompress(raw), name[: -len(".gz")]),
-    "bz2": lambda raw, name, source: (bz2.decompress(raw), name[: -len(".bz2")]),
-    "xz": lambda raw, name, source: (lzma.decompress(raw), name[: -len(".xz")]),
+def _stream(opener: Callable[[Any], Any], suffix: str) -> Callable[[bytes, str, str, int], tuple[bytes, str]]:
+    """A decompressor of one suffix: the bytes a ``gzip.GzipFile``-like ``opener`` gives (at most the limit)."""
+
+    def decompress(raw: bytes, name: str, source: str, limit: int) -> tuple[bytes, str]:
+        with opener(io.BytesIO(raw)) as stream:
+            return _read_bounded(stream, limit), name[: -len(suffix)]
+
+    return decompress
+
+
+#: per suffix: (bytes, name, source, limit) -> the bytes held (at most limit) and their name
+_DECOMPRESS: dict[str, Callable[[bytes, str, str, int], tuple[bytes, str]]] = {
+    "gz": _stream(lambda raw: gzip.GzipFile(fileobj=raw), ".gz"),
+    "bz2": _stream(bz2.BZ2File, ".bz2"),
+    "xz": _stream(lzma.LZMAFile, ".xz"),
     "zip": _unzip,
 }
+
+
+#: the command that shows what a compressed file holds, per suffix
+_LISTING = {"gz": "gzip -l", "bz2": "bzip2 -tv", "xz": "xz -l", "zip": "unzip -l"}
 
 
 def _open(path: Path) -> tuple[bytes, str]:
@@ -122,10 +184,22 @@ def _open(path: Path) -> tuple[bytes, str]:
             )
         if suffix not in _DECOMPRESS:
             return raw, name
+        limit = decompressed_limit()
         try:
-            raw, name = _DECOMPRESS[suffix](raw, name, str(path))
+            raw, name = _DECOMPRESS[suffix](raw, name, str(path), limit)
         except DataError:
             raise
+        except (_TooLarge, MemoryError) as error:
+            size = (
+                f"more than {_gigabytes(limit)}, the most kdistill reads from one compressed data file on this "
+                "machine (an eighth of its memory)"
+                if isinstance(error, _TooLarge)
+                else "more than this machine's free memory holds"
+            )
+            raise DataError(
+                f"{str(path)!r} decompresses to {size}: a compression bomb, or a data set too large to read whole; "
+                f"check what it holds ({_LISTING[suffix]}), or give a smaller file"
+            ) from None
         except (
             OSError,
             EOFError,

@@ -16,15 +16,21 @@ checked loosely: its argmax agreement with PyTorch is reported, and flagged when
 
 The folder is built under a temporary name and moved into place whole; an existing output folder
 is replaced only when it is an earlier export (its manifest says so and names every file in it).
+The temporary folder (``.NAME.building-PID``) holds a marker, written first, that names the
+export and the process; an export killed midway leaves it behind, and the next export to the
+same folder deletes it once it is provably such a leftover (:func:`_remove_leftovers`): its
+name, its marker or a complete export's manifest, a process that is gone, and no link inside.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -37,7 +43,13 @@ from torch import nn
 
 from kdistill._version import __version__
 from kdistill.errors import KdistillError, ModelLoadError, OutputFileError
-from kdistill.files.ownership import FILES_MANIFEST, remove_owned, unowned_files, write_files_manifest
+from kdistill.files.ownership import (
+    FILES_MANIFEST,
+    link_problem,
+    remove_owned,
+    unowned_files,
+    write_files_manifest,
+)
 from kdistill.models.loading import load_tokenizer
 from kdistill.models.preflight import usable_positions
 from kdistill.tasks.text_classification.labels import logit_labels
@@ -63,6 +75,11 @@ INT8_FILE = "model_int8.onnx"
 REPORT_FILE = "export.json"
 #: the kind an export folder's files manifest records: only such a folder is ever replaced
 EXPORT_KIND = "onnx-export"
+logger = logging.getLogger("kdistill.export")
+
+#: the marker an export writes first into its staging folder, the proof that the folder is its own
+STAGING_MARKER = ".kdistill-staging.json"
+STAGING_KIND = "onnx-export-staging"
 #: int8 logits that pick another class for more than this share of the sample texts are flagged
 INT8_MIN_AGREEMENT = 0.9
 #: above this many bytes of weights the graph keeps them in a side file (ONNX files stop at 2 GB)
@@ -154,7 +171,11 @@ def _check_output(out: Path) -> None:
     Raises:
         OutputFileError: ``out`` is a file, or a folder with files that are not an export's.
     """
-    if out.is_file() or out.is_symlink():
+    if out.is_symlink():
+        raise OutputFileError(
+            f"the output {str(out)!r} {link_problem(out)}; give the folder itself, or a new folder for the export"
+        )
+    if out.is_file():
         raise OutputFileError(f"the output {str(out)!r} is a file; give a folder for the export")
     if not out.is_dir() or not any(out.iterdir()):
         return
@@ -200,6 +221,68 @@ def _quantize(source: Path, target: Path) -> None:
             weight_type=QuantType.QInt8,
             use_external_data_format=(source.parent / f"{source.name}.data").exists(),
         )
+
+
+def _staging_folder(out: Path) -> Path:
+    """A new staging folder beside ``out``, its marker written before anything else goes in."""
+    built = out.parent / f".{out.name}.building-{os.getpid()}"
+    built.mkdir(parents=True)
+    marker = {"kdistill": STAGING_KIND, "for": out.name, "pid": os.getpid(), "version": __version__}
+    (built / STAGING_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    return built
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs now (one that runs, or another user's, may still be writing)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _is_leftover(folder: Path, out: Path) -> bool:
+    """Whether ``folder`` (named like a staging or replaced folder of ``out``) is provably what a killed
+    export of ``out`` left: a real folder of a process that is gone, holding no link, and either
+    its staging marker naming ``out`` and that process, or a complete export (a manifest of kind
+    ``onnx-export`` that names every file in it)."""
+    found = re.fullmatch(rf"\.{re.escape(out.name)}\.(building|old)-(\d+)", folder.name)
+    if found is None or folder.is_symlink() or not folder.is_dir() or not _process_gone(int(found.group(2))):
+        return False
+    if any(path.is_symlink() for path in folder.rglob("*")):
+        return False
+    marker: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        marker = json.loads((folder / STAGING_MARKER).read_text(encoding="utf-8"))
+    if (
+        found.group(1) == "building"
+        and isinstance(marker, dict)
+        and marker.get("kdistill") == STAGING_KIND
+        and marker.get("for") == out.name
+        and marker.get("pid") == int(found.group(2))
+    ):
+        return True
+    manifest: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((folder / FILES_MANIFEST).read_text(encoding="utf-8"))
+    return isinstance(manifest, dict) and manifest.get("kdistill") == EXPORT_KIND and not unowned_files(folder)
+
+
+def _remove_leftovers(out: Path) -> list[Path]:
+    """Delete what earlier exports of ``out`` that were killed midway left beside it; the folders deleted."""
+    if not out.parent.is_dir():
+        return []
+    removed = []
+    for folder in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        if _is_leftover(folder, out):
+            shutil.rmtree(folder)
+            removed.append(folder)
+            logger.info("deleted %s, left by an export of %s that was stopped midway", folder, out)
+    return removed
 
 
 def _replace_folder(out: Path, built: Path) -> None:
@@ -263,8 +346,8 @@ def export_onnx(
     names = model_input_names(model, tokenizer)
     max_length = min(length, usable_positions(model) or length)
     batches = _sample_batches(tokenizer, names, min(128, max_length), texts or SAMPLE_TEXTS)
-    built = out.parent / f".{out.name}.building-{os.getpid()}"
-    built.mkdir(parents=True)
+    _remove_leftovers(out)
+    built = _staging_folder(out)
     try:
         report = _build(
             model, tokenizer, names, batches, built, location=location, labels=classes.names, int8=int8, atol=atol
@@ -275,7 +358,9 @@ def export_onnx(
                 model, graphs, tokenizer, names, length=max_length, rounds=rounds, threads=threads
             )
         (built / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        write_files_manifest(built, EXPORT_KIND)
+        # from here the files manifest proves the folder: the staging marker is not part of the export
+        write_files_manifest(built, EXPORT_KIND, leave_out=[STAGING_MARKER])
+        (built / STAGING_MARKER).unlink()
         _replace_folder(out, built)
     finally:
         if built.exists():
