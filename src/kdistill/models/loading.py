@@ -213,7 +213,7 @@ def load_pretrained(
         # a folder of GGUF files (a package's, a *-GGUF download) is a model once its file is named
         hint = (
             f"; it holds GGUF files ({', '.join(found)}): name one (--gguf-file {found[0]} on the command "
-            f"line, {role}.gguf_file: {found[0]} in a config)"
+            f"line, teacher.gguf_file: {found[0]} in a config)"
             if found
             else ""
         )
