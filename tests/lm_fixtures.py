@@ -1,8 +1,10 @@
 """Causal-LM test fixtures, built here and never downloaded: a byte-level BPE tokenizer with a
-ChatML template, tiny decoders of each supported family, and a folder holding a teacher."""
+ChatML template, tiny decoders of each supported family, a folder holding a teacher, and a tiny
+GGUF file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = [
     "ragged_rows",
     "step_setup",
     "tiny_decoder",
+    "write_gguf",
     "write_teacher",
 ]
 
@@ -145,6 +148,88 @@ def write_teacher(folder: Path, family: str = "llama", *, tokenizer: Any | None 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+#: a Llama layer's weights by their names in transformers and in a GGUF file
+_GGUF_LAYER = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def _rotary_order(weight: Any, heads: int) -> Any:
+    """A query or key projection in llama.cpp's order of the rotary halves (transformers undoes it on loading)."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_gguf(path: Path, *, tokenizer: Any | None = None, layers: int = 4, seed: int = 0) -> tuple[Any, Any]:
+    """Write a tiny Llama and its byte-level BPE tokenizer as the GGUF file ``path``, its matrices
+    quantised to Q8_0 (so that loading it dequantises, as a real GGUF teacher's Q4_1 does).
+
+    Returns:
+        ``(model, tokenizer)``: the float model the file was written from, and the tokenizer.
+    """
+    import gguf
+
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer()
+    # transformers' GGUF tokenizer (GPT2Tokenizer) adds <|endoftext|> when the vocabulary lacks it, as
+    # every real byte-level GGUF vocabulary has it: so does this one, and the two tokenizers agree
+    tokenizer.add_tokens(["<|endoftext|>"], special_tokens=True)
+    model = tiny_decoder("llama", vocab=len(tokenizer), layers=layers, seed=seed)
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_vocab_size(config.vocab_size)
+    tokens = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    specials = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if token in specials else 1 for token in tokens])  # 3: control, 1: normal
+    writer.add_token_merges([" ".join(merge) if isinstance(merge, list) else merge for merge in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    weights = model.state_dict()
+
+    def add(name: str, tensor: torch.Tensor) -> None:
+        array = tensor.detach().float().numpy()
+        if array.ndim == 2 and array.shape[-1] % 32 == 0:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, array)
+
+    add("token_embd.weight", weights["model.embed_tokens.weight"])  # tied: the file has no output.weight
+    add("output_norm.weight", weights["model.norm.weight"])
+    for index in range(config.num_hidden_layers):
+        for ours, theirs in _GGUF_LAYER.items():
+            tensor = weights[f"model.layers.{index}.{ours}.weight"]
+            if theirs in ("attn_q", "attn_k"):
+                heads = config.num_attention_heads if theirs == "attn_q" else config.num_key_value_heads
+                tensor = torch.from_numpy(_rotary_order(tensor.numpy(), heads))
+            add(f"blk.{index}.{theirs}.weight", tensor)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model, tokenizer
 
 
 def ragged_rows(count: int = 8, *, vocab: int = 64, longest: int = 12, seed: int = 0) -> list[dict[str, list[int]]]:

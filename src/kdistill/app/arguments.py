@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 from typing import Any
 
+from kdistill.errors import ConfigError, ModelLoadError
 from kdistill.schema import local_path, model_location
 
 __all__ = [
     "EVAL_FLAGS",
     "add_data_flags",
+    "add_gguf_flag",
     "as_eval_flags",
     "data_flag_values",
     "file_argument",
     "model_argument",
     "positive_float",
     "positive_int",
+    "resolve_model",
 ]
 
 
@@ -110,3 +114,63 @@ def as_eval_flags(message: str) -> str:
     for key, flag in EVAL_FLAGS.items():
         message = re.sub(rf"{re.escape(key)}\b", flag, message)
     return message
+
+
+def add_gguf_flag(parser: argparse.ArgumentParser, whose: str = "MODEL") -> None:
+    """``--gguf-file NAME``: the GGUF file in ``whose`` folder (see :func:`resolve_model`)."""
+    parser.add_argument(
+        "--gguf-file",
+        metavar="NAME",
+        help=f"a GGUF file in {whose}'s folder (a causal LM, dequantised to float32 on loading); "
+        f"or give the .gguf file itself as {whose}",
+    )
+
+
+def _not_gguf(path: str) -> str:
+    return (
+        f"{path!r} is not a GGUF file (it does not begin with the bytes GGUF): give a .gguf file as llama.cpp "
+        "writes them, or a model folder written by save_pretrained"
+    )
+
+
+def resolve_model(model: str, gguf_file: str | None, name: str = "MODEL") -> str:
+    """The model as kdistill passes it on: ``model`` itself, or with ``--gguf-file`` the path of that
+    GGUF file in ``model``'s folder (:func:`kdistill.models.loading.split_gguf` reads it back).
+
+    Raises:
+        ConfigError: ``gguf_file`` is a path rather than a file name.
+        ModelLoadError: ``model`` is a missing ``.gguf`` file or one that is not GGUF; with
+            ``gguf_file``, ``model`` is not a local folder or lacks the file.
+    """
+    from kdistill.models.loading import gguf_files, is_gguf_file, looks_local
+
+    path = Path(model).expanduser()
+    if gguf_file is None:
+        if path.suffix.lower() == ".gguf" and not path.exists():
+            raise ModelLoadError(f"{name} {model!r}: no such file")
+        if path.is_file() and path.suffix.lower() == ".gguf" and not is_gguf_file(path):
+            raise ModelLoadError(_not_gguf(model))
+        return model
+    if Path(gguf_file).name != gguf_file or "\\" in gguf_file:
+        raise ConfigError(
+            f"--gguf-file {gguf_file!r}: give the name of a file in {name}'s folder, or the file's path as "
+            f"{name} without --gguf-file"
+        )
+    if not path.exists():
+        where = "" if looks_local(model) else " (a hub id: download the file first and give its folder)"
+        raise ModelLoadError(f"{name} {model!r}: no such folder, and --gguf-file names a file in one{where}")
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"{name} {model!r} is a file, and --gguf-file names a file in a folder: give the folder, or "
+            "the GGUF file alone without --gguf-file"
+        )
+    file = path / gguf_file
+    if not file.is_file():
+        found = gguf_files(path)
+        raise ModelLoadError(
+            f"{name} folder {model!r} has no file {gguf_file!r} (--gguf-file); "
+            + (f"its .gguf files: {', '.join(found)}" if found else "it holds no .gguf file")
+        )
+    if not is_gguf_file(file):
+        raise ModelLoadError(_not_gguf(str(file)))
+    return str(file)

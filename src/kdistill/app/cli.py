@@ -18,11 +18,13 @@ from kdistill._version import __version__
 from kdistill.app import export, predict
 from kdistill.app.arguments import (
     add_data_flags,
+    add_gguf_flag,
     as_eval_flags,
     data_flag_values,
     file_argument,
     model_argument,
     positive_int,
+    resolve_model,
 )
 from kdistill.errors import KdistillError
 
@@ -78,7 +80,9 @@ EVAL_HELP = """\
 Measure a model, or the student of a run folder, on labelled data: accuracy, macro-F1,
 agreement with the teacher, parameters, weights on disk, CPU latency per batch, throughput
 and speed-up against the teacher. Prints a table and writes metrics.json (a run's own, under
-"eval"; else ./metrics.json or --output).
+"eval"; else ./metrics.json or --output). A causal LM (--task causal_lm, or a GGUF file: the
+.gguf path, or its folder and --gguf-file NAME) is measured on a text or JSONL file:
+perplexity, next-token agreement and generation speed.
 """
 
 EVAL_EXAMPLES = """\
@@ -86,6 +90,8 @@ examples:
   kdistill eval runs/sst2                      # the run's student, teacher and test file
   kdistill eval runs/sst2 --data ../shared/data/sst2/dev.csv
   kdistill eval models/student --teacher models/teacher --data test.csv --label-column sentiment
+  kdistill eval models/smollm2 --gguf-file model.Q4_1.gguf --data test.txt --max-examples 8
+  kdistill eval runs/lm/student --teacher models/smollm2/model.Q4_1.gguf --data test.txt
 """
 
 INSPECT_HELP = """\
@@ -99,6 +105,7 @@ examples:
   kdistill inspect models/teacher
   kdistill inspect models/teacher --num-layers 3 --hidden-size 256
   kdistill inspect models/teacher runs/sst2/student --layer-map last-2
+  kdistill inspect models/smollm2 --gguf-file model.Q4_1.gguf     # a GGUF model, dequantised
 """
 
 DEMO_HELP = """\
@@ -211,8 +218,11 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         help="the teacher to compare with (default: a run's teacher)",
     )
     evaluate.add_argument(
-        "--task", help="the model's task, for a model folder (default text_classification; a run folder knows its own)"
+        "--task",
+        help="the model's task, for a model folder (default text_classification, causal_lm for a GGUF model; "
+        "a run folder knows its own)",
     )
+    add_gguf_flag(evaluate)
     add_data_flags(evaluate, labels=True)
     evaluate.add_argument(
         "--batch-size", type=positive_int, default=32, help="examples per batch, and the batch timed (default 32)"
@@ -237,10 +247,17 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
         epilog=INSPECT_EXAMPLES,
         formatter_class=_FORMATTER,
     )
-    inspect.add_argument("teacher", metavar="TEACHER", type=model_argument, help="a model folder or hub id")
     inspect.add_argument(
-        "student", metavar="STUDENT", nargs="?", type=model_argument, help="a model folder or hub id (optional)"
+        "teacher", metavar="TEACHER", type=model_argument, help="a model folder, a hub id or a .gguf file"
     )
+    inspect.add_argument(
+        "student",
+        metavar="STUDENT",
+        nargs="?",
+        type=model_argument,
+        help="a model folder, a hub id or a .gguf file (optional)",
+    )
+    add_gguf_flag(inspect, "TEACHER")
     inspect.add_argument("--num-layers", type=positive_int, help="depth of the proposed student (default: half)")
     inspect.add_argument(
         "--hidden-size", type=positive_int, help="width of the proposed student (default: the teacher's)"
@@ -321,7 +338,9 @@ def _distill(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from kdistill.app.evaluate import evaluate, resolve_target
 
-    target = resolve_target(args.model, args.teacher, args.output, args.task)
+    model = resolve_model(args.model, args.gguf_file)
+    teacher = resolve_model(args.teacher, None, "--teacher") if args.teacher else None
+    target = resolve_target(model, teacher, args.output, args.task)
     updates = data_flag_values(args)
     if updates:
         from pydantic import ValidationError
@@ -356,8 +375,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
     print(
         describe_models(
-            args.teacher,
-            args.student,
+            resolve_model(args.teacher, args.gguf_file, "TEACHER"),
+            resolve_model(args.student, None, "STUDENT") if args.student else None,
             num_layers=args.num_layers,
             hidden_size=args.hidden_size,
             layer_map=args.layer_map,

@@ -15,11 +15,12 @@ from typing import Any
 from torch import nn
 
 from kdistill.app.config_loading import load_config
+from kdistill.app.model_folder import CAUSAL_LM
 from kdistill.app.report import check_metrics_file, comparison_table, measure_models, speed_lines, update_metrics_file
 from kdistill.app.run_folder import RunFolder
 from kdistill.data.datasets import Routed, make_loader
-from kdistill.errors import DataError, KdistillError, OutputFileError
-from kdistill.models.loading import looks_local
+from kdistill.errors import ConfigError, DataError, KdistillError, OutputFileError
+from kdistill.models.loading import looks_local, split_gguf
 from kdistill.models.speed import SPEED_BATCH_SIZE
 from kdistill.tasks import get_task
 
@@ -85,7 +86,7 @@ def resolve_target(
         if run_teacher is None:
             saved_teacher = path / "teacher"
             run_teacher = (
-                str(saved_teacher) if (saved_teacher / "config.json").is_file() else config.teacher.location()
+                str(saved_teacher) if (saved_teacher / "config.json").is_file() else _teacher_location(config.teacher)
             )
         default = getattr(config.data, "test", None) or getattr(config.data, "validation", None)
         return EvalTarget(
@@ -99,7 +100,10 @@ def resolve_target(
         )
     if looks_local(target) and not path.exists():
         raise KdistillError(f"{target!r}: no such run or model folder")
-    name = task or "text_classification"
+    gguf = any(split_gguf(location) for location in (target, teacher) if location is not None)
+    if gguf and task not in (None, CAUSAL_LM):
+        raise ConfigError(f"--task {task}: a GGUF model is a causal language model; give --task {CAUSAL_LM} or none")
+    name = task or (CAUSAL_LM if gguf else "text_classification")
     # never write into a model folder (it may be another project's, or an installed package's)
     metrics_file = Path(output) if output else Path("metrics.json")
     return EvalTarget(
@@ -111,6 +115,13 @@ def resolve_target(
         None,
         _checked_output(metrics_file),
     )
+
+
+def _teacher_location(teacher: Any) -> str:
+    """A run's teacher as eval loads it: its folder, or the path of its ``gguf_file`` in that folder."""
+    location = teacher.location()
+    gguf_file = getattr(teacher, "gguf_file", None)
+    return str(Path(location) / gguf_file) if gguf_file else location
 
 
 def _checked_output(path: Path) -> Path:

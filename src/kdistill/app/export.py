@@ -1,6 +1,8 @@
-"""``kdistill export``: a run's student (or a model folder) as an ONNX folder, checked and timed.
+"""``kdistill export``: a run's student (or a model folder) as an ONNX folder, checked and timed;
+or a GGUF model as a plain ``save_pretrained`` folder (``--format hf``).
 
-The work is :func:`kdistill.tasks.text_classification.onnx.export.export_onnx`; this module picks the model
+The work is :func:`kdistill.tasks.text_classification.onnx.export.export_onnx` (and
+:func:`kdistill.tasks.causal_lm.gguf.write_plain_folder`); this module picks the model
 (:mod:`kdistill.app.model_folder`), names the output folder and prints what was checked and the
 latency table.
 """
@@ -11,7 +13,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kdistill.app.arguments import file_argument, model_argument, positive_float, positive_int
+from kdistill.app.arguments import (
+    add_gguf_flag,
+    file_argument,
+    model_argument,
+    positive_float,
+    positive_int,
+    resolve_model,
+)
+from kdistill.errors import KdistillError
 
 __all__ = ["add_parser", "default_output", "run"]
 
@@ -23,6 +33,10 @@ the config and the tokenizer, and export.json. ONNX Runtime's logits are checked
 PyTorch's on sample texts (two batch sizes and lengths) before anything is written; --int8 adds
 model_int8.onnx (dynamic quantisation) and reports how often it agrees with PyTorch. Then
 PyTorch and ONNX Runtime are timed side by side at batch 1 and 32. Needs pip install "kdistill[onnx]".
+
+--format hf (the default for a GGUF model: a .gguf file, or its folder and --gguf-file NAME) writes
+the model dequantised to float32, with its tokenizer, as a plain save_pretrained folder that
+from_pretrained, kdistill eval and a run's teacher.path load without the gguf package.
 """
 
 EXAMPLES = """\
@@ -30,6 +44,7 @@ examples:
   kdistill export runs/sst2 --format onnx                       # into ./sst2-onnx/
   kdistill export runs/sst2 --int8 --output models/sst2-onnx
   kdistill export models/student --threads 1 --rounds 20 --length 64
+  kdistill export models/smollm2 --gguf-file model.Q4_1.gguf --format hf --output models/smollm2-hf
 """
 
 
@@ -37,7 +52,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``export`` command: the model or run, the format, int8, the output folder and the timing."""
     export = commands.add_parser(
         "export",
-        help="export a run's student or a classifier folder to ONNX, checked and timed",
+        help="export a run's student or a classifier folder to ONNX, checked and timed; a GGUF model as a folder",
         description=HELP,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,10 +60,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "model", metavar="RUN_OR_MODEL", type=model_argument, help="a run folder, a model folder or a hub id"
     )
-    export.add_argument("--format", choices=("onnx",), default="onnx", help="the format (onnx, the default)")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "hf"),
+        help="onnx (the default), or hf: a GGUF model as a plain save_pretrained folder (the default for one)",
+    )
+    add_gguf_flag(export, "RUN_OR_MODEL")
     export.add_argument("--int8", action="store_true", help="also write model_int8.onnx (dynamic int8 quantisation)")
     export.add_argument(
-        "--output", metavar="DIR", type=file_argument, help="the export folder (default: ./<run or model name>-onnx)"
+        "--output",
+        metavar="DIR",
+        type=file_argument,
+        help="the export folder (default: ./<run or model name>-onnx, or -hf)",
     )
     export.add_argument(
         "--atol", type=positive_float, default=1e-4, help="largest logit difference allowed (default 1e-4)"
@@ -63,20 +86,31 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--no-latency", action="store_true", help="check the export but do not time it")
 
 
-def default_output(target: str) -> Path:
-    """``./<name>-onnx``: the run's or model's folder name, in the current folder (never inside the
-    run or model folder, which may be another program's or an installed package's)."""
+def default_output(target: str, suffix: str = "onnx") -> Path:
+    """``./<name>-onnx``: the run's or model's folder name (a GGUF file's name without ``.gguf``), in the
+    current folder (never inside the run or model folder, which may be another program's or an
+    installed package's)."""
     name = Path(target.rstrip("/\\")).name or "model"
-    return Path(f"{name}-onnx")
+    return Path(f"{name.removesuffix('.gguf')}-{suffix}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kdistill export``; returns the exit status (errors are raised as :class:`KdistillError`)."""
     from kdistill.app.model_folder import choose_model
+    from kdistill.models.loading import split_gguf
     from kdistill.tasks.text_classification.onnx.export import export_onnx, require_onnx
 
+    location = resolve_model(args.model, args.gguf_file, "RUN_OR_MODEL")
+    gguf = split_gguf(location) is not None
+    if args.format == "hf" or (gguf and args.format is None):
+        return _plain_folder(args, location, gguf)
+    if gguf:
+        raise KdistillError(
+            f"{location!r} is a GGUF model, a causal language model: --format onnx exports text classifiers; "
+            "--format hf writes it as a plain model folder"
+        )
+    chosen = choose_model(location, "export")  # a folder of GGUF files is refused with what to use
     require_onnx()  # before any loading: the one line says how to install what is missing
-    chosen = choose_model(args.model, "export")
     output = Path(args.output) if args.output else default_output(args.model)
     length = args.length or (chosen.data.max_length if chosen.data is not None else 128)
     report = export_onnx(
@@ -92,6 +126,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {chosen.description} to {output}/")
     for line in describe(report):
         print(line)
+    return 0
+
+
+def _plain_folder(args: argparse.Namespace, location: str, gguf: bool) -> int:
+    """``--format hf``: the GGUF model at ``location`` written as a plain ``save_pretrained`` folder."""
+    from kdistill.tasks.causal_lm.gguf import write_plain_folder
+
+    if not gguf:
+        raise KdistillError(
+            f"--format hf writes a GGUF model as a plain model folder, and {args.model!r} is not one: give a "
+            ".gguf file, or its folder and --gguf-file NAME (--format onnx exports a text classifier)"
+        )
+    if args.int8:
+        raise KdistillError("--int8 quantises an ONNX export (--format onnx); --format hf writes float32 weights")
+    output = Path(args.output) if args.output else default_output(location, "hf")
+    written = write_plain_folder(location, output)
+    print(
+        f"wrote {location} dequantised ({written['architecture']}, {written['parameters']:,} parameters, "
+        f"{written['dtype']}) with its tokenizer to {output}/"
+    )
+    print(f"  files: {', '.join(written['files'])}")
+    print(f"  load it with from_pretrained, or: kdistill eval {output} --task causal_lm --data FILE.txt")
     return 0
 
 

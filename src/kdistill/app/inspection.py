@@ -7,12 +7,14 @@ from typing import Any
 
 from torch import nn
 
+from kdistill.app.model_folder import CAUSAL_LM
 from kdistill.app.report import format_table
 from kdistill.errors import ConfigError
 from kdistill.models.anatomy import base_model, config_int, layer_stack
 from kdistill.models.layer_maps import describe_layer_map
-from kdistill.models.loading import count_parameters, load_any_model
+from kdistill.models.loading import count_parameters, load_any_model, split_gguf
 from kdistill.models.student import make_student
+from kdistill.tasks import get_task
 
 __all__ = ["ModelSummary", "describe_models", "summarize_model"]
 
@@ -96,6 +98,13 @@ def summarize_model(model: nn.Module, name: str) -> ModelSummary:
     )
 
 
+def _load(location: str, role: str, trust_remote_code: bool) -> nn.Module:
+    """The model at ``location``; a GGUF file is a causal LM, loaded dequantised as a run loads it."""
+    if split_gguf(location) is not None:
+        return get_task(CAUSAL_LM).load_trained(location, role)[0]
+    return load_any_model(location, role, trust_remote_code=trust_remote_code)
+
+
 def describe_models(
     teacher: str | nn.Module,
     student: str | nn.Module | None = None,
@@ -107,7 +116,8 @@ def describe_models(
 ) -> str:
     """The text ``kdistill inspect`` prints: a table of both models and the proposed layer map.
 
-    Without a student, kdistill proposes one with :func:`~kdistill.models.student.make_student`
+    ``teacher`` and ``student`` are folders, hub ids, GGUF files (dequantised) or models. Without a
+    student, kdistill proposes one with :func:`~kdistill.models.student.make_student`
     (``num_layers``, default half the teacher's depth; ``hidden_size``, default the teacher's)
     and shows how much smaller it would be.
 
@@ -115,11 +125,7 @@ def describe_models(
         KdistillError: a model cannot be loaded, or the map does not fit the two models.
     """
     teacher_name = teacher if isinstance(teacher, str) else "teacher"
-    teacher_model = (
-        load_any_model(teacher, "teacher", trust_remote_code=trust_remote_code)
-        if isinstance(teacher, str)
-        else teacher
-    )
+    teacher_model = _load(teacher, "teacher", trust_remote_code) if isinstance(teacher, str) else teacher
     notes = []
     if student is None:
         summary = summarize_model(teacher_model, teacher_name)
@@ -138,11 +144,7 @@ def describe_models(
                 "--num-layers/--hidden-size propose a student; they do not apply when a STUDENT is given"
             )
         student_name = student if isinstance(student, str) else "student"
-        student_model = (
-            load_any_model(student, "student", trust_remote_code=trust_remote_code)
-            if isinstance(student, str)
-            else student
-        )
+        student_model = _load(student, "student", trust_remote_code) if isinstance(student, str) else student
     rows = [summarize_model(teacher_model, teacher_name).row(), summarize_model(student_model, student_name).row()]
     try:
         mapping = describe_layer_map(student_model, teacher_model, layer_map)

@@ -14,12 +14,14 @@ from typing import Any
 
 from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, LOG_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
 from kdistill.errors import KdistillError
-from kdistill.models.loading import looks_local
+from kdistill.models.loading import gguf_files, is_gguf_file, looks_local
 
-__all__ = ["TEXT_CLASSIFICATION", "ChosenModel", "choose_model"]
+__all__ = ["CAUSAL_LM", "TEXT_CLASSIFICATION", "ChosenModel", "choose_model"]
 
 #: the task whose models ``predict`` and ``export`` serve
 TEXT_CLASSIFICATION = "text_classification"
+#: the task of every GGUF model (transformers reads GGUF files as causal language models)
+CAUSAL_LM = "causal_lm"
 
 
 @dataclass
@@ -63,6 +65,9 @@ def choose_model(target: str, command: str) -> ChosenModel:
             f"{target!r}: no such run or model folder; give a run folder (a kdistill distill output.dir) "
             "or a model folder written by save_pretrained"
         )
+    found = [str(path)] if is_gguf_file(path) else gguf_files(path) if not _has_model(path) else []
+    if found:
+        raise KdistillError(_gguf_refusal(target, found[0] if path.is_dir() else None, command))
     if path.is_file():
         raise KdistillError(f"{target!r} is a file; give a run folder or a model folder written by save_pretrained")
     if path.is_dir() and RunFolder(path).holds_run():
@@ -73,6 +78,17 @@ def choose_model(target: str, command: str) -> ChosenModel:
             "model folder written by save_pretrained"
         )
     return ChosenModel(location=target, tokenizer=target, description=f"the model folder {target}")
+
+
+def _gguf_refusal(target: str, name: str | None, command: str) -> str:
+    """Why ``command`` refuses a GGUF model (a file, or ``name`` in the folder ``target``), and what to use."""
+    given = f"{target} --gguf-file {name}" if name else target
+    use = {
+        "predict": f"measure it on a text file with kdistill eval {given} --data FILE.txt",
+        "export": f"write it as a plain model folder with kdistill export {given} --format hf",
+    }.get(command, f"kdistill eval {given} measures it")
+    what = f"{target!r} holds the GGUF file {name}" if name else f"{target!r} is a GGUF file"
+    return f"{what}, a causal language model: kdistill {command} works on text classifiers; {use}"
 
 
 def _from_run(path: Path, target: str, command: str) -> ChosenModel:

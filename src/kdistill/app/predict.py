@@ -25,11 +25,13 @@ import numpy as np
 
 from kdistill.app.arguments import (
     add_data_flags,
+    add_gguf_flag,
     as_eval_flags,
     data_flag_values,
     file_argument,
     model_argument,
     positive_int,
+    resolve_model,
 )
 from kdistill.app.model_folder import TEXT_CLASSIFICATION, ChosenModel, choose_model
 from kdistill.app.run_folder import METRICS_FILE
@@ -98,6 +100,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "model", metavar="RUN_OR_MODEL", type=model_argument, help="a run folder, a model folder or a hub id"
     )
+    add_gguf_flag(predict, "RUN_OR_MODEL")  # refused, saying what to use: a GGUF model is a causal LM
     given = predict.add_mutually_exclusive_group(required=True)
     given.add_argument("--text", action="append", metavar="TEXT", help="a text to classify (repeat for more)")
     given.add_argument(
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     if output is not None:
         # refused before any loading: a taken file name costs nothing
         check_predictions_output(output)
-    chosen = choose_model(args.model, "predict")
+    chosen = choose_model(resolve_model(args.model, args.gguf_file, "RUN_OR_MODEL"), "predict")
     section = _data_section(chosen, args) if args.data else None
     if section is not None:
         texts, pairs = _read_texts(args.data, section)

@@ -21,14 +21,18 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "GGUF_MAGIC",
     "LoadedModel",
     "count_parameters",
+    "gguf_files",
     "gguf_problem",
+    "is_gguf_file",
     "load_any_model",
     "load_pretrained",
     "load_tokenizer",
     "looks_local",
     "read_model_config",
+    "split_gguf",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,37 @@ def looks_local(location: str) -> bool:
         or location.count("/") > 1
         or "\\" in location
     )
+
+
+#: the four bytes a GGUF file begins with, whatever its name
+GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a file that begins with the GGUF signature (:data:`GGUF_MAGIC`)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:  # missing, a folder, unreadable: not a GGUF file kdistill can load
+        return False
+
+
+def split_gguf(location: str) -> tuple[str, str] | None:
+    """``(folder, file name)`` when ``location`` is a GGUF file, else None (a folder or a hub id).
+
+    A GGUF model is passed around as the path of its file (``models/smollm2/model.Q4_1.gguf``);
+    transformers loads it as the folder and ``gguf_file=`` the name.
+    """
+    path = Path(location).expanduser()
+    if path.is_file() and is_gguf_file(path):
+        return str(path.parent), path.name
+    return None
+
+
+def gguf_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The names of the ``.gguf`` files directly in ``folder``, sorted (none when it is not a folder)."""
+    path = Path(folder)
+    return sorted(entry.name for entry in path.glob("*.gguf")) if path.is_dir() else []
 
 
 #: what loading a model or tokenizer from the user's files raises when the files are wrong (missing,
@@ -388,8 +423,16 @@ def load_pretrained(
     source = _check_location(location, role, revision=revision)
     _check_gguf(source, location, role, kwargs, role)
     if looks_local(location) and "gguf_file" not in kwargs and not (Path(source) / "config.json").is_file():
+        found = gguf_files(source)
+        # a folder of GGUF files (a package's, a *-GGUF download) is a model once its file is named
+        hint = (
+            f"; it holds GGUF files ({', '.join(found)}): name one (--gguf-file {found[0]} on the command "
+            f"line, teacher.gguf_file: {found[0]} in a config)"
+            if found
+            else ""
+        )
         raise ModelLoadError(
-            f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained"
+            f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained{hint}"
         )
     try:
         with _quiet_transformers():

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from kdistill.errors import ModelLoadError
-from kdistill.models.loading import LoadedModel, load_pretrained, load_tokenizer
+from kdistill.models.loading import LoadedModel, load_pretrained, load_tokenizer, split_gguf
 from kdistill.schema import Section
 from kdistill.tasks.common import student_from_teacher
 
@@ -55,11 +55,15 @@ def load_causal_lm(
 ) -> LoadedModel:
     """Load an ``AutoModelForCausalLM`` (a GGUF file dequantised), refused when some weights are untrained.
 
+    ``location`` is a folder or hub id (with ``gguf_file``, the name of a GGUF file in it), or the
+    path of a GGUF file itself.
+
     Raises:
         ModelLoadError: the folder or file cannot be loaded, or weights are missing from it.
     """
     from transformers import AutoModelForCausalLM
 
+    location, gguf_file = _gguf_parts(location, gguf_file)
     _check_gguf_file(location, role, gguf_file)
     options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     loaded = load_pretrained(
@@ -69,6 +73,12 @@ def load_causal_lm(
     loaded.trained(role, "give a causal language model with all its weights (a save_pretrained folder or a GGUF file)")
     dequantized(loaded.model)
     return loaded
+
+
+def _gguf_parts(location: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """A GGUF file's path as transformers takes it: its folder and ``gguf_file=`` its name."""
+    parts = split_gguf(location) if gguf_file is None else None
+    return parts if parts is not None else (location, gguf_file)
 
 
 def _check_gguf_file(location: str, role: str, gguf_file: str | None) -> None:
@@ -91,7 +101,9 @@ def load_lm_tokenizer(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> Any:
-    """The tokenizer at ``location`` (read from the GGUF file when one is named); pads with its end token."""
+    """The tokenizer at ``location`` (read from the GGUF file when one is named, or when ``location`` is
+    one); pads with its end token."""
+    location, gguf_file = _gguf_parts(location, gguf_file)
     options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     return load_tokenizer(location, role, revision=revision, trust_remote_code=trust_remote_code, **options)
 
