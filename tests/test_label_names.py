@@ -164,3 +164,23 @@ def test_wrong_label_names_are_one_line_naming_the_key(
     if labels == (0, 2):
         assert "is not among 0 to 1, the values data.label_names names (negative, positive)" in line, line
     assert not (tmp_path / "never").exists()
+
+
+def test_eval_of_the_run_reads_a_file_labelled_with_the_names_alike(run: Path, tmp_path: Path) -> None:
+    # the run's test file with its labels 0/1 written as the names: one of the names is that class
+    rows = [(text, NAMES[label]) for text, label in sentences(16, seed=1)]
+    named = write_csv(tmp_path / "named.csv", rows)
+    scores = []
+    for data in (None, named):
+        out = tmp_path / f"eval-{len(scores)}.json"
+        _stdout(["eval", str(run), "--output", str(out), "--no-progress", *(["--data", str(data)] if data else [])])
+        scores.append(json.loads(out.read_text(encoding="utf-8"))["eval"]["student"]["accuracy"])
+    assert scores[0] == pytest.approx(scores[1])
+
+
+def test_eval_of_the_bare_model_on_numbers_says_where_their_names_are(run: Path) -> None:
+    line = one_line(["eval", str(run / "student"), "--data", str(run.parent / "test.csv"), "--no-progress"])
+    assert line.endswith(
+        "(data row 1) is a number, but the model's classes are named negative, positive (id2label): evaluate "
+        "the run folder, whose data.label_names names the numbers, or label the file with the class names"
+    ), line

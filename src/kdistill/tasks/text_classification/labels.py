@@ -427,6 +427,15 @@ def model_label_ids(table: TableSplit, classes: LogitLabels | Mapping[Any, Any])
     ):
         return list(table.labels)
     index = {name: i for i, name in enumerate(names)}
+    numbers = table.labels and all(isinstance(label, int) for label in table.labels)
+    if numbers and not index.keys() & {str(label) for label in table.labels}:
+        # numbers beside named classes: a run read them through data.label_names, which a bare file lacks
+        first = table.labels[0]
+        raise DataError(
+            f"{table.source}: label {first} (data row 1) is a number, but the model's classes are named "
+            f"{', '.join(names[:10])} (id2label): evaluate the run folder, whose data.label_names names the "
+            "numbers, or label the file with the class names"
+        )
     for row, label in enumerate(table.labels):
         if str(label) not in index and (why := classes.unknown_label(str(label))):
             raise DataError(

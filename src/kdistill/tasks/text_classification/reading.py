@@ -151,13 +151,17 @@ def _labels(frame: Any, config: DataConfig, source: str, hint: str) -> list[Any]
 
 
 def _named(labels: list[Any], names: Sequence[str], source: str) -> list[str]:
-    """Integer labels as their ``data.label_names``: value i is ``names[i]``.
+    """Integer labels as their ``data.label_names``: value i is ``names[i]``; a label that is one of
+    the names already is that class (a run's test file labelled with the names reads alike).
 
     Raises:
-        DataError: a label that is not an integer 0 to n-1 (a name already, or a value without a name).
+        DataError: a label that is neither an integer 0 to n-1 nor one of the names.
     """
     count = len(names)
+    known = set(names)
     for row, label in enumerate(labels):
+        if label in known:
+            continue
         if not isinstance(label, int):
             raise DataError(
                 f"{source}: label {label!r} (data row {row + 1}) is not a number, but data.label_names names "
@@ -169,7 +173,7 @@ def _named(labels: list[Any], names: Sequence[str], source: str) -> list[str]:
                 f"{source}: label {label} (data row {row + 1}) is not among 0 to {count - 1}, the values "
                 f"data.label_names names ({', '.join(names[:10])}); give one name per label value, in order"
             )
-    return [names[label] for label in labels]
+    return [label if label in known else names[label] for label in labels]
 
 
 def table_from_frame(
