@@ -47,7 +47,24 @@ def _unique_names(names: str | list[str]) -> str | list[str]:
     return names
 
 
+def _label_names(names: list[str]) -> list[str]:
+    if len(names) < 2:
+        raise ValueError(f"give one name per label value 0, 1, ... (at least 2), got {len(names)}")
+    blank = [i for i, name in enumerate(names) if not name.strip()]
+    if blank:
+        raise ValueError(f"the name of label {blank[0]} is empty; give every label value a name")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        # two label values of one name would be one class to the student and its users
+        raise ValueError(
+            f"names {', '.join(repr(name) for name in twice)} more than once; give each label value its own name"
+        )
+    return names
+
+
 ColumnNames = Annotated[list[str], AfterValidator(_unique_names)]
+#: the names of integer labels 0, 1, ... n-1, in that order
+LabelNames = Annotated[list[str], AfterValidator(_label_names)]
 #: one column, or several (their texts joined)
 TextColumns = Annotated[str | list[str], AfterValidator(_unique_names)]
 
@@ -137,6 +154,10 @@ class DataConfig(Section):
     text_separator: str = Field(" ", description="between the columns of a text_column list")
     text_pair_column: str | None = None
     label_column: str = "label"
+    label_names: LabelNames | None = Field(
+        None,
+        description="names of integer labels: the first names label 0, the second 1, ... (one per label value)",
+    )
     validation_fraction: SplitSize = Field(
         0.1,
         description="held out of train (after the test split) when there is no validation file: a fraction or a count",

@@ -153,7 +153,7 @@ def prepare_data(
         student_tokenizer: the student's tokenizer.
         teacher_tokenizer: the teacher's tokenizer, to check (and use) when it differs.
         label_names: the class names in id order (a run names them once, against its teacher);
-            default: the training labels, sorted.
+            default: ``config.label_names``, else the training labels, sorted.
         splits: raw splits already loaded (default: :func:`load_splits`).
         augmenter: makes new, unlabelled training sentences for the teacher to label
             (``PreparedData.augmented``); the other splits are never augmented.
@@ -163,7 +163,9 @@ def prepare_data(
         DataError: anything about the data that does not fit.
     """
     splits = dict(splits) if splits is not None else load_splits(config)
-    label_names = list(label_names) if label_names is not None else build_label_names(splits["train"].labels)
+    if label_names is None:
+        label_names = build_label_names(splits["train"].labels, given=config.label_names)
+    label_names = list(label_names)
     separate = False
     if teacher_tokenizer is not None and teacher_tokenizer is not student_tokenizer:
         difference = describe_tokenizer_difference(teacher_tokenizer, student_tokenizer, splits["train"].texts[:200])

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from kdistill.errors import DataError, ModelLoadError
+from kdistill.errors import ConfigError, DataError, ModelLoadError
 from kdistill.tasks.text_classification.reading import TableSplit
 
 logger = logging.getLogger("kdistill.data")
@@ -299,19 +299,34 @@ def _check_class_labels(names: Sequence[str], count: int) -> None:
 
 
 def build_label_names(
-    labels: Sequence[Any], teacher_id2label: Mapping[int, str] | None = None, teacher_num_labels: int | None = None
+    labels: Sequence[Any],
+    teacher_id2label: Mapping[int, str] | None = None,
+    teacher_num_labels: int | None = None,
+    *,
+    given: Sequence[str] | None = None,
 ) -> list[str]:
     """The class names in id order.
 
     The teacher's own order is kept where its ``id2label`` names exactly the data's labels;
-    otherwise the labels are sorted (integers numerically, strings alphabetically).
+    otherwise the labels are sorted (integers numerically, strings alphabetically), or in the
+    order of ``given`` names.
+
+    Args:
+        labels: the training labels (with ``given``, already read as those names).
+        teacher_id2label: the teacher's class names by logit, if it has a trained head.
+        teacher_num_labels: the teacher's number of logits.
+        given: ``data.label_names``: the names of label values 0 to n-1, in that order.
 
     Raises:
-        DataError: the data has a different number of classes than the teacher.
+        DataError: the data has a different number of classes than the teacher, or than ``given``.
+        ConfigError: ``given`` names other classes than the teacher's ``id2label``.
     """
     distinct = sorted({label for label in labels}, key=_sort_key)
     names = [str(label) for label in distinct]
-    _check_class_labels(names, len(labels))
+    if given is not None:
+        names = _given_names(names, given)
+    else:
+        _check_class_labels(names, len(labels))
     if len(names) < 2:
         raise DataError(
             f"the training data has {len(names)} distinct label(s) ({', '.join(names)}): at least 2 are needed"
@@ -329,6 +344,8 @@ def build_label_names(
         if (problem := classes.refusal()) is not None:
             raise DataError(problem)
         teacher_names = classes.names
+        if given is not None:
+            return _against_teacher(names, teacher_names)
         if set(teacher_names) == set(names):
             return teacher_names
         lowered = {n.lower(): n for n in names}
@@ -340,6 +357,35 @@ def build_label_names(
             ", ".join(names),
         )
     return names
+
+
+def _given_names(present: Sequence[str], given: Sequence[str]) -> list[str]:
+    """``data.label_names`` as the class names, where the training data has each of its values
+    (a value without an example would be a class the student never learns)."""
+    absent = [i for i, name in enumerate(given) if name not in present]
+    if absent:
+        have = [str(i) for i, name in enumerate(given) if name in present]
+        raise DataError(
+            f"data.label_names gives {len(given)} names ({_listed(list(given))}), for the labels 0 to "
+            f"{len(given) - 1}, but the training data has {len(have)} labels ({_listed(have)}), no "
+            f"{_listed([str(i) for i in absent])}; give one name per label of the data"
+        )
+    return list(given)
+
+
+def _against_teacher(names: list[str], teacher_names: Sequence[str]) -> list[str]:
+    """``data.label_names`` in the teacher's order (its logit j is ``id2label[j]``), where they are
+    the teacher's names (case aside); a teacher that names other classes is refused."""
+    if set(teacher_names) == set(names):
+        return list(teacher_names)
+    lowered = {n.lower(): n for n in names}
+    if set(lowered) == {n.lower() for n in teacher_names}:
+        return [lowered[n.lower()] for n in teacher_names]
+    raise ConfigError(
+        f"data.label_names names the classes {_listed(names)}, but the teacher's config.json names its logits "
+        f"{_listed(list(teacher_names))} (id2label): give data.label_names the teacher's names (label 0's "
+        "name first), or a teacher trained for these classes"
+    )
 
 
 def encode_labels(table: TableSplit, label_names: Sequence[str]) -> list[int]:
@@ -381,6 +427,15 @@ def model_label_ids(table: TableSplit, classes: LogitLabels | Mapping[Any, Any])
     ):
         return list(table.labels)
     index = {name: i for i, name in enumerate(names)}
+    numbers = table.labels and all(isinstance(label, int) for label in table.labels)
+    if numbers and not index.keys() & {str(label) for label in table.labels}:
+        # numbers beside named classes: a run read them through data.label_names, which a bare file lacks
+        first = table.labels[0]
+        raise DataError(
+            f"{table.source}: label {first} (data row 1) is a number, but the model's classes are named "
+            f"{', '.join(names[:10])} (id2label): evaluate the run folder, whose data.label_names names the "
+            "numbers, or label the file with the class names"
+        )
     for row, label in enumerate(table.labels):
         if str(label) not in index and (why := classes.unknown_label(str(label))):
             raise DataError(

@@ -147,7 +147,33 @@ def _labels(frame: Any, config: DataConfig, source: str, hint: str) -> list[Any]
     if missing:
         rows = ", ".join(str(i + 1) for i in missing[:5])
         raise DataError(f"{source}: {len(missing)} example(s) without a label (data row {rows})")
-    return labels
+    return labels if config.label_names is None else _named(labels, config.label_names, source)
+
+
+def _named(labels: list[Any], names: Sequence[str], source: str) -> list[str]:
+    """Integer labels as their ``data.label_names``: value i is ``names[i]``; a label that is one of
+    the names already is that class (a run's test file labelled with the names reads alike).
+
+    Raises:
+        DataError: a label that is neither an integer 0 to n-1 nor one of the names.
+    """
+    count = len(names)
+    known = set(names)
+    for row, label in enumerate(labels):
+        if label in known:
+            continue
+        if not isinstance(label, int):
+            raise DataError(
+                f"{source}: label {label!r} (data row {row + 1}) is not a number, but data.label_names names "
+                f"the integer labels 0 to {count - 1}; labels that are names already need no data.label_names: "
+                "remove it"
+            )
+        if not 0 <= label < count:
+            raise DataError(
+                f"{source}: label {label} (data row {row + 1}) is not among 0 to {count - 1}, the values "
+                f"data.label_names names ({', '.join(names[:10])}); give one name per label value, in order"
+            )
+    return [label if label in known else names[label] for label in labels]
 
 
 def table_from_frame(

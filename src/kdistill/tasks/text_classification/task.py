@@ -37,9 +37,10 @@ __all__ = ["TextClassification"]
 
 @dataclass
 class _Tables:
-    """The raw splits, and the class names once the teacher is known."""
+    """The raw splits, the names ``data.label_names`` gives, and the class names once the teacher is known."""
 
     splits: dict[str, TableSplit]
+    given_names: list[str] | None = None
     label_names: list[str] | None = None
 
 
@@ -56,7 +57,7 @@ class TextClassification(Task):
     speed_note = "Latency is the median CPU time of one batch of {batch} examples of {length} tokens ({threads})"
 
     def read(self, data: DataConfig) -> _Tables:
-        return _Tables(load_splits(data))
+        return _Tables(load_splits(data), data.label_names)
 
     def load_models(self, teacher: Any, student: Any | None, raw: _Tables, *, seed: int) -> Models:
         train_labels = raw.splits["train"].labels
@@ -107,6 +108,7 @@ class TextClassification(Task):
             train_labels,
             None if teacher_classes is None else dict(enumerate(teacher_classes.names)),
             None if teacher_classes is None else teacher_classes.count,
+            given=raw.given_names,
         )
         id2label = dict(enumerate(raw.label_names))
         if new_head:
