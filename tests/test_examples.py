@@ -116,7 +116,7 @@ def test_example_builds_against_a_teacher_of_the_same_shape(path: Path, minilm_s
     prepared = prepare_run(config, progress=False)
     assert [(s.name, s.objective.formula()) for s in prepared.stages] == EXPECTED_STAGES[path.name]
     assert prepared.models.student.config.num_hidden_layers == config.student.from_teacher.num_layers
-    assert prepared.models.student.config.id2label == {0: "0", 1: "1"}
+    assert prepared.models.student.config.id2label == {0: "negative", 1: "positive"}  # data.label_names
 
 
 @pytest.mark.skipif(

@@ -387,7 +387,7 @@ def test_a_gguf_file_with_a_damaged_header_says_so(tmp_path: Path) -> None:
     assert "its GGUF file 'model.gguf' has a damaged header: a key name at byte 32 is not UTF-8 text; " in line, line
     assert "JSON" not in line
     # a file that is no GGUF at all
-    from kdistill.models.loading import gguf_problem
+    from kdistill.models.gguf import gguf_problem
 
     (tmp_path / "bad" / "model.gguf").write_bytes(b"PK\x03\x04" + whole[4:])
     assert gguf_problem(tmp_path / "bad" / "model.gguf") == (

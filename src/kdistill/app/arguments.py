@@ -142,7 +142,8 @@ def resolve_model(model: str, gguf_file: str | None, name: str = "MODEL") -> str
         ModelLoadError: ``model`` is a missing ``.gguf`` file or one that is not GGUF; with
             ``gguf_file``, ``model`` is not a local folder or lacks the file.
     """
-    from kdistill.models.loading import gguf_files, is_gguf_file, looks_local
+    from kdistill.models.gguf import gguf_files, is_gguf_file
+    from kdistill.models.loading import looks_local
 
     path = Path(model).expanduser()
     if gguf_file is None:

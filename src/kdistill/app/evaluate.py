@@ -20,7 +20,8 @@ from kdistill.app.report import check_metrics_file, comparison_table, measure_mo
 from kdistill.app.run_folder import RunFolder
 from kdistill.data.datasets import Routed, make_loader
 from kdistill.errors import ConfigError, DataError, KdistillError, OutputFileError
-from kdistill.models.loading import looks_local, split_gguf
+from kdistill.models.gguf import split_gguf
+from kdistill.models.loading import looks_local
 from kdistill.models.speed import SPEED_BATCH_SIZE
 from kdistill.tasks import get_task
 

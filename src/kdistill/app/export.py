@@ -97,7 +97,7 @@ def default_output(target: str, suffix: str = "onnx") -> Path:
 def run(args: argparse.Namespace) -> int:
     """Run ``kdistill export``; returns the exit status (errors are raised as :class:`KdistillError`)."""
     from kdistill.app.model_folder import choose_model
-    from kdistill.models.loading import split_gguf
+    from kdistill.models.gguf import split_gguf
     from kdistill.tasks.text_classification.onnx.export import export_onnx, require_onnx
 
     location = resolve_model(args.model, args.gguf_file, "RUN_OR_MODEL")

@@ -11,8 +11,9 @@ from kdistill.app.model_folder import CAUSAL_LM
 from kdistill.app.report import format_table
 from kdistill.errors import ConfigError
 from kdistill.models.anatomy import base_model, config_int, layer_stack
+from kdistill.models.gguf import split_gguf
 from kdistill.models.layer_maps import describe_layer_map
-from kdistill.models.loading import count_parameters, load_any_model, split_gguf
+from kdistill.models.loading import count_parameters, load_any_model
 from kdistill.models.student import make_student
 from kdistill.tasks import get_task
 

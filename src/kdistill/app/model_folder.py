@@ -14,7 +14,8 @@ from typing import Any
 
 from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, LOG_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
 from kdistill.errors import KdistillError
-from kdistill.models.loading import gguf_files, is_gguf_file, looks_local
+from kdistill.models.gguf import gguf_files, is_gguf_file
+from kdistill.models.loading import looks_local
 
 __all__ = ["CAUSAL_LM", "TEXT_CLASSIFICATION", "ChosenModel", "choose_model"]
 

@@ -27,8 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +53,13 @@ from kdistill.app.run_folder import (
     input_paths,
     paths_read,
 )
+from kdistill.app.run_log import log_to
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train
 from kdistill.cache import check_cache_folder
 from kdistill.errors import ConfigError, KdistillError, RunFolderError
 from kdistill.files.fingerprints import fingerprints
 from kdistill.files.locations import cache_root
-from kdistill.files.writing import open_append
 from kdistill.models.loading import looks_local
 from kdistill.models.preflight import check_memory, model_memory_per_layer
 from kdistill.tasks import Task, get_task
@@ -344,7 +343,7 @@ def run_distill(
             folder.write_text(CONFIG_FILE, dump_config(config))
         elif changed or not (folder.marker() or {}).get("inputs"):
             folder.record_inputs(inputs)  # the next resume compares with what this part read
-        with _log_to(folder.record(LOG_FILE), console_log):
+        with log_to(folder.record(LOG_FILE), console_log):
             if deleted:
                 logger.info("overwrite: deleted the earlier run's %s", ", ".join(deleted))
             logger.info("kdistill %s: %s %s", __version__, "resuming the run in" if resume else "run folder", path)
@@ -465,39 +464,3 @@ def _metrics(
             primary: trained.best.get(primary),
         }
     return metrics
-
-
-class _MessageOnly(logging.Formatter):
-    """The console shows a record's message alone: a traceback goes to run.log, never the console."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()
-
-
-@contextmanager
-def _log_to(path: Path, console: bool) -> Iterator[None]:
-    """Send kdistill's and transformers' log records to ``path`` (and the console) for the run."""
-    stream = open_append(path)  # never through a link: run.log -> ~/.bashrc would get the lines
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger("kdistill"), logging.getLogger("transformers")]
-    previous = [(lg, lg.level) for lg in loggers]
-    console_handler = logging.StreamHandler() if console else None
-    if console_handler is not None:
-        console_handler.setFormatter(_MessageOnly())
-        console_handler.setLevel(logging.INFO)
-    for lg in loggers:
-        lg.addHandler(handler)
-    logging.getLogger("kdistill").setLevel(logging.INFO)
-    if console_handler is not None:
-        logging.getLogger("kdistill").addHandler(console_handler)
-    try:
-        yield
-    finally:
-        for lg, level in previous:
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-        if console_handler is not None:
-            logging.getLogger("kdistill").removeHandler(console_handler)
-        handler.close()
-        stream.close()

@@ -11,7 +11,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from kdistill.errors import ModelLoadError
-from kdistill.models.loading import LoadedModel, load_pretrained, load_tokenizer, split_gguf
+from kdistill.models.gguf import split_gguf
+from kdistill.models.loading import LoadedModel, load_pretrained, load_tokenizer
 from kdistill.schema import Section
 from kdistill.tasks.common import student_from_teacher
 
