@@ -18,6 +18,7 @@ it is theirs (:func:`is_marked_file`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ __all__ = [
     "marker_path",
     "remove_owned",
     "unowned_files",
+    "unreplaceable_files",
     "write_files_manifest",
     "write_marked_file",
 ]
@@ -142,6 +144,21 @@ def unowned_files(folder: Path, allowed: Iterable[str] = ()) -> list[Path]:
         elif entry.name not in allowed:
             found.append(entry)
     return found
+
+
+def unreplaceable_files(folder: Path, kind: str) -> list[str]:
+    """Up to three files that stop kdistill from replacing ``folder`` with a new folder of ``kind``
+    (the ``kdistill`` value of its :data:`FILES_MANIFEST`); none when it may: ``folder`` is absent,
+    empty, or an earlier folder of that kind whose manifests name every file in it."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return []
+    manifest: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((folder / FILES_MANIFEST).read_text(encoding="utf-8"))
+    foreign = unowned_files(folder)
+    if isinstance(manifest, dict) and manifest.get("kdistill") == kind and not foreign:
+        return []
+    return [str(path.relative_to(folder)) for path in (foreign or sorted(folder.iterdir()))[:3]]
 
 
 def remove_owned(path: Path, allowed: Iterable[str] = ()) -> None:

@@ -9,15 +9,17 @@ when it is such a folder and holds nothing else.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from kdistill.errors import OutputFileError
-from kdistill.files.ownership import FILES_MANIFEST, remove_owned, unowned_files, write_files_manifest
+from kdistill.files.ownership import (
+    remove_owned,
+    unreplaceable_files,
+    write_files_manifest,
+)
 from kdistill.tasks.causal_lm.models import load_causal_lm, load_lm_tokenizer
 
 __all__ = ["PLAIN_KIND", "check_plain_output", "write_plain_folder"]
@@ -35,17 +37,11 @@ def check_plain_output(out: Path) -> None:
     """
     if out.is_symlink() or out.is_file():
         raise OutputFileError(f"--output {str(out)!r} is a file or a link; give a new or empty folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    manifest: Any = None
-    with contextlib.suppress(OSError, ValueError):
-        manifest = json.loads((out / FILES_MANIFEST).read_text(encoding="utf-8"))
-    foreign = unowned_files(out)
-    if not isinstance(manifest, dict) or manifest.get("kdistill") != PLAIN_KIND or foreign:
-        shown = ", ".join(str(p.relative_to(out)) for p in (foreign or sorted(out.iterdir()))[:3])
+    shown = unreplaceable_files(out, PLAIN_KIND)
+    if shown:
         raise OutputFileError(
-            f"--output {str(out)!r} holds files kdistill did not write there ({shown}): kdistill never replaces "
-            "what it did not write; give a new or empty folder"
+            f"--output {str(out)!r} holds files kdistill did not write there ({', '.join(shown)}): kdistill never "
+            "replaces what it did not write; give a new or empty folder"
         )
 
 

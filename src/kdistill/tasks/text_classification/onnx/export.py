@@ -48,6 +48,7 @@ from kdistill.files.ownership import (
     link_problem,
     remove_owned,
     unowned_files,
+    unreplaceable_files,
     write_files_manifest,
 )
 from kdistill.models.loading import load_tokenizer
@@ -177,17 +178,11 @@ def _check_output(out: Path) -> None:
         )
     if out.is_file():
         raise OutputFileError(f"the output {str(out)!r} is a file; give a folder for the export")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    manifest: Any = None
-    with contextlib.suppress(OSError, ValueError):
-        manifest = json.loads((out / FILES_MANIFEST).read_text(encoding="utf-8"))
-    foreign = unowned_files(out)
-    if not isinstance(manifest, dict) or manifest.get("kdistill") != EXPORT_KIND or foreign:
-        shown = ", ".join(str(p.relative_to(out)) for p in (foreign or sorted(out.iterdir()))[:3])
+    shown = unreplaceable_files(out, EXPORT_KIND)
+    if shown:
         raise OutputFileError(
-            f"the output folder {str(out)!r} holds files that are not a kdistill ONNX export ({shown}): kdistill "
-            "never replaces what it did not write; give a new or empty folder"
+            f"the output folder {str(out)!r} holds files that are not a kdistill ONNX export ({', '.join(shown)}): "
+            "kdistill never replaces what it did not write; give a new or empty folder"
         )
 
 
