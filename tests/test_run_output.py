@@ -68,3 +68,33 @@ def test_a_progress_bar_takes_the_label_it_is_given(capsys: pytest.CaptureFixtur
     assert "teacher fine-tuning:" in bars and "distill:" not in bars
     distill(teacher, student, loader, progress=True, log_every=1)
     assert "distill:" in capsys.readouterr().err
+
+
+def test_one_model_evaluated_alone_is_called_the_model_not_the_student() -> None:
+    from kdistill.app.report import comparison_table
+    from kdistill.tasks import get_task
+
+    measured = {"perplexity": 12.5, "parameters": 1000, "size_bytes": 4000, "latency_ms": 2.0, "throughput": 50.0}
+    alone = comparison_table({"student": measured}, get_task("causal_lm")).splitlines()
+    assert [line.split()[0] for line in alone[1:] if line.strip() and not set(line) <= {"-", " "}] == ["model"]
+    both = comparison_table({"teacher": measured, "student": measured}, get_task("causal_lm")).splitlines()
+    assert [line.split()[0] for line in both[1:] if line.strip() and not set(line) <= {"-", " "}] == [
+        "teacher",
+        "student",
+    ]
+
+
+def test_an_exports_latency_table_warns_of_a_busy_machine_as_the_other_commands_do() -> None:
+    from kdistill.app.export import latency_warning
+
+    def latency(spread: float, load: float) -> dict[str, Any]:
+        rows = [
+            {"batch_size": 1, "backend": "pytorch", "median_ms": 2.0, "spread": 0.02, "speedup": 1.0},
+            {"batch_size": 1, "backend": "onnxruntime", "median_ms": 1.0, "spread": 0.02, "speedup": 2.0},
+        ]
+        rows[0]["speedup_spread"], rows[1]["speedup_spread"] = None, spread
+        return {"threads": 1, "load_average": load, "cpu_count": 2, "rows": rows}
+
+    assert latency_warning(latency(0.05, 0.3)) is None
+    assert "the speed-up varied by 60% between rounds" in latency_warning(latency(0.6, 0.3))
+    assert "the load average was 5.0 on 2 CPUs" in latency_warning(latency(0.05, 5.0))

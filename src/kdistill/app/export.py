@@ -23,7 +23,7 @@ from kdistill.app.arguments import (
 )
 from kdistill.errors import KdistillError
 
-__all__ = ["add_parser", "default_output", "run"]
+__all__ = ["add_parser", "default_output", "latency_warning", "run"]
 
 HELP = """\
 Export a text classifier to ONNX: a run folder's student (or its teacher, in a run without a
@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         length=length,
     )
-    print(f"exported {chosen.description} to {output}/")
+    # the folder in full: without --output it is made in the current folder, which may surprise
+    print(f"exported {chosen.description} to {output.resolve()}/")
     for line in describe(report):
         print(line)
     return 0
@@ -144,7 +145,7 @@ def _plain_folder(args: argparse.Namespace, location: str, gguf: bool) -> int:
     written = write_plain_folder(location, output)
     print(
         f"wrote {location} dequantised ({written['architecture']}, {written['parameters']:,} parameters, "
-        f"{written['dtype']}) with its tokenizer to {output}/"
+        f"{written['dtype']}) with its tokenizer to {output.resolve()}/"
     )
     print(f"  files: {', '.join(written['files'])}")
     print(f"  load it with from_pretrained, or: kdistill eval {output} --task causal_lm --data FILE.txt")
@@ -173,4 +174,20 @@ def describe(report: dict[str, Any]) -> list[str]:
             )
     if "latency" in report:
         lines += ["", format_latency_table(report["latency"])]
+        warning = latency_warning(report["latency"])
+        if warning:
+            lines.append(f"warning: {warning}")
     return lines
+
+
+def latency_warning(latency: dict[str, Any]) -> str | None:
+    """Why the latency table is not to be trusted (a wide spread of a speed-up, a busy machine), as
+    :func:`kdistill.models.speed.speed_warning` says it for the other commands; None when it is."""
+    from kdistill.models.speed import speed_warning
+
+    speeds = {
+        f"{row['backend']} batch {row['batch_size']}": {"speedup_spread": row["speedup_spread"]}
+        for row in latency.get("rows", [])
+        if row.get("speedup_spread") is not None
+    }
+    return speed_warning(speeds, latency)

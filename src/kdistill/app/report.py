@@ -186,6 +186,8 @@ def comparison_table(metrics: Mapping[str, Any], task: Any, markdown: bool = Fal
     with the task's metric columns and throughput unit."""
     models = {name: metrics[name] for name in ("teacher", "student") if name in metrics}
     rows = comparison_rows(models, task.metric_columns)
+    if list(models) == ["student"]:
+        rows[0]["model"] = "model"  # one model measured alone (kdistill eval MODEL) is no one's student
     columns = comparison_columns(task.metric_columns, task.throughput_unit)
     return markdown_table(rows, columns) if markdown else format_table(rows, columns)
 
