@@ -3,8 +3,10 @@ report uses."""
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -98,3 +100,19 @@ def test_an_exports_latency_table_warns_of_a_busy_machine_as_the_other_commands_
     assert latency_warning(latency(0.05, 0.3)) is None
     assert "the speed-up varied by 60% between rounds" in latency_warning(latency(0.6, 0.3))
     assert "the load average was 5.0 on 2 CPUs" in latency_warning(latency(0.05, 5.0))
+
+
+def test_the_runs_console_lines_go_above_the_progress_bars(tmp_path, capsys) -> None:
+    """A log line written while a bar is drawn goes through tqdm.write, which clears the bar first."""
+    import logging
+
+    from tqdm import tqdm
+
+    from kdistill.app.run_log import log_to
+
+    with log_to(tmp_path / "run.log", console=True), tqdm(total=3, desc="distill", file=sys.stderr) as bar:
+        bar.update(1)
+        with mock.patch.object(tqdm, "write", wraps=tqdm.write) as written:
+            logging.getLogger("kdistill.run").info("stage distill: loss = 1·ce")
+    assert written.call_args.args[0] == "stage distill: loss = 1·ce"
+    assert "stage distill: loss = 1·ce" in (tmp_path / "run.log").read_text(encoding="utf-8")

@@ -20,6 +20,18 @@ class _MessageOnly(logging.Formatter):
         return record.getMessage()
 
 
+class _AboveBars(logging.StreamHandler):
+    """Console lines written above the progress bars (through tqdm), never across one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's own rule: a handler that fails never breaks the program
+            self.handleError(record)
+
+
 @contextmanager
 def log_to(path: Path, console: bool) -> Iterator[None]:
     """Send kdistill's and transformers' log records to ``path`` (and the console) for the run."""
@@ -28,7 +40,7 @@ def log_to(path: Path, console: bool) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger("kdistill"), logging.getLogger("transformers")]
     previous = [(lg, lg.level) for lg in loggers]
-    console_handler = logging.StreamHandler() if console else None
+    console_handler = _AboveBars() if console else None
     if console_handler is not None:
         console_handler.setFormatter(_MessageOnly())
         console_handler.setLevel(logging.INFO)
