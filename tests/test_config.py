@@ -249,7 +249,7 @@ TOKEN_KD = ["objective.terms.kd.type=token_kd"]
         (BASE, ["objective.preset=hinton", "objective.temperature=1.0e-30"], "objective.temperature: "),
         (LM_BASE, [*TOKEN_KD, "objective.on_policy.temperature=1.0e-20"], "objective.on_policy.temperature: "),
         # beta was ignored silently with divergence: forward_kl
-        (LM_BASE, [*TOKEN_KD, "objective.terms.kd.beta=0.5"], "objective.terms.kd: beta applies to divergence jsd"),
+        (LM_BASE, [*TOKEN_KD, "objective.terms.kd.beta=0.7"], "objective.terms.kd: beta applies to divergence jsd"),
         (
             LM_BASE,
             [*TOKEN_KD, "objective.terms.kd.divergence=reverse_kl", "objective.terms.kd.beta=0.3"],
@@ -305,3 +305,17 @@ def test_the_resolved_config_records_the_settings_that_apply_and_reads_back() ->
         again = parse_config(yaml.safe_load(dump_config(resolved)))
         assert again.model_dump() == resolved.model_dump()
     assert parse_config({**BASE, "objective": {"preset": "hinton", "alpha": 0}}).objective.temperature is None
+
+
+def test_a_divergence_weight_at_its_default_is_ignored_with_a_warning_as_old_runs_recorded_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kdistill 0.2 wrote ``beta: 0.5`` and ``skew: 0.1`` beside every divergence into config.yaml:
+    such a run folder still loads (and resumes), with a warning that names the key."""
+    with caplog.at_level("WARNING", logger="kdistill"):
+        overrides = [*TOKEN_KD, "objective.terms.kd.beta=0.5", "objective.terms.kd.skew=0.1"]
+        config = parse_config(apply_overrides(LM_BASE, overrides))
+    term = config.objective.terms["kd"]
+    assert (term.beta, term.skew) == (None, None)
+    assert "beta: 0.5 is the default of divergence jsd and changes nothing with divergence forward_kl" in caplog.text
+    assert "skew: 0.1 is the default of divergence skew_kl or skew_reverse_kl" in caplog.text

@@ -16,6 +16,7 @@ split. Called on its own, a term is the mean over the batch's own target tokens.
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -31,6 +32,8 @@ from kdistill.losses.tokens import DIVERGENCES, next_token_targets
 
 __all__ = ["TokenCE", "TokenKD", "count_targets"]
 
+logger = logging.getLogger(__name__)
+
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv"]
 
 
@@ -44,14 +47,27 @@ def _divergence_weights(divergence: str, beta: float | None, skew: float | None)
     """``{"beta": ..., "skew": ...}`` as ``divergence`` uses them: the default where it uses one and
     none is given, None where it uses none.
 
+    A weight at its own default is ignored with a warning (runs of kdistill 0.2 recorded both weights).
+
     Raises:
-        ValueError: a weight given for a divergence that does not use it.
+        ValueError: a weight other than its default given for a divergence that does not use it.
     """
     found: dict[str, float | None] = {}
     for key, value, default in (("beta", beta, BETA), ("skew", skew, SKEW)):
         kinds = _WEIGHT_OF[key]
         if divergence in kinds:
             found[key] = default if value is None else value
+        elif value is not None and value == default:
+            # what kdistill 0.2 wrote into every run's config.yaml: such a run still resumes, told so
+            logger.warning(
+                "%s: %g is the default of divergence %s and changes nothing with divergence %s; it is ignored "
+                "(remove it)",
+                key,
+                value,
+                " or ".join(kinds),
+                divergence,
+            )
+            found[key] = None
         elif value is not None:
             raise ValueError(
                 f"{key} applies to divergence {' or '.join(kinds)} only, and this term's divergence is {divergence}: "
