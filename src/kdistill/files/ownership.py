@@ -42,6 +42,7 @@ __all__ = [
     "link_problem",
     "marker_path",
     "remove_owned",
+    "swap_in_folder",
     "unowned_files",
     "unreplaceable_files",
     "write_files_manifest",
@@ -174,6 +175,18 @@ def remove_owned(path: Path, allowed: Iterable[str] = ()) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def swap_in_folder(built: Path, out: Path) -> None:
+    """Move the finished folder ``built`` to ``out`` with renames only; an earlier folder at ``out``
+    (which the caller has checked is kdistill's, :func:`unreplaceable_files`) is deleted after,
+    and only where every file in it is kdistill's (:func:`remove_owned`)."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.is_dir():
+        out.rename(old)
+    built.rename(out)
+    if old.is_dir():
+        remove_owned(old)
 
 
 def check_replaceable_file(path: Path, written_by_kdistill: Callable[[Path], bool], what: str, flag: str) -> None:

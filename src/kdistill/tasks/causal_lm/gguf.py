@@ -16,7 +16,7 @@ from typing import Any
 
 from kdistill.errors import OutputFileError
 from kdistill.files.ownership import (
-    remove_owned,
+    swap_in_folder,
     unreplaceable_files,
     write_files_manifest,
 )
@@ -71,12 +71,7 @@ def write_plain_folder(location: str, out: str | os.PathLike[str]) -> dict[str, 
         tokenizer.save_pretrained(built)
         write_files_manifest(built, PLAIN_KIND)
         files = sorted(path.name for path in built.iterdir())
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.is_dir():
-            out.rename(old)
-        built.rename(out)
-        if old.is_dir():
-            remove_owned(old)
+        swap_in_folder(built, out)
     finally:
         if built.exists():
             shutil.rmtree(built)

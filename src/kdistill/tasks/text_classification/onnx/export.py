@@ -46,7 +46,7 @@ from kdistill.errors import KdistillError, ModelLoadError, OutputFileError
 from kdistill.files.ownership import (
     FILES_MANIFEST,
     link_problem,
-    remove_owned,
+    swap_in_folder,
     unowned_files,
     unreplaceable_files,
     write_files_manifest,
@@ -280,16 +280,6 @@ def _remove_leftovers(out: Path) -> list[Path]:
     return removed
 
 
-def _replace_folder(out: Path, built: Path) -> None:
-    """Move the finished export into place; an earlier export there (checked) is deleted after."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.is_dir():
-        out.rename(old)
-    built.rename(out)
-    if old.is_dir():
-        remove_owned(old)
-
-
 def export_onnx(
     model_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -356,7 +346,7 @@ def export_onnx(
         # from here the files manifest proves the folder: the staging marker is not part of the export
         write_files_manifest(built, EXPORT_KIND, leave_out=[STAGING_MARKER])
         (built / STAGING_MARKER).unlink()
-        _replace_folder(out, built)
+        swap_in_folder(built, out)
     finally:
         if built.exists():
             shutil.rmtree(built)
