@@ -22,8 +22,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from kdistill.errors import ConfigError
 
 __all__ = [
+    "IMPORTANCE_RULES",
     "MAX_BATCH",
     "MAX_EPOCHS",
+    "CopyMapSpec",
     "LayerMapSpec",
     "LocalPath",
     "ModelLocation",
@@ -31,11 +33,14 @@ __all__ = [
     "Section",
     "Seed",
     "TextEncoding",
+    "check_layer_map_spec",
     "expand_home",
     "local_path",
     "model_location",
 ]
 
+#: how ``student.from_teacher: {layer_map: importance}`` ranks teacher layers (kdistill.models.importance)
+IMPORTANCE_RULES: tuple[str, ...] = ("block_influence", "perplexity")
 #: upper bounds that keep a typo (an extra zero or three) from asking for absurd memory or time
 MAX_BATCH = 65536
 MAX_EPOCHS = 100_000
@@ -118,7 +123,12 @@ _MAP_SPEC = re.compile(r"^(uniform|every-[1-9]\d*|last-[1-9]\d*)$")
 _PACKAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _check_map_spec(value: str | dict[int, int]) -> str | dict[int, int]:
+def check_layer_map_spec(value: str | dict[int, int]) -> str | dict[int, int]:
+    """A layer map's spelling checked: a named map (``uniform``, ``every-K``, ``last-K``) or explicit pairs.
+
+    Raises:
+        ValueError: another name, an empty map, or a negative layer index.
+    """
     if isinstance(value, str):
         if not _MAP_SPEC.match(value):
             raise ValueError(
@@ -134,7 +144,20 @@ def _check_map_spec(value: str | dict[int, int]) -> str | dict[int, int]:
 
 
 #: ``"uniform"``, ``"every-K"``, ``"last-K"`` or an explicit ``{student_layer: teacher_layer}``
-LayerMapSpec = Annotated[Union[str, dict[int, int]], AfterValidator(_check_map_spec)]  # noqa: UP007
+LayerMapSpec = Annotated[Union[str, dict[int, int]], AfterValidator(check_layer_map_spec)]  # noqa: UP007
+
+
+def _check_copy_map_spec(value: str | dict[int, int]) -> str | dict[int, int]:
+    if value == "importance":
+        return value
+    try:
+        return check_layer_map_spec(value)
+    except ValueError as error:
+        raise ValueError(str(error).replace("must be 'uniform'", "must be 'importance', 'uniform'")) from None
+
+
+#: the teacher layers a student copies: a :data:`LayerMapSpec`, or ``"importance"`` (chosen by measurement)
+CopyMapSpec = Annotated[Union[str, dict[int, int]], AfterValidator(_check_copy_map_spec)]  # noqa: UP007
 
 
 class Section(BaseModel):
