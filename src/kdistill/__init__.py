@@ -9,6 +9,8 @@ The public API:
 * training: :func:`distill` / :func:`train_distillation` (plain loop) and
   :class:`DistillationTrainer` (``transformers.Trainer``); :class:`TinyBERTDistillation`;
 * models: :func:`make_student`, layer maps (:func:`uniform_map` ...) and :func:`print_layer_map`;
+  :func:`measure_width_importance` (a teacher's channels and heads ranked, to prune a narrower
+  student from it);
   :func:`prune_vocabulary` (keep only the word embeddings a set of texts uses);
 * offline distillation: :class:`TeacherCache` and :func:`with_example_index`;
 * runs from a config: :func:`load_config`, :func:`run_distill`, :func:`run_demo` (what the
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         validate_layer_map,
     )
     from kdistill.models.student import StudentReport, make_student
+    from kdistill.models.width import WidthImportance, measure_width_importance
     from kdistill.recipes import TinyBERTConfig, TinyBERTDistillation
     from kdistill.tasks.text_classification.onnx.export import export_onnx
     from kdistill.tasks.text_classification.vocab_pruning import VocabularyReport, prune_vocabulary
@@ -105,6 +108,8 @@ _PUBLIC = {
     "validate_layer_map": "kdistill.models.layer_maps",
     "StudentReport": "kdistill.models.student",
     "make_student": "kdistill.models.student",
+    "WidthImportance": "kdistill.models.width",
+    "measure_width_importance": "kdistill.models.width",
     "TinyBERTConfig": "kdistill.recipes",
     "TinyBERTDistillation": "kdistill.recipes",
     "export_onnx": "kdistill.tasks.text_classification.onnx.export",
@@ -147,6 +152,7 @@ __all__ = [
     "TinyBERTConfig",
     "TinyBERTDistillation",
     "VocabularyReport",
+    "WidthImportance",
     "__version__",
     "attention_distillation_loss",
     "describe_layer_map",
@@ -156,6 +162,7 @@ __all__ = [
     "last_k_map",
     "load_config",
     "make_student",
+    "measure_width_importance",
     "print_layer_map",
     "prune_vocabulary",
     "resolve_layer_map",
