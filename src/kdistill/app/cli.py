@@ -26,7 +26,8 @@ from kdistill.app.arguments import (
     positive_int,
     resolve_model,
 )
-from kdistill.errors import KdistillError
+from kdistill.errors import ConfigError, KdistillError
+from kdistill.schema import IMPORTANCE_RULES
 
 __all__ = ["build_parser", "main"]
 
@@ -106,6 +107,7 @@ examples:
   kdistill inspect models/teacher --num-layers 3 --hidden-size 256
   kdistill inspect models/teacher runs/sst2/student --layer-map last-2
   kdistill inspect models/smollm2 --gguf-file model.Q4_1.gguf     # a GGUF model, dequantised
+  kdistill inspect models/smollm2 --importance --data train.txt --num-layers 6   # which layers to keep
 """
 
 DEMO_HELP = """\
@@ -263,6 +265,20 @@ def _add_inspect(commands: argparse._SubParsersAction) -> None:
         "--hidden-size", type=positive_int, help="width of the proposed student (default: the teacher's)"
     )
     inspect.add_argument("--layer-map", default=None, help="uniform (default), every-K, last-K")
+    inspect.add_argument(
+        "--importance",
+        action="store_true",
+        help="measure each teacher layer's importance on --data and the layers each rule keeps",
+    )
+    inspect.add_argument("--data", type=file_argument, help="with --importance: the calibration text (a data file)")
+    inspect.add_argument(
+        "--calibration-tokens", type=positive_int, default=2048, help="with --importance: tokens measured (2048)"
+    )
+    inspect.add_argument(
+        "--rules",
+        default=",".join(IMPORTANCE_RULES),
+        help="with --importance: block_influence, perplexity (slow: N^2/2 passes) or both (default)",
+    )
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
@@ -371,8 +387,27 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from kdistill.app.inspection import describe_models
+    from kdistill.app.inspection import describe_importance, describe_models
 
+    if args.importance or args.data is not None:
+        if not (args.importance and args.data is not None):
+            raise ConfigError("--importance measures the teacher on --data FILE; give both")
+        if args.student is not None or args.hidden_size is not None or args.layer_map is not None:
+            raise ConfigError("--importance ranks the TEACHER's layers; drop STUDENT, --hidden-size and --layer-map")
+        rules = tuple(rule for rule in args.rules.split(",") if rule)
+        unknown = sorted(set(rules) - set(IMPORTANCE_RULES))
+        if unknown or not rules:
+            raise ConfigError(f"--rules {args.rules}: use {', '.join(IMPORTANCE_RULES)}")
+        print(
+            describe_importance(
+                resolve_model(args.teacher, args.gguf_file, "TEACHER"),
+                args.data,
+                num_layers=args.num_layers,
+                calibration_tokens=args.calibration_tokens,
+                rules=rules,
+            )
+        )
+        return 0
     print(
         describe_models(
             resolve_model(args.teacher, args.gguf_file, "TEACHER"),

@@ -20,7 +20,16 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from kdistill.losses.base import Temperature
 from kdistill.losses.registry import settings_union, term_class, term_types
-from kdistill.schema import MAX_BATCH, MAX_EPOCHS, LayerMapSpec, LocalPath, ModelSource, Section, Seed
+from kdistill.schema import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    CopyMapSpec,
+    LayerMapSpec,
+    LocalPath,
+    ModelSource,
+    Section,
+    Seed,
+)
 from kdistill.tasks import get_task
 
 __all__ = [
@@ -105,21 +114,50 @@ class TeacherConfig(ModelSource):
 
 
 class FromTeacherConfig(Section):
-    """A student built from the teacher's own configuration by :func:`kdistill.models.student.make_student`."""
+    """A student built from the teacher's own configuration by :func:`kdistill.models.student.make_student`.
+
+    ``layer_map: importance`` copies the teacher layers an ``importance`` rule measures on the
+    first ``calibration_tokens`` of the training split; ``prune: activation`` initialises a
+    narrower student from the teacher's most active channels and heads instead of randomly
+    (docs/causal_lm.md, "Choosing the student's layers and width").
+    """
 
     num_layers: int = Field(ge=1, le=1000)
     hidden_size: int | None = Field(None, ge=1, le=65536, description="default: the teacher's width")
     num_heads: int | None = Field(None, ge=1, le=4096)
+    num_key_value_heads: int | None = Field(
+        None, ge=1, le=4096, description="grouped-query attention: key/value heads (default: the teacher's ratio)"
+    )
     intermediate_size: int | None = Field(None, ge=1, le=1_048_576)
     init: Literal["auto", "teacher", "random"] = "auto"
-    layer_map: LayerMapSpec | None = Field(None, description="teacher layers to copy; default uniform")
+    layer_map: CopyMapSpec | None = Field(
+        None, description="teacher layers to copy: uniform (default), importance, every-K, last-K or explicit"
+    )
+    importance: Literal["block_influence", "perplexity"] = Field(
+        "block_influence", description="with layer_map: importance, how layers are ranked"
+    )
+    prune: Literal["activation"] | None = Field(
+        None, description="a narrower student keeps the teacher's most active channels and heads"
+    )
+    calibration_tokens: int = Field(
+        2048, ge=16, le=10_000_000, description="training tokens the importance is measured on"
+    )
     seed: Seed | None = None
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> FromTeacherConfig:
         if self.hidden_size is not None and self.num_heads is not None and self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.prune is not None and self.init == "random":
+            raise ValueError("prune: activation copies the teacher's weights; remove init: random (or prune)")
+        if self.num_key_value_heads is not None and self.num_heads is None and self.prune is None:
+            raise ValueError("num_key_value_heads applies to a student with num_heads or prune: activation")
         return self
+
+    @property
+    def measured(self) -> bool:
+        """Whether the student needs the teacher measured on calibration text before it is built."""
+        return self.layer_map == "importance" or self.prune is not None
 
 
 class StudentConfig(ModelSource):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -12,12 +15,14 @@ from kdistill.app.report import format_table
 from kdistill.errors import ConfigError
 from kdistill.models.anatomy import base_model, config_int, layer_stack
 from kdistill.models.gguf import split_gguf
-from kdistill.models.layer_maps import describe_layer_map
+from kdistill.models.importance import IMPORTANCE_RULES, block_influence, choose_layers, kept_layers
+from kdistill.models.layer_maps import describe_layer_map, uniform_map
 from kdistill.models.loading import count_parameters, load_any_model
 from kdistill.models.student import make_student
 from kdistill.tasks import get_task
+from kdistill.tasks.calibration import calibration_batches, calibration_loss
 
-__all__ = ["ModelSummary", "describe_models", "summarize_model"]
+__all__ = ["ModelSummary", "describe_importance", "describe_models", "summarize_model"]
 
 
 @dataclass
@@ -160,3 +165,102 @@ def describe_models(
     if notes:
         parts += [""] + notes
     return "\n".join(parts)
+
+
+def _task_of(location: str, task: str | None) -> str:
+    """The task a teacher's importance is measured for: ``--task``, else a causal LM for a GGUF file
+    or a ``...ForCausalLM`` / ``...LMHeadModel`` folder, else text classification."""
+    if task is not None:
+        return task
+    if split_gguf(location) is not None:
+        return CAUSAL_LM
+    config_file = Path(location) / "config.json"
+    architectures: list[str] = []
+    if config_file.is_file():
+        try:
+            architectures = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
+        except (OSError, ValueError):
+            architectures = []
+    causal = any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+    return CAUSAL_LM if causal else "text_classification"
+
+
+def describe_importance(
+    teacher: str,
+    data: str,
+    *,
+    num_layers: int | None = None,
+    calibration_tokens: int = 2048,
+    max_length: int | None = None,
+    rules: tuple[str, ...] = IMPORTANCE_RULES,
+    task: str | None = None,
+) -> str:
+    """The text ``kdistill inspect TEACHER --importance --data FILE`` prints: each layer's scores, and
+    the layers each rule keeps for a student of ``num_layers`` with the loss it starts from.
+
+    Args:
+        teacher: a model folder, hub id or GGUF file.
+        data: the calibration text (a file the task reads, as ``kdistill eval --data`` does).
+        num_layers: the student's depth; default half the teacher's.
+        calibration_tokens: tokens of ``data`` measured (from its start).
+        max_length: tokens per example; default the task's.
+        rules: the rules to compare (``perplexity`` is about ``N^2 / 2`` passes over the text).
+        task: the teacher's task; default read from the model.
+
+    Raises:
+        KdistillError: a model or file that cannot be read, a depth the teacher does not have.
+    """
+    name = _task_of(teacher, task)
+    runner = get_task(name)
+    model, tokenizer = runner.load_trained(teacher, "teacher")
+    settings = runner.data_section.model_construct(train="-")
+    prepared = runner.eval_data(
+        settings, data, {"student": (model, tokenizer)}, max_length=max_length, max_examples=None, progress=False
+    )
+    batches = calibration_batches(prepared.test, prepared.collate, calibration_tokens)
+    tokens = sum(int(batch["attention_mask"].sum()) for batch in batches if "attention_mask" in batch)
+    loss_of = calibration_loss(runner.finetune_objective(), batches)
+    perplexity = runner.primary_metric == "perplexity"
+
+    def shown(loss: float) -> str:
+        return f"{math.exp(min(loss, 700)):,.1f}" if perplexity else f"{loss:.4f}"
+
+    depth = summarize_model(model, teacher).layers or 0
+    keep = num_layers or max(1, depth // 2)
+    if not 1 <= keep <= depth:
+        raise ConfigError(f"--num-layers {keep}: the teacher has {depth} layers; give 1 to {depth}")
+    measure = "perplexity" if perplexity else "loss"
+    scores = block_influence(model, batches)
+    choices = {}
+    try:
+        for rule in rules:
+            choices[rule] = choose_layers(model, keep, rule, batches, loss_of)
+    except ValueError as error:
+        raise ConfigError(f"--importance: {error}") from None
+    rows = [{"layer": number, "bi": f"{score:.4f}"} for number, score in enumerate(scores, 1)]
+    columns = [("layer", "layer"), ("bi", "block influence (1 - cos)")]
+    if "perplexity" in choices:
+        for row, single in zip(rows, choices["perplexity"].scores):
+            row["without"] = shown(single)
+        columns.append(("without", f"{measure} without it"))
+    with kept_layers(model, list(range(1, depth + 1))):
+        whole = loss_of(model)
+    with kept_layers(model, list(uniform_map(keep, depth).values())):
+        uniform = loss_of(model)
+    lines = [
+        f"{teacher}: {depth} layers, measured on the first {tokens:,} tokens of {data} ({name}; teacher {measure} "
+        f"{shown(whole)})",
+        "",
+        format_table(rows, tuple(columns)),
+        "",
+        f"a student of {keep} layers copied from the teacher, before training ({measure} on the same tokens):",
+        f"  uniform: layers {', '.join(map(str, uniform_map(keep, depth).values()))}: {shown(uniform)}",
+    ]
+    for rule, choice in choices.items():
+        assert choice.loss is not None  # choose_layers measures it when given the loss
+        lines.append(f"  {rule}: layers {', '.join(map(str, choice.kept))}: {shown(choice.loss)}")
+    lines += [
+        "",
+        f"use one: student.from_teacher: {{num_layers: {keep}, layer_map: importance, importance: <rule>}}",
+    ]
+    return "\n".join(lines)

@@ -371,6 +371,37 @@ def _pruning_lines(metrics: Mapping[str, Any], primary: str) -> list[str]:
     ]
 
 
+def _choice_lines(metrics: Mapping[str, Any], primary: str) -> list[str]:
+    """How the student's layers and width were chosen by measurement (``student.from_teacher``)."""
+    choice = metrics.get("student_choice")
+    if not choice:
+        return []
+
+    def shown(loss: float | None) -> str:
+        if loss is None:
+            return "-"
+        return f"perplexity {math.exp(min(loss, 700)):,.1f}" if primary == "perplexity" else f"loss {loss:.4f}"
+
+    lines = ["", "## How the student was chosen", ""]
+    layers = choice.get("layer_choice")
+    if layers:
+        kept = ", ".join(str(layer) for layer in layers["layer_map"].values())
+        lines.append(
+            f"- layers: teacher layers {kept} by `{layers['rule']}`, measured on {choice['calibration_tokens']:,} "
+            f"training tokens: {layers['why']}; the uniform copy would start at {shown(choice.get('uniform_loss'))}."
+        )
+        scores = ", ".join(f"{number}: {value:.3g}" for number, value in enumerate(layers["scores"], 1))
+        lines.append(f"- per-layer scores ({layers['rule']}): {scores}")
+    width = choice.get("width")
+    if width:
+        pruned = ", ".join(f"{name} {before} -> {after}" for name, (before, after) in width.items())
+        lines.append(f"- width pruned by activation on the same tokens: {pruned}")
+    untrained = choice.get("untrained", {})
+    if primary in untrained:
+        lines.append(f"- before training, on the evaluation split: {primary} {untrained[primary]:,.4g}")
+    return lines
+
+
 def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, files: Sequence[str] = ()) -> Path:
     """Write ``report.md``: what was distilled, the comparison table, the training and the files.
 
@@ -402,6 +433,7 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
         shown = ", ".join(f"{name} {values[primary]:.4f}" for name, values in final.items() if primary in values)
         lines += ["", f"On the validation split, {primary}: {shown}."]
     lines += _pruning_lines(metrics, primary)
+    lines += _choice_lines(metrics, primary)
     lines += ["", "## Training", ""]
     tuned = metrics.get("training", {}).get("teacher_finetune")
     if tuned:

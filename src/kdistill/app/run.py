@@ -64,6 +64,7 @@ from kdistill.models.loading import looks_local
 from kdistill.models.preflight import check_memory, model_memory_per_layer
 from kdistill.tasks import Task, get_task
 from kdistill.tasks.base import Models, TaskData
+from kdistill.tasks.calibration import measured_student
 
 __all__ = [
     "PreparedRun",
@@ -90,6 +91,8 @@ class PreparedRun:
     data: TaskData
     stages: list[Stage]
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: how the student was chosen by measurement (``student.from_teacher`` with importance or pruning)
+    student_choice: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,6 +134,13 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     models = task.load_models(config.teacher, config.student, raw, seed=config.training.seed)
     _check_batch_memory(config, models)
     data = task.prepare(config.data, raw, models, progress=progress)
+    choice: dict[str, Any] = {}
+    options = config.student.from_teacher if config.student is not None else None
+    if options is not None and options.measured:
+        # the layers and channels a student keeps are measured on the prepared training text
+        models, choice = measured_student(
+            options, models, data, task.finetune_objective(), perplexity=task.primary_metric == "perplexity"
+        )
     if config.student is not None and config.student.prune_vocabulary and not task.prunes_vocabulary:
         raise ConfigError(f"student.prune_vocabulary is not available for the {task.name} task; remove it")
     stages: list[Stage] = []
@@ -148,7 +158,7 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
                     "cache holds): remove teacher.cache"
                 )
             stages = [dataclasses.replace(stage, on_policy=on_policy) for stage in stages]
-    return PreparedRun(config, task, models, data, stages, inputs)
+    return PreparedRun(config, task, models, data, stages, inputs, choice)
 
 
 def _uses_cache_root(config: RunConfig) -> bool:
@@ -369,6 +379,13 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
     if models.student is not None:
         logger.info("%s", models.student_note)
     loaders = make_loaders(data, run.config.training, cached=run.config.teacher.cache is not None)
+    if run.student_choice and models.student is not None and "untrained" not in run.student_choice:
+        # where a measured student starts: what the choice of its layers and channels bought before training
+        student = {"student": routed(models, data)["student"]}
+        desc = f"untrained student, {loaders.evaluated_on}"
+        run.student_choice["untrained"] = run.task.evaluate(student, loaders.evaluation, progress=progress, desc=desc)[
+            "student"
+        ]
     trained = train(run, folder, loaders, resume=resume, progress=progress)
     folders: dict[str, Path | None] = {"teacher": _teacher_folder(run, folder)}
     pruning = None
@@ -453,6 +470,8 @@ def _metrics(
         "validation": trained.validations,
         "training": {"stages": trained.stages},
     }
+    if run.student_choice:
+        metrics["student_choice"] = run.student_choice
     if trained.teacher_finetune is not None:
         metrics["training"]["teacher_finetune"] = trained.teacher_finetune
     if trained.best is not None:

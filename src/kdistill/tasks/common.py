@@ -14,6 +14,7 @@ from kdistill.models.anatomy import model_dims
 from kdistill.models.layer_maps import every_kth_map, last_k_map, uniform_map
 from kdistill.models.preflight import check_memory, estimate_parameters
 from kdistill.models.student import StudentReport, make_student
+from kdistill.models.width import WidthImportance
 
 __all__ = ["copy_map", "decode_text", "student_from_teacher"]
 
@@ -43,6 +44,8 @@ def copy_map(spec: str | Mapping[int, int] | None, student_layers: int, teacher:
     ``every-K``, ``last-K``) sized to the two depths; None for the default (uniform)."""
     if spec is None or isinstance(spec, Mapping):
         return dict(spec) if spec is not None else None
+    if spec == "importance":
+        return None  # measured once the data is prepared (kdistill.tasks.calibration); uniform until then
     teacher_layers = model_dims(teacher).num_layers
     kind, _, number = spec.partition("-")
     if kind == "every":
@@ -76,13 +79,17 @@ def _check_student_memory(teacher: nn.Module, options: Any) -> None:
     )
 
 
-def student_from_teacher(teacher: nn.Module, options: Any) -> tuple[nn.Module, StudentReport]:
+def student_from_teacher(
+    teacher: nn.Module, options: Any, *, width_importance: WidthImportance | None = None
+) -> tuple[nn.Module, StudentReport]:
     """The student a config's ``student.from_teacher`` describes (:func:`kdistill.models.student.make_student`).
 
     Args:
         teacher: the teacher model.
         options: the ``from_teacher`` section (``num_layers``, ``hidden_size``, ``num_heads``,
             ``intermediate_size``, ``layer_map``, ``init``, ``seed``).
+        width_importance: the teacher's measured activations, for ``prune: activation``
+            (:mod:`kdistill.tasks.calibration` measures them); without them a narrower student is random.
 
     Raises:
         ConfigError: the options do not fit the teacher, or the student would not fit in memory.
@@ -94,10 +101,12 @@ def student_from_teacher(teacher: nn.Module, options: Any) -> tuple[nn.Module, S
             num_layers=options.num_layers,
             hidden_size=options.hidden_size,
             num_heads=options.num_heads,
+            num_key_value_heads=options.num_key_value_heads,
             intermediate_size=options.intermediate_size,
             layer_map=copy_map(options.layer_map, options.num_layers, teacher),
             init=options.init,
             seed=options.seed,
+            width_importance=width_importance,
         )
     except (ValueError, TypeError) as error:
         raise ConfigError(f"student.from_teacher: {error}") from None
