@@ -54,9 +54,15 @@ RECIPES = (
     "kl_hidden",
     "seq_kd",
     "on_policy",
+    "forward_kl_sampled",
 )
+#: each student's overrides of the recipe configs; "recipes" limits the rows a student gets
 STUDENTS: dict[str, dict[str, Any]] = {
-    "a": {"description": "6 of the teacher's 30 layers, embeddings and tied head copied", "overrides": []},
+    "a": {
+        "description": "6 of the teacher's 30 layers, embeddings and tied head copied",
+        "overrides": [],
+        "recipes": list(RECIPES),
+    },
     "b": {
         "description": "8 layers, hidden 384, random init",
         "overrides": [
@@ -64,8 +70,44 @@ STUDENTS: dict[str, dict[str, Any]] = {
             "init: random}",
             "training.lr=1.0e-3",
         ],
+        "recipes": [recipe for recipe in RECIPES if recipe != "forward_kl_sampled"],
+    },
+    "a_bi": {
+        "description": "6 layers chosen by block influence on 2,048 training tokens",
+        "overrides": ["student.from_teacher={num_layers: 6, layer_map: importance, importance: block_influence}"],
+        "recipes": ["forward_kl"],
+        "baseline": "a",
+    },
+    "a_ppl": {
+        "description": "6 layers chosen by greedy removal (calibration perplexity, 1,024 training tokens)",
+        "overrides": [
+            "student.from_teacher={num_layers: 6, layer_map: importance, importance: perplexity, "
+            "calibration_tokens: 1024}"
+        ],
+        "recipes": ["forward_kl"],
+        "baseline": "a",
+        # its 444 passes give every seed the same layers: later seeds read the first seed's map
+        "measure_once": True,
+    },
+    "d": {
+        "description": "(b)'s shape pruned from the teacher: 8 layers by block influence, hidden 384, 6 heads "
+        "(2 KV), intermediate 1,024 by activation",
+        "overrides": [
+            "student.from_teacher={num_layers: 8, hidden_size: 384, num_heads: 6, num_key_value_heads: 2, "
+            "intermediate_size: 1024, layer_map: importance, prune: activation}"
+        ],
+        "recipes": ["forward_kl"],
+        "baseline": "b",
+    },
+    "e": {
+        "description": "15 layers chosen by block influence",
+        "overrides": ["student.from_teacher={num_layers: 15, layer_map: importance}"],
+        "recipes": ["forward_kl"],
+        "baseline": "a",
     },
 }
+#: the uniform copies the importance rows are compared with, measured untrained: {name: depth}
+UNIFORM_COPIES = {"a": 6, "e_uniform": 15}
 SPLITS = ("train", "validation", "test")
 QUICK = ["data.max_length=64", "data.max_train_tokens=2048", "data.max_eval_tokens=1024"]
 CACHE_LINE = re.compile(r"teacher outputs from the cache at (\S+)")
@@ -97,6 +139,36 @@ def untuned_teacher(common: list[str]) -> dict[str, float]:
     return language_model_metrics({"teacher": model}, loader, progress=False)["teacher"]
 
 
+def uniform_copies(teacher_dir: Path, common: list[str]) -> dict[str, float]:
+    """The test perplexity of each uniform copy of the fine-tuned teacher, untrained: what the
+    importance rows are compared with before training."""
+    import torch
+    import yaml
+
+    from kdistill.app.config_loading import apply_overrides, parse_config
+    from kdistill.data.datasets import PaddingCollator, make_loader
+    from kdistill.models.importance import kept_layers
+    from kdistill.models.layer_maps import uniform_map
+    from kdistill.tasks.causal_lm.data import prepare_splits
+    from kdistill.tasks.causal_lm.evaluation import language_model_metrics
+    from kdistill.tasks.causal_lm.models import load_causal_lm, load_lm_tokenizer
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    raw = yaml.safe_load((EXAMPLES / "forward_kl.yaml").read_text(encoding="utf-8"))
+    config = parse_config(apply_overrides(raw, [f"teacher.path={teacher_dir}", *common]))
+    model = load_causal_lm(str(teacher_dir), "teacher").model.eval()
+    tokenizer = load_lm_tokenizer(str(teacher_dir), "teacher")
+    splits = prepare_splits(config.data, tokenizer, progress=False)
+    loader = make_loader(splits["test"].dataset, 8, PaddingCollator(tokenizer.pad_token_id))
+    depth = model.config.num_hidden_layers
+    language_model_metrics({"student": model}, loader, progress=False)  # the whole model first: see kept_layers
+    found = {}
+    for name, layers in UNIFORM_COPIES.items():
+        with kept_layers(model, list(uniform_map(layers, depth).values())):
+            found[name] = language_model_metrics({"student": model}, loader, progress=False)["student"]["perplexity"]
+    return found
+
+
 def cache_bytes_per_token(run_log: Path, tokens: int) -> float | None:
     """The teacher cache's files over the tokens it holds, for a row that read one."""
     found = CACHE_LINE.search(run_log.read_text(encoding="utf-8")) if run_log.is_file() else None
@@ -124,6 +196,12 @@ def row_of(metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
         "train_tokens_per_s": data["train_tokens"] / stage["seconds"] if stage["seconds"] else None,
         "seconds": metrics["run"]["seconds"],
     }
+    choice = metrics.get("student_choice", {})
+    if "perplexity" in choice.get("untrained", {}):
+        row["untrained_test_perplexity"] = choice["untrained"]["perplexity"]
+    if "layer_choice" in choice:
+        row["layers"] = list(choice["layer_choice"]["layer_map"].values())
+        row["importance"] = choice["layer_choice"]["rule"]
     if "on_policy" in stage:
         row["generation_share"] = stage["on_policy"]["generation_share"]
     if "sequence_kd" in data:
@@ -173,6 +251,9 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "train_seconds": mean("train_seconds"),
                     "train_tokens_per_s": mean("train_tokens_per_s"),
                     "cache_bytes_per_token": mean("cache_bytes_per_token"),
+                    "untrained_test_perplexity": mean("untrained_test_perplexity")
+                    or results.get("untrained_uniform", {}).get(student),
+                    "layers": runs[0].get("layers"),
                     "generation_share": mean("generation_share"),
                     # the teacher's generations are made once (the first such row) and read back after
                     "teacher_generation_seconds": max(
@@ -189,31 +270,37 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown_table(results: dict[str, Any]) -> str:
     """The rows as a Markdown table (``--table``), as docs/results.md shows them."""
     lines = [
-        "| student | recipe | test perplexity (mean ± std) | vs ce_only | seeds | agreement | "
-        "speed-up | train s | train tokens/s | parameters | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| student | recipe | test perplexity (mean ± std) | vs ce_only (or student) | seeds | untrained | "
+        "agreement | speed-up | train s | train tokens/s | parameters | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = summarise(results)  # from the runs, so that a table printed by newer code shows what it adds
     baselines = {row["student"]: row["perplexity_mean"] for row in rows if row["recipe"] == "ce_only"}
+    means = {(row["student"], row["recipe"]): row["perplexity_mean"] for row in rows}
     for row in rows:
         if row["recipe"] == "teacher":
             untuned = results.get("teacher", {}).get("untuned_test_perplexity")
             lines.append(
-                f"| teacher | fine-tuned | {row['perplexity_mean']:.2f} | | 1 | | 1.00x | | | "
+                f"| teacher | fine-tuned | {row['perplexity_mean']:.2f} | | 1 | | | 1.00x | | | "
                 f"{row['params'] / 1e6:.1f}M | {'' if untuned is None else f'untuned: {untuned:.2f}'} |"
             )
             continue
-        base = baselines.get(row["student"])
+        # a student with ce_only rows against them; an importance or pruned student against its
+        # baseline student's row of the same recipe (a_bi against a's forward_kl ...)
+        other = STUDENTS.get(row["student"], {}).get("baseline")
+        base = means.get((other, row["recipe"])) if other else baselines.get(row["student"])
         change = (
             "" if row["recipe"] == "ce_only" or base is None else f"{100 * (row['perplexity_mean'] / base - 1):+.1f}%"
         )
+        change += f" vs {other}" if other and base is not None else ""
 
         def shown(value: float | None, form: str) -> str:
             return "-" if value is None else form.format(value)
 
         lines.append(
             f"| {row['student']} | {row['recipe']} | {row['perplexity_mean']:.2f} ± {row['perplexity_std']:.2f} "
-            f"| {change} | {row['seeds']} | {shown(row['agreement'], '{:.3f}')} "
+            f"| {change} | {row['seeds']} | {shown(row['untrained_test_perplexity'], '{:,.0f}')} "
+            f"| {shown(row['agreement'], '{:.3f}')} "
             f"| {shown(row['generation_speedup'], '{:.2f}x')} | {shown(row['train_seconds'], '{:.0f}')} "
             f"| {shown(row['train_tokens_per_s'], '{:.0f}')} | {row['params'] / 1e6:.1f}M | {_notes(row)} |"
         )
@@ -223,6 +310,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 def _notes(row: dict[str, Any]) -> str:
     """What only some rows have: the cache's bytes per token, the share of training spent sampling."""
     notes = []
+    if row.get("layers"):
+        notes.append("teacher layers " + ", ".join(map(str, row["layers"])))
     if row.get("cache_bytes_per_token") is not None:
         notes.append(f"cache {row['cache_bytes_per_token']:.0f} bytes/token")
     if row.get("generation_share") is not None:
@@ -259,7 +348,21 @@ def prepare_teacher(results: dict[str, Any], runs_dir: Path, common: list[str], 
     )
     if "untuned_test_perplexity" not in teacher:
         teacher["untuned_test_perplexity"] = untuned_teacher(common)["perplexity"]
+    if set(UNIFORM_COPIES) - set(results.get("untrained_uniform", {})):
+        results["untrained_uniform"] = uniform_copies(run / "teacher", common)
     return run / "teacher"
+
+
+def measured_before(results: dict[str, Any], student: str) -> dict[str, Any] | None:
+    """An earlier run of ``student`` whose layers were measured (not read from another run)."""
+    return next(
+        (
+            run
+            for run in results["runs"]
+            if run["student"] == student and run.get("layers") and "layers_measured_by_seed" not in run
+        ),
+        None,
+    )
 
 
 def pending_jobs(results: dict[str, Any], seeds: int, students: list[str], recipes: list[str]) -> list[tuple]:
@@ -270,7 +373,7 @@ def pending_jobs(results: dict[str, Any], seeds: int, students: list[str], recip
         for seed in range(seeds)
         for student in students
         for recipe in recipes
-        if (student, recipe, seed) not in done
+        if recipe in STUDENTS[student].get("recipes", RECIPES) and (student, recipe, seed) not in done
     ]
 
 
@@ -278,7 +381,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path, help="the folder holding shakespeare/ (../shared/data)")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--students", default="a,b", help="comma-separated: a, b")
+    parser.add_argument("--students", default="a,b", help="comma-separated, from: " + ", ".join(STUDENTS))
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, from: " + ", ".join(RECIPES))
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "lm_quality", help="where the runs go")
     parser.add_argument("--output", type=Path, help="default benchmarks/results/lm_quality_shakespeare.json")
@@ -322,12 +425,24 @@ def main() -> None:
     def start(student: str, recipe: str, seed: int) -> dict[str, Any]:
         folder = runs_dir / f"{student}-{recipe}-s{seed}"
         overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"], f"training.seed={seed}"]
+        measured = measured_before(results, student) if STUDENTS[student].get("measure_once") else None
+        if measured is not None:
+            pairs = ", ".join(f"{number}: {layer}" for number, layer in enumerate(measured["layers"], 1))
+            overrides.append(f"student.from_teacher.layer_map={{{pairs}}}")
         metrics = kdistill(EXAMPLES / f"{recipe}.yaml", folder, overrides, logs / f"{folder.name}.log")
+        row = row_of(metrics, folder)
+        if measured is not None:
+            row.update(
+                layers=measured["layers"],
+                importance=measured["importance"],
+                untrained_test_perplexity=measured.get("untrained_test_perplexity"),
+                layers_measured_by_seed=measured["seed"],
+            )
         return {
             "student": student,
             "recipe": recipe,
             "seed": seed,
-            **row_of(metrics, folder),
+            **row,
             "config": f"examples/lm_quality/{recipe}.yaml",
             "overrides": overrides[len(common) + 1 :],
         }
