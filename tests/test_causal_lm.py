@@ -25,7 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def lm_config(root: Path, name: str = "run.yaml", **sections: Any) -> Path:
-    """A causal-LM run: ``root/teacher`` (a tiny Llama) into a 2-layer student copied from it."""
+    """A causal-LM run: ``root/teacher`` (a tiny Llama) into a 2-layer student copied from it; the
+    student is measured as the teacher's draft model only where ``evaluation`` is given (it would
+    add about as much time as the speed measurement to every run)."""
     config = {
         "task": "causal_lm",
         "teacher": {"path": str(root / "teacher")},
@@ -39,6 +41,7 @@ def lm_config(root: Path, name: str = "run.yaml", **sections: Any) -> Path:
         "objective": {"preset": "hinton", "temperature": 2.0, "alpha": 0.5},
         "training": {"epochs": 2, "batch_size": 8, "lr": 2.0e-3},
         "output": {"dir": str(root / "run")},
+        "evaluation": {"draft_model": False},
         **sections,
     }
     path = root / name
@@ -60,7 +63,7 @@ def plays(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def distilled(plays: Path) -> Path:
     """The run folder of one distillation of the plays (shared by the tests that read it)."""
-    code, err = run_command(["distill", str(lm_config(plays)), "--no-progress"])
+    code, err = run_command(["distill", str(lm_config(plays, evaluation={})), "--no-progress"])
     assert code == 0, err
     return plays / "run"
 
@@ -82,6 +85,17 @@ def test_a_causal_lm_run_reports_perplexity_agreement_and_generation_speed(disti
     for needle in ("| perplexity | next-token agreement |", "tokens/s", "per generated token", "## Samples"):
         assert needle in report
     assert len(metrics["samples"]) == 3 and {"prompt", "teacher", "student"} <= metrics["samples"][0].keys()
+
+
+def test_a_causal_lm_run_measures_its_student_as_the_teachers_draft_model(distilled: Path) -> None:
+    draft = json.loads((distilled / "metrics.json").read_text())["student"]["draft"]
+    assert draft["prompts"] == 5 and draft["new_tokens"] == 32 and draft["prompt_tokens"] == 32
+    assert 0 <= draft["accepted"] <= draft["drafted"] and 0 <= draft["acceptance"] <= 1
+    assert draft["teacher_tokens_per_s"] > 0 and draft["assisted_tokens_per_s"] > 0 and draft["speedup"] > 0
+    assert draft["identical"] == 5
+    report = (distilled / "report.md").read_text()
+    assert "Student as the teacher's draft model (assisted generation, greedy, batch 1: 5 prompts" in report
+    assert "draft" not in json.loads((distilled / "metrics.json").read_text())["teacher"]
 
 
 def test_the_student_learns_the_text_and_is_kept_by_validation_perplexity(distilled: Path) -> None:
@@ -112,6 +126,7 @@ def test_kdistill_eval_measures_a_causal_lm_run_folder(distilled: Path) -> None:
     assert measured["student"]["perplexity"] == pytest.approx(metrics["student"]["perplexity"], rel=1e-4)
     assert measured["student"]["agreement"] == pytest.approx(metrics["student"]["agreement"], abs=1e-6)
     assert measured["speed"]["batch_size"] == 1
+    assert measured["student"]["draft"]["identical"] == measured["student"]["draft"]["prompts"]
 
 
 def test_kdistill_eval_of_a_model_folder_with_task_causal_lm(distilled: Path, plays: Path, tmp_path: Path) -> None:
@@ -290,11 +305,16 @@ def test_heads_padded_to_different_sizes_are_compared_on_the_shared_ids(plays: P
         teacher={"path": str(tmp_path / "teacher"), "cache": str(tmp_path / "cache")},
         student={"path": str(student)},
         output={"dir": str(tmp_path / "run")},
+        evaluation={},
     )
     code, err = run_command(["distill", str(config), "--no-progress", "training.epochs=1"])
     assert code == 0, err
     log = (tmp_path / "run" / "run.log").read_text()
     assert f"compared on the {len(tokenizer):,} ids both have" in log
+    # transformers drafts only with the teacher's vocabulary: the report says why there is no draft measurement
+    skipped = json.loads((tmp_path / "run" / "metrics.json").read_text())["student"]["draft"]["skipped"]
+    assert f"vocabulary has {len(tokenizer):,} ids and the teacher's {len(tokenizer) + 20:,}" in skipped
+    assert f"not measured, as {skipped}." in (tmp_path / "run" / "report.md").read_text()
     cache = json.loads(next((tmp_path / "cache").rglob("manifest.json")).read_text())
     assert cache["spec"]["vocab_size"] == len(tokenizer)
 

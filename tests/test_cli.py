@@ -119,6 +119,8 @@ def test_distill_writes_every_file_of_the_run_folder(finished_run: tuple[Path, s
     assert (folder / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (folder / "report.md").read_text()
     assert "| teacher |" in report and "| student |" in report and "training_curves.png" in report
+    # a causal LM's measurement of the student as the teacher's draft model is not a classifier's
+    assert "draft" not in metrics["student"] and "draft model" not in report and "evaluation" not in resolved
     log = (folder / "run.log").read_text()
     assert "stage distill: loss = 0.7·kd + 0.3·ce" in log and "run finished" in log
 

@@ -223,6 +223,12 @@ class _NoisyTask:
             | conditions,
         }
 
+    def extra_measurements(self, models: Any, batch: Any, options: Any = None) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def extra_lines(self, metrics: Any) -> list[str]:
+        return []
+
 
 def test_a_busy_measurement_is_logged_and_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     models = {"teacher": nn.Linear(3, 3), "student": nn.Linear(3, 1)}

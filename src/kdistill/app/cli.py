@@ -347,6 +347,8 @@ def _distill(args: argparse.Namespace) -> int:
     )
     print()
     print(result.table())
+    for line in result.notes():
+        print(f"\n{line}")
     print(f"\nrun folder: {result.folder}  (report.md, metrics.json, student/)")
     return 0
 
@@ -382,6 +384,8 @@ def _eval(args: argparse.Namespace) -> int:
     data = result.metrics["data"]
     print(f"{data['file']}: {data['examples']:,} examples; {result.speed_note()}")
     print(result.table())
+    for line in result.notes():
+        print(f"\n{line}")
     print(f"\nwritten to {result.metrics_file}")
     return 0
 

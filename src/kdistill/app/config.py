@@ -403,6 +403,9 @@ def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]
         teacher = create_model("TeacherConfig", __base__=(TeacherConfig, task.teacher_options))
     bases = (ObjectiveConfig, task.objective_options) if task.objective_options is not None else ObjectiveConfig
     objective = create_model("ObjectiveConfig", __base__=bases, terms=(dict[str, settings_union()] | None, None))  # type: ignore[valid-type]
+    # only a task that reads an evaluation: section has one (any other refuses the key as unknown)
+    evaluation = task.evaluation_options
+    extra = {"evaluation": (evaluation, Field(default_factory=evaluation))} if evaluation is not None else {}
     return create_model(  # type: ignore[call-overload, no-any-return]
         "RunConfig",
         __base__=RunConfig,
@@ -410,6 +413,7 @@ def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]
         teacher=(teacher, ...),
         data=(task.data_section, ...),
         objective=(objective | None, None),
+        **extra,
     )
 
 

@@ -42,6 +42,7 @@ class EvalTarget:
         default_data: the run's own test (or validation) file, when ``--data`` is not given.
         metrics_file: where the results are written.
         run_folder: the run folder, when the target is a run.
+        evaluation: the run's ``evaluation:`` section, where its task has one (None: the task's defaults).
     """
 
     task: str
@@ -51,6 +52,7 @@ class EvalTarget:
     default_data: str | None
     metrics_file: Path
     run_folder: Path | None = None
+    evaluation: Any = None
 
 
 @dataclass
@@ -64,6 +66,10 @@ class EvalResult:
     def table(self) -> str:
         """The comparison table (the model and, with a teacher, the teacher)."""
         return comparison_table(self.metrics, self.task)
+
+    def notes(self) -> list[str]:
+        """The task's lines below the table (a causal LM's student as the teacher's draft model)."""
+        return self.task.extra_lines(self.metrics) if self.task is not None else []
 
     def speed_note(self) -> str:
         """How the latency and speed-up columns were measured, in the task's words, and on a second
@@ -98,6 +104,7 @@ def resolve_target(
             default,
             _checked_output(Path(output) if output else path / "metrics.json"),
             path,
+            getattr(config, "evaluation", None),
         )
     if looks_local(target) and not path.exists():
         raise KdistillError(f"{target!r}: no such run or model folder")
@@ -187,6 +194,7 @@ def evaluate(
         progress=progress,
         desc=Path(data_path).name,
         log_warning=False,  # EvalResult.speed_note() prints it
+        options=target.evaluation,
     )
     results: dict[str, Any] = {
         "data": {"file": str(data_path), "examples": len(data.test), "batch_size": batch_size},

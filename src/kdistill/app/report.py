@@ -202,11 +202,14 @@ def measure_models(
     progress: bool,
     desc: str,
     log_warning: bool = True,
+    options: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Everything the comparison table shows, for each model: the task's metrics on ``loader``,
     parameters, weights on disk (the files in its folder where it has one), and on ``probe``,
     timed in alternating rounds (:mod:`kdistill.models.speed`), the median latency, throughput and
-    speed-up with their spreads. A busy machine is logged as a warning (``log_warning``; a caller
+    speed-up with their spreads; and the task's own further measurements on ``probe``
+    (``task.extra_measurements``, with ``options``, the run's ``evaluation:`` section: a causal LM's
+    student as the teacher's draft model). A busy machine is logged as a warning (``log_warning``; a caller
     that prints the record's warning itself passes False, or the user reads it twice).
 
     Returns:
@@ -215,11 +218,13 @@ def measure_models(
     """
     results = task.evaluate(models, loader, progress=progress, desc=desc)
     speeds = task.measure_speed(models, probe)
+    extra = task.extra_measurements(models, probe, options)
     for name, model in models.items():
         results[name].update(
             parameters=count_parameters(model),
             size_bytes=weights_size(model, folders.get(name)),
             **{key: speeds[name][key] for key in MODEL_KEYS if key in speeds[name]},
+            **extra.get(name, {}),
         )
     record = speed_record(speeds)
     if record["warning"] and log_warning:
@@ -428,6 +433,8 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
         note, *warning = speed_lines(task, speed)
         lines += ["", f"{note}. Weights are the weight files on disk."]
         lines += ["", f"**{warning[0]}**"] if warning else []
+    extra = task.extra_lines(metrics)
+    lines += ["", *extra] if extra else []
     final = metrics.get("final_validation", {})
     if final and evaluated != "validation":
         shown = ", ".join(f"{name} {values[primary]:.4f}" for name, values in final.items() if primary in values)

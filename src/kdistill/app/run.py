@@ -113,6 +113,10 @@ class RunResult:
         """The teacher-versus-student table of the run."""
         return comparison_table(self.metrics, self.task or get_task("text_classification"))
 
+    def notes(self) -> list[str]:
+        """The task's lines below the table (a causal LM's student as the teacher's draft model)."""
+        return (self.task or get_task("text_classification")).extra_lines(self.metrics)
+
 
 # ---------------------------------------------------------------------------
 # preparing: load and check everything, write nothing
@@ -402,6 +406,7 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
         loaders.probe,
         progress=progress,
         desc=loaders.evaluated_on,
+        options=getattr(run.config, "evaluation", None),
     )
     metrics = _metrics(run, folder, measured, speed, trained, loaders, time.time() - started)
     if pruning is not None:

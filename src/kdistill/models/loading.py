@@ -25,6 +25,7 @@ __all__ = [
     "load_pretrained",
     "load_tokenizer",
     "looks_local",
+    "quiet_transformers",
     "read_model_config",
 ]
 
@@ -102,8 +103,9 @@ def _check_gguf(source: str, location: str, role: str, options: dict[str, Any], 
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' own load report: kdistill reports new or resized weights itself."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings for the block: its load report (kdistill reports new or resized
+    weights itself), or notes it makes about calls of its own (assisted generation's drafting calls)."""
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
@@ -207,7 +209,7 @@ def load_pretrained(
             f"{role} folder {location!r} holds no config.json: it is not a model saved with save_pretrained{hint}"
         )
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = auto_class.from_pretrained(
                 source, output_loading_info=True, revision=revision, trust_remote_code=trust_remote_code, **kwargs
             )

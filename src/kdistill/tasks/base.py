@@ -97,6 +97,8 @@ class Task(ABC):
     teacher_options: ClassVar[type[Section] | None] = None
     #: keys the task adds to ``objective:`` (a section class), or None
     objective_options: ClassVar[type[Section] | None] = None
+    #: a run's ``evaluation:`` section, what :meth:`extra_measurements` reads (None: the task has none)
+    evaluation_options: ClassVar[type[Section] | None] = None
     #: the metric the best student is chosen by, and whether higher is better
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
@@ -197,6 +199,27 @@ class Task(ABC):
             ``speedup`` over the teacher; and where known ``latency_spread``, ``speedup_spread`` and the
             conditions of :func:`kdistill.models.speed.measuring_conditions` (batch size, sequence length ...).
         """
+
+    def extra_measurements(
+        self, models: Mapping[str, nn.Module], batch: Any, options: Section | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Measurements beyond :meth:`evaluate` and :meth:`measure_speed`, made on the same ``batch``
+        (nothing by default; a causal LM measures the student as the teacher's draft model).
+
+        Args:
+            models: as :meth:`measure_speed` has them.
+            batch: the batch :meth:`measure_speed` timed.
+            options: the run's ``evaluation:`` section (:attr:`evaluation_options`); None for its defaults.
+
+        Returns:
+            By model name, records to merge into that model's metrics (``metrics.json``).
+        """
+        return {}
+
+    def extra_lines(self, metrics: Mapping[str, Any]) -> list[str]:
+        """Lines on what :meth:`extra_measurements` measured, for ``report.md`` and the console, read
+        from a metrics record (a run's ``metrics.json``, or ``kdistill eval``'s); none by default."""
+        return []
 
     @abstractmethod
     def load_trained(self, location: str, role: str) -> tuple[nn.Module, Any]:

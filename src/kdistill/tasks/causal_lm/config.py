@@ -15,6 +15,7 @@ from kdistill.schema import LocalPath, Section, Seed, TextEncoding
 __all__ = [
     "LM_FORMATS",
     "LMDataConfig",
+    "LMEvaluationOptions",
     "LMObjectiveOptions",
     "OnPolicyConfig",
     "SequenceKDConfig",
@@ -166,6 +167,16 @@ class SequenceKDConfig(Section):
         elif self.temperature is None:
             self.temperature = 1.0  # the resolved config records the temperature that samples
         return self
+
+
+class LMEvaluationOptions(Section):
+    """A causal-LM run's ``evaluation:`` section: what the report measures beyond perplexity and speed."""
+
+    draft_model: bool = Field(
+        True,
+        description="measure the student as the teacher's draft model (assisted generation): the share of its "
+        "drafted tokens the teacher accepts and the teacher's speed-up; about as long as the speed measurement",
+    )
 
 
 class LMObjectiveOptions(Section):

@@ -93,10 +93,15 @@ def language_model_metrics(
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompt: Tensor, new_tokens: int, eos_token_id: int | None) -> Tensor:
-    """Greedy continuation of ``prompt`` ``(1, P)`` by exactly ``new_tokens`` tokens, with the KV cache."""
-    was_training = model.training
-    model.eval()
+def generate(
+    model: nn.Module, prompt: Tensor, new_tokens: int, eos_token_id: int | None, *, assistant: nn.Module | None = None
+) -> Tensor:
+    """Greedy continuation of ``prompt`` ``(1, P)`` by exactly ``new_tokens`` tokens, with the KV cache:
+    ``(1, new_tokens)`` on the CPU. With an ``assistant`` (a model of the same vocabulary), assisted
+    generation: the assistant drafts tokens and ``model`` verifies them (:mod:`.drafting`)."""
+    states = [(each, each.training) for each in (model, assistant) if each is not None]
+    for each, _ in states:
+        each.eval()
     ids = prompt.to(_device(model))
     output = model.generate(
         ids,
@@ -106,8 +111,10 @@ def generate(model: nn.Module, prompt: Tensor, new_tokens: int, eos_token_id: in
         do_sample=False,
         use_cache=True,
         pad_token_id=eos_token_id,
+        assistant_model=assistant,
     )
-    model.train(was_training)
+    for each, training in states:
+        each.train(training)
     return output[:, ids.shape[1] :].cpu()
 
 

@@ -23,8 +23,9 @@ from kdistill.models.preflight import (
 )
 from kdistill.tasks import register_task
 from kdistill.tasks.base import Models, Task, TaskData
-from kdistill.tasks.causal_lm.config import LMDataConfig, LMObjectiveOptions
+from kdistill.tasks.causal_lm.config import LMDataConfig, LMEvaluationOptions, LMObjectiveOptions
 from kdistill.tasks.causal_lm.data import prepare_splits, tokenize_documents
+from kdistill.tasks.causal_lm.drafting import draft_lines, draft_measurement, probe_prompts, why_no_draft
 from kdistill.tasks.causal_lm.evaluation import generate, generation_speed, language_model_metrics
 from kdistill.tasks.causal_lm.models import LMModelOptions, load_causal_lm, load_lm_tokenizer, student_lm
 from kdistill.tasks.causal_lm.reading import read_documents
@@ -46,6 +47,7 @@ class CausalLM(Task):
     data_section = LMDataConfig
     teacher_options = LMModelOptions
     objective_options = LMObjectiveOptions
+    evaluation_options = LMEvaluationOptions
     primary_metric = "perplexity"
     higher_is_better = False
     metric_columns = (("perplexity", "perplexity"), ("agreement", "next-token agreement"))
@@ -197,10 +199,30 @@ class CausalLM(Task):
         # a prompt and the timed tokens within the positions of every model
         length, new_tokens = fit_generation(SAMPLE_PROMPT, SPEED_TOKENS, models.values())
         prompt = batch["input_ids"][:1, :length]
-        eos = getattr(next(iter(models.values())).config, "eos_token_id", None)
-        return generation_speed(
-            models, prompt, new_tokens=new_tokens, eos_token_id=eos if isinstance(eos, int) else None
-        )
+        return generation_speed(models, prompt, new_tokens=new_tokens, eos_token_id=_eos(models))
+
+    def extra_measurements(  # type: ignore[override]
+        self, models: Mapping[str, nn.Module], batch: Any, options: LMEvaluationOptions | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The student as the teacher's draft model (``metrics["student"]["draft"]``,
+        :func:`~kdistill.tasks.causal_lm.drafting.draft_measurement`), on prompts of the speed
+        measurement's length and as many new tokens; ``{"skipped": reason}`` where it cannot draft
+        or ``evaluation.draft_model`` is false."""
+        teacher, student = models.get("teacher"), models.get("student")
+        if teacher is None or student is None:
+            return {}
+        length, new_tokens = fit_generation(SAMPLE_PROMPT, SPEED_TOKENS, models.values())
+        prompts = probe_prompts(batch, length)
+        reason = None if (options or LMEvaluationOptions()).draft_model else "evaluation.draft_model is false"
+        reason = reason or why_no_draft(teacher, student) or (None if prompts else "the batch holds no tokens")
+        if reason is not None:
+            return {"student": {"draft": {"skipped": reason}}}
+        record = draft_measurement(teacher, student, prompts, new_tokens=new_tokens, eos_token_id=_eos(models))
+        return {"student": {"draft": record}}
+
+    def extra_lines(self, metrics: Mapping[str, Any]) -> list[str]:
+        record = metrics.get("student", {}).get("draft")
+        return draft_lines(record) if record else []
 
     def samples(
         self, models: Mapping[str, nn.Module], data: TaskData, tokenizer: Any, count: int = 3
@@ -271,6 +293,12 @@ def _check_prompt_tokens(settings: Any, setting: str, cuts: bool) -> None:
             "and every example the student trains on has a prompt of its own (prompt/completion or chat data); "
             "remove it"
         )
+
+
+def _eos(models: Mapping[str, nn.Module]) -> int | None:
+    """The end-of-text id generation pads with (the first model's; the tokenizers are the same)."""
+    eos = getattr(next(iter(models.values())).config, "eos_token_id", None)
+    return eos if isinstance(eos, int) else None
 
 
 def _rows(model: nn.Module) -> int:
