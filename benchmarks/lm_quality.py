@@ -196,6 +196,13 @@ def row_of(metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
         "train_tokens_per_s": data["train_tokens"] / stage["seconds"] if stage["seconds"] else None,
         "seconds": metrics["run"]["seconds"],
     }
+    draft = metrics["student"].get("draft", {})
+    if "acceptance" in draft:
+        row.update(
+            draft_acceptance=draft["acceptance"],
+            draft_speedup=draft["speedup"],
+            draft_identical=f"{draft['identical']}/{draft['prompts']}",
+        )
     choice = metrics.get("student_choice", {})
     if "perplexity" in choice.get("untrained", {}):
         row["untrained_test_perplexity"] = choice["untrained"]["perplexity"]
@@ -254,6 +261,8 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "untrained_test_perplexity": mean("untrained_test_perplexity")
                     or results.get("untrained_uniform", {}).get(student),
                     "layers": runs[0].get("layers"),
+                    "draft_acceptance": mean("draft_acceptance"),
+                    "draft_speedup": mean("draft_speedup"),
                     "generation_share": mean("generation_share"),
                     # the teacher's generations are made once (the first such row) and read back after
                     "teacher_generation_seconds": max(
@@ -312,6 +321,11 @@ def _notes(row: dict[str, Any]) -> str:
     notes = []
     if row.get("layers"):
         notes.append("teacher layers " + ", ".join(map(str, row["layers"])))
+    if row.get("draft_acceptance") is not None:
+        notes.append(
+            f"as the teacher's draft model: {100 * row['draft_acceptance']:.0f}% accepted, "
+            f"teacher {row['draft_speedup']:.2f}x"
+        )
     if row.get("cache_bytes_per_token") is not None:
         notes.append(f"cache {row['cache_bytes_per_token']:.0f} bytes/token")
     if row.get("generation_share") is not None:
