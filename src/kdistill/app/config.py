@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
+from kdistill.cache.keys import MAX_SAMPLES
 from kdistill.losses.base import Temperature
 from kdistill.losses.registry import settings_union, term_class, term_types
 from kdistill.schema import (
@@ -33,6 +34,7 @@ from kdistill.schema import (
 from kdistill.tasks import get_task
 
 __all__ = [
+    "DEFAULT_SAMPLES",
     "PRESET_DEFAULTS",
     "CacheConfig",
     "FinetuneConfig",
@@ -50,6 +52,9 @@ __all__ = [
 
 #: each preset's temperature and alpha, written into the resolved config when the config leaves them out
 PRESET_DEFAULTS = {"hinton": (4.0, 0.5), "tinybert": (1.0, 1.0), "minilm": (4.0, 0.5)}
+#: draws per token of a sampled cache by default: the most whose row (5 bytes a draw: a uint16 id, a
+#: uint8 count, a bf16 log-probability) is no larger than the 132 bytes of the top-32 row it replaces
+DEFAULT_SAMPLES = 26
 
 
 # ---------------------------------------------------------------------------
@@ -74,6 +79,9 @@ class CacheConfig(Section):
     ``~/.cache/kdistill``), so later runs with the same teacher and data reuse it;
     ``cache: some/folder`` puts it there. Stages whose terms need attention maps or
     queries/keys (TinyBERT's first stage, MiniLM's relations) run the teacher online.
+
+    For token-level terms a cache keeps, per token, the teacher's ``top_k`` ids (``sparse: top_k``)
+    or ``samples`` ids drawn from it (``sparse: sampled``, forward KL only; docs/cache.md).
     """
 
     dir: LocalPath | None = Field(
@@ -83,8 +91,27 @@ class CacheConfig(Section):
     batch_size: int = Field(128, ge=1, le=MAX_BATCH, description="batch size of the teacher's pass")
     top_k: int = Field(32, ge=1, le=65536, description="token-level terms (causal LMs): ids kept per token")
     topk_dtype: Literal["fp32", "fp16", "bf16"] = Field(
-        "bf16", description="token-level terms: storage of the top-k log-probabilities (docs/cache.md)"
+        "bf16", description="token-level terms: storage of the top-k (or sampled) log-probabilities (docs/cache.md)"
     )
+    sparse: Literal["top_k", "sampled"] = Field(
+        "top_k",
+        description="token-level terms: keep each token's top_k ids, or samples ids drawn from the teacher "
+        "(unbiased; token_kd with forward_kl only)",
+    )
+    samples: int | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description=f"sparse: sampled: draws per token; default {DEFAULT_SAMPLES}"
+    )
+
+    @model_validator(mode="after")
+    def _samples_of_a_sampled_cache(self) -> CacheConfig:
+        if self.sparse == "top_k" and self.samples is not None:
+            raise ValueError(
+                "samples applies to sparse: sampled only (a top-k cache keeps top_k ids, draws none): remove it, "
+                "or set sparse: sampled"
+            )
+        if self.sparse == "sampled" and self.samples is None:
+            self.samples = DEFAULT_SAMPLES  # the resolved config records the draws that ran
+        return self
 
 
 class TeacherConfig(ModelSource):

@@ -54,6 +54,7 @@ from kdistill.app.run_folder import (
     paths_read,
 )
 from kdistill.app.run_log import log_to
+from kdistill.app.stage_caches import check_sampled_cache
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train
 from kdistill.cache import check_cache_folder
@@ -152,6 +153,7 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         assert config.objective is not None  # the schema gives a run with a student its objective
         stages = build_stages(config.objective, config.training, models.student, models.teacher, task)
         check_stage_capture(stages, models.student, models.teacher)
+        check_sampled_cache(config.teacher.cache, {stage.name: stage.objective for stage in stages})
         # the task's own objective settings against the models and data (causal LMs: generated lengths)
         task.check_objective(config.objective, models, data)
         on_policy = task.on_policy(config.objective, models, seed=config.training.seed)

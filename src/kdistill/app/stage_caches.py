@@ -1,8 +1,8 @@
 """The teacher's stored outputs for a run's stages: one cache per distinct need, built once.
 
 A stage whose teacher terms need only logits and hidden states (or, for token-level terms, each
-token's top-k) reads them from a :class:`~kdistill.cache.TeacherCache`; one that needs attention
-maps or queries/keys runs the teacher online.
+token's top-k or ids drawn from the teacher) reads them from a :class:`~kdistill.cache.TeacherCache`;
+one that needs attention maps or queries/keys runs the teacher online.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import Any
 from torch import nn
 
 from kdistill.cache import CacheSpec, TeacherCache, cache_key, fingerprint_tokenizer
+from kdistill.errors import ConfigError
 from kdistill.files.locations import cache_root
 from kdistill.losses import Objective
+from kdistill.losses.token_terms import TokenKD
 from kdistill.tasks.base import TaskData
 
-__all__ = ["StageCaches", "shared_vocab"]
+__all__ = ["StageCaches", "check_sampled_cache", "shared_vocab"]
 
 logger = logging.getLogger("kdistill.run")
 
@@ -29,6 +31,33 @@ def shared_vocab(teacher: nn.Module, student: nn.Module) -> int | None:
     heads = [getattr(model, "get_output_embeddings", lambda: None)() for model in (teacher, student)]
     rows = [int(head.weight.shape[0]) for head in heads if head is not None and hasattr(head, "weight")]
     return min(rows) if len(rows) == 2 and rows[0] != rows[1] else None
+
+
+def check_sampled_cache(settings: Any, objectives: dict[str, Objective]) -> None:
+    """Refuse a sampled cache (``teacher.cache.sparse: sampled``) for a stage with a teacher term other
+    than ``token_kd`` with ``divergence: forward_kl``: ids drawn from the teacher estimate the forward
+    KL's gradient without bias, and nothing else.
+
+    Args:
+        settings: the ``teacher.cache`` section, or None.
+        objectives: each stage's objective, by stage name.
+
+    Raises:
+        ConfigError: the first such term, and what to do instead.
+    """
+    if settings is None or settings.sparse != "sampled":
+        return
+    for stage, objective in objectives.items():
+        for name in objective.active:
+            term = objective.terms[name]
+            if term.request("teacher").empty or (isinstance(term, TokenKD) and term.divergence == "forward_kl"):
+                continue
+            what = f"token_kd with divergence: {term.divergence}" if isinstance(term, TokenKD) else term.term_type
+            raise ConfigError(
+                f"teacher.cache.sparse: sampled trains only token_kd with divergence: forward_kl, and term {name} "
+                f"({stage} stage) is {what or type(term).__name__}: set teacher.cache.sparse: top_k, or remove "
+                "teacher.cache to run the teacher online"
+            )
 
 
 class StageCaches:
@@ -61,8 +90,9 @@ class StageCaches:
         return {"tokenizer": fingerprint_tokenizer(self.tokenizer), "max_length": self.max_length}
 
     def _spec(self, objective: Objective, request: Any, stage: str) -> CacheSpec | None:
-        """What to store: logits and hidden states, or for token-level terms each token's top-k at
-        the terms' temperature (None when they want different temperatures: the teacher runs online)."""
+        """What to store: logits and hidden states, or for token-level terms each token's top-k (or
+        draws) at the terms' temperature (None when they want different temperatures: the teacher
+        runs online)."""
         if not request.final_hidden:
             return CacheSpec(
                 logits=request.logits, hidden_states=tuple(sorted(request.hidden_states)), dtype=self.settings.dtype
@@ -72,12 +102,21 @@ class StageCaches:
         }
         if len(temperatures) != 1:
             logger.info(
-                "stage %s: its token-level terms use temperatures %s; a top-k cache holds one, so the "
+                "stage %s: its token-level terms use temperatures %s; a %s cache holds one, so the "
                 "teacher runs online",
                 stage,
                 sorted(temperatures),
+                "sampled" if self.settings.sparse == "sampled" else "top-k",
             )
             return None
+        if self.settings.sparse == "sampled":
+            return CacheSpec(
+                samples=self.settings.samples,
+                temperature=temperatures.pop(),
+                dtype=self.settings.topk_dtype,
+                from_hidden=True,
+                vocab_size=self.shared_vocab,
+            )
         return CacheSpec(
             top_k=self.settings.top_k,
             temperature=temperatures.pop(),

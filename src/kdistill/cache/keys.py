@@ -24,6 +24,8 @@ MANIFEST = "manifest.json"
 MARKER = ".kdistill-cache.json"
 #: storage precisions and the numpy dtype of their files (bf16 is kept as its raw 16 bits)
 STORAGE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
+#: the most draws per token of a sampled cache: each id's count is stored in 8 bits
+MAX_SAMPLES = 255
 
 
 class CacheError(RuntimeError):
@@ -43,8 +45,12 @@ class CacheSpec:
         hidden_states: layers whose hidden states to store (0 = embedding output).
         top_k: instead of full logits, the k most probable classes/tokens per position with
             their log-probabilities at ``temperature``, plus the log of the remaining mass.
-        temperature: the temperature of the stored top-k log-probabilities (top-k only: the
-            rest mass at another temperature cannot be recovered from k values).
+        samples: instead of full logits or a top-k, N ids drawn i.i.d. per token from the teacher's
+            distribution at ``temperature`` (1 to :data:`MAX_SAMPLES`; ``from_hidden`` only): the
+            distinct ids drawn, how often each was drawn and their log-probabilities (random-sampling
+            KD, see :func:`kdistill.losses.tokens.token_loss_sampled`). Draws are seeded per example.
+        temperature: the temperature of the stored top-k or sampled log-probabilities (the rest
+            mass, or the distribution drawn from, at another temperature cannot be recovered).
         dtype: storage precision of floating-point fields: ``fp32``, ``fp16`` or ``bf16``.
         from_hidden: compute the top-k per token from the teacher's final hidden states and output
             layer, chunk by chunk (causal LMs: a batch's full logits are never held).
@@ -59,6 +65,7 @@ class CacheSpec:
     dtype: str = "fp32"
     from_hidden: bool = False
     vocab_size: int | None = None
+    samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in STORAGE_DTYPES:
@@ -71,13 +78,30 @@ class CacheSpec:
             check_temperature(self.temperature)
             if self.logits:
                 object.__setattr__(self, "logits", False)  # top-k replaces the full logits
+        if self.samples is not None:
+            if isinstance(self.samples, bool) or not isinstance(self.samples, int):
+                raise ValueError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {self.samples!r}")
+            if not 1 <= self.samples <= MAX_SAMPLES:
+                raise ValueError(
+                    f"samples must be from 1 to {MAX_SAMPLES} (each id's count is stored in 8 bits), "
+                    f"got {self.samples}"
+                )
+            if self.top_k is not None:
+                raise ValueError("give top_k or samples, not both: a cache keeps a token's top k or its draws")
+            if not self.from_hidden:
+                raise ValueError("a sampled cache is drawn per token of a causal LM: give from_hidden=True")
+            if self.temperature is None:
+                raise ValueError("a sampled cache needs the temperature of the loss that will read it (e.g. 1.0)")
+            check_temperature(self.temperature)
+            if self.logits:
+                object.__setattr__(self, "logits", False)  # the draws replace the full logits
         object.__setattr__(self, "hidden_states", tuple(sorted(set(self.hidden_states))))
-        if self.from_hidden and self.top_k is None:
-            raise ValueError("from_hidden computes a top-k cache: give top_k too")
+        if self.from_hidden and self.top_k is None and self.samples is None:
+            raise ValueError("from_hidden computes a top-k or sampled cache: give top_k or samples too")
         if self.vocab_size is not None and (not self.from_hidden or self.vocab_size < 1):
             raise ValueError(f"vocab_size must be a positive id count of a from_hidden cache, got {self.vocab_size!r}")
-        if not (self.logits or self.top_k or self.hidden_states):
-            raise ValueError("the cache spec stores nothing: enable logits, top_k or hidden_states")
+        if not (self.logits or self.top_k or self.samples or self.hidden_states):
+            raise ValueError("the cache spec stores nothing: enable logits, top_k, samples or hidden_states")
 
     def request(self) -> CaptureRequest:
         """What the teacher's forward pass must produce to fill this cache."""
@@ -188,9 +212,18 @@ def _fingerprint_spec(spec: CacheSpec) -> str:
 def _spec_key(spec: CacheSpec) -> dict[str, Any]:
     """What is stored, as the key sees it: ``from_hidden`` only where set, so that the keys of caches
     built before it existed stay valid."""
-    fields = asdict(spec)
+    fields = _spec_record(spec)
     if not fields["from_hidden"]:
         del fields["from_hidden"]
+    return fields
+
+
+def _spec_record(spec: CacheSpec) -> dict[str, Any]:
+    """The spec as its manifest records it: ``samples`` only in a sampled cache, so that the
+    manifests and keys of the other caches are those of kdistill before sampled caches."""
+    fields = asdict(spec)
+    if fields["samples"] is None:
+        del fields["samples"]
     return fields
 
 
@@ -216,7 +249,7 @@ def cache_manifest(
         "format": FORMAT_VERSION,
         "fingerprint": fingerprint,
         "parts": parts,
-        "spec": asdict(spec),
+        "spec": _spec_record(spec),
         "num_examples": num_examples,
         "fields": fields,
         "shards": shards,

@@ -142,8 +142,9 @@ def check_shard_arrays(
     fields: dict[str, dict[str, Any]], shards: list[dict[str, Any]], arrays: list[dict[str, np.ndarray]], scan: bool
 ) -> None:
     """Check that each shard's (memory-mapped) arrays are what the manifest says: dtypes and shapes,
-    offsets from 0 that never decrease and end at the token count, and, with ``scan``, top-k ids
-    within the vocabulary recorded when the cache was written (the one field read whole).
+    offsets from 0 that never decrease and end at the token count, and, with ``scan``, top-k or
+    sampled ids within the vocabulary recorded when the cache was written and sampled counts that
+    add up to the draws of every token (the fields read whole).
 
     Raises:
         ValueError: the file that disagrees, and how.
@@ -173,6 +174,11 @@ def check_shard_arrays(
             vocab = info.get("vocab_size")
             if scan and _is_count(vocab) and array.size and int(array.max()) >= vocab:
                 raise ValueError(f"{path} holds id {int(array.max())}, past the teacher's vocabulary of {vocab} ids")
+            samples = info.get("samples")
+            if scan and _is_count(samples) and array.ndim == 2 and array.size:
+                sums = array.sum(axis=-1, dtype=np.int64)
+                if int(sums.min()) != samples or int(sums.max()) != samples:
+                    raise ValueError(f"{path} holds tokens whose counts do not add up to their {samples} draws")
 
 
 #: batches of the cache pass sorted by length within windows of this many batches: far less

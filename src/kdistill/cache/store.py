@@ -31,6 +31,7 @@ from kdistill.cache.keys import (
     cache_manifest,
     manifest_spec,
 )
+from kdistill.cache.sampling import head_log_probs, samples_from_hidden
 from kdistill.cache.shards import (
     ShardWriter,
     check_layout,
@@ -40,39 +41,35 @@ from kdistill.cache.shards import (
     length_sorted_windows,
     to_storage,
 )
-from kdistill.capture import CaptureRequest, Features, TopKLogProbs, attention_mask_of, capture
+from kdistill.capture import CaptureRequest, Features, SampledLogProbs, TopKLogProbs, attention_mask_of, capture
 from kdistill.capture.features import nonfinite_teacher_fields
 from kdistill.data.batch import example_indices, split_batch
 from kdistill.errors import NonFiniteTeacherError
 from kdistill.files.ownership import file_sha256
-from kdistill.losses.chunked import default_chunk_size
 
 logger = logging.getLogger("kdistill.cache")
 
 
+#: the per-token fields that hold token ids (checked against the vocabulary on opening)
+_ID_FIELDS = ("topk_indices", "sample_indices")
+
+
 def _compact_ids(indices: Tensor, vocab_size: int) -> np.ndarray:
-    """Top-k ids in the narrowest unsigned type that holds every id of the vocabulary: 16 bits for
-    vocabularies up to 65,536 (chosen by the vocabulary, not the batch, so that every batch and shard
-    of a cache has the dtype its manifest records)."""
+    """Top-k or sampled ids in the narrowest unsigned type that holds every id of the vocabulary: 16
+    bits for vocabularies up to 65,536 (chosen by the vocabulary, not the batch, so that every batch
+    and shard of a cache has the dtype its manifest records)."""
     return indices.detach().cpu().numpy().astype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
 def _topk_from_hidden(features: Features, keep: Tensor, spec: CacheSpec) -> dict[str, Tensor]:
     """The top-k log-probabilities, ids and rest mass of each kept token, computed chunk by chunk from the
     final hidden states and the output layer (a causal LM's logits are never held whole)."""
-    hidden, layer = features.final_hidden[keep], features.output_layer
-    assert spec.top_k is not None and spec.temperature is not None and layer is not None
-    # a student with a smaller padded head is compared on the ids both heads have
-    weight = layer.weight[: spec.vocab_size].float()
-    bias = layer.bias[: spec.vocab_size].float() if layer.bias is not None else None
-    vocab = weight.shape[0]
-    k, step = min(spec.top_k, vocab), default_chunk_size(vocab)
+    assert spec.top_k is not None
     values, ids, rests = [], [], []
-    for start in range(0, hidden.shape[0], step):
-        logits = hidden[start : start + step].float() @ weight.T
-        if bias is not None:
-            logits = logits + bias
-        top, index = torch.log_softmax(logits / spec.temperature, dim=-1).topk(k, dim=-1)
+    for log_probs in head_log_probs(features, keep, spec):
+        vocab = log_probs.shape[-1]
+        k = min(spec.top_k, vocab)
+        top, index = log_probs.topk(k, dim=-1)
         kept = torch.logsumexp(top, dim=-1).clamp(max=0.0)
         rest = torch.log(-torch.expm1(kept)) if k < vocab else torch.full_like(kept, float("-inf"))
         values.append(top), ids.append(index), rests.append(rest)
@@ -274,14 +271,19 @@ class TeacherCache:
                 f"{wanted[0]}..{wanted[-1]}: a cache of them would poison every step; the teacher is "
                 "broken: check its weights, or run it in float32 (cache precision fp16 overflows)"
             )
-        return cls._batch_rows(fields, features, attention_mask_of(inputs), spec)
+        return cls._batch_rows(fields, features, attention_mask_of(inputs), spec, wanted)
 
     @staticmethod
     def _batch_rows(
-        fields: dict[str, dict[str, Any]], features: Features, mask: Tensor | None, spec: CacheSpec
+        fields: dict[str, dict[str, Any]],
+        features: Features,
+        mask: Tensor | None,
+        spec: CacheSpec,
+        examples: list[int],
     ) -> tuple[dict[str, np.ndarray], list[int]]:
-        """The stored rows of one batch (per-token fields: only real tokens, flattened) and
-        each example's token count (empty without per-token fields); registers new fields."""
+        """The stored rows of one batch of the dataset's ``examples`` (per-token fields: only real
+        tokens, flattened) and each example's token count (empty without per-token fields);
+        registers new fields."""
         per_token_rows: dict[str, Tensor] = {}
         per_example_rows: dict[str, Tensor] = {}
         # a from_hidden cache computes its top-k below; the logits a causal LM returns then are empty
@@ -316,14 +318,18 @@ class TeacherCache:
             )
             counts = keep.sum(dim=1).tolist()
             per_token_rows = {name: value[keep] for name, value in per_token_rows.items()}
-            if spec.from_hidden:
+            if spec.from_hidden and spec.samples:
+                per_token_rows.update(samples_from_hidden(features, keep, spec, examples))
+            elif spec.from_hidden:
                 per_token_rows.update(_topk_from_hidden(features, keep, spec))
         out: dict[str, np.ndarray] = {}
         for per_token, rows in ((True, per_token_rows), (False, per_example_rows)):
             for name, value in rows.items():
                 is_float = value.is_floating_point()
-                if name == "topk_indices":
+                if name in _ID_FIELDS:
                     array = _compact_ids(value, vocab_size)
+                elif name == "sample_counts":
+                    array = value.detach().cpu().numpy().astype(np.uint8)  # at most MAX_SAMPLES = 255
                 elif is_float and name != "topk_rest":
                     array = to_storage(value, spec.dtype)
                 else:
@@ -333,8 +339,10 @@ class TeacherCache:
                     "row_shape": list(array.shape[1:]),
                     "storage": spec.dtype if is_float and name != "topk_rest" else str(array.dtype),
                 }
-                if name == "topk_indices":
+                if name in _ID_FIELDS:
                     info["vocab_size"] = vocab_size
+                if name == "sample_counts":
+                    info["samples"] = spec.samples  # what every stored token's counts sum to (checked on opening)
                 fields.setdefault(name, info)
                 out[name] = array
         return out, counts
@@ -349,8 +357,9 @@ class TeacherCache:
         Damaged: a manifest that is not the one kdistill wrote (its fingerprint is not that of its
         own parts, or its shards do not cover the examples one after another), a shard whose size or
         SHA-256 differs from the manifest's, or whose dtype, shape or offsets disagree with it, or
-        top-k ids past the vocabulary. ``verify=False`` skips what reads every byte (the SHA-256
-        and the scan of the top-k ids); the sizes, shapes and offsets are checked all the same.
+        top-k or sampled ids past the vocabulary, or sampled counts that do not add up to the draws.
+        ``verify=False`` skips what reads every byte (the SHA-256 and the scan of the ids and counts);
+        the sizes, shapes and offsets are checked all the same.
         """
         folder = Path(folder)
         manifest_path = folder / MANIFEST
@@ -399,8 +408,10 @@ class TeacherCache:
 
     def provides(self, request: CaptureRequest) -> str | None:
         """None if the cache holds what ``request`` asks of the teacher, else what is missing."""
-        if request.final_hidden and not (self.spec.top_k and self.spec.from_hidden):
-            return "the teacher's next-token distributions (build the cache with top_k and from_hidden)"
+        if request.final_hidden and not ((self.spec.top_k or self.spec.samples) and self.spec.from_hidden):
+            return "the teacher's next-token distributions (build the cache with top_k or samples, and from_hidden)"
+        if request.logits and self.spec.samples:
+            return "the teacher's logits (a sampled cache holds ids drawn per token, for token_kd's forward_kl)"
         if request.logits and not (self.spec.logits or self.spec.top_k):
             return "the teacher's logits (build the cache with logits=True or top_k)"
         missing = sorted(set(request.hidden_states) - set(self.spec.hidden_states))
@@ -448,7 +459,7 @@ class TeacherCache:
         if storage in STORAGE_DTYPES:
             values = from_storage(flat, storage)
         else:
-            # ids kept as unsigned 16 bits where the vocabulary fits: widened to int64 on reading
+            # ids kept as unsigned 16 bits where the vocabulary fits (counts as 8): widened to int64 on reading
             values = torch.from_numpy(flat.astype(np.int64) if flat.dtype.kind == "u" else flat.copy())
         keep = mask.bool().cpu() if mask is not None else None
         if keep is None:
@@ -492,6 +503,14 @@ class TeacherCache:
                 indices=self._field("topk_indices", index_array, attention_mask, device).long(),
                 rest=self._field("topk_rest", index_array, attention_mask, device),
                 temperature=float(self.spec.temperature),  # type: ignore[arg-type]
+            )
+        if "sample_indices" in self.fields:
+            features.sampled = SampledLogProbs(
+                indices=self._field("sample_indices", index_array, attention_mask, device),
+                counts=self._field("sample_counts", index_array, attention_mask, device),
+                log_probs=self._field("sample_logprobs", index_array, attention_mask, device),
+                temperature=float(self.spec.temperature),  # type: ignore[arg-type]
+                samples=int(self.spec.samples),  # type: ignore[arg-type]
             )
         for layer in self.spec.hidden_states:
             features.hidden_states[layer] = self._field(f"hidden.{layer}", index_array, attention_mask, device)

@@ -19,6 +19,7 @@ __all__ = [
     "CaptureRequest",
     "Features",
     "LazyMaps",
+    "SampledLogProbs",
     "TopKLogProbs",
     "attention_mask_of",
     "features_from_output",
@@ -130,6 +131,27 @@ class TopKLogProbs:
     temperature: float
 
 
+@dataclass
+class SampledLogProbs:
+    """A teacher's distribution kept as ``samples`` ids drawn from it, counted, per position.
+
+    Attributes:
+        indices: ``(..., W)`` the distinct ids drawn, ``W = min(samples, vocabulary)``; slots past
+            the distinct ids repeat one of them with count 0.
+        counts: ``(..., W)`` int64: how often each was drawn; they sum to ``samples`` at every
+            stored position (0 at padding).
+        log_probs: ``(..., W)`` the teacher's log-probabilities of those ids at ``temperature``.
+        temperature: the temperature of the distribution the ids were drawn from.
+        samples: the draws per position, N.
+    """
+
+    indices: Tensor
+    counts: Tensor
+    log_probs: Tensor
+    temperature: float
+    samples: int
+
+
 class LazyMaps(MutableMapping[int, Tensor]):
     """Layer index -> attention map, each computed on first access and then kept.
 
@@ -199,6 +221,7 @@ class Features:
         extras: anything else a custom term asked for, by name.
         output: the model's raw output (the Trainer returns it from ``compute_loss``).
         topk: a teacher's top-k distribution read from a cache, in place of ``logits``.
+        sampled: a teacher's distribution as ids drawn from it, read from a sampled cache.
         final_hidden: ``(B, L, H)`` the final hidden states, the output layer's input.
         output_layer: the output layer (``lm_head``) that turns ``final_hidden`` into logits.
     """
@@ -216,6 +239,7 @@ class Features:
     extras: dict[str, Any] = field(default_factory=dict)
     output: Any = None
     topk: TopKLogProbs | None = None
+    sampled: SampledLogProbs | None = None
     final_hidden: Tensor | None = None
     output_layer: nn.Module | None = None
 
@@ -288,6 +312,8 @@ def nonfinite_teacher_fields(features: Features) -> list[str]:
         found.append("logits")
     if features.topk is not None and not bool(torch.isfinite(features.topk.log_probs).all()):
         found.append("top-k log-probabilities")
+    if features.sampled is not None and not bool(torch.isfinite(features.sampled.log_probs).all()):
+        found.append("log-probabilities of the sampled ids")
     for layer, states in features.hidden_states.items():
         if not bool(torch.isfinite(states).all()):
             found.append(f"hidden states of layer {layer}")

@@ -1,7 +1,8 @@
 """Distillation losses: pure functions (:mod:`.functional`), terms (:mod:`.terms`), the
 :class:`Objective` that combines them, and the seed's :class:`DistillationLoss`, :class:`LayerDistillationLoss` and
 :func:`attention_distillation_loss`; intermediate-layer terms live in :mod:`.intermediate`, token-level (causal
-LM) losses in :mod:`.tokens` and their chunked, memory-bounded form in :mod:`.chunked`."""
+LM) losses in :mod:`.tokens` (from drawn ids: :mod:`.sampled`) and their chunked, memory-bounded form in
+:mod:`.chunked`."""
 
 # isort: off
 # the order terms register in is the order a config's error messages list them: logit terms,
@@ -25,6 +26,7 @@ from kdistill.losses.functional import (
     soft_kd,
 )
 from kdistill.losses.objective import LossOutput, Objective
+from kdistill.losses.sampled import token_loss_sampled
 from kdistill.losses.seed import DistillationLoss, LayerDistillationLoss, attention_distillation_loss
 from kdistill.losses.tokens import DIVERGENCES, next_token_targets, token_loss, token_loss_topk
 
@@ -61,5 +63,6 @@ __all__ = [
     "reverse_kl",
     "soft_kd",
     "token_loss",
+    "token_loss_sampled",
     "token_loss_topk",
 ]

@@ -19,8 +19,9 @@ backward, backward cannot run twice on one result (``retain_graph``), and the wo
 backward never runs, except under ``torch.no_grad()``, where only the value is computed.
 
 **Per chunk**: forward KL and cross-entropy have closed-form gradients (``T·(q − p)`` and
-``softmax − one-hot``) computed in place in three chunk-sized buffers. The other divergences and
-top-k teachers use the per-token code of :mod:`kdistill.losses.tokens` under autograd, from the
+``softmax − one-hot``) computed in place in three chunk-sized buffers; so has forward KL from a
+teacher kept as ids drawn from it (``T·(q − c/N)``, :mod:`kdistill.losses.sampled`). The other
+divergences and top-k teachers use the per-token code of :mod:`kdistill.losses.tokens` under autograd, from the
 student's log-probabilities (the log-softmax's backward is applied by hand, so autograd never
 keeps the logits). The buffers are allocated once per call: allocating and freeing them per chunk
 fragments CPU heaps, whose resident memory then grows far past the live set.
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kdistill.losses.sampled import check_sampled, sampled_forward_kl, sampled_kind_error
 from kdistill.losses.tokens import (
     check_ce_targets,
     check_loss_args,
@@ -53,6 +55,7 @@ from kdistill.losses.tokens import (
     compute_dtype,
     divergence,
     log_prob_pair,
+    log_softmax,
     per_position,
     resolve_vocab_size,
 )
@@ -155,7 +158,11 @@ def _value_and_grad(
     ws: _Workspace, student: Tensor, teacher: dict, targets: Tensor, settings: _Settings, grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     """The summed loss of one chunk and, if ``grad``, its gradient with respect to the chunk's
-    student logits (a compute slot). ``teacher`` holds ``teacher_logits`` or ``teacher_topk``."""
+    student logits (a compute slot). ``teacher`` holds ``teacher_logits``, ``teacher_topk`` or
+    ``teacher_sampled``."""
+    if not grad and "teacher_sampled" in teacher:
+        values = sampled_forward_kl(log_softmax(student, settings.temperature), *teacher["teacher_sampled"])
+        return values.sum() * settings.temperature**2, None
     if not grad:
         values = per_position(
             student,
@@ -172,6 +179,8 @@ def _value_and_grad(
         return _cross_entropy(ws, student, targets)
     if settings.kind == "forward_kl" and "teacher_logits" in teacher:
         return _forward_kl(ws, student, teacher["teacher_logits"], settings.temperature)
+    if "teacher_sampled" in teacher:
+        return _forward_kl_sampled(ws, student, teacher["teacher_sampled"], settings.temperature)
     return _divergence_by_autograd(ws, student, teacher, settings)
 
 
@@ -195,6 +204,22 @@ def _forward_kl(ws: _Workspace, student: Tensor, teacher: Tensor, temperature: f
     terms.masked_fill_(torch.eq(p, 0, out=ws.mask(p.shape[0])), 0.0)
     value = torch.dot(p.reshape(-1), terms.reshape(-1)) * temperature**2
     return value, log_q.exp_().sub_(p).mul_(temperature)
+
+
+def _forward_kl_sampled(
+    ws: _Workspace, student: Tensor, sampled: tuple[Tensor, Tensor, Tensor], temperature: float
+) -> tuple[Tensor, Tensor]:
+    """``T²·Σ (c/N)(log p − log q)`` over the ids drawn and its gradient ``T·(q − c/N)``, in closed form."""
+    top, indices, counts = sampled
+    log_q = _log_probs_into(ws, student, temperature, out=1, scratch=0)
+    value = sampled_forward_kl(log_q, top, indices, counts).sum() * temperature**2
+    weights = counts.to(log_q.dtype)
+    drawn = weights.sum(dim=-1, keepdim=True)
+    grad = log_q.exp_()
+    if bool((drawn == 0).any()):
+        grad.mul_(drawn > 0)  # a position without draws has value 0, so its gradient is 0 too, not T·q
+    grad.scatter_add_(-1, indices, weights.div_(drawn.clamp_min(1)).neg_())
+    return value, grad.mul_(temperature) if temperature != 1.0 else grad
 
 
 def _divergence_by_autograd(
@@ -238,6 +263,9 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         topk_log_probs: Tensor | None,
         topk_indices: Tensor | None,
         topk_rest: Tensor | None,
+        sampled_log_probs: Tensor | None,
+        sampled_indices: Tensor | None,
+        sampled_counts: Tensor | None,
         targets: Tensor,
         settings: _Settings,
     ) -> Tensor:
@@ -246,6 +274,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         hidden, targets = _rows(student_hidden, rows), _rows(targets, rows)
         teacher_hidden, top = _rows(teacher_hidden, rows), _rows(topk_log_probs, rows)
         indices, rest = _rows(topk_indices, rows), _rows(topk_rest, rows)
+        drawn = [_rows(tensor, rows) for tensor in (sampled_log_probs, sampled_indices, sampled_counts)]
         size = settings.compared
         weight = student_weight[:size]
         bias = None if student_bias is None else student_bias[:size]
@@ -266,6 +295,8 @@ class _ChunkedTokenLoss(torch.autograd.Function):
                 teacher["teacher_logits"] = _logits_into(out, teacher_hidden[chunk], teacher_weight, teacher_bias)
             elif top is not None:
                 teacher["teacher_topk"] = (top[chunk], indices[chunk], rest[chunk])
+            elif drawn[0] is not None:
+                teacher["teacher_sampled"] = tuple(tensor[chunk] for tensor in drawn)
             value, grad_logits = _value_and_grad(ws, student, teacher, targets[chunk], settings, grads.any)
             total += value
             if grad_logits is not None:
@@ -285,7 +316,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         # in place: these buffers belong to this call only, and a copy would double the weight gradient
         scaled = [None if g is None else g.mul_(grad_output.to(g.dtype)) for g in grads]
-        return (*scaled, None, None, None, None, None, None, None, None)
+        return (*scaled, *([None] * 11))
 
 
 class _Gradients:
@@ -354,6 +385,7 @@ def chunked_token_loss(
     teacher_weight: Tensor | None = None,
     teacher_bias: Tensor | None = None,
     teacher_topk: Sequence[Tensor] | None = None,
+    teacher_sampled: Sequence[Tensor] | None = None,
     temperature: float = 1.0,
     beta: float = 0.5,
     alpha: float = 0.1,
@@ -365,7 +397,7 @@ def chunked_token_loss(
 
     Equal to ``token_loss(student_hidden @ student_weight.T + student_bias, teacher_hidden @
     teacher_weight.T + teacher_bias, targets, kind, ...)`` (or to ``token_loss_topk`` with a top-k
-    teacher), without ever holding either model's full logits.
+    teacher, ``token_loss_sampled`` with a sampled one), without ever holding either model's full logits.
 
     Args:
         student_hidden: ``(N, Hs)`` or ``(B, L, Hs)`` final hidden states (after the last norm).
@@ -377,6 +409,8 @@ def chunked_token_loss(
         teacher_weight: ``(V_t, Ht)``; teacher_bias: ``(V_t,)`` or None.
         teacher_topk: instead of the teacher's head, ``(log_probs (…, k), indices (…, k), rest (…))``
             at ``temperature`` (see ``token_loss_topk``).
+        teacher_sampled: instead, ``(log_probs (…, W), indices (…, W), counts (…, W))`` of ids drawn
+            from the teacher at ``temperature``; ``kind="forward_kl"`` only (see ``token_loss_sampled``).
         temperature, beta, alpha, ignore_index, vocab_size: as in ``token_loss``.
         chunk_size: tokens per chunk; None for :func:`default_chunk_size` of the compared vocabulary.
 
@@ -388,13 +422,23 @@ def chunked_token_loss(
     check_targets(targets, student_hidden.shape[:-1], ignore_index)
     if kind == "ce":
         check_ce_targets(targets, student_weight.shape[0], ignore_index)
-        teacher_hidden = teacher_weight = teacher_bias = teacher_topk = None
+        teacher_hidden = teacher_weight = teacher_bias = teacher_topk = teacher_sampled = None
         compared = student_weight.shape[0]
+    elif teacher_sampled is not None:
+        if kind != "forward_kl":
+            raise ValueError(sampled_kind_error(kind))
+        if teacher_topk is not None or teacher_hidden is not None or teacher_weight is not None:
+            raise ValueError(
+                "give the teacher as hidden states and weight, as teacher_topk or as teacher_sampled, not several"
+            )
+        compared = resolve_vocab_size(student_weight.shape[0], None, vocab_size) or student_weight.shape[0]
+        teacher_sampled = check_sampled(teacher_sampled, student_hidden.shape[:-1], compared)
     else:
         compared, teacher_topk = _check_teacher(
             student_hidden, student_weight, teacher_hidden, teacher_weight, teacher_bias, teacher_topk, vocab_size
         )
     if chunk_size is None:
+        # the sampled forward KL is closed form, as the dense one
         chunk_size = default_chunk_size(compared, kind, topk=teacher_topk is not None)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
@@ -403,6 +447,7 @@ def chunked_token_loss(
     wants = tuple(grad_on and t is not None and t.requires_grad for t in heads)
     settings = _Settings(kind, temperature, beta, alpha, ignore_index, compared, chunk_size, wants)
     top, indices, rest = (None, None, None) if teacher_topk is None else teacher_topk
+    drawn = (None, None, None) if teacher_sampled is None else teacher_sampled
     lead, device = student_hidden.dim() - 1, student_hidden.device
 
     def flat(tensor: Tensor | None) -> Tensor | None:
@@ -419,6 +464,7 @@ def chunked_token_loss(
         flat(top),
         flat(indices),
         flat(rest),
+        *(flat(tensor) for tensor in drawn),
         targets.reshape(-1).to(device),
         settings,
     )

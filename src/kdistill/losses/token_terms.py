@@ -180,6 +180,28 @@ class TokenKD(_TokenTerm):
             "alpha": self.skew,
             "chunk_size": self.chunk_size,
         }
+        if teacher.final_hidden is None and teacher.sampled is not None:
+            sampled = teacher.sampled
+            if abs(sampled.temperature - self.temperature) > 1e-9:
+                raise ValueError(
+                    f"the teacher cache holds ids drawn at temperature {sampled.temperature:g}, but the term "
+                    f"uses {self.temperature:g}; rebuild the cache at {self.temperature:g}"
+                )
+            if self.divergence != "forward_kl":
+                raise ValueError(
+                    f"a sampled teacher cache trains divergence forward_kl only, and this term's is "
+                    f"{self.divergence}: build the cache with top_k, or run the teacher online"
+                )
+            return chunked_token_loss(
+                hidden,
+                weight,
+                bias,
+                targets,
+                "forward_kl",
+                teacher_sampled=(sampled.log_probs, sampled.indices, sampled.counts),
+                temperature=self.temperature,
+                chunk_size=self.chunk_size,
+            )
         if teacher.final_hidden is None and teacher.topk is not None:
             topk = teacher.topk
             if abs(topk.temperature - self.temperature) > 1e-9:

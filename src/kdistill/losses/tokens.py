@@ -9,7 +9,8 @@ Conventions, shared with :mod:`kdistill.losses.chunked`:
   user-masked tokens are -100). Divergences need no target value, only that it counts.
 * **Distributions**: ``p`` is the teacher, ``q`` the student, both ``softmax(logits / T)``. Every
   divergence is computed from log-probabilities over the last dimension, so the same code serves
-  full vocabularies and top-k teachers coarsened to ``k + 1`` buckets.
+  full vocabularies and top-k teachers coarsened to ``k + 1`` buckets. A teacher kept as ids drawn
+  from it gives the forward KL only, as an unbiased estimate (:mod:`kdistill.losses.sampled`).
 * **T²**: every divergence is multiplied by ``T²`` (kdistill's convention, which keeps gradient
   magnitudes comparable across temperatures). TRL's ``generalized_jsd_loss`` has no ``T²``; the
   two agree at ``T = 1``. The cross-entropy ``"ce"`` is the plain hard-label loss of the student
@@ -336,7 +337,9 @@ def _describe(value: object) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _reduce(values: Tensor, counted: Tensor, reduction: str) -> Tensor:
+def reduce_positions(values: Tensor, counted: Tensor, reduction: str) -> Tensor:
+    """Per-position values ``(...)`` reduced over the ``counted`` ones (a bool mask of the same shape):
+    their ``"sum"``, ``"mean"`` (0 when none counts), or ``"none"`` (0 at uncounted positions)."""
     # where (not a product) so that an uncounted position holding inf gives 0, not NaN
     values = torch.where(counted, values, torch.zeros((), dtype=values.dtype, device=values.device))
     if reduction == "none":
@@ -347,7 +350,9 @@ def _reduce(values: Tensor, counted: Tensor, reduction: str) -> Tensor:
     return total / counted.sum().clamp_min(1).to(total.dtype)
 
 
-def _check_logits(student_logits: Tensor, teacher_logits: Tensor | None) -> None:
+def check_logits(student_logits: Tensor, teacher_logits: Tensor | None) -> None:
+    """Raise ``ValueError`` unless the student's logits are ``(B, L, V)`` or ``(N, V)`` and the
+    teacher's (if given) have the same positions."""
     if not isinstance(student_logits, Tensor) or student_logits.dim() < 2:
         raise ValueError(f"student_logits must have shape (B, L, V) or (N, V), got {_describe(student_logits)}")
     if teacher_logits is None:
@@ -397,7 +402,7 @@ def token_loss(
     if kind != "ce" and teacher_logits is None:
         raise ValueError(f"kind={kind!r} needs teacher_logits; only kind='ce' works without a teacher")
     teacher_logits = None if kind == "ce" else teacher_logits
-    _check_logits(student_logits, teacher_logits)
+    check_logits(student_logits, teacher_logits)
     check_targets(targets, student_logits.shape[:-1], ignore_index)
     if kind == "ce":
         check_ce_targets(targets, student_logits.shape[-1], ignore_index)
@@ -415,7 +420,7 @@ def token_loss(
         ignore_index=ignore_index,
         vocab_size=vocab_size,
     )
-    return _reduce(values, targets != ignore_index, reduction)
+    return reduce_positions(values, targets != ignore_index, reduction)
 
 
 def token_loss_topk(
@@ -453,7 +458,7 @@ def token_loss_topk(
         As :func:`token_loss`.
     """
     temperature, beta, alpha = check_loss_args(kind, temperature, beta, alpha, reduction)
-    _check_logits(student_logits, None)
+    check_logits(student_logits, None)
     check_targets(targets, student_logits.shape[:-1], ignore_index)
     topk = None
     if kind == "ce":
@@ -476,4 +481,4 @@ def token_loss_topk(
         ignore_index=ignore_index,
         vocab_size=vocab_size,
     )
-    return _reduce(values, targets != ignore_index, reduction)
+    return reduce_positions(values, targets != ignore_index, reduction)
