@@ -32,6 +32,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -380,15 +381,18 @@ def measured_before(results: dict[str, Any], student: str) -> dict[str, Any] | N
 
 
 def pending_jobs(results: dict[str, Any], seeds: int, students: list[str], recipes: list[str]) -> list[tuple]:
-    """Seed by seed, so that one session already gives every row once."""
+    """Seed by seed, so that one session already gives every row once; the later seeds of a student
+    measured once last, since they wait for the first seed's measurement."""
     done = {(run["student"], run["recipe"], run["seed"]) for run in results["runs"]}
-    return [
+    jobs = [
         (student, recipe, seed)
         for seed in range(seeds)
         for student in students
         for recipe in recipes
         if recipe in STUDENTS[student].get("recipes", RECIPES) and (student, recipe, seed) not in done
     ]
+    waiting = [job for job in jobs if job[2] > 0 and STUDENTS[job[0]].get("measure_once")]
+    return [job for job in jobs if job not in waiting] + waiting
 
 
 def main() -> None:
@@ -436,15 +440,35 @@ def main() -> None:
     teacher_dir = prepare_teacher(results, runs_dir, common, log)
     save(output, results)
 
+    # a student measured once: its first pending run measures, the others wait for it and read its map
+    first_run = {}
+    for job in pending_jobs(results, 1 if args.quick else args.seeds, students, recipes):
+        first_run.setdefault(job[0], job)
+    measured_now: dict[str, threading.Event] = {student: threading.Event() for student in first_run}
+    rows_now: dict[str, dict[str, Any]] = {}
+
     def start(student: str, recipe: str, seed: int) -> dict[str, Any]:
+        try:
+            return run_row(student, recipe, seed)
+        finally:
+            if first_run.get(student) == (student, recipe, seed):
+                measured_now[student].set()
+
+    def run_row(student: str, recipe: str, seed: int) -> dict[str, Any]:
         folder = runs_dir / f"{student}-{recipe}-s{seed}"
         overrides = [f"teacher.path={teacher_dir}", *common, *STUDENTS[student]["overrides"], f"training.seed={seed}"]
-        measured = measured_before(results, student) if STUDENTS[student].get("measure_once") else None
+        measured = None
+        if STUDENTS[student].get("measure_once"):
+            if first_run.get(student) != (student, recipe, seed):
+                measured_now[student].wait()
+            measured = rows_now.get(student) or measured_before(results, student)
         if measured is not None:
             pairs = ", ".join(f"{number}: {layer}" for number, layer in enumerate(measured["layers"], 1))
             overrides.append(f"student.from_teacher.layer_map={{{pairs}}}")
         metrics = kdistill(EXAMPLES / f"{recipe}.yaml", folder, overrides, logs / f"{folder.name}.log")
         row = row_of(metrics, folder)
+        if measured is None and row.get("layers"):
+            rows_now[student] = {**row, "seed": seed}
         if measured is not None:
             row.update(
                 layers=measured["layers"],

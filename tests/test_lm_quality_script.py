@@ -37,6 +37,47 @@ def _metrics(perplexity: float, stage: dict[str, Any] | None = None, data: dict[
     }
 
 
+class MeasuredRuns:
+    """Runs of students measured before they are built: their choice, untrained score and draft record."""
+
+    def __init__(self) -> None:
+        self.overrides: dict[str, list[str]] = {}
+
+    def __call__(self, config: Path, folder: Path, overrides: list[str], log: Path) -> dict:
+        metrics = _metrics(50.0)
+        if config.name == "teacher.yaml":
+            return metrics
+        self.overrides[folder.name] = overrides
+        metrics["student"]["draft"] = {"acceptance": 0.25, "speedup": 0.5, "identical": 5, "prompts": 5}
+        if not any("layer_map={" in item for item in overrides):
+            metrics["student_choice"] = {
+                "layer_choice": {"rule": "perplexity", "layer_map": {1: 1, 2: 9}},
+                "untrained": {"perplexity": 9000.0},
+            }
+        return metrics
+
+
+def test_measured_students_record_their_layers_and_a_slow_rule_is_measured_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _script()
+    runs = MeasuredRuns()
+    results = _main(module, monkeypatch, tmp_path, runs, "forward_kl", students="a_ppl,a_bi")
+    first, second = (next(r for r in results["runs"] if r["student"] == "a_ppl" and r["seed"] == s) for s in (0, 1))
+    assert (
+        first["layers"] == [1, 9]
+        and first["untrained_test_perplexity"] == 9000.0
+        and first["importance"] == "perplexity"
+    )
+    assert "student.from_teacher.layer_map={1: 1, 2: 9}" in runs.overrides["a_ppl-forward_kl-s1"]
+    assert second["layers"] == [1, 9] and second["layers_measured_by_seed"] == 0
+    assert not any("layer_map={" in item for item in runs.overrides["a_bi-forward_kl-s1"])  # cheap: measured again
+    assert first["draft_acceptance"] == 0.25 and first["draft_identical"] == "5/5"
+    table = module.markdown_table(results)
+    assert "| a_ppl | forward_kl | 50.00 ± 0.00 |  | 2 | 9,000 |" in table
+    assert "teacher layers 1, 9" in table and "25% accepted, teacher 0.50x" in table
+
+
 class FakeRuns:
     def __init__(self, fail: set[str]) -> None:
         self.fail, self.started = fail, []
@@ -61,12 +102,15 @@ class FakeRuns:
         return _metrics(100.0 - 10 * (config.stem != "ce_only") + seed, stage)
 
 
-def _main(module: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runs: FakeRuns, recipes: str) -> dict:
+def _main(
+    module: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runs: FakeRuns, recipes: str, students: str = "a"
+) -> dict:
     monkeypatch.setattr(module, "kdistill", runs)
     monkeypatch.setattr(module, "untuned_teacher", lambda common: {"perplexity": 55.0})
+    monkeypatch.setattr(module, "uniform_copies", lambda teacher, common: {"a": 9.0e6, "e_uniform": 3.0e6})
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)})
     output = tmp_path / "lm_quality.json"
-    argv = ["lm_quality.py", str(tmp_path / "data"), "--seeds", "2", "--students", "a", "--recipes", recipes]
+    argv = ["lm_quality.py", str(tmp_path / "data"), "--seeds", "2", "--students", students, "--recipes", recipes]
     argv += ["--runs-dir", str(tmp_path / "runs"), "--output", str(output)]
     monkeypatch.setattr(sys, "argv", argv)
     module.main()
@@ -94,6 +138,7 @@ def test_rows_are_saved_skipped_and_retried_with_what_each_recipe_adds(
     assert "| a | forward_kl_topk | 90.50 ± 0.71 | -10.0% | 2 |" in table
     assert table.count("cache 132 bytes/token") == 1 and "sampling 25% of training" in table
     assert "untuned: 55.00" in table
+    assert "| a | ce_only | 100.50 ± 0.71 |  | 2 | 9,000,000 |" in table  # the uniform copy, untrained
 
     again = FakeRuns(fail=set())
     results = _main(module, monkeypatch, tmp_path, again, recipes)
