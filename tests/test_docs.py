@@ -51,7 +51,8 @@ def test_readme_yaml_example_is_a_valid_config_equal_to_the_example_file():
     block = _yaml_blocks("README.md")[0]  # the first: the whole config; the others are parts of one
     from_readme = parse_config(yaml.safe_load(block))
     from_file = parse_config(yaml.safe_load((ROOT / "examples" / "sst2_hinton.yaml").read_text(encoding="utf-8")))
-    assert from_readme == from_file
+    # compared by value: a config parsed before and after a task registers its loss terms has another class
+    assert from_readme.model_dump() == from_file.model_dump()
 
 
 def _yaml_blocks(document: str) -> list[str]:
@@ -74,7 +75,7 @@ def test_document_configs_are_valid(document):
         raw = yaml.safe_load(block)
         config = parse_config({**minimal, **raw})
         assert isinstance(config, RunConfig)
-        assert parse_config(yaml.safe_load(dump_config(config))) == config
+        assert parse_config(yaml.safe_load(dump_config(config))).model_dump() == config.model_dump()
         for section, values in raw.items():
             for key, value in (values or {}).items() if isinstance(values, dict) else ():
                 actual = getattr(getattr(config, section), key) if isinstance(value, (str, int, float, bool)) else None
