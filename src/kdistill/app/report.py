@@ -393,7 +393,7 @@ def _choice_lines(metrics: Mapping[str, Any], primary: str) -> list[str]:
         kept = ", ".join(str(layer) for layer in layers["layer_map"].values())
         lines.append(
             f"- layers: teacher layers {kept} by `{layers['rule']}`, measured on {choice['calibration_tokens']:,} "
-            f"training tokens: {layers['why']}; the uniform copy would start at {shown(choice.get('uniform_loss'))}."
+            f"training tokens: {layers['why']}; with the uniform copy's layers: {shown(choice.get('uniform_loss'))}."
         )
         scores = ", ".join(f"{number}: {value:.3g}" for number, value in enumerate(layers["scores"], 1))
         lines.append(f"- per-layer scores ({layers['rule']}): {scores}")

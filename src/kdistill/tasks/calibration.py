@@ -145,7 +145,7 @@ def measured_student(
         uniform = _uniform_loss(teacher, options.num_layers, loss_of)
         measured["uniform_loss"] = uniform
         logger.info(
-            "layers by %s: %s (untrained student: %s; the uniform copy: %s)",
+            "layers by %s: %s (the teacher with only them: %s; with the uniform copy's: %s)",
             options.importance,
             ", ".join(str(layer) for layer in layer_map.values()),
             _shown(measured["layer_choice"].get("calibration_loss"), perplexity),
@@ -180,10 +180,10 @@ def _why(choice: LayerChoice, perplexity: bool) -> str:
     if choice.rule == "block_influence":
         return (
             "kept the layers whose output differs most from their input (block influence, 1 - cos, "
-            f"highest first); untrained student: {_shown(choice.loss, perplexity)}"
+            f"highest first); the teacher with only them: {_shown(choice.loss, perplexity)}"
         )
     return (
         "dropped, one at a time, the layer whose removal raised the calibration loss least "
-        f"(order: {', '.join(str(layer) for layer in choice.removed)}); untrained student: "
+        f"(order: {', '.join(str(layer) for layer in choice.removed)}); the teacher with only them: "
         f"{_shown(choice.loss, perplexity)}"
     )
