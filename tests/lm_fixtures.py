@@ -23,6 +23,7 @@ __all__ = [
     "step_setup",
     "tiny_decoder",
     "write_gguf",
+    "write_plays",
     "write_teacher",
 ]
 
@@ -148,6 +149,16 @@ def write_teacher(folder: Path, family: str = "llama", *, tokenizer: Any | None 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_plays(root: Path, *, test: bool = True, **teacher_options: Any) -> Path:
+    """``root`` with a tiny Llama teacher (``teacher/``) and the plays to train, validate and test on."""
+    write_teacher(root / "teacher", **teacher_options)
+    (root / "train.txt").write_text(PLAY * 12, encoding="utf-8")
+    (root / "validation.txt").write_text(PLAY * 2, encoding="utf-8")
+    if test:
+        (root / "test.txt").write_text(PLAY[::-1] + PLAY, encoding="utf-8")
+    return root
 
 
 #: a Llama layer's weights by their names in transformers and in a GGUF file

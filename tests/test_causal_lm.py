@@ -14,7 +14,7 @@ import torch
 import yaml
 from cli_helpers import one_line, run_command
 from conftest import shared_data
-from lm_fixtures import PLAY, make_tokenizer, tiny_decoder, write_teacher
+from lm_fixtures import PLAY, make_tokenizer, tiny_decoder, write_plays, write_teacher
 from torch.testing import assert_close
 
 from kdistill.app.config_loading import load_config
@@ -52,12 +52,7 @@ def lm_config(root: Path, name: str = "run.yaml", **sections: Any) -> Path:
 @pytest.fixture(scope="module")
 def plays(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a tiny Llama teacher and its tokenizer, and text files to train and test on."""
-    root = tmp_path_factory.mktemp("plays")
-    write_teacher(root / "teacher")
-    (root / "train.txt").write_text(PLAY * 12, encoding="utf-8")
-    (root / "validation.txt").write_text(PLAY * 2, encoding="utf-8")
-    (root / "test.txt").write_text(PLAY[::-1] + PLAY, encoding="utf-8")
-    return root
+    return write_plays(tmp_path_factory.mktemp("plays"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 import yaml
 from cli_helpers import run_command, write_run_config
 from conftest import tiny_bert
-from lm_fixtures import PLAY, make_tokenizer, tiny_decoder, write_teacher
+from lm_fixtures import tiny_decoder, write_plays
 from torch import nn
 from torch.testing import assert_close
 
@@ -145,11 +145,7 @@ def test_the_rules_work_on_an_encoder_and_refuse_what_they_cannot_do() -> None:
 
 @pytest.fixture(scope="module")
 def plays(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("importance")
-    write_teacher(root / "teacher", layers=6)
-    (root / "train.txt").write_text(PLAY * 12, encoding="utf-8")
-    (root / "validation.txt").write_text(PLAY * 2, encoding="utf-8")
-    return root
+    return write_plays(tmp_path_factory.mktemp("importance"), test=False, layers=6)
 
 
 def _config(root: Path, name: str, **from_teacher: object) -> Path:
@@ -212,7 +208,6 @@ def test_importance_settings_are_checked_in_one_line(plays: Path) -> None:
         load_config(_config(plays, "bad", layer_map="importance", importance="magic"))
     with pytest.raises(ConfigError, match="calibration_tokens"):
         load_config(_config(plays, "bad", layer_map="importance", calibration_tokens=0))
-    assert make_tokenizer() is not None
 
 
 @pytest.mark.parametrize("rule", ["block_influence", "perplexity"])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import one_line, run_command
-from lm_fixtures import PLAY, make_tokenizer, tiny_decoder, write_teacher
+from lm_fixtures import PLAY, make_tokenizer, tiny_decoder, write_plays
 from torch.testing import assert_close
 
 from kdistill.cache import CacheError, CacheSpec, TeacherCache, cache_key
@@ -326,12 +326,7 @@ def test_impossible_sampled_specs_are_refused(options: dict[str, Any], message: 
 
 @pytest.fixture(scope="module")
 def plays(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("plays")
-    write_teacher(root / "teacher")
-    (root / "train.txt").write_text(PLAY * 12, encoding="utf-8")
-    (root / "validation.txt").write_text(PLAY * 2, encoding="utf-8")
-    (root / "test.txt").write_text(PLAY[::-1] + PLAY, encoding="utf-8")
-    return root
+    return write_plays(tmp_path_factory.mktemp("plays"))
 
 
 def _config(plays: Path, folder: Path, cache: dict[str, Any], terms: dict[str, Any] | None = None) -> Path:
