@@ -171,6 +171,14 @@ class TokenKD(_TokenTerm):
     def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:
         return CaptureRequest(logits=False, final_hidden=True)
 
+    def _check_cached_temperature(self, stored: float, what: str) -> None:
+        """A cache of ``what`` at another temperature than the term's cannot serve it."""
+        if abs(stored - self.temperature) > 1e-9:
+            raise ValueError(
+                f"the teacher cache holds {what} at temperature {stored:g}, but the term uses "
+                f"{self.temperature:g}; rebuild the cache at {self.temperature:g}"
+            )
+
     def token_sum(self, student: Features, teacher: Features, labels: Tensor | None) -> Tensor:
         targets = next_token_targets(self._labels(labels))
         hidden, weight, bias = _head(student, "student")
@@ -182,11 +190,7 @@ class TokenKD(_TokenTerm):
         }
         if teacher.final_hidden is None and teacher.sampled is not None:
             sampled = teacher.sampled
-            if abs(sampled.temperature - self.temperature) > 1e-9:
-                raise ValueError(
-                    f"the teacher cache holds ids drawn at temperature {sampled.temperature:g}, but the term "
-                    f"uses {self.temperature:g}; rebuild the cache at {self.temperature:g}"
-                )
+            self._check_cached_temperature(sampled.temperature, "ids drawn")
             if self.divergence != "forward_kl":
                 raise ValueError(
                     f"a sampled teacher cache trains divergence forward_kl only, and this term's is "
@@ -204,11 +208,7 @@ class TokenKD(_TokenTerm):
             )
         if teacher.final_hidden is None and teacher.topk is not None:
             topk = teacher.topk
-            if abs(topk.temperature - self.temperature) > 1e-9:
-                raise ValueError(
-                    f"the teacher cache holds top-k log-probabilities at temperature {topk.temperature:g}, "
-                    f"but the term uses {self.temperature:g}; rebuild the cache at {self.temperature:g}"
-                )
+            self._check_cached_temperature(topk.temperature, "top-k log-probabilities")
             return chunked_token_loss(
                 hidden,
                 weight,
