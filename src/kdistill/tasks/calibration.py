@@ -141,7 +141,7 @@ def measured_student(
         width = measure_width_importance(teacher, batches) if options.prune is not None else None
     except ValueError as error:
         raise ConfigError(f"student.from_teacher: {error}") from None
-    if layer_map is not None and options.num_layers <= _depth(teacher):
+    if layer_map is not None:  # choose_layers refused a depth the teacher does not have
         uniform = _uniform_loss(teacher, options.num_layers, loss_of)
         measured["uniform_loss"] = uniform
         logger.info(
