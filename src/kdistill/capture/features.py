@@ -20,6 +20,7 @@ __all__ = [
     "Features",
     "LazyMaps",
     "SampledLogProbs",
+    "TeacherBlend",
     "TopKLogProbs",
     "attention_mask_of",
     "features_from_output",
@@ -152,6 +153,24 @@ class SampledLogProbs:
     samples: int
 
 
+@dataclass
+class TeacherBlend:
+    """Several teachers' final hidden states and output layers, and how much each counts where:
+    a combined token-level target whose logits are computed chunk by chunk, never whole.
+
+    Attributes:
+        members: each teacher's :class:`Features` (with ``final_hidden`` and ``output_layer``), or
+            None for a teacher absent from the batch (its weight is 0 everywhere).
+        weights: ``(n, B, L)`` each teacher's weight at each position; they sum to 1 over teachers.
+        combine: ``logit_mean`` averages logits; any other rule mixes probabilities
+            (:mod:`kdistill.losses.combine`).
+    """
+
+    members: list[Features | None]
+    weights: Tensor
+    combine: str
+
+
 class LazyMaps(MutableMapping[int, Tensor]):
     """Layer index -> attention map, each computed on first access and then kept.
 
@@ -224,6 +243,7 @@ class Features:
         sampled: a teacher's distribution as ids drawn from it, read from a sampled cache.
         final_hidden: ``(B, L, H)`` the final hidden states, the output layer's input.
         output_layer: the output layer (``lm_head``) that turns ``final_hidden`` into logits.
+        blend: several teachers' heads combined into one token-level target (:class:`TeacherBlend`).
     """
 
     logits: Tensor | None = None
@@ -242,6 +262,7 @@ class Features:
     sampled: SampledLogProbs | None = None
     final_hidden: Tensor | None = None
     output_layer: nn.Module | None = None
+    blend: TeacherBlend | None = None
 
     def position_mask(self) -> Tensor | None:
         """The mask that selects counted positions of ``logits``.

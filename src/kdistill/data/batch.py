@@ -13,9 +13,11 @@ from torch.utils.data import Dataset
 __all__ = [
     "INDEX_KEY",
     "LABEL_KEYS",
+    "ROUTE_KEY",
     "IndexedExample",
     "batch_size_of",
     "example_indices",
+    "example_routes",
     "is_indexed",
     "split_batch",
     "with_example_index",
@@ -26,6 +28,8 @@ LABEL_KEYS = ("labels", "label")
 
 #: key of the example indices in a dict batch (added by ``with_example_index``; never fed to a model)
 INDEX_KEY = "kd_index"
+#: key of each example's teacher index in a dict batch (``combine: route``; never fed to a model)
+ROUTE_KEY = "kd_teacher"
 
 
 def _indexed_tuple(size: int) -> type:
@@ -70,6 +74,14 @@ def example_indices(batch: Any) -> Tensor | None:
     return index if isinstance(index, Tensor) else torch.as_tensor(index)
 
 
+def example_routes(batch: Any) -> Tensor | None:
+    """The ``(B,)`` teacher index of each example of a dict batch (:data:`ROUTE_KEY`), or None."""
+    if isinstance(batch, Mapping) and ROUTE_KEY in batch:
+        route = batch[ROUTE_KEY]
+        return route if isinstance(route, Tensor) else torch.as_tensor(route)
+    return None
+
+
 def split_batch(batch: Any, label_key: str | None = None) -> tuple[Any, Tensor | None]:
     """Return ``(model_inputs, labels)`` for one batch.
 
@@ -79,15 +91,15 @@ def split_batch(batch: Any, label_key: str | None = None) -> tuple[Any, Tensor |
       model inputs and the last is the labels; a 1-tuple has no labels;
     * a tensor: the model input, no labels.
 
-    Example indices (:data:`INDEX_KEY` or an :class:`IndexedExample`'s last item) are never
-    part of the model inputs.
+    Example indices (:data:`INDEX_KEY` or an :class:`IndexedExample`'s last item) and teacher
+    routes (:data:`ROUTE_KEY`) are never part of the model inputs.
     """
     if is_indexed(batch):
         batch = tuple(batch[:-1])
     if isinstance(batch, Mapping):
         keys = (label_key,) if label_key else LABEL_KEYS
         found = next((key for key in keys if key in batch), None)
-        inputs = {key: value for key, value in batch.items() if key not in (found, INDEX_KEY)}
+        inputs = {key: value for key, value in batch.items() if key not in (found, INDEX_KEY, ROUTE_KEY)}
         if not inputs:
             raise ValueError(f"the batch holds only labels ({found!r}) and nothing to feed the model")
         return inputs, (batch[found] if found else None)

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kdistill.losses.combine import target_logits
 from kdistill.losses.sampled import check_sampled, sampled_forward_kl, sampled_kind_error
 from kdistill.losses.tokens import (
     check_ce_targets,
@@ -266,6 +267,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         sampled_log_probs: Tensor | None,
         sampled_indices: Tensor | None,
         sampled_counts: Tensor | None,
+        blend: _Blend | None,
         targets: Tensor,
         settings: _Settings,
     ) -> Tensor:
@@ -275,6 +277,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         teacher_hidden, top = _rows(teacher_hidden, rows), _rows(topk_log_probs, rows)
         indices, rest = _rows(topk_indices, rows), _rows(topk_rest, rows)
         drawn = [_rows(tensor, rows) for tensor in (sampled_log_probs, sampled_indices, sampled_counts)]
+        blend = None if blend is None else blend.rows(rows)
         size = settings.compared
         weight = student_weight[:size]
         bias = None if student_bias is None else student_bias[:size]
@@ -293,6 +296,8 @@ class _ChunkedTokenLoss(torch.autograd.Function):
             if teacher_weight is not None:
                 out = ws.raw("teacher", h.shape[0], teacher_weight.dtype)
                 teacher["teacher_logits"] = _logits_into(out, teacher_hidden[chunk], teacher_weight, teacher_bias)
+            elif blend is not None:
+                teacher["teacher_logits"] = blend.logits(chunk, size, settings.temperature)
             elif top is not None:
                 teacher["teacher_topk"] = (top[chunk], indices[chunk], rest[chunk])
             elif drawn[0] is not None:
@@ -316,7 +321,40 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         # in place: these buffers belong to this call only, and a copy would double the weight gradient
         scaled = [None if g is None else g.mul_(grad_output.to(g.dtype)) for g in grads]
-        return (*scaled, *([None] * 11))
+        return (*scaled, *([None] * 12))
+
+
+@dataclass(frozen=True)
+class _Blend:
+    """Several teachers' heads and their weights at each counted position (``(n, N)``)."""
+
+    heads: tuple[tuple[Tensor, Tensor, Tensor | None] | None, ...]
+    weights: Tensor
+    combine: str
+
+    def rows(self, rows: Tensor | None) -> _Blend:
+        if rows is None:
+            return self
+        heads = tuple(None if h is None else (h[0].index_select(0, rows), h[1], h[2]) for h in self.heads)
+        return _Blend(heads, self.weights.index_select(1, rows), self.combine)
+
+    def logits(self, chunk: slice, size: int, temperature: float) -> Tensor:
+        """The chunk's combined target as logits at ``temperature`` (float32), over the first ``size`` ids."""
+        found = []
+        for head in self.heads:
+            if head is None:
+                found.append(None)
+                continue
+            hidden, weight, bias = head
+            found.append(
+                _logits_into(
+                    hidden.new_empty((hidden[chunk].shape[0], size)),
+                    hidden[chunk],
+                    weight[:size],
+                    None if bias is None else bias[:size],
+                )
+            )
+        return target_logits(found, self.weights[:, chunk], self.combine, temperature)
 
 
 class _Gradients:
@@ -386,6 +424,7 @@ def chunked_token_loss(
     teacher_bias: Tensor | None = None,
     teacher_topk: Sequence[Tensor] | None = None,
     teacher_sampled: Sequence[Tensor] | None = None,
+    teacher_blend: tuple[Sequence[tuple[Tensor, Tensor, Tensor | None] | None], Tensor, str] | None = None,
     temperature: float = 1.0,
     beta: float = 0.5,
     alpha: float = 0.1,
@@ -411,6 +450,10 @@ def chunked_token_loss(
             at ``temperature`` (see ``token_loss_topk``).
         teacher_sampled: instead, ``(log_probs (…, W), indices (…, W), counts (…, W))`` of ids drawn
             from the teacher at ``temperature``; ``kind="forward_kl"`` only (see ``token_loss_sampled``).
+        teacher_blend: instead, several teachers: ``(heads, weights, combine)`` with each head
+            ``(hidden (…, Hᵢ), weight (Vᵢ, Hᵢ), bias)`` or None (weight 0 there), ``weights``
+            ``(n, …)`` and a rule of :mod:`kdistill.losses.combine`; each chunk's target is their
+            combination (compared on the ids every head has).
         temperature, beta, alpha, ignore_index, vocab_size: as in ``token_loss``.
         chunk_size: tokens per chunk; None for :func:`default_chunk_size` of the compared vocabulary.
 
@@ -422,8 +465,10 @@ def chunked_token_loss(
     check_targets(targets, student_hidden.shape[:-1], ignore_index)
     if kind == "ce":
         check_ce_targets(targets, student_weight.shape[0], ignore_index)
-        teacher_hidden = teacher_weight = teacher_bias = teacher_topk = teacher_sampled = None
+        teacher_hidden = teacher_weight = teacher_bias = teacher_topk = teacher_sampled = teacher_blend = None
         compared = student_weight.shape[0]
+    elif teacher_blend is not None:
+        compared = _check_blend(student_hidden, student_weight, teacher_blend, vocab_size)
     elif teacher_sampled is not None:
         if kind != "forward_kl":
             raise ValueError(sampled_kind_error(kind))
@@ -465,6 +510,7 @@ def chunked_token_loss(
         flat(indices),
         flat(rest),
         *(flat(tensor) for tensor in drawn),
+        None if teacher_blend is None else _flat_blend(teacher_blend, device),
         targets.reshape(-1).to(device),
         settings,
     )
@@ -495,3 +541,44 @@ def _check_teacher(
             "must have the same positions"
         )
     return resolve_vocab_size(student_size, teacher_weight.shape[0], vocab_size), None
+
+
+def _check_blend(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    blend: tuple[Sequence[tuple[Tensor, Tensor, Tensor | None] | None], Tensor, str],
+    vocab_size: int | None,
+) -> int:
+    """Check several teachers' heads against the student; return the number of ids compared."""
+    heads, weights, _ = blend
+    present = [head for head in heads if head is not None]
+    if not present:
+        raise ValueError("teacher_blend holds no teacher")
+    lead = tuple(student_hidden.shape[:-1])
+    if tuple(weights.shape) != (len(heads), *lead):
+        raise ValueError(f"teacher_blend weights must have shape {(len(heads), *lead)}, got {tuple(weights.shape)}")
+    for hidden, weight, bias in present:
+        _check_head(hidden, weight, bias, "teacher")
+        if tuple(hidden.shape[:-1]) != lead:
+            raise ValueError(
+                f"a blended teacher's hidden states {tuple(hidden.shape)} do not fit the student's {lead}"
+            )
+    shared = min(student_weight.shape[0], *(weight.shape[0] for _, weight, _ in present))
+    return shared if vocab_size is None else min(shared, vocab_size)
+
+
+def _flat_blend(
+    blend: tuple[Sequence[tuple[Tensor, Tensor, Tensor | None] | None], Tensor, str], device: torch.device
+) -> _Blend:
+    heads, weights, combine = blend
+    flat = tuple(
+        None
+        if head is None
+        else (
+            head[0].detach().to(device).reshape(-1, head[0].shape[-1]),
+            head[1].detach(),
+            None if head[2] is None else head[2].detach(),
+        )
+        for head in heads
+    )
+    return _Blend(flat, weights.detach().to(device).reshape(len(heads), -1).float(), combine)

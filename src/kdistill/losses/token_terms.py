@@ -188,6 +188,18 @@ class TokenKD(_TokenTerm):
             "alpha": self.skew,
             "chunk_size": self.chunk_size,
         }
+        if teacher.blend is not None:
+            blend = teacher.blend
+            heads = [None if member is None else _head(member, "teacher") for member in blend.members]
+            return chunked_token_loss(
+                hidden,
+                weight,
+                bias,
+                targets,
+                self.divergence,
+                teacher_blend=(heads, blend.weights, blend.combine),
+                **options,
+            )
         if teacher.final_hidden is None and teacher.sampled is not None:
             sampled = teacher.sampled
             self._check_cached_temperature(sampled.temperature, "ids drawn")

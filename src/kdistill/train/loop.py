@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,8 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdistill.capture import capture
-from kdistill.capture.features import nonfinite_teacher_fields
-from kdistill.data.batch import example_indices, split_batch
+from kdistill.data.batch import example_indices, example_routes, split_batch
 from kdistill.errors import NonFiniteLossError
 from kdistill.losses.objective import Objective, StepShare
 from kdistill.losses.token_terms import count_targets
@@ -59,7 +58,7 @@ from kdistill.train.setup import (
     prepare_optimizer,
     shuffle_generators,
 )
-from kdistill.train.teacher import check_teacher_source, teacher_features
+from kdistill.train.teacher import check_teacher_source, teacher_features, teacher_fields, teacher_set
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -70,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 
 def distill(
-    teacher: nn.Module | None,
+    teacher: nn.Module | Mapping[str, nn.Module] | None,
     student: nn.Module,
     train_loader: Iterable[Any],
     *,
@@ -89,13 +88,14 @@ def distill(
     progress: bool | str = True,
     label_key: str | None = None,
     accelerator: Accelerator | None = None,
-    teacher_cache: TeacherCache | None = None,
+    teacher_cache: TeacherCache | Mapping[str, TeacherCache] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     save_every: int | None = None,
     keep_checkpoints: int = 2,
     resume: bool = False,
     on_nonfinite: str = "stop",
     on_policy: OnPolicy | None = None,
+    offload_teachers: bool = False,
 ) -> History:
     """Train ``student`` to imitate ``teacher`` on ``train_loader``.
 
@@ -104,7 +104,9 @@ def distill(
 
     Args:
         teacher: any ``nn.Module``; moved to the student's device, put in eval mode, never
-            optimised. May be None with a ``teacher_cache``.
+            optimised. May be None with a ``teacher_cache``. Several teachers: a mapping
+            ``{name: model}``, combined as the objective's ``TeacherMix`` says (default: an
+            equal-weight mixture; docs/multi_teacher.md).
         student: any ``nn.Module`` whose output is logits, an object with ``.logits`` (Hugging
             Face) or a tuple starting with the logits.
         train_loader: batches as dicts (Hugging Face style, labels under ``labels``) or tuples
@@ -127,7 +129,8 @@ def distill(
         label_key: key of the labels in dict batches (default ``labels`` or ``label``).
         accelerator: an ``accelerate.Accelerator`` to use instead of a default one.
         teacher_cache: a :class:`~kdistill.cache.TeacherCache`: batches with example indices
-            (:func:`~kdistill.data.batch.with_example_index`) read the teacher's features from it.
+            (:func:`~kdistill.data.batch.with_example_index`) read the teacher's features from it;
+            with several teachers, ``{name: cache}`` (a teacher in it needs no model).
         checkpoint_dir: write checkpoints here (weights, optimizer, scheduler, RNG states, data
             position, history) after every epoch and every ``save_every`` steps.
         save_every: also checkpoint every this many optimizer steps.
@@ -138,6 +141,8 @@ def distill(
             :class:`NonFiniteLossError` before the update; ``"skip"`` drops the update and counts it.
         on_policy: causal LMs: an :class:`~kdistill.train.on_policy.OnPolicy` that replaces some
             micro-batches' completions by the student's samples, which the teacher scores.
+        offload_teachers: several teachers on an accelerator: keep each on the CPU and move it to
+            the device for its forward only (peak memory: the student and the largest teacher).
 
     Returns:
         The :class:`History` of every loss part, the learning rate and the evaluations.
@@ -156,7 +161,11 @@ class _Loop:
         self.teacher, self.objective, self.scheduler = teacher, objective, args.scheduler
         self.cache, self.precision, self.label_key = args.teacher_cache, precision, args.label_key
         self.accumulation, self.max_grad_norm = args.gradient_accumulation_steps, args.max_grad_norm
-        if teacher is not None:
+        self.teacher_set = teacher_set(teacher, args.teacher_cache, objective, args.offload_teachers)
+        if self.teacher_set is not None:
+            self.teacher_set.place(self.device)
+            teacher = nn.ModuleList([m for m in self.teacher_set.models.values() if m is not None])
+        elif teacher is not None:
             teacher.to(self.device).eval()
         objective.to(self.device)
         self.optimizer = prepare_optimizer(args.optimizer, teacher, student, objective, args.lr)
@@ -165,7 +174,8 @@ class _Loop:
         self.loader = accelerator.prepare(loader) if self.prepared_loader else loader
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.student_request, self.teacher_request = objective.request("student"), objective.request("teacher")
-        check_teacher_source(teacher, args.teacher_cache, self.teacher_request)
+        if self.teacher_set is None:
+            check_teacher_source(teacher, args.teacher_cache, self.teacher_request)
         self.student_module = accelerator.unwrap_model(self.student)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
         # a loader that shuffles with its own generator: checkpointed with the RNG states
@@ -357,22 +367,27 @@ class _Loop:
         # skip DDP's gradient all-reduce until the last batch of an accumulation group
         sync = contextlib.nullcontext() if at_boundary else self.accelerator.no_sync(self.student)
         with sync:
+            route = example_routes(batch)
             with autocast(self.device, self.precision):
-                teacher_side = teacher_features(
-                    self.teacher,
-                    inputs,
-                    self.teacher_request,
-                    cache=self.cache,
-                    indices=example_indices(batch),
-                    device=self.device,
-                )
+                if self.teacher_set is not None:
+                    teacher_side: Any = self.teacher_set.features(
+                        inputs, indices=example_indices(batch), route=route, device=self.device
+                    )
+                else:
+                    teacher_side = teacher_features(
+                        self.teacher,
+                        inputs,
+                        self.teacher_request,
+                        cache=self.cache,
+                        indices=example_indices(batch),
+                        device=self.device,
+                    )
                 student_side = capture(self.student, inputs, self.student_request, module=self.student_module)
-            result = self.objective(student_side, teacher_side, labels, share=share)
+            routing = {"route": route} if route is not None else {}  # only routed batches carry one
+            result = self.objective(student_side, teacher_side, labels, share=share, **routing)
             loss = result.total
             if not bool(torch.isfinite(loss)):
-                self._nonfinite(
-                    nonfinite_loss(result.parts, loss), epoch, index, nonfinite_teacher_fields(teacher_side)
-                )
+                self._nonfinite(nonfinite_loss(result.parts, loss), epoch, index, teacher_fields(teacher_side))
                 return None
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()

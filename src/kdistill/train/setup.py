@@ -44,7 +44,7 @@ class DistillArgs:
     """The arguments of one :func:`~kdistill.train.loop.distill` call, checked on creation; its
     docstring says what each one means."""
 
-    teacher: nn.Module | None
+    teacher: nn.Module | Mapping[str, nn.Module] | None
     student: nn.Module
     train_loader: Iterable[Any]
     objective: Objective | None
@@ -62,13 +62,14 @@ class DistillArgs:
     progress: bool | str
     label_key: str | None
     accelerator: Accelerator | None
-    teacher_cache: TeacherCache | None
+    teacher_cache: TeacherCache | Mapping[str, TeacherCache] | None
     checkpoint_dir: str | os.PathLike[str] | None
     save_every: int | None
     keep_checkpoints: int
     resume: bool
     on_nonfinite: str
     on_policy: OnPolicy | None
+    offload_teachers: bool = False
 
     def __post_init__(self) -> None:
         check_args(
@@ -102,7 +103,7 @@ def check_on_policy(on_policy: Any, teacher: nn.Module | None, teacher_cache: An
 
 
 def check_args(
-    teacher: nn.Module | None,
+    teacher: nn.Module | Mapping[str, nn.Module] | None,
     student: nn.Module,
     epochs: int,
     max_steps: int | None,
@@ -118,7 +119,8 @@ def check_args(
 ) -> None:
     if not isinstance(student, nn.Module):
         raise TypeError(f"the student must be a torch.nn.Module, got {type(student).__name__}")
-    if teacher is student:
+    teachers = teacher.values() if isinstance(teacher, Mapping) else [teacher]
+    if any(one is student for one in teachers):
         raise ValueError("the teacher and the student are the same module; the student must be a separate model")
     for name, value, minimum in (
         ("epochs", epochs, 1),
