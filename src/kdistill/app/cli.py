@@ -298,6 +298,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 def _distill(args: argparse.Namespace) -> int:
     from kdistill.app.config_loading import load_config
     from kdistill.app.run import check_run_folder, prepare_run, resume_config, run_distill
+    from kdistill.app.teachers import teacher_mix
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # every process would write the same run folder and fine-tune its own teacher: refuse it
@@ -327,13 +328,20 @@ def _distill(args: argparse.Namespace) -> int:
         sizes = ", ".join(f"{k} {v:,}" for k, v in prepared.data.sizes.items())
         note = prepared.models.student_note or "no student: the teacher is fine-tuned alone"
         print(f"config OK: {sizes}; {prepared.data.description}; {note}")
-        finetune = config.teacher.finetune
-        if finetune is not None:  # the first stage of the run, often its longest
+        for name, section in config.teacher_sections.items():
+            finetune = section.finetune
+            if finetune is None:
+                continue
+            # the first stage of the run, often its longest
             steps = f", at most {finetune.max_steps} steps" if finetune.max_steps else ""
             objective = prepared.task.finetune_objective().formula()
+            which = f"teacher {name}" if config.several_teachers else "teacher"
             print(
-                f"stage teacher fine-tuning: loss = {objective}, {finetune.epochs} epoch(s), lr {finetune.lr:g}{steps}"
+                f"stage {which} fine-tuning: loss = {objective}, {finetune.epochs} epoch(s), lr {finetune.lr:g}{steps}"
             )
+        mix = teacher_mix(config)
+        if mix is not None:
+            print(f"teachers: {mix.describe()}")
         for stage in prepared.stages:
             print(f"stage {stage.name}: loss = {stage.objective.formula()}, {stage.epochs} epoch(s), lr {stage.lr:g}")
         return 0

@@ -14,6 +14,7 @@ Reading YAML, overrides and turning every problem into one line is :mod:`kdistil
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
@@ -40,11 +41,13 @@ __all__ = [
     "FinetuneConfig",
     "FromTeacherConfig",
     "MiniLMSettings",
+    "NamedTeacherConfig",
     "ObjectiveConfig",
     "OutputConfig",
     "RunConfig",
     "StudentConfig",
     "TeacherConfig",
+    "TeachersObjectiveConfig",
     "TinyBERTSettings",
     "TrainingConfig",
     "run_config_class",
@@ -140,6 +143,48 @@ class TeacherConfig(ModelSource):
         return self
 
 
+#: names a run gives its own models and records; no teacher may be called so
+RESERVED_TEACHER_NAMES = ("teacher", "student", "combined", "teachers")
+
+
+class NamedTeacherConfig(TeacherConfig):
+    """One of several teachers (``teachers: {name: {...}}``): a teacher section plus its ``weight``."""
+
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="its share of the combined target")
+
+
+class TeachersObjectiveConfig(Section):
+    """How several teachers combine into the target of the logit-level and token-level terms
+    (docs/multi_teacher.md)."""
+
+    combine: Literal["mixture", "logit_mean", "confidence", "entropy", "route"] = Field(
+        "mixture",
+        description="mixture: probabilities averaged; logit_mean: logits averaged; confidence / entropy: "
+        "per example, by the probability of the gold label / by certainty; route: the data names each example's",
+    )
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="confidence and entropy only (default 1.0): lower trusts the best more",
+    )
+    offload: bool = Field(
+        False, description="on an accelerator: each teacher moves to the device for its forward only"
+    )
+
+    @model_validator(mode="after")
+    def _temperature_that_applies(self) -> TeachersObjectiveConfig:
+        if self.combine in ("confidence", "entropy"):
+            if self.temperature is None:
+                self.temperature = 1.0  # the resolved config records what ran
+        elif self.temperature is not None:
+            raise ValueError(
+                f"objective.teachers.temperature applies to combine: confidence or entropy, not {self.combine}: "
+                "remove it"
+            )
+        return self
+
+
 class FromTeacherConfig(Section):
     """A student built from the teacher's own configuration by :func:`kdistill.models.student.make_student`.
 
@@ -168,6 +213,9 @@ class FromTeacherConfig(Section):
     )
     calibration_tokens: int = Field(
         2048, ge=16, le=10_000_000, description="training tokens the importance is measured on"
+    )
+    teacher: str | None = Field(
+        None, description="with teachers: the one the student is built from (default: the first)"
     )
     seed: Seed | None = None
 
@@ -268,6 +316,7 @@ class ObjectiveConfig(Section):
     terms: dict[str, Any] | None = Field(None, description="name: {type: <a registered term>, weight:, ...}")
     tinybert: TinyBERTSettings | None = None
     minilm: MiniLMSettings | None = None
+    teachers: TeachersObjectiveConfig | None = Field(None, description="with teachers: how they combine")
 
     @model_validator(mode="after")
     def _preset_or_terms(self) -> ObjectiveConfig:
@@ -370,7 +419,10 @@ class RunConfig(Section):
     """A whole ``kdistill distill`` run; :func:`run_config_class` gives the class of a task's runs."""
 
     task: str = Field("text_classification", description="what the models do (see kdistill.tasks)")
-    teacher: TeacherConfig
+    teacher: TeacherConfig | None = Field(None, description="the teacher (or teachers: several by name)")
+    teachers: dict[str, NamedTeacherConfig] | None = Field(
+        None, description="several teachers by name, each a teacher section with a weight (docs/multi_teacher.md)"
+    )
     student: StudentConfig | None = Field(None, description="leave it out for a run that only fine-tunes the teacher")
     data: Any
     objective: ObjectiveConfig | None = None
@@ -379,7 +431,14 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        self._one_kind_of_teacher()
         if self.student is None:
+            if self.teachers is not None:
+                raise ValueError(
+                    "teachers: needs a student: to distil into; fine-tune each teacher in a run of its own "
+                    "(teacher: {..., finetune: ...} without a student)"
+                )
+            assert self.teacher is not None
             if self.teacher.finetune is None:
                 raise ValueError(
                     "no student: and no teacher.finetune:, so there is nothing to train; add a student "
@@ -400,11 +459,111 @@ class RunConfig(Section):
         self._fill_defaults()
         return self
 
+    def _one_kind_of_teacher(self) -> None:
+        """``teacher:`` or ``teachers:``, and what only several teachers have, only with them."""
+        if self.teacher is not None and self.teachers is not None:
+            raise ValueError("give either teacher: (one) or teachers: (several, by name), not both")
+        if self.teacher is None and self.teachers is None:
+            raise ValueError("a run needs teacher: {path: ...} (or teachers: {name: {path: ...}, ...})")
+        combining = self.objective.teachers if self.objective is not None else None
+        from_teacher = self.student.from_teacher if self.student is not None else None
+        if self.teachers is None:
+            if combining is not None:
+                raise ValueError("objective.teachers combines several teachers: give teachers: instead of teacher:")
+            if from_teacher is not None and from_teacher.teacher is not None:
+                raise ValueError("student.from_teacher.teacher names one of several teachers: remove it with teacher:")
+            for name, term in ((self.objective.terms or {}) if self.objective is not None else {}).items():
+                if term.teacher is not None:
+                    raise ValueError(
+                        f"objective.terms.{name}.teacher names a teacher, but the run has one (teacher:): remove it, "
+                        "or give teachers: {name: {...}}"
+                    )
+            return
+        check_teacher_names(self.teachers)
+        self._check_term_teachers()
+        if from_teacher is not None and from_teacher.teacher is not None and from_teacher.teacher not in self.teachers:
+            raise ValueError(
+                f"student.from_teacher.teacher is {from_teacher.teacher!r}, but the teachers are "
+                f"{', '.join(self.teachers)}"
+            )
+
+    def _check_term_teachers(self) -> None:
+        """Every term names a teacher that exists; intermediate terms name theirs; every teacher is read."""
+        assert self.teachers is not None
+        objective = self.objective
+        if objective is None:
+            return
+        if objective.preset in ("tinybert", "minilm"):
+            raise ValueError(
+                f"preset {objective.preset} distils one teacher's layers: with teachers: use preset hinton, or terms "
+                "whose intermediate terms name their teacher (teacher: <name>)"
+            )
+        read: set[str] = set()
+        combined = objective.preset is not None  # hinton's soft labels read the combined teachers
+        for name, term in (objective.terms or {}).items():
+            kind = term_class(term.type)
+            if term.teacher is not None:
+                if term.teacher not in self.teachers:
+                    raise ValueError(
+                        f"objective.terms.{name}.teacher is {term.teacher!r}, but the teachers are "
+                        f"{', '.join(self.teachers)}"
+                    )
+                read.add(term.teacher)
+            elif kind.reads_teacher and not kind.token_level and kind.needs - {"logits"}:
+                raise ValueError(
+                    f"objective.terms.{name} ({term.type}) compares intermediate features, whose projections belong "
+                    f"to one teacher: name it with teacher: <one of {', '.join(self.teachers)}>"
+                )
+            elif kind.reads_teacher and term.weight > 0:
+                combined = True
+        unread = [name for name in self.teachers if name not in read and not combined]
+        if unread:
+            raise ValueError(
+                f"no term reads teacher {unread[0]!r}: give a term teacher: {unread[0]}, add a logit-level term that "
+                "reads the combined teachers, or remove the teacher"
+            )
+        combine = objective.teachers.combine if objective.teachers is not None else "mixture"
+        field = getattr(self.data, "route_field", None)
+        if combine == "route" and field is None:
+            raise ValueError(
+                "objective.teachers.combine: route reads each example's teacher from the data: name the column "
+                "(data.teacher_column, or data.teacher_field for JSONL records of a causal LM)"
+            )
+        if combine != "route" and field is not None:
+            raise ValueError(
+                f"the data names each example's teacher ({field!r}), which only combine: route reads: set "
+                "objective.teachers.combine: route, or remove the column setting"
+            )
+
+    @property
+    def teacher_sections(self) -> dict[str, TeacherConfig]:
+        """The teacher sections by name: ``{"teacher": teacher}`` for one teacher."""
+        if self.teachers is not None:
+            return dict(self.teachers)
+        assert self.teacher is not None  # the schema gives a run one or the other
+        return {"teacher": self.teacher}
+
+    @property
+    def several_teachers(self) -> bool:
+        """Whether the run distils from ``teachers:``."""
+        return self.teachers is not None
+
+    @property
+    def primary_teacher(self) -> str:
+        """The teacher a student built ``from_teacher`` copies (``from_teacher.teacher``, default the first)."""
+        from_teacher = self.student.from_teacher if self.student is not None else None
+        if from_teacher is not None and from_teacher.teacher is not None:
+            return from_teacher.teacher
+        return next(iter(self.teacher_sections))
+
     def _fill_defaults(self) -> None:
         """Write into the config what its left-out settings default to, so that it records what ran."""
         training = self.training
-        if self.teacher.finetune is not None and self.teacher.finetune.batch_size is None:
-            self.teacher.finetune.batch_size = training.batch_size
+        for section in self.teacher_sections.values():
+            if section.finetune is not None and section.finetune.batch_size is None:
+                section.finetune.batch_size = training.batch_size
+        if self.teachers is not None and self.objective is not None and self.objective.teachers is None:
+            self.objective.teachers = TeachersObjectiveConfig()
         if (
             self.student is not None
             and self.student.from_teacher is not None
@@ -422,12 +581,46 @@ class RunConfig(Section):
                     setattr(block, f"{stage}_lr", training.lr)
 
 
+def check_teacher_names(teachers: dict[str, Any]) -> None:
+    """Names that can be folder names and metric keys, no two teachers in one place.
+
+    Raises:
+        ValueError: a reserved or unusable name, the same folder or package twice, or all weights zero.
+    """
+    for name in teachers:
+        if name in RESERVED_TEACHER_NAMES or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise ValueError(
+                f"teachers: {name!r} cannot name a teacher (letters, digits, _ . -, at most 64, not "
+                f"{', '.join(RESERVED_TEACHER_NAMES)})"
+            )
+    places: dict[str, str] = {}
+    for name, section in teachers.items():
+        place = f"package {section.package}" if section.package is not None else f"folder {_resolved(section.path)}"
+        place += f" ({section.gguf_file})" if getattr(section, "gguf_file", None) else ""
+        if place in places:
+            raise ValueError(
+                f"teachers {places[place]} and {name} are the same model ({place}): give each teacher once, or a "
+                "higher weight instead"
+            )
+        places[place] = name
+    if len(teachers) < 1 or all(section.weight == 0 for section in teachers.values()):
+        raise ValueError("teachers: give at least one teacher a weight > 0")
+
+
+def _resolved(path: str | None) -> str:
+    from pathlib import Path
+
+    return str(Path(path).resolve()) if path is not None and Path(path).exists() else str(path)
+
+
 @functools.cache
 def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]:
     task = get_task(task_name)
     teacher = TeacherConfig
+    named = NamedTeacherConfig
     if task.teacher_options is not None:
         teacher = create_model("TeacherConfig", __base__=(TeacherConfig, task.teacher_options))
+        named = create_model("NamedTeacherConfig", __base__=(NamedTeacherConfig, task.teacher_options))
     bases = (ObjectiveConfig, task.objective_options) if task.objective_options is not None else ObjectiveConfig
     objective = create_model("ObjectiveConfig", __base__=bases, terms=(dict[str, settings_union()] | None, None))  # type: ignore[valid-type]
     # only a task that reads an evaluation: section has one (any other refuses the key as unknown)
@@ -437,7 +630,8 @@ def _run_config_class(task_name: str, terms: tuple[str, ...]) -> type[RunConfig]
         "RunConfig",
         __base__=RunConfig,
         task=(Literal[task_name], task_name),
-        teacher=(teacher, ...),
+        teacher=(teacher | None, None),
+        teachers=(dict[str, named] | None, None),  # type: ignore[valid-type]
         data=(task.data_section, ...),
         objective=(objective | None, None),
         **extra,

@@ -93,7 +93,9 @@ def resolve_target(
         if run_teacher is None:
             saved_teacher = path / "teacher"
             run_teacher = (
-                str(saved_teacher) if (saved_teacher / "config.json").is_file() else _teacher_location(config.teacher)
+                str(saved_teacher)
+                if (saved_teacher / "config.json").is_file()
+                else _teacher_location(config.teacher_sections[config.primary_teacher])
             )
         default = getattr(config.data, "test", None) or getattr(config.data, "validation", None)
         return EvalTarget(

@@ -124,10 +124,11 @@ def _from_run(path: Path, target: str, command: str) -> ChosenModel:
             config.data,
             path,
         )
-    location = config.teacher.location()
+    section = config.teacher_sections[config.primary_teacher]
+    location = section.location()
     return ChosenModel(
         location,
-        config.teacher.tokenizer or location,
+        section.tokenizer or location,
         f"the teacher of run {target} ({location}; a run without a student)",
         config.data,
         path,

@@ -297,6 +297,7 @@ FILE_NOTES = {
     "checkpoints": "the student during training (and `best-student/`, the best on validation)",
     "student": "the final student and its tokenizer (plain `transformers` loads it)",
     "teacher": "the fine-tuned teacher and its tokenizer",
+    "teachers": "each fine-tuned teacher of several, by name, with its tokenizer",
     "metrics.json": "every number above",
     "training_curves.png": "the training curves",
 }
@@ -376,6 +377,37 @@ def _pruning_lines(metrics: Mapping[str, Any], primary: str) -> list[str]:
     ]
 
 
+def teachers_lines(metrics: Mapping[str, Any], primary: str) -> list[str]:
+    """Several teachers: each one's score, weight and the student's agreement with it, and the
+    combination's (what the student learnt from), as a Markdown table; none for one teacher."""
+    teachers = metrics.get("teachers")
+    if not teachers:
+        return []
+
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+    combined = metrics.get("combined", {})
+    lines = [
+        "",
+        "## The teachers",
+        "",
+        f"The student learnt from their combination: {combined.get('rule', '?')}. The table above compares it "
+        f"with the teacher it was built from ({metrics.get('run', {}).get('teacher', '?')}).",
+        "",
+        f"| teacher | weight | {primary} | student agreement |",
+        "|---|---|---|---|",
+    ]
+    for name, found in teachers.items():
+        lines.append(
+            f"| {name} | {found.get('weight', 0):.3g} | {cell(found.get(primary))} | "
+            f"{cell(found.get('student_agreement'))} |"
+        )
+    score = combined.get(primary, combined.get("accuracy"))
+    lines.append(f"| combined | 1 | {cell(score)} | {cell(combined.get('agreement'))} |")
+    return lines
+
+
 def _choice_lines(metrics: Mapping[str, Any], primary: str) -> list[str]:
     """How the student's layers and width were chosen by measurement (``student.from_teacher``)."""
     choice = metrics.get("student_choice")
@@ -439,6 +471,7 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
     if final and evaluated != "validation":
         shown = ", ".join(f"{name} {values[primary]:.4f}" for name, values in final.items() if primary in values)
         lines += ["", f"On the validation split, {primary}: {shown}."]
+    lines += teachers_lines(metrics, primary)
     lines += _pruning_lines(metrics, primary)
     lines += _choice_lines(metrics, primary)
     lines += ["", "## Training", ""]
@@ -449,6 +482,13 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], *, task: Any, fil
             f"- teacher fine-tuning: {tuned['steps']} steps ({tuned['epochs']} epoch(s), lr {tuned['lr']:g}, "
             f"batch {tuned['batch_size']}); last epoch: {losses}"
         )
+    for name, found in metrics.get("teachers", {}).items():
+        tuned = found.get("finetune")
+        if tuned:
+            lines.append(
+                f"- teacher {name} fine-tuning: {tuned['steps']} steps ({tuned['epochs']} epoch(s), "
+                f"lr {tuned['lr']:g})"
+            )
     for stage in metrics.get("training", {}).get("stages", []):
         losses = ", ".join(f"{k} {v:.4f}" for k, v in stage.get("final", {}).items())
         lines.append(

@@ -49,6 +49,7 @@ from kdistill.app.run_folder import (
     REPORT_FILE,
     STUDENT_DIR,
     TEACHER_DIR,
+    TEACHERS_DIR,
     RunFolder,
     input_paths,
     paths_read,
@@ -56,7 +57,15 @@ from kdistill.app.run_folder import (
 from kdistill.app.run_log import log_to
 from kdistill.app.stage_caches import check_sampled_cache
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
-from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train
+from kdistill.app.teachers import (
+    combined_metrics,
+    load_run_models,
+    route_indices,
+    set_stage_teachers,
+    teacher_mix,
+    teacher_set_record,
+)
+from kdistill.app.training import Loaders, Trained, make_loaders, routed, save_student, train, uses_cache
 from kdistill.cache import check_cache_folder
 from kdistill.errors import ConfigError, KdistillError, RunFolderError
 from kdistill.files.fingerprints import fingerprints
@@ -94,6 +103,8 @@ class PreparedRun:
     inputs: dict[str, Any] = field(default_factory=dict)
     #: how the student was chosen by measurement (``student.from_teacher`` with importance or pruning)
     student_choice: dict[str, Any] = field(default_factory=dict)
+    #: ``combine: route``: each distillation example's teacher index
+    routes: list[int] | None = None
 
 
 @dataclass
@@ -136,7 +147,7 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         cache_root()  # a $KDISTILL_CACHE that is a file is refused now, not when the first stage starts
     set_seed(config.training.seed)
     raw = task.read(config.data)
-    models = task.load_models(config.teacher, config.student, raw, seed=config.training.seed)
+    models = load_run_models(task, config, raw, seed=config.training.seed)
     _check_batch_memory(config, models)
     data = task.prepare(config.data, raw, models, progress=progress)
     choice: dict[str, Any] = {}
@@ -149,29 +160,37 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
     if config.student is not None and config.student.prune_vocabulary and not task.prunes_vocabulary:
         raise ConfigError(f"student.prune_vocabulary is not available for the {task.name} task; remove it")
     stages: list[Stage] = []
+    routes = None
     if models.student is not None:
         assert config.objective is not None  # the schema gives a run with a student its objective
-        stages = build_stages(config.objective, config.training, models.student, models.teacher, task)
-        check_stage_capture(stages, models.student, models.teacher)
-        check_sampled_cache(config.teacher.cache, {stage.name: stage.objective for stage in stages})
+        stages = build_stages(
+            config.objective, config.training, models.student, models.teacher, task, teachers=models.teachers
+        )
+        set_stage_teachers([stage.objective for stage in stages], config)
+        check_stage_capture(stages, models.student, models.teacher, models.teachers)
+        for section in config.teacher_sections.values():
+            check_sampled_cache(section.cache, {stage.name: stage.objective for stage in stages})
         # the task's own objective settings against the models and data (causal LMs: generated lengths)
         task.check_objective(config.objective, models, data)
         on_policy = task.on_policy(config.objective, models, seed=config.training.seed)
         if on_policy is not None:
-            if config.teacher.cache is not None:
+            if any(section.cache is not None for section in config.teacher_sections.values()):
                 raise ConfigError(
                     "objective.on_policy needs the teacher online (it scores the student's own samples, which no "
                     "cache holds): remove teacher.cache"
                 )
             stages = [dataclasses.replace(stage, on_policy=on_policy) for stage in stages]
-    return PreparedRun(config, task, models, data, stages, inputs, choice)
+        mix = teacher_mix(config)
+        if mix is not None and mix.combine == "route":
+            routes = route_indices(data.routes, mix.names, f"data.train ({config.data.route_field})")
+    return PreparedRun(config, task, models, data, stages, inputs, choice, routes)
 
 
 def _uses_cache_root(config: RunConfig) -> bool:
     """Whether the run keeps something under kdistill's cache folder (:func:`cache_root`): a teacher
     cache without a folder of its own, or the teacher's generations of sequence-level KD."""
-    cache = config.teacher.cache
-    return (cache is not None and cache.dir is None) or getattr(config.objective, "sequence_kd", None) is not None
+    own_folder = all(s.cache is None or s.cache.dir is not None for s in config.teacher_sections.values())
+    return not own_folder or getattr(config.objective, "sequence_kd", None) is not None
 
 
 def _check_batch_memory(config: RunConfig, models: Models) -> None:
@@ -219,14 +238,24 @@ def check_run_folder(
         raise RunFolderError("give either --overwrite (start again) or --resume (continue), not both")
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"output.dir {str(path)!r} is a file, not a folder")
-    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
-        cache = Path(config.teacher.cache.dir).resolve()
+    cache_dirs: dict[Path, str] = {}
+    for name, section in config.teacher_sections.items():
+        if section.cache is None or section.cache.dir is None:
+            continue
+        key = f"teachers.{name}.cache" if config.several_teachers else "teacher.cache"
+        cache = Path(section.cache.dir).resolve()
         if cache == path.resolve() or path.resolve().is_relative_to(cache):
             raise RunFolderError(
-                f"teacher.cache {config.teacher.cache.dir!r} holds output.dir {str(path)!r}: the "
+                f"{key} {section.cache.dir!r} holds output.dir {str(path)!r}: the "
                 "cache needs a folder of its own (a subfolder of the run folder will do)"
             )
-        check_cache_folder(config.teacher.cache.dir)
+        if cache in cache_dirs:
+            raise RunFolderError(
+                f"{cache_dirs[cache]} and {key} are the same folder {section.cache.dir!r}: each teacher's cache needs "
+                "a folder of its own (or leave out dir: for one per fingerprint)"
+            )
+        cache_dirs[cache] = key
+        check_cache_folder(section.cache.dir)
     if not path.exists():
         return path
     folder.check_free()
@@ -384,7 +413,7 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
     logger.info("teacher: %s", models.teacher_location)
     if models.student is not None:
         logger.info("%s", models.student_note)
-    loaders = make_loaders(data, run.config.training, cached=run.config.teacher.cache is not None)
+    loaders = make_loaders(data, run.config.training, cached=uses_cache(run.config), routes=run.routes)
     if run.student_choice and models.student is not None and "untrained" not in run.student_choice:
         # where a measured student starts: what the choice of its layers and channels bought before training
         student = {"student": routed(models, data)["student"]}
@@ -411,6 +440,8 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
         options=getattr(run.config, "evaluation", None),
     )
     metrics = _metrics(run, folder, measured, speed, trained, loaders, time.time() - started)
+    if models.teachers:
+        metrics.update(_teachers_metrics(run, trained, loaders, models_as_fed.get("student"), progress))
     if pruning is not None:
         metrics["vocabulary_pruning"] = pruning
     if loaders.evaluated_on != "validation":
@@ -437,8 +468,40 @@ def _train_and_report(run: PreparedRun, folder: RunFolder, started: float, progr
     return RunResult(folder=folder.path, metrics=metrics, task=run.task)
 
 
+def _teachers_metrics(
+    run: PreparedRun, trained: Trained, loaders: Loaders, student: Any, progress: bool
+) -> dict[str, Any]:
+    """Several teachers: each one's metrics on the evaluated split with the student's agreement with
+    it, and the combination's (what the student learnt from)."""
+    config, models, task = run.config, run.models, run.task
+    mix = teacher_mix(config)
+    assert mix is not None
+    teachers: dict[str, Any] = {}
+    for name, weight in zip(mix.names, mix.weights, strict=True):
+        pair = {"teacher": models.teachers[name], **({"student": student} if student is not None else {})}
+        measured = task.evaluate(pair, loaders.evaluation, progress=progress, desc=f"teacher {name}")
+        teachers[name] = {
+            **measured["teacher"],
+            "weight": weight,
+            "location": models.teacher_locations.get(name, ""),
+            "validation": trained.teachers_validation.get(name, {}),
+        }
+        if student is not None and "agreement" in measured.get("student", {}):
+            teachers[name]["student_agreement"] = measured["student"]["agreement"]
+        if name in trained.teachers_finetune:
+            teachers[name]["finetune"] = trained.teachers_finetune[name]
+    combined = {"rule": mix.describe(), **combined_metrics(models.teachers, mix, student, loaders.evaluation)}
+    return {"teachers": teachers, "combined": combined, "teacher_set": teacher_set_record(models, config, run.inputs)}
+
+
 def _teacher_folder(run: PreparedRun, folder: RunFolder) -> Path | None:
     """Where the teacher's weights are on disk: the run's teacher/ after fine-tuning, else its own folder."""
+    if run.config.several_teachers:
+        primary = run.config.primary_teacher
+        if run.config.teacher_sections[primary].finetune is not None:
+            return folder.path / TEACHERS_DIR / primary
+        location = run.models.teacher_location
+        return Path(location) if looks_local(location) else None
     if run.config.teacher.finetune is not None:
         return folder.path / TEACHER_DIR
     location = run.models.teacher_location

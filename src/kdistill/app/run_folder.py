@@ -60,6 +60,7 @@ __all__ = [
     "METRICS_FILE",
     "REPORT_FILE",
     "STUDENT_DIR",
+    "TEACHERS_DIR",
     "TEACHER_DIR",
     "RunFolder",
     "input_paths",
@@ -75,13 +76,26 @@ REPORT_FILE = "report.md"
 CURVES_FILE = "training_curves.png"
 STUDENT_DIR = "student"
 TEACHER_DIR = "teacher"
+#: where several teachers' fine-tuned weights go, one folder each (``teachers/<name>/``)
+TEACHERS_DIR = "teachers"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best-student"
 FINISHED_FILE = "finished.json"
 #: files kdistill writes loose inside ``checkpoints/<stage>/`` (the folders carry manifests)
 CHECKPOINT_FILES = (FINISHED_FILE,)
 #: the top-level names a run writes, appends to, replaces or deletes (with their staging names)
-WRITTEN = (MARKER, LOCK, CONFIG_FILE, LOG_FILE, METRICS_FILE, REPORT_FILE, CURVES_FILE, STUDENT_DIR, TEACHER_DIR)
+WRITTEN = (
+    MARKER,
+    LOCK,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    CURVES_FILE,
+    STUDENT_DIR,
+    TEACHER_DIR,
+    TEACHERS_DIR,
+)
 
 
 def _shown(names: list[str]) -> str:
@@ -100,8 +114,12 @@ def input_paths(config: RunConfig) -> dict[str, str]:
     """The local files and folders a run learns from, by the config key that names them: the
     data files, the teacher and the student (and their tokenizers); hub ids left out."""
     found: dict[str, str] = {}
-    for role in ("teacher", "student"):
-        source = getattr(config, role)
+    sources = {
+        ("teachers." + name if config.several_teachers else name): section
+        for name, section in config.teacher_sections.items()
+    }
+    sources["student"] = config.student
+    for role, source in sources.items():
         if source is None:
             continue
         for key in ("path", "tokenizer"):
@@ -122,8 +140,9 @@ def paths_read(config: RunConfig) -> dict[str, str]:
     """The local paths a run reads, by the config key that names them (hub ids left out):
     ``--overwrite`` never deletes one of them."""
     found = input_paths(config)
-    if config.teacher.cache is not None and config.teacher.cache.dir is not None:
-        found["teacher.cache"] = config.teacher.cache.dir
+    for name, section in config.teacher_sections.items():
+        if section.cache is not None and section.cache.dir is not None:
+            found[f"{'teachers.' + name if config.several_teachers else name}.cache"] = section.cache.dir
     return found
 
 

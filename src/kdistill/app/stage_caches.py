@@ -125,9 +125,10 @@ class StageCaches:
             vocab_size=self.shared_vocab,
         )
 
-    def for_objective(self, objective: Objective, stage: str) -> TeacherCache | None:
-        """The cache that serves ``objective``'s teacher terms, or None to run the teacher online."""
-        request = objective.request("teacher")
+    def for_objective(self, objective: Objective, stage: str, teacher: str | None = None) -> TeacherCache | None:
+        """The cache that serves ``objective``'s teacher terms (with several teachers, those that read
+        ``teacher``), or None to run the teacher online."""
+        request = objective.request("teacher", teacher)
         if self.settings is None or request.empty:
             return None
         if request.attentions or request.attention_scores or request.qkv or request.modules:

@@ -9,6 +9,7 @@ the soft labels. A term named in ``terms`` is built from the registry
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +47,19 @@ class Stage:
 
 
 def _stages(
-    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module, task: Any
+    objective: ObjectiveConfig,
+    training: TrainingConfig,
+    student: nn.Module,
+    teacher: nn.Module,
+    task: Any,
+    teachers: Mapping[str, nn.Module],
 ) -> list[Stage]:
     if objective.terms is not None:
-        terms = {name: build_term(spec, student, teacher) for name, spec in objective.terms.items()}
+        # a term that names one of several teachers is built against it (its projections' widths)
+        terms = {
+            name: build_term(spec, student, teachers.get(spec.teacher, teacher) if spec.teacher else teacher)
+            for name, spec in objective.terms.items()
+        }
         weights = {name: spec.weight for name, spec in objective.terms.items()}
         return [Stage("distill", Objective(terms, weights), training.epochs, training.lr)]
     assert objective.preset is not None and objective.alpha is not None  # the schema fills them per preset
@@ -112,30 +122,42 @@ def _stages(
 
 
 def build_stages(
-    objective: ObjectiveConfig, training: TrainingConfig, student: nn.Module, teacher: nn.Module, task: Any = None
+    objective: ObjectiveConfig,
+    training: TrainingConfig,
+    student: nn.Module,
+    teacher: nn.Module,
+    task: Any = None,
+    teachers: Mapping[str, nn.Module] | None = None,
 ) -> list[Stage]:
     """The training stages of ``objective``, built against the two models; a preset is the task's
     own objective where the task has one (:meth:`~kdistill.tasks.base.Task.preset_objective`).
+    With several ``teachers`` by name, a term that names one is built against it.
 
     Raises:
         ConfigError: the objective does not fit the models (a layer out of range, widths that a
             relation head count does not divide ...).
     """
     try:
-        return _stages(objective, training, student, teacher, task)
+        return _stages(objective, training, student, teacher, task, teachers or {})
     except KdistillError:
         raise
     except (ValueError, TypeError) as error:
         raise ConfigError(f"objective: {error}") from None
 
 
-def check_stage_capture(stages: list[Stage], student: nn.Module, teacher: nn.Module) -> None:
+def check_stage_capture(
+    stages: list[Stage], student: nn.Module, teacher: nn.Module, teachers: Mapping[str, nn.Module] | None = None
+) -> None:
     """Refuse, before the run starts, a term that asks a model for what it cannot give (attention
     maps of an architecture kdistill cannot read them from) instead of failing at the first step."""
     for stage in stages:
-        for role, model in (("teacher", teacher), ("student", student)):
+        sides = [("teacher", teacher, stage.objective.request("teacher")), ("student", student, None)]
+        if teachers:
+            sides = [(f"teacher {n}", m, stage.objective.request("teacher", n)) for n, m in teachers.items()]
+            sides.append(("student", student, None))
+        for role, model, request in sides:
             try:
-                check_capture(model, stage.objective.request(role))
+                check_capture(model, request if request is not None else stage.objective.request("student"))
             except (ValueError, TypeError) as error:
                 raise ConfigError(f"objective ({stage.name} stage), the {role}: {error}") from None
 

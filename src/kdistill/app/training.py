@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,10 +22,18 @@ from torch.utils.data import DataLoader
 
 from kdistill.app.curves import TEACHER_STAGE
 from kdistill.app.report import weights_size
-from kdistill.app.run_folder import BEST_DIR, CHECKPOINTS_DIR, FINISHED_FILE, STUDENT_DIR, TEACHER_DIR, RunFolder
+from kdistill.app.run_folder import (
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    FINISHED_FILE,
+    STUDENT_DIR,
+    TEACHER_DIR,
+    TEACHERS_DIR,
+    RunFolder,
+)
 from kdistill.app.stage_caches import StageCaches, shared_vocab
 from kdistill.app.stages import Stage, optimizer_and_scheduler
-from kdistill.data.batch import with_example_index
+from kdistill.data.batch import with_example_index, with_routes
 from kdistill.data.datasets import Routed, make_loader
 from kdistill.files.writing import write_atomic
 from kdistill.losses import Objective
@@ -34,7 +42,10 @@ from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.train.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from kdistill.train.loop import History, distill
 
-__all__ = ["Loaders", "Trained", "save_student", "train"]
+if TYPE_CHECKING:
+    from kdistill.cache import TeacherCache
+
+__all__ = ["Loaders", "TeacherCaches", "Trained", "save_student", "teacher_side", "train", "uses_cache"]
 
 logger = logging.getLogger("kdistill.run")
 
@@ -63,12 +74,18 @@ class Trained:
     stages: list[dict[str, Any]] = field(default_factory=list)
     teacher_validation: dict[str, float] = field(default_factory=dict)
     teacher_finetune: dict[str, Any] | None = None
+    #: several teachers: each one's validation metrics and fine-tuning, by name
+    teachers_validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    teachers_finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
     best: dict[str, Any] | None = None
 
 
-def make_loaders(data: TaskData, training: Any, *, cached: bool) -> Loaders:
-    """The run's loaders; with a teacher cache each training example carries its index."""
+def make_loaders(data: TaskData, training: Any, *, cached: bool, routes: list[int] | None = None) -> Loaders:
+    """The run's loaders; with a teacher cache each training example carries its index, and under
+    ``combine: route`` the index of its teacher."""
     train_set = with_example_index(data.distill) if cached else data.distill
+    if routes is not None:
+        train_set = with_routes(train_set, routes)
     evaluated_on, evaluated = ("test", data.test) if data.test is not None else ("validation", data.validation)
     train = make_loader(
         train_set,
@@ -99,6 +116,13 @@ def routed(models: Models, data: TaskData) -> dict[str, nn.Module]:
     if models.student is not None:
         found["student"] = Routed(models.student, False) if separate else models.student
     return found
+
+
+def teacher_side(run: Any) -> nn.Module | dict[str, nn.Module]:
+    """The teacher a stage trains from: the run's one, or its several by name (one tokenizer: no routing)."""
+    if run.models.teachers:
+        return dict(run.models.teachers)
+    return routed(run.models, run.data)["teacher"]
 
 
 class _BestStudent:
@@ -173,22 +197,53 @@ def _restart_shuffle(loader: Any, seed: int) -> None:
         generator.manual_seed(seed)
 
 
-def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) -> History | None:
-    """Fine-tune the teacher (``teacher.finetune``) and save it to ``teacher/``, or read it back on a resume."""
+def finetune_teachers(run: Any, folder: RunFolder, resume: bool, progress: bool) -> dict[str, History]:
+    """Fine-tune every teacher that has ``finetune`` (the one of ``teacher:`` into ``teacher/``, each of
+    ``teachers:`` into ``teachers/<name>/``), or read them back on a resume; their histories by name."""
+    config, models = run.config, run.models
+    found: dict[str, History] = {}
+    for name, section in config.teacher_sections.items():
+        if section.finetune is None:
+            continue
+        model = models.teachers.get(name, models.teacher)
+        where = f"{TEACHERS_DIR}/{name}" if config.several_teachers else TEACHER_DIR
+        stage = f"{TEACHER_STAGE} ({name})" if config.several_teachers else TEACHER_STAGE
+        history = finetune_teacher(
+            run, folder, resume, progress, section=section, model=model, where=where, stage=stage
+        )
+        if history is not None:
+            found[name] = history
+    return found
+
+
+def finetune_teacher(
+    run: Any,
+    folder: RunFolder,
+    resume: bool,
+    progress: bool,
+    *,
+    section: Any,
+    model: nn.Module,
+    where: str = TEACHER_DIR,
+    stage: str = TEACHER_STAGE,
+) -> History | None:
+    """Fine-tune one teacher (its ``finetune``) and save it to ``where`` in the run folder, or read it
+    back on a resume."""
     from transformers import set_seed
 
-    config, models, data = run.config, run.models, run.data
-    finetune, training, saved = config.teacher.finetune, config.training, folder.path / TEACHER_DIR
+    models, data = run.models, run.data
+    finetune, training, saved = section.finetune, run.config.training, folder.path / where
     if finetune is None:
         return None
-    teacher = models.teacher
+    teacher = model
     if resume and (saved / "config.json").is_file():
         # written whole or not at all (renamed into place), so a teacher/ folder is complete
         run.task.read_weights(teacher, saved)
-        logger.info("the teacher was fine-tuned before the interruption: read back from %s", saved)
+        logger.info("%s was fine-tuned before the interruption: read back from %s", where, saved)
         history_file = saved / "training_history.json"
         return History(**json.loads(history_file.read_text(encoding="utf-8"))) if history_file.is_file() else None
-    logger.info("fine-tuning the teacher for %d epoch(s)", finetune.epochs)
+    who = "the teacher" if stage == TEACHER_STAGE else f"teacher {stage.split('(')[-1].rstrip(')')}"
+    logger.info("fine-tuning %s for %d epoch(s)", who, finetune.epochs)
     loader = make_loader(
         data.train,
         finetune.batch_size,
@@ -201,14 +256,14 @@ def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) 
     teacher.train()
     history = distill(
         nn.Identity(),
-        routed(models, data)["teacher"],
+        Routed(teacher, True) if data.separate_teacher_tokens else teacher,
         loader,
         objective=run.task.finetune_objective(),
         lr=finetune.lr,
         epochs=finetune.epochs,
         max_steps=finetune.max_steps,
         precision=training.precision,
-        progress=TEACHER_STAGE if progress else False,
+        progress=stage if progress else False,
         log_every=training.log_every,
     )
     teacher.eval()
@@ -220,7 +275,7 @@ def finetune_teacher(run: Any, folder: RunFolder, resume: bool, progress: bool) 
             encoding="utf-8",
         )
 
-    folder.write_folder(TEACHER_DIR, write)
+    folder.write_folder(where, write)
     return history
 
 
@@ -298,7 +353,7 @@ def _train_stage(
     index: int,
     loaders: Loaders,
     best: _BestStudent,
-    caches: StageCaches,
+    caches: StageCaches | TeacherCaches,
     folder: RunFolder,
     resume: bool,
     progress: bool,
@@ -337,8 +392,9 @@ def _train_stage(
     cache = caches.for_objective(stage.objective, stage.name)
     set_seed(training.seed + index)
     _restart_shuffle(loaders.train, training.seed + index)
+    combining = getattr(run.config.objective, "teachers", None)
     history = distill(
-        models["teacher"],
+        teacher_side(run),
         models["student"],
         loaders.train,
         objective=stage.objective,
@@ -360,6 +416,7 @@ def _train_stage(
         resume=resume and stage_dir is not None,
         on_nonfinite=training.on_nonfinite,
         on_policy=stage.on_policy,
+        offload_teachers=bool(run.models.teachers) and combining is not None and combining.offload,
     )
     if history.skipped_steps:
         logger.warning("stage %s: %d step(s) skipped for a NaN or infinite loss", stage.name, history.skipped_steps)
@@ -380,33 +437,35 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
     """
     trained = Trained()
     task, config = run.task, run.config
-    history = finetune_teacher(run, folder, resume, progress)
-    if history is not None:
-        trained.histories.append((TEACHER_STAGE, history))
-        trained.teacher_finetune = _finetune_summary(config.teacher.finetune, config.training, history)
+    for name, history in finetune_teachers(run, folder, resume, progress).items():
+        section = config.teacher_sections[name]
+        trained.histories.append((f"{TEACHER_STAGE} ({name})" if config.several_teachers else TEACHER_STAGE, history))
+        summary = _finetune_summary(section.finetune, config.training, history)
+        if config.several_teachers:
+            trained.teachers_finetune[name] = summary
+        else:
+            trained.teacher_finetune = summary
     models = routed(run.models, run.data)
-    trained.teacher_validation = task.evaluate(
-        {"teacher": models["teacher"]}, loaders.validation, progress=progress, desc="validation"
-    )["teacher"]
-    logger.info("teacher on validation: %s", _shown(trained.teacher_validation))
+    if run.models.teachers:
+        for name, model in run.models.teachers.items():
+            metrics = task.evaluate({"teacher": model}, loaders.validation, progress=progress, desc="validation")
+            trained.teachers_validation[name] = metrics["teacher"]
+            logger.info("teacher %s on validation: %s", name, _shown(metrics["teacher"]))
+        trained.teacher_validation = trained.teachers_validation[config.primary_teacher]
+    else:
+        trained.teacher_validation = task.evaluate(
+            {"teacher": models["teacher"]}, loaders.validation, progress=progress, desc="validation"
+        )["teacher"]
+        logger.info("teacher on validation: %s", _shown(trained.teacher_validation))
     if run.models.student is None:
         return trained
     data = task.distill_data(config.objective, run.models, run.data, seed=config.training.seed, progress=progress)
     if data is not run.data:
         # the student learns from what the final teacher wrote (sequence-level KD)
         run.data = data
-        fresh = make_loaders(data, config.training, cached=config.teacher.cache is not None)
+        fresh = make_loaders(data, config.training, cached=uses_cache(config), routes=run.routes)
         loaders.train, loaders.steps_per_epoch = fresh.train, fresh.steps_per_epoch
-    caches = StageCaches(
-        config.teacher.cache,
-        models["teacher"],
-        run.data,
-        run.models.tokenizer,
-        getattr(config.data, "max_length", None),
-        config.training.precision,
-        progress,
-        shared_vocab(run.models.teacher, run.models.student),
-    )
+    caches = _caches(run, models["teacher"], progress)
     best = _BestStudent(folder, task, run.models, config.output.save_best)
     if resume and not config.output.save_checkpoints:
         logger.warning("output.save_checkpoints is false: the run left no checkpoints, so training starts again")
@@ -422,6 +481,47 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
         trained.histories.append((stage.name, history))
     trained.best = best.best
     return trained
+
+
+def uses_cache(config: Any) -> bool:
+    """Whether some teacher of the run reads from a cache (training examples then carry their index)."""
+    return any(section.cache is not None for section in config.teacher_sections.values())
+
+
+class TeacherCaches:
+    """Several teachers' caches: one :class:`StageCaches` per teacher, by name."""
+
+    def __init__(self, caches: dict[str, StageCaches]) -> None:
+        self.caches = caches
+
+    def for_objective(self, objective: Objective, stage: str) -> dict[str, TeacherCache | None]:
+        """Each teacher's cache for ``objective`` (None: that teacher runs online)."""
+        return {
+            name: caches.for_objective(objective, f"{stage} ({name})", teacher=name)
+            for name, caches in self.caches.items()
+        }
+
+
+def _caches(run: Any, teacher: nn.Module, progress: bool) -> StageCaches | TeacherCaches:
+    config = run.config
+
+    def one(settings: Any, model: nn.Module) -> StageCaches:
+        return StageCaches(
+            settings,
+            model,
+            run.data,
+            run.models.tokenizer,
+            getattr(config.data, "max_length", None),
+            config.training.precision,
+            progress,
+            shared_vocab(model, run.models.student),
+        )
+
+    if not run.models.teachers:
+        return one(config.teacher.cache, teacher)
+    return TeacherCaches(
+        {name: one(config.teacher_sections[name].cache, model) for name, model in run.models.teachers.items()}
+    )
 
 
 def _shown(metrics: dict[str, float]) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "is_indexed",
     "split_batch",
     "with_example_index",
+    "with_routes",
 ]
 
 #: keys that hold hard labels in a dict batch, in the order they are looked up
@@ -130,8 +131,8 @@ def batch_size_of(inputs: Any) -> int:
     raise ValueError("cannot tell the batch size: the batch holds no tensor")
 
 
-class _IndexedDataset(Dataset):
-    """A map-style dataset whose examples carry their own index."""
+class _Wrapped(Dataset):
+    """A map-style dataset that adds something to each example of another."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -144,6 +145,10 @@ class _IndexedDataset(Dataset):
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class _IndexedDataset(_Wrapped):
+    """A map-style dataset whose examples carry their own index."""
 
     def __getitem__(self, index: int) -> Any:
         example = self.dataset[index]
@@ -169,6 +174,32 @@ def with_example_index(dataset: Any) -> Any:
     if isinstance(dataset, _IndexedDataset):
         return dataset
     return _IndexedDataset(dataset)
+
+
+class _RoutedDataset(_Wrapped):
+    """A map-style dataset of dict examples, each carrying the index of the teacher it names."""
+
+    def __init__(self, dataset: Any, routes: Sequence[int]) -> None:
+        super().__init__(dataset)
+        self.routes = list(routes)
+
+    def __getitem__(self, index: int) -> Any:
+        example = self.dataset[index]
+        if not isinstance(example, Mapping):
+            raise TypeError("routed examples must be dicts (Hugging Face style)")
+        return {**example, ROUTE_KEY: self.routes[index]}
+
+
+def with_routes(dataset: Any, routes: Sequence[int]) -> Any:
+    """Return ``dataset`` with each example's teacher index (``combine: route``) under :data:`ROUTE_KEY`.
+
+    Args:
+        dataset: a map-style dataset of dict examples.
+        routes: the index of each example's teacher, one per example.
+    """
+    if len(routes) != len(dataset):
+        raise ValueError(f"{len(routes)} routes for {len(dataset)} examples: give one teacher per example")
+    return _RoutedDataset(dataset, routes)
 
 
 def batches_by_length(indices: Sequence[int], lengths: Sequence[int], batch_size: int) -> list[list[int]]:

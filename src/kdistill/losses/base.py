@@ -36,6 +36,9 @@ class TermSettings(Section):
     """The YAML keys of a term; every term has ``type`` (added at registration) and ``weight``."""
 
     weight: float = Field(1.0, ge=0)
+    teacher: str | None = Field(
+        None, description="with several teachers: the one this term reads (default: their combination)"
+    )
 
 
 class Term(nn.Module):
@@ -51,6 +54,8 @@ class Term(nn.Module):
     compares_positions: ClassVar[bool] = False
     #: a sum over target tokens (``token_sum``), normalised by the target tokens of the whole step
     token_level: ClassVar[bool] = False
+    #: reads the teacher at all (a hard-label loss does not)
+    reads_teacher: ClassVar[bool] = True
     #: the name a config gives the term (set by :func:`~kdistill.losses.registry.register_term`)
     term_type: ClassVar[str | None] = None
 
@@ -60,7 +65,7 @@ class Term(nn.Module):
     @classmethod
     def from_settings(cls, settings: TermSettings, student: nn.Module | None, teacher: nn.Module | None) -> Term:
         """The term a config's settings describe (the default passes the settings' own keys to ``__init__``)."""
-        return cls(**settings.model_dump(exclude={"type", "weight"}))
+        return cls(**settings.model_dump(exclude={"type", "weight", "teacher"}))
 
     def request(self, side: Side) -> CaptureRequest:
         """What this term needs from the ``side`` model's forward pass (default: its logits)."""

@@ -66,6 +66,8 @@ class LogitKD(Term):
 class HardCE(Term):
     """Cross-entropy of the student against the hard labels (see :func:`~kdistill.losses.functional.hard_ce`)."""
 
+    reads_teacher: ClassVar[bool] = False
+
     needs_labels: ClassVar[bool] = True
 
     def request(self, side: Literal["student", "teacher"]) -> CaptureRequest:

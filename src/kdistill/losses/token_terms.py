@@ -255,6 +255,8 @@ class TokenKD(_TokenTerm):
 class TokenCE(_TokenTerm):
     """The student's cross-entropy on the next tokens (the language-modelling loss), summed over target tokens."""
 
+    reads_teacher: ClassVar[bool] = False
+
     class Settings(TermSettings):
         chunk_size: int | None = Field(None, ge=1, description="tokens per chunk of logits")
 

@@ -44,6 +44,9 @@ class Models:
         student_note: one line on how the student was made, for the log and the report.
         teacher_new_weights: the teacher's weights that loading initialised (a new head,
             trained by ``teacher.finetune``).
+        teachers: with several teachers, each one by name (``teacher`` is the one the student was
+            built from); empty for one.
+        teacher_locations: where each of several teachers came from, by name.
     """
 
     teacher: nn.Module
@@ -53,6 +56,8 @@ class Models:
     teacher_tokenizer: Any
     student_note: str = ""
     teacher_new_weights: list[str] = field(default_factory=list)
+    teachers: dict[str, nn.Module] = field(default_factory=dict)
+    teacher_locations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +74,8 @@ class TaskData:
         description: one line on the data for the log (labels, tokens ...).
         details: task-specific facts for ``metrics.json`` (label names ...).
         separate_teacher_tokens: the teacher reads its own ``teacher_*`` token ids.
+        routes: with several teachers routed by the data (``combine: route``), the teacher each
+            ``distill`` example names, in order; None otherwise.
     """
 
     train: Dataset
@@ -80,6 +87,7 @@ class TaskData:
     description: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     separate_teacher_tokens: bool = False
+    routes: list[str] | None = None
 
 
 class Task(ABC):

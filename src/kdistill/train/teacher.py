@@ -159,7 +159,7 @@ class TeacherSet:
                     found[name] = teacher_features(model, inputs, request, device=device)
                 else:
                     part = teacher_features(model, _select_rows(inputs, rows), request, device=device)
-                    found[name] = _scatter_rows(part, rows, attention_mask_of(inputs))
+                    found[name] = _scatter_rows(part, rows, _batch_rows(inputs), attention_mask_of(inputs))
         return found
 
 
@@ -177,9 +177,8 @@ def _select_rows(inputs: Any, rows: Tensor) -> Any:
     raise TypeError("combine: route runs a teacher on its own examples, which needs dict or tensor batches")
 
 
-def _scatter_rows(part: Features, rows: Tensor, mask: Tensor | None) -> Features:
-    """Features of some examples spread back to the whole batch (zeros elsewhere: weight 0 there)."""
-    size = mask.shape[0] if mask is not None else int(rows.max()) + 1
+def _scatter_rows(part: Features, rows: Tensor, size: int, mask: Tensor | None) -> Features:
+    """Features of some examples spread back to the whole batch of ``size`` (zeros elsewhere: weight 0 there)."""
 
     def spread(tensor: Tensor | None) -> Tensor | None:
         if tensor is None:

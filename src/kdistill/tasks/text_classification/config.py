@@ -175,6 +175,17 @@ class DataConfig(Section):
     augment: AugmentConfig | None = Field(
         None, description="add teacher-labelled sentences made from the training ones (distillation only)"
     )
+    teacher_column: str | None = Field(
+        None,
+        min_length=1,
+        description="with teachers: and objective.teachers.combine: route, the training column naming each "
+        "example's teacher",
+    )
+
+    @property
+    def route_field(self) -> str | None:
+        """The column that names each training example's teacher (``combine: route``), or None."""
+        return self.teacher_column
 
     @property
     def text_columns(self) -> list[str]:
@@ -196,6 +207,16 @@ class DataConfig(Section):
             )
         if self.text_pair_column is not None and self.text_pair_column in self.text_columns:
             raise ValueError(f"text_pair_column and text_column name the same column {self.text_pair_column!r}")
+        if self.teacher_column is not None and self.augment is not None:
+            raise ValueError(
+                "augment: makes sentences no teacher_column routes; remove data.augment or data.teacher_column"
+            )
+        if self.teacher_column is not None and self.teacher_column in (
+            *self.text_columns,
+            self.text_pair_column,
+            self.label_column,
+        ):
+            raise ValueError(f"teacher_column {self.teacher_column!r} is also read as a text or label column")
         return self
 
     @model_validator(mode="after")

@@ -44,6 +44,8 @@ class TableSplit:
     pairs: list[str] | None
     labels: list[Any]
     source: str
+    #: the teacher each example names (``data.teacher_column``), where the file has that column
+    routes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -55,6 +57,7 @@ class TableSplit:
             pairs=[self.pairs[i] for i in indices] if self.pairs is not None else None,
             labels=[self.labels[i] for i in indices],
             source=source,
+            routes=[self.routes[i] for i in indices] if self.routes is not None else None,
         )
 
 
@@ -201,11 +204,18 @@ def table_from_frame(
     for name, values in (("text", texts), ("text pair", pairs)):
         if values is not None:
             _check_texts(values, source, name)
+    routes = None
+    column = getattr(config, "teacher_column", None)
+    if column is not None and column in frame.columns:
+        # only the training split needs it (prepare says so); the others may carry it
+        routes = _column(frame, column, source, "teacher_column")
+        _check_texts(routes, source, "teacher_column")
     return TableSplit(
         texts=[str(t) for t in texts],
         pairs=[str(p) for p in pairs] if pairs is not None else None,
         labels=labels,
         source=source,
+        routes=[str(r) for r in routes] if routes is not None else None,
     )
 
 

@@ -168,6 +168,7 @@ class TextClassification(Task):
             description=f"labels {', '.join(prepared.label_names)}",
             details={"labels": prepared.label_names},
             separate_teacher_tokens=prepared.separate_teacher_tokens,
+            routes=_routes(data, prepared),
             prepared=prepared,
             max_length=data.max_length,
         )
@@ -323,3 +324,16 @@ def _check_same_classes(classes: LogitLabels, teacher_classes: LogitLabels) -> N
 
 
 register_task(TextClassification)
+
+
+def _routes(data: DataConfig, prepared: Any) -> list[str] | None:
+    """The teacher each training example names (``data.teacher_column``), or None without one."""
+    if data.teacher_column is None:
+        return None
+    train = prepared.tables["train"]
+    if train.routes is None:
+        raise DataError(
+            f"{train.source} has no column {data.teacher_column!r} (data.teacher_column): every training example "
+            "must name its teacher"
+        )
+    return list(train.routes)
