@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["COMBINE_RULES", "TeacherMix", "example_weights", "target_logits"]
+__all__ = ["COMBINE_RULES", "TeacherMix", "check_route", "example_weights", "target_logits"]
 
 #: the rules a TeacherMix combines teachers by
 COMBINE_RULES = ("mixture", "logit_mean", "confidence", "entropy", "route")
@@ -143,13 +143,7 @@ def example_weights(
             raise ValueError(
                 "combine: route needs each example's teacher, but the batch carries none (the route column)"
             )
-        route = route.to(device=base.device, dtype=torch.long)
-        if route.dim() != 1 or route.shape[0] != lead[0]:
-            raise ValueError(
-                f"the route must be one teacher index per example, (B,) = ({lead[0]},), got {tuple(route.shape)}"
-            )
-        if bool(((route < 0) | (route >= n)).any()):
-            raise ValueError(f"a route names teacher index {int(route.max())}, but there are {n} teachers")
+        route = check_route(route, n, lead[0]).to(base.device)
         one_hot = torch.nn.functional.one_hot(route, n).t().to(torch.float32)  # (n, B)
         return one_hot.view(n, lead[0], *([1] * (len(lead) - 1))).expand(n, *lead)
     scores = gold_log_probs.exp() if mix.combine == "confidence" else entropies
@@ -160,9 +154,30 @@ def example_weights(
     sign = 1.0 if mix.combine == "confidence" else -1.0
     logits = torch.log(base) + sign * scores / mix.temperature
     weights = torch.softmax(logits, dim=0)
-    if gold_counted is not None:
+    if gold_counted is not None and mix.needs_gold:
         weights = torch.where(gold_counted.to(weights.device).unsqueeze(0), weights, base.expand_as(weights))
     return weights
+
+
+def check_route(route: Tensor, teachers: int, examples: int | None = None) -> Tensor:
+    """The route as int64, checked: one index in ``0..teachers - 1`` per example, ``(B,)``.
+
+    Raises:
+        ValueError: a route of another shape, or an index that names no teacher.
+    """
+    route = torch.as_tensor(route)
+    if route.is_floating_point() or route.is_complex() or route.dtype == torch.bool:
+        raise ValueError(f"the route must hold integer teacher indices, got dtype {route.dtype}")
+    route = route.long()
+    if route.dim() != 1 or (examples is not None and route.shape[0] != examples):
+        wanted = f"(B,) = ({examples},)" if examples is not None else "(B,)"
+        raise ValueError(f"the route must be one teacher index per example, {wanted}, got {tuple(route.shape)}")
+    bad = route[(route < 0) | (route >= teachers)]
+    if bad.numel():
+        raise ValueError(
+            f"a route names teacher index {int(bad[0])}, but there are {teachers} teachers (0..{teachers - 1})"
+        )
+    return route
 
 
 def teacher_statistics(logits: Tensor, gold: Tensor | None, ignore_index: int = -100) -> tuple[Tensor, Tensor]:

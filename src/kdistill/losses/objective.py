@@ -117,7 +117,8 @@ class Objective(nn.Module):
         ``teacher_of`` read their named teacher instead.
 
         Raises:
-            ValueError: a term or teacher that does not exist, or a teacher no active term reads.
+            ValueError: a term or teacher that does not exist, a teacher no active term reads, or
+                (without ``teachers``) a term that reads a teacher but names none.
         """
         if teachers is not None and not isinstance(teachers, TeacherMix):
             raise TypeError(f"teachers must be a kdistill TeacherMix, got {type(teachers).__name__}")
@@ -130,6 +131,14 @@ class Objective(nn.Module):
         unknown = sorted({t for t in teacher_of.values() if t not in names})
         if unknown:
             raise ValueError(f"a term names teacher {unknown[0]!r}, but the teachers are {', '.join(sorted(names))}")
+        if teachers is None:
+            # without a combined target such a term would get an empty teacher at its first batch
+            unnamed = [n for n in self.active if n not in teacher_of and not self.terms[n].request("teacher").empty]
+            if unnamed:
+                raise ValueError(
+                    f"term {unnamed[0]!r} reads a teacher but names none, and the objective combines no teachers: "
+                    f"give it teacher_of {{{unnamed[0]!r}: <teacher>}}, or give teachers=TeacherMix.of([...])"
+                )
         self.teachers, self.teacher_of = teachers, dict(teacher_of)
         if teachers is not None:
             unread = [name for name in teachers.names if not self.reads(name)]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kdistill.capture.features import Features, SampledLogProbs, TeacherBlend, TopKLogProbs
-from kdistill.losses.combine import TeacherMix, example_weights, target_logits, teacher_statistics
+from kdistill.losses.combine import TeacherMix, check_route, example_weights, target_logits, teacher_statistics
 from kdistill.losses.tokens import next_token_targets
 
 __all__ = ["TeacherTargets"]
@@ -51,11 +51,19 @@ class TeacherTargets:
             raise ValueError(
                 f"the objective combines teachers {', '.join(mix.names)}, but got no features of {', '.join(missing)}"
             )
-        self.mix, self.labels, self.route = mix, labels, route
+        self.mix, self.labels = mix, labels
         self.ordered = [members[name] for name in mix.names]
         present = [f for f in self.ordered if f is not None]
         if not present:
             raise ValueError("no teacher gave features for this batch")
+        self.route = self._checked_route(route) if route is not None and mix.combine == "route" else route
+        absent = [name for name, f in zip(mix.names, self.ordered, strict=True) if f is None]
+        if absent and mix.combine != "route":
+            # only a route lets a teacher sit out a batch: any other rule would drop it silently
+            raise ValueError(
+                f"teacher {absent[0]!r} gave no features for this batch, and combine: {mix.combine} reads every "
+                "teacher on every example"
+            )
         self.first = present[0]
         self._weights: dict[str, Tensor] = {}
         self._dense: dict[float, Features] = {}
@@ -81,6 +89,17 @@ class TeacherTargets:
             "caches): "
             "give every teacher the same cache setting"
         )
+
+    def _checked_route(self, route: Tensor) -> Tensor:
+        """The route checked against the teachers, and against the teachers that gave features."""
+        route = check_route(route, len(self.mix.names))
+        chosen = sorted({int(i) for i in route.unique()})
+        absent = [self.mix.names[i] for i in chosen if self.ordered[i] is None]
+        if absent:
+            raise ValueError(
+                f"an example of the batch is routed to teacher {absent[0]!r}, but that teacher gave no features for it"
+            )
+        return route
 
     # -- weights ---------------------------------------------------------------------------
 
@@ -166,7 +185,9 @@ class TeacherTargets:
             raise ValueError(
                 "combine: route needs each example's teacher, but the batch carries none (the route column)"
             )
-        return [(1.0, _routed(self.ordered, self.route.long()))]
+        topk, sampled = self.first.topk, self.first.sampled
+        examples = topk.log_probs.shape[0] if topk is not None else sampled.indices.shape[0]  # type: ignore[union-attr]
+        return [(1.0, _routed(self.ordered, check_route(self.route, len(self.ordered), examples)))]
 
 
 def _routed(members: list[Features | None], route: Tensor) -> Features:
