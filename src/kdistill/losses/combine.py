@@ -64,9 +64,9 @@ class TeacherMix:
             raise ValueError(f"{len(self.names)} teachers but {len(self.weights)} weights")
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"combine must be one of {', '.join(COMBINE_RULES)}, got {self.combine!r}")
-        if not (
-            isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0
-        ):
+        temperature = self.temperature
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not (number and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"the combination's temperature must be a finite number > 0, got {self.temperature!r}")
         object.__setattr__(self, "weights", normalised_weights(dict(zip(self.names, self.weights, strict=True))))
 
