@@ -122,8 +122,13 @@ def test_a_missing_section_is_named() -> None:
 
 
 def test_several_problems_are_counted_on_one_line() -> None:
-    message = problem([], {"student": {"path": "s"}})
-    assert message == "teacher: missing (required) (and 1 more problem)"
+    message = problem([], {"teacher": {"path": "t"}, "student": {"path": "s"}, "training": {"epochs": 0}})
+    assert message.startswith("data: missing (required)") and message.endswith("(and 1 more problem)")
+
+
+def test_a_run_without_any_teacher_says_how_to_give_one() -> None:
+    message = problem([], {"student": {"path": "s"}, "data": {"train": "x.csv"}})
+    assert message == "config: a run needs teacher: {path: ...} (or teachers: {name: {path: ...}, ...})"
 
 
 def test_config_errors_are_user_errors() -> None:
