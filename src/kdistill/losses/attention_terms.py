@@ -32,7 +32,7 @@ def _from_models_settings(
     """A term that ``from_models`` builds against both models, from its settings' own keys."""
     if student is None or teacher is None:
         raise ValueError(f"the {settings.type} term is built against both models; give the student and the teacher")
-    return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight"}))
+    return cls.from_models(student, teacher, **settings.model_dump(exclude={"type", "weight", "teacher"}))
 
 
 class _RelationSettings(TermSettings):
