@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import VOCAB, tiny_bert, token_batches
 
-__all__ = ["FAMILIES", "batch_for", "build", "image_batch", "pad_more", "text_batch"]
+__all__ = ["FAMILIES", "batch_for", "build", "image_batch", "pad_more", "text_batch", "two_teachers"]
 
 
 def _roberta(num_layers: int, hidden: int, heads: int, seed: int, attn: str):
@@ -111,6 +111,16 @@ FAMILIES = {
 def build(family: str, num_layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0, attn: str = "sdpa"):
     """A tiny classifier of ``family`` with the given attention implementation, in eval mode."""
     return FAMILIES[family](num_layers, hidden, heads, seed, attn).eval()
+
+
+def two_teachers() -> dict:
+    """Two tiny BERT teachers ``a`` and ``b`` of different shapes, confident and unlike each other."""
+    teachers = {"a": build("bert", 2, 48, seed=1), "b": build("bert", 3, 32, seed=3)}
+    with torch.no_grad():
+        for teacher in teachers.values():
+            # a random classifier's logits are near 0 for every teacher: the soft labels would carry no signal
+            teacher.classifier.weight.mul_(150)
+    return teachers
 
 
 def text_batch(batch_size: int = 4, length: int = 10, seed: int = 0, num_batches: int = 1):

@@ -215,7 +215,10 @@ def teacher_set(teacher: Any, cache: Any, objective: Objective, offload: bool = 
             raise ValueError("offload_teachers applies to several teachers ({name: model}); remove it")
         return None
     if teacher is not None and not isinstance(teacher, Mapping):
-        raise TypeError("with several teachers, give teacher= as a mapping {name: model}")
+        raise TypeError(
+            "with several teachers, give the teacher models as a mapping {name: model} (distill's teacher=, "
+            "DistillationTrainer's teacher_model=)"
+        )
     if cache is not None and not isinstance(cache, Mapping):
         raise TypeError("with several teachers, give teacher_cache= as a mapping {name: cache}")
     return TeacherSet(teacher or {}, cache, objective, offload=offload)

@@ -9,6 +9,7 @@ Trainer's own.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,14 +18,13 @@ from torch import Tensor, nn
 from transformers import Trainer
 
 from kdistill.capture import Features, attention_mask_of, capture
-from kdistill.capture.features import nonfinite_teacher_fields
-from kdistill.data.batch import INDEX_KEY
+from kdistill.data.batch import INDEX_KEY, ROUTE_KEY, example_routes
 from kdistill.errors import NonFiniteTeacherError
 from kdistill.losses.objective import Objective, StepShare
 from kdistill.losses.token_terms import count_targets
 from kdistill.train.on_policy import OnPolicy
 from kdistill.train.setup import check_on_policy
-from kdistill.train.teacher import check_teacher_source, teacher_features
+from kdistill.train.teacher import TeacherSet, check_teacher_source, teacher_features, teacher_fields, teacher_set
 
 if TYPE_CHECKING:
     from kdistill.cache import TeacherCache
@@ -41,10 +41,17 @@ class DistillationTrainer(Trainer):
     The teacher is moved to the training device, kept in eval mode, run under ``no_grad``, never
     handed to the optimizer and never saved: ``save_model`` writes the student only, loadable with
     plain ``AutoModelForSequenceClassification.from_pretrained``. Evaluation returns the student's
-    logits; its loss is the distillation loss.
+    logits; its loss is the distillation loss. Several teachers (a mapping by name) are treated
+    the same way, each one, and combined as the objective's ``TeacherMix`` says, as in
+    :func:`~kdistill.train.loop.distill`.
 
     Args:
         teacher_model: the trained teacher (any ``nn.Module`` taking the batch's keyword inputs).
+            Several teachers: a mapping ``{name: model}`` (a model may be None for a teacher
+            read from ``teacher_cache`` only), combined as the objective's ``TeacherMix`` says
+            (default: an equal-weight ``mixture``). Under ``combine: route`` the dataset needs a
+            ``kd_teacher`` column (:data:`~kdistill.data.batch.ROUTE_KEY`, each example's teacher
+            index in the mix's order).
         temperature: softening temperature of the default objective.
         alpha: weight of the soft (teacher) loss in the default objective, in [0, 1].
         objective: a full :class:`~kdistill.losses.objective.Objective`; replaces the default
@@ -53,6 +60,9 @@ class DistillationTrainer(Trainer):
             batches read the teacher's outputs from it (the dataset needs a ``kd_index``
             column, see :func:`~kdistill.data.batch.with_example_index`); ``teacher_model`` may
             then be None, and evaluation batches, which carry no index, use it when given.
+            With several teachers, ``{name: cache}`` (a teacher in it needs no model).
+        offload_teachers: several teachers on an accelerator: keep each on the CPU and move it to
+            the device for its forward only (peak memory: the student and the largest teacher).
         *args, **kwargs: passed on to ``transformers.Trainer`` (``model``, ``args``,
             ``train_dataset``, ...).
 
@@ -69,13 +79,14 @@ class DistillationTrainer(Trainer):
 
     def __init__(
         self,
-        teacher_model: nn.Module | None = None,
+        teacher_model: nn.Module | Mapping[str, nn.Module | None] | None = None,
         temperature: float = 4.0,
         alpha: float = 0.5,
         *args: Any,
         objective: Objective | None = None,
-        teacher_cache: TeacherCache | None = None,
+        teacher_cache: TeacherCache | Mapping[str, TeacherCache | None] | None = None,
         on_policy: OnPolicy | None = None,
+        offload_teachers: bool = False,
         **kwargs: Any,
     ) -> None:
         if teacher_model is None and teacher_cache is None:
@@ -83,23 +94,33 @@ class DistillationTrainer(Trainer):
                 "DistillationTrainer needs teacher_model=, the trained model to distil from "
                 "(or teacher_cache= with its stored outputs)"
             )
-        if teacher_model is not None and not isinstance(teacher_model, nn.Module):
-            raise TypeError(f"teacher_model must be a torch.nn.Module, got {type(teacher_model).__name__}")
+        if teacher_model is not None and not isinstance(teacher_model, (nn.Module, Mapping)):
+            raise TypeError(
+                f"teacher_model must be a torch.nn.Module (or {{name: model}}), got {type(teacher_model).__name__}"
+            )
         if objective is not None and not isinstance(objective, Objective):
             raise TypeError(f"objective must be a kdistill Objective, got {type(objective).__name__}")
         self.objective = objective if objective is not None else Objective.hinton(temperature, alpha)
-        check_teacher_source(teacher_model, teacher_cache, self.objective.request("teacher"))
+        # several teachers (a mapping, or an objective that reads teachers by name): as distill() does
+        self.teacher_set: TeacherSet | None = teacher_set(
+            teacher_model, teacher_cache, self.objective, offload_teachers
+        )
+        if self.teacher_set is None:
+            check_teacher_source(teacher_model, teacher_cache, self.objective.request("teacher"))
         if on_policy is not None:
             check_on_policy(on_policy, teacher_model, teacher_cache)
         self.teacher_cache, self.on_policy = teacher_cache, on_policy
         super().__init__(*args, **kwargs)
-        if teacher_model is not None and teacher_model is self.model:
+        teachers = teacher_model.values() if isinstance(teacher_model, Mapping) else [teacher_model]
+        if any(teacher is not None and teacher is self.model for teacher in teachers):
             raise ValueError("teacher_model and model are the same module; the student must be a separate model")
         # Transformers < 4.50 reads this flag instead of loss_is_scaled_for_ga: True means "the loss is
         # already a share of the step, do not divide it by the accumulation steps" there too
         self.model_accepts_loss_kwargs = True
-        self.teacher = teacher_model
-        if self.teacher is not None:
+        self.teacher = teacher_model if self.teacher_set is None else None
+        if self.teacher_set is not None:
+            self.teacher_set.place(self.args.device)
+        elif self.teacher is not None:
             self.teacher.eval()
             self.teacher.to(self.args.device)
         self.objective.to(self.args.device)
@@ -122,6 +143,11 @@ class DistillationTrainer(Trainer):
         optimizer = super().create_optimizer(*args, **kwargs)
         params = [p for p in self.objective.parameters() if p.requires_grad]
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if self.teacher_set is not None and any(id(p) in held for p in self.teacher_set.parameters()):
+            raise ValueError(
+                "the optimizer holds teacher parameters; the teachers must stay frozen: build the optimizer over "
+                "the student's parameters only"
+            )
         params = [p for p in params if id(p) not in held]
         if params:
             optimizer.add_param_group({"params": params, "weight_decay": 0.0})
@@ -155,12 +181,20 @@ class DistillationTrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
 
     def _set_signature_columns_if_needed(self) -> None:
-        # keep the example-index column that the teacher cache reads (the model never sees it)
+        # keep the example-index column that the teacher cache reads and the route column of
+        # several teachers (the model sees neither)
         super()._set_signature_columns_if_needed()
-        if self._signature_columns is not None and INDEX_KEY not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, INDEX_KEY]
+        if self._signature_columns is not None:
+            kept = [key for key in (INDEX_KEY, ROUTE_KEY) if key not in self._signature_columns]
+            self._signature_columns = [*self._signature_columns, *kept]
 
-    def _teacher_features(self, inputs: dict[str, Any], indices: Tensor | None, device: torch.device) -> Features:
+    def _teacher_features(
+        self, inputs: dict[str, Any], indices: Tensor | None, route: Tensor | None, device: torch.device
+    ) -> Features | dict[str, Features | None]:
+        if self.teacher_set is not None:
+            self._place_teachers(device)
+            with self.accelerator.autocast():
+                return self.teacher_set.features(inputs, indices=indices, route=route, device=device)
         if self.teacher is not None:
             if next(self.teacher.parameters(), torch.empty(0)).device != device:
                 self.teacher.to(device)
@@ -174,6 +208,15 @@ class DistillationTrainer(Trainer):
                 indices=indices,
                 device=device,
             )
+
+    def _place_teachers(self, device: torch.device) -> None:
+        """The teachers in eval mode, and on ``device`` unless offloaded (as the one teacher is, each batch)."""
+        assert self.teacher_set is not None
+        models = [model for model in self.teacher_set.models.values() if model is not None]
+        devices = {p.device for model in models for p in model.parameters()}
+        off_device = not self.teacher_set.offload and bool(devices - {device})
+        if off_device or any(model.training for model in models):
+            self.teacher_set.place(device)
 
     def compute_loss(
         self,
@@ -192,6 +235,8 @@ class DistillationTrainer(Trainer):
         """
         inputs = dict(inputs)
         indices = inputs.pop(INDEX_KEY, None)
+        route = example_routes(inputs)  # each example's teacher (combine: route), never a model input
+        inputs.pop(ROUTE_KEY, None)
         labels = None
         for name in self.label_names or ["labels"]:
             if name in inputs:
@@ -202,14 +247,15 @@ class DistillationTrainer(Trainer):
         )
         mask = attention_mask_of(inputs)
         device = mask.device if mask is not None else next(model.parameters()).device
-        teacher_side = self._teacher_features(inputs, indices, device)
+        teacher_side = self._teacher_features(inputs, indices, route, device)
         share = None
         if model.training:
             tokens = num_items_in_batch if self.objective.token_level else None
             share = StepShare(self.current_gradient_accumulation_steps, tokens, self.accelerator.num_processes)
-        result = self.objective(student_side, teacher_side, labels, share=share)
+        routing = {"route": route} if route is not None else {}  # only routed batches carry one
+        result = self.objective(student_side, teacher_side, labels, share=share, **routing)
         if not bool(torch.isfinite(result.total)):
-            broken = nonfinite_teacher_fields(teacher_side)
+            broken = teacher_fields(teacher_side)
             if broken:
                 raise NonFiniteTeacherError(
                     f"the teacher's {', '.join(broken)} hold NaN or infinite values, so the loss is not finite: the "
