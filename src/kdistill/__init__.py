@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         MiniLMv2,
         Objective,
         ReverseKL,
+        TeacherMix,
         Term,
         attention_distillation_loss,
     )
@@ -97,6 +98,7 @@ _PUBLIC = {
     "MiniLMv2": "kdistill.losses",
     "Objective": "kdistill.losses",
     "ReverseKL": "kdistill.losses",
+    "TeacherMix": "kdistill.losses",
     "Term": "kdistill.losses",
     "attention_distillation_loss": "kdistill.losses",
     "describe_layer_map": "kdistill.models.layer_maps",
@@ -148,6 +150,7 @@ __all__ = [
     "RunConfig",
     "StudentReport",
     "TeacherCache",
+    "TeacherMix",
     "Term",
     "TinyBERTConfig",
     "TinyBERTDistillation",

@@ -25,6 +25,7 @@ from kdistill.losses.functional import (
     reverse_kl,
     soft_kd,
 )
+from kdistill.losses.combine import TeacherMix
 from kdistill.losses.objective import LossOutput, Objective
 from kdistill.losses.sampled import token_loss_sampled
 from kdistill.losses.seed import DistillationLoss, LayerDistillationLoss, attention_distillation_loss
@@ -48,6 +49,7 @@ __all__ = [
     "MiniLMv2",
     "Objective",
     "ReverseKL",
+    "TeacherMix",
     "Term",
     "attention_distillation_loss",
     "attention_kl",
