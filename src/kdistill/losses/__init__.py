@@ -13,6 +13,7 @@ from kdistill.losses.attention_terms import AttentionKL, AttentionMSE, MiniLMv1,
 
 # isort: on
 from kdistill.losses.chunked import chunked_token_loss
+from kdistill.losses.combine import TeacherMix
 from kdistill.losses.functional import (
     attention_kl,
     attention_mse,
@@ -25,7 +26,6 @@ from kdistill.losses.functional import (
     reverse_kl,
     soft_kd,
 )
-from kdistill.losses.combine import TeacherMix
 from kdistill.losses.objective import LossOutput, Objective
 from kdistill.losses.sampled import token_loss_sampled
 from kdistill.losses.seed import DistillationLoss, LayerDistillationLoss, attention_distillation_loss
