@@ -342,6 +342,8 @@ def _distill(args: argparse.Namespace) -> int:
         mix = teacher_mix(config)
         if mix is not None:
             print(f"teachers: {mix.describe()}")
+        for warning in prepared.warnings:
+            print(f"warning: {warning}")
         for stage in prepared.stages:
             print(f"stage {stage.name}: loss = {stage.objective.formula()}, {stage.epochs} epoch(s), lr {stage.lr:g}")
         return 0
@@ -394,6 +396,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(result.table())
     for line in result.notes():
         print(f"\n{line}")
+    for line in result.teachers_lines():
+        print(line)
     print(f"\nwritten to {result.metrics_file}")
     return 0
 

@@ -2,13 +2,15 @@
 
 A run folder brings its task, its teacher, its data section (columns, format, length) and its
 test file; a model folder brings nothing but itself (``--task`` names its task). The task reads
-the file and measures; size and speed are measured as a run measures them.
+the file and measures; size and speed are measured as a run measures them. A run of several
+teachers (``teachers:``) brings them all: each is measured, with the student's agreement with it,
+and so is their combination, as the run's ``metrics.json`` records them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,19 @@ from torch import nn
 
 from kdistill.app.config_loading import load_config
 from kdistill.app.model_folder import CAUSAL_LM
-from kdistill.app.report import check_metrics_file, comparison_table, measure_models, speed_lines, update_metrics_file
-from kdistill.app.run_folder import RunFolder
+from kdistill.app.report import (
+    check_metrics_file,
+    comparison_table,
+    measure_models,
+    speed_lines,
+    teachers_lines,
+    update_metrics_file,
+)
+from kdistill.app.run_folder import TEACHERS_DIR, RunFolder
+from kdistill.app.teachers import check_teachers_agree, measure_teachers, teacher_mix
 from kdistill.data.datasets import Routed, make_loader
 from kdistill.errors import ConfigError, DataError, KdistillError, OutputFileError
+from kdistill.losses.combine import TeacherMix
 from kdistill.models.gguf import split_gguf
 from kdistill.models.loading import looks_local
 from kdistill.models.speed import SPEED_BATCH_SIZE
@@ -43,6 +54,11 @@ class EvalTarget:
         metrics_file: where the results are written.
         run_folder: the run folder, when the target is a run.
         evaluation: the run's ``evaluation:`` section, where its task has one (None: the task's defaults).
+        teachers: a run of several teachers: each one's location by name (its fine-tuned copy in
+            the run's ``teachers/<name>/``, else where its config says); empty for one teacher, and
+            when ``--teacher`` names the one to compare with.
+        mix: how those teachers combine (None for one teacher).
+        primary_teacher: the one of them the student was built from.
     """
 
     task: str
@@ -53,6 +69,9 @@ class EvalTarget:
     metrics_file: Path
     run_folder: Path | None = None
     evaluation: Any = None
+    teachers: dict[str, str] = field(default_factory=dict)
+    mix: TeacherMix | None = None
+    primary_teacher: str | None = None
 
 
 @dataclass
@@ -70,6 +89,16 @@ class EvalResult:
     def notes(self) -> list[str]:
         """The task's lines below the table (a causal LM's student as the teacher's draft model)."""
         return self.task.extra_lines(self.metrics) if self.task is not None else []
+
+    def teachers_lines(self) -> list[str]:
+        """Several teachers: the report's "The teachers" lines (each one's score, weight and the
+        student's agreement with it, and the combination's); none for one teacher."""
+        if self.task is None:
+            return []
+        # the table's teacher is the run's "teacher" in report.md's words
+        return teachers_lines(
+            {"run": {"teacher": self.metrics.get("teacher_model")}, **self.metrics}, self.task.primary_metric
+        )
 
     def speed_note(self) -> str:
         """How the latency and speed-up columns were measured, in the task's words, and on a second
@@ -89,8 +118,12 @@ def resolve_target(
     path = Path(target)
     if path.is_dir() and RunFolder(path).holds_run() and (path / "student").is_dir():
         config = load_config(path / "config.yaml")
+        # --teacher names the one teacher to compare with, instead of the run's
+        several = _run_teachers(path, config) if teacher is None else {}
         run_teacher = teacher
-        if run_teacher is None:
+        if run_teacher is None and several:
+            run_teacher = several[config.primary_teacher]
+        elif run_teacher is None:
             saved_teacher = path / "teacher"
             run_teacher = (
                 str(saved_teacher)
@@ -107,6 +140,9 @@ def resolve_target(
             _checked_output(Path(output) if output else path / "metrics.json"),
             path,
             getattr(config, "evaluation", None),
+            several,
+            teacher_mix(config) if several else None,
+            config.primary_teacher if several else None,
         )
     if looks_local(target) and not path.exists():
         raise KdistillError(f"{target!r}: no such run or model folder")
@@ -125,6 +161,18 @@ def resolve_target(
         None,
         _checked_output(metrics_file),
     )
+
+
+def _run_teachers(path: Path, config: Any) -> dict[str, str]:
+    """A run of several teachers: where eval loads each (its fine-tuned copy in ``teachers/<name>/``,
+    else its configured location); empty for one teacher."""
+    if not config.several_teachers:
+        return {}
+    found = {}
+    for name, section in config.teacher_sections.items():
+        tuned = path / TEACHERS_DIR / name
+        found[name] = str(tuned) if (tuned / "config.json").is_file() else _teacher_location(section)
+    return found
 
 
 def _teacher_location(teacher: Any) -> str:
@@ -156,7 +204,8 @@ def evaluate(
     Measures the task's metrics, agreement with the teacher, parameters, weights on disk, and
     as ``kdistill distill`` does (:mod:`kdistill.models.speed`: the models in alternating rounds on the
     first batch) the CPU latency of one batch, throughput and the speed-up against the teacher,
-    with their spreads and the conditions (batch shape, threads, load).
+    with their spreads and the conditions (batch shape, threads, load). A run of several teachers
+    adds ``teachers`` and ``combined`` (:func:`kdistill.app.teachers.measure_teachers`).
 
     Args:
         target: from :func:`resolve_target`.
@@ -176,10 +225,18 @@ def evaluate(
     if data_path is None:
         raise DataError("give the data to evaluate on: --data FILE")
     loaded = {"student": task.load_trained(target.model, "model")}
-    if target.teacher is not None:
+    several = _load_teachers(task, target, loaded["student"][1])
+    if several:
+        loaded["teacher"] = several[target.primary_teacher or next(iter(several))]
+    elif target.teacher is not None:
         loaded["teacher"] = task.load_trained(target.teacher, "teacher")
+    # the other teachers read the file too: its length is one that every model reads
+    readers = {
+        **loaded,
+        **{f"teachers.{name}": pair for name, pair in several.items() if pair is not loaded["teacher"]},
+    }
     data = task.eval_data(
-        target.data, data_path, loaded, max_length=max_length, max_examples=max_examples, progress=progress
+        target.data, data_path, readers, max_length=max_length, max_examples=max_examples, progress=progress
     )
     separate = data.separate_teacher_tokens
     models: dict[str, nn.Module] = {
@@ -205,8 +262,33 @@ def evaluate(
         "model": target.model,
         "teacher_model": target.teacher,
     }
+    if several and target.mix is not None:
+        teachers = {name: model for name, (model, _) in several.items()}
+        results.update(
+            measure_teachers(task, teachers, target.teachers, target.mix, models["student"], loader, progress=progress)
+        )
     update_metrics_file(target.metrics_file, {"eval": results})
     return EvalResult(results, target.metrics_file, task)
+
+
+def _load_teachers(task: Any, target: EvalTarget, student_tokenizer: Any) -> dict[str, tuple[nn.Module, Any]]:
+    """A run of several teachers: each one loaded by name, checked to name its classes as the
+    primary one does and to read the student's tokens (as the run checked them); empty for one.
+
+    Raises:
+        KdistillError: a teacher that does not load, or that disagrees, naming it.
+    """
+    loaded: dict[str, tuple[nn.Module, Any]] = {}
+    for name, location in target.teachers.items():
+        try:
+            loaded[name] = task.load_trained(location, "teacher")
+        except KdistillError as error:
+            raise type(error)(f"teachers.{name}: {error}") from None
+    if loaded:
+        primary = target.primary_teacher or next(iter(loaded))
+        found = {name: (model, tokenizer, target.teachers[name]) for name, (model, tokenizer) in loaded.items()}
+        check_teachers_agree(primary, loaded[primary][0], student_tokenizer, found)
+    return loaded
 
 
 def _folder(location: str | None) -> Path | None:

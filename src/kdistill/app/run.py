@@ -58,9 +58,10 @@ from kdistill.app.run_log import log_to
 from kdistill.app.stage_caches import check_sampled_cache
 from kdistill.app.stages import Stage, build_stages, check_stage_capture
 from kdistill.app.teachers import (
-    combined_metrics,
     load_run_models,
+    measure_teachers,
     route_indices,
+    route_warnings,
     set_stage_teachers,
     teacher_mix,
     teacher_set_record,
@@ -105,6 +106,8 @@ class PreparedRun:
     student_choice: dict[str, Any] = field(default_factory=dict)
     #: ``combine: route``: each distillation example's teacher index
     routes: list[int] | None = None
+    #: what preparing found worth a warning: logged once the run's log is open (``--check`` prints them)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -161,6 +164,7 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         raise ConfigError(f"student.prune_vocabulary is not available for the {task.name} task; remove it")
     stages: list[Stage] = []
     routes = None
+    warnings: list[str] = []
     if models.student is not None:
         assert config.objective is not None  # the schema gives a run with a student its objective
         stages = build_stages(
@@ -183,7 +187,8 @@ def prepare_run(config: RunConfig, *, progress: bool = True) -> PreparedRun:
         mix = teacher_mix(config)
         if mix is not None and mix.combine == "route":
             routes = route_indices(data.routes, mix.names, f"data.train ({config.data.route_field})")
-    return PreparedRun(config, task, models, data, stages, inputs, choice, routes)
+            warnings += route_warnings(routes, mix.names)
+    return PreparedRun(config, task, models, data, stages, inputs, choice, routes, warnings)
 
 
 def _uses_cache_root(config: RunConfig) -> bool:
@@ -293,6 +298,11 @@ def _config_differences(run: Any, given: Any, where: str = "") -> list[str]:
         for key in list(run) + [k for k in given if k not in run]:
             found += _config_differences(run.get(key), given.get(key), f"{where}.{key}" if where else str(key))
         return found
+    # a whole section on one side only (a teacher added or removed): named, not printed
+    if isinstance(run, Mapping) and given is None:
+        return [f"{where} (in the run, not given here)"]
+    if isinstance(given, Mapping) and run is None:
+        return [f"{where} (not in the run, given here)"]
     return [] if run == given else [f"{where} ({run!r} in the run, {given!r} here)"]
 
 
@@ -394,6 +404,8 @@ def run_distill(
             logger.info("kdistill %s: %s %s", __version__, "resuming the run in" if resume else "run folder", path)
             if changed:
                 logger.warning("going on with changed inputs (--allow-changed-data): %s", "; ".join(changed))
+            for warning in run.warnings:
+                logger.warning("%s", warning)
             try:
                 return _train_and_report(run, folder, started, progress, resume)
             except BaseException as error:
@@ -472,26 +484,18 @@ def _teachers_metrics(
     run: PreparedRun, trained: Trained, loaders: Loaders, student: Any, progress: bool
 ) -> dict[str, Any]:
     """Several teachers: each one's metrics on the evaluated split with the student's agreement with
-    it, and the combination's (what the student learnt from)."""
-    config, models, task = run.config, run.models, run.task
+    it, its validation and fine-tuning, and the combination's (what the student learnt from)."""
+    config, models = run.config, run.models
     mix = teacher_mix(config)
     assert mix is not None
-    teachers: dict[str, Any] = {}
-    for name, weight in zip(mix.names, mix.weights, strict=True):
-        pair = {"teacher": models.teachers[name], **({"student": student} if student is not None else {})}
-        measured = task.evaluate(pair, loaders.evaluation, progress=progress, desc=f"teacher {name}")
-        teachers[name] = {
-            **measured["teacher"],
-            "weight": weight,
-            "location": models.teacher_locations.get(name, ""),
-            "validation": trained.teachers_validation.get(name, {}),
-        }
-        if student is not None and "agreement" in measured.get("student", {}):
-            teachers[name]["student_agreement"] = measured["student"]["agreement"]
+    found = measure_teachers(
+        run.task, models.teachers, models.teacher_locations, mix, student, loaders.evaluation, progress=progress
+    )
+    for name, record in found["teachers"].items():
+        record["validation"] = trained.teachers_validation.get(name, {})
         if name in trained.teachers_finetune:
-            teachers[name]["finetune"] = trained.teachers_finetune[name]
-    combined = {"rule": mix.describe(), **combined_metrics(models.teachers, mix, student, loaders.evaluation)}
-    return {"teachers": teachers, "combined": combined, "teacher_set": teacher_set_record(models, config, run.inputs)}
+            record["finetune"] = trained.teachers_finetune[name]
+    return {**found, "teacher_set": teacher_set_record(models, config, run.inputs)}
 
 
 def _teacher_folder(run: PreparedRun, folder: RunFolder) -> Path | None:

@@ -8,8 +8,8 @@ One teacher (``teacher:``) passes through every function here unchanged.
 
 from __future__ import annotations
 
-import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,15 +26,16 @@ from kdistill.losses.tokens import next_token_targets
 from kdistill.tasks.base import Models, Task
 
 __all__ = [
+    "check_teachers_agree",
     "combined_metrics",
     "load_run_models",
+    "measure_teachers",
     "route_indices",
+    "route_warnings",
     "set_stage_teachers",
     "teacher_mix",
     "teacher_set_record",
 ]
-
-logger = logging.getLogger("kdistill.run")
 
 #: rows of a causal LM's evaluation batch combined at once (their logits are rows × length × vocabulary)
 _LM_ROWS = 1
@@ -72,7 +73,9 @@ def _named(name: str, load: Any) -> Models:
     try:
         return load()  # type: ignore[no-any-return]
     except KdistillError as error:
-        raise type(error)(f"teachers.{name}: {error}") from None
+        # the task's message names one teacher's keys (teacher.num_labels): here they are this one's
+        message = re.sub(r"\bteacher\.(?=[a-z_])", f"teachers.{name}.", str(error))
+        raise type(error)(f"teachers.{name}: {message}") from None
 
 
 def _labels_of(model: nn.Module) -> dict[int, str] | None:
@@ -82,18 +85,36 @@ def _labels_of(model: nn.Module) -> dict[int, str] | None:
 
 def _check_agreement(primary: str, models: Models, others: Mapping[str, Models]) -> None:
     """Teachers name their logits alike and read the student's tokens."""
-    labels = _labels_of(models.teacher)
-    student_tokens = fingerprint_tokenizer(models.tokenizer)
-    for name, other in others.items():
-        theirs = _labels_of(other.teacher)
-        if theirs != labels:
+    check_teachers_agree(
+        primary,
+        models.teacher,
+        models.tokenizer,
+        {name: (other.teacher, other.teacher_tokenizer, other.teacher_location) for name, other in others.items()},
+    )
+
+
+def check_teachers_agree(
+    primary: str, teacher: nn.Module, student_tokenizer: Any, others: Mapping[str, tuple[nn.Module, Any, str]]
+) -> None:
+    """Each of ``others`` (``{name: (model, tokenizer, location)}``) names its logits as ``teacher``
+    (the one called ``primary``) does, and reads the student's tokens; ``others`` may hold the
+    primary itself, whose labels are then not compared with themselves.
+
+    Raises:
+        ConfigError: a teacher with other label names (``id2label``) or another tokenizer, naming it.
+    """
+    labels = _labels_of(teacher)
+    student_tokens = fingerprint_tokenizer(student_tokenizer)
+    for name, (model, tokenizer, location) in others.items():
+        theirs = _labels_of(model)
+        if name != primary and theirs != labels:
             raise ConfigError(
                 f"teachers {primary} and {name} name their classes differently ({_shown(labels)} against "
                 f"{_shown(theirs)}): every teacher must give the same labels in the same logit order"
             )
-        if fingerprint_tokenizer(other.teacher_tokenizer) != student_tokens:
+        if fingerprint_tokenizer(tokenizer) != student_tokens:
             raise ConfigError(
-                f"teachers.{name}: its tokenizer is not the student's ({other.teacher_location}); several teachers "
+                f"teachers.{name}: its tokenizer is not the student's ({location}); several teachers "
                 "must read the student's token ids (cross-tokenizer distillation is not available yet): give "
                 "teachers that share one tokenizer"
             )
@@ -138,21 +159,28 @@ def route_indices(routes: Sequence[str] | None, names: Sequence[str], source: st
     if routes is None:
         raise DataError(f"combine: route needs each training example's teacher, and {source} names none")
     index = {name: i for i, name in enumerate(names)}
-    found = []
-    for row, name in enumerate(routes):
-        if name not in index:
-            raise DataError(
-                f"{source}: example {row + 1} names teacher {name!r}, but the teachers are {', '.join(names)}: "
-                "fix the column, or add that teacher"
-            )
-        found.append(index[name])
-    counts = {name: 0 for name in names}
-    for name in routes:
-        counts[name] += 1
-    for name, count in counts.items():
-        if count == 0:
-            logger.warning("combine: route: no training example names teacher %s, so it teaches nothing", name)
-    return found
+    unknown = [name for name in routes if name not in index]
+    if unknown:
+        # no row number: the training split may be the file less a held-out validation split, reordered
+        count = unknown.count(unknown[0])
+        raise DataError(
+            f"{source}: {count} training example{'s name' if count > 1 else ' names'} teacher {unknown[0]!r}, but "
+            f"the teachers are {', '.join(names)}: fix the column, or add that teacher"
+        )
+    return [index[name] for name in routes]
+
+
+def route_warnings(routes: Sequence[int] | None, names: Sequence[str]) -> list[str]:
+    """Under ``combine: route``, a warning for each teacher no training example is routed to
+    (``routes``: :func:`route_indices`' answer); none without routes."""
+    if routes is None:
+        return []
+    routed = set(routes)
+    return [
+        f"combine: route: no training example names teacher {name}, so it teaches nothing"
+        for i, name in enumerate(names)
+        if i not in routed
+    ]
 
 
 def teacher_set_record(models: Models, config: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,6 +195,36 @@ def teacher_set_record(models: Models, config: Any, inputs: Mapping[str, Any]) -
         found = inputs.get(f"teachers.{name}.path") or inputs.get(f"teachers.{name}.package")
         record["teachers"][name] = {"location": location, "weight": weight, "fingerprint": found}
     return record
+
+
+def measure_teachers(
+    task: Task,
+    teachers: Mapping[str, nn.Module],
+    locations: Mapping[str, str],
+    mix: TeacherMix,
+    student: nn.Module | None,
+    loader: Any,
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    """Several teachers on ``loader`` (``kdistill distill``'s evaluated split, ``kdistill eval``'s
+    file): each one's task metrics, weight and location with the student's ``student_agreement``
+    with it, and the combination's (:func:`combined_metrics`, with its ``rule``).
+
+    Returns:
+        ``{"teachers": {name: {...}}, "combined": {...}}``, as ``metrics.json`` holds them.
+    """
+    measured_teachers: dict[str, Any] = {}
+    for name, weight in zip(mix.names, mix.weights, strict=True):
+        pair = {"teacher": teachers[name], **({"student": student} if student is not None else {})}
+        measured = task.evaluate(pair, loader, progress=progress, desc=f"teacher {name}")
+        found = {**measured["teacher"], "weight": weight, "location": locations.get(name, "")}
+        if "agreement" in measured.get("student", {}):
+            found["student_agreement"] = measured["student"]["agreement"]
+        measured_teachers[name] = found
+    in_order = {name: teachers[name] for name in mix.names}  # combined_metrics pairs them with the weights
+    combined = {"rule": mix.describe(), **combined_metrics(in_order, mix, student, loader)}
+    return {"teachers": measured_teachers, "combined": combined}
 
 
 def combined_metrics(

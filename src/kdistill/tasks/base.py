@@ -250,7 +250,8 @@ class Task(ABC):
         Args:
             data: the data section (a run's, or the defaults).
             path: the file.
-            models: the models that will read it.
+            models: the models that will read it; a run of several teachers adds the others as
+                ``teachers.<name>``, which read the student's tokens (only their length is checked).
             max_length: tokens per example; None for the section's, shortened to what the models read.
             max_examples: the first examples only.
             progress: show progress bars.
