@@ -67,7 +67,8 @@ def lm_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def teachers_config(root: Path, name: str, combine: str, out: Path, **sections: Any) -> Path:
     """A run distilling teachers a and b (weights 1 and 3) into a 1-layer student copied from a, with
-    token_kd and token_ce; ``combine: route`` reads ``data.teacher_field: teacher``."""
+    token_kd and token_ce; ``combine: route`` reads ``data.teacher_field: teacher``. Each of ``sections``
+    updates the section of its name key by key (``teachers={"b": ...}`` replaces teacher b only)."""
     data: dict[str, Any] = {
         "train": str(root / "train.jsonl"),
         "validation": str(root / "validation.jsonl"),
