@@ -67,6 +67,12 @@ class LMDataConfig(Section):
     messages_field: str = Field(
         "messages", min_length=1, description="the key of a JSONL record's conversation ([{role, content} ...])"
     )
+    teacher_field: str | None = Field(
+        None,
+        min_length=1,
+        description="with teachers: and objective.teachers.combine: route, the key of a training record naming "
+        "its teacher (prompt/completion and chat records; packed text cannot route)",
+    )
     max_length: int = Field(512, ge=8, le=1_048_576, description="tokens per block (text) or per example")
     validation_fraction: float = Field(
         0.05, gt=0, lt=1, description="share of the training blocks or examples held out when there is no validation"
@@ -89,9 +95,12 @@ class LMDataConfig(Section):
             "prompt_field": self.prompt_field,
             "completion_field": self.completion_field,
             "messages_field": self.messages_field,
+            "teacher_field": self.teacher_field,
         }
         seen: dict[str, str] = {}
         for option, key in names.items():
+            if key is None:
+                continue
             if key in seen:
                 raise ValueError(f"{seen[key]} and {option} name the same key {key!r}; give each its own key")
             seen[key] = option
@@ -101,6 +110,11 @@ class LMDataConfig(Section):
                 if path is not None and format_from_suffix(path) is None:
                     raise ValueError(f"{role}: {_unknown_format(path)}")
         return self
+
+    @property
+    def route_field(self) -> str | None:
+        """The key that names each training record's teacher (``combine: route``), or None."""
+        return self.teacher_field
 
     def format_of(self, path: str | Path) -> str:
         """The format a file is read in: ``data.format``, else its suffix's.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 from bisect import bisect_right
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,9 @@ def _same_file(a: str, b: str) -> bool:
     return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
 
 
-def prepare_splits(config: LMDataConfig, tokenizer: Any, *, progress: bool = True) -> dict[str, LMSplit]:
+def prepare_splits(
+    config: LMDataConfig, tokenizer: Any, *, progress: bool = True, teachers: Sequence[str] | None = None
+) -> dict[str, LMSplit]:
     """Read and tokenise the splits of a run, hold out the missing ones, apply the token budgets.
 
     Order: the train file, then the validation and test files where given; with no test file and
@@ -218,7 +221,9 @@ def prepare_splits(config: LMDataConfig, tokenizer: Any, *, progress: bool = Tru
     with no validation file the validation split from what is left (seed ``split_seed + 1``);
     then ``data.max_train_tokens`` cuts train (seed ``split_seed + 2``) and
     ``data.max_eval_tokens`` cuts validation and test (seed ``split_seed + 3``), keeping whole
-    blocks or examples.
+    blocks or examples. With ``teachers`` and ``data.teacher_field`` (``combine: route``) the
+    training records name their teachers, and every split taken from train keeps each example's
+    (:attr:`LMSplit.routes`).
 
     Returns:
         ``{"train": ..., "validation": ..., ["test": ...]}`` (test absent without a test file or
@@ -226,7 +231,8 @@ def prepare_splits(config: LMDataConfig, tokenizer: Any, *, progress: bool = Tru
 
     Raises:
         DataError: a missing or unreadable file, a validation or test file that is the training
-            file, too little data to hold a split out, a budget smaller than one example.
+            file, too little data to hold a split out, a budget smaller than one example; routed
+            text, or a training record without a teacher of ``teachers``.
         ModelLoadError: the tokenizer cannot tokenise the data (no EOS, no offsets).
     """
     for role in ("validation", "test"):
@@ -240,7 +246,7 @@ def prepare_splits(config: LMDataConfig, tokenizer: Any, *, progress: bool = Tru
     for role in ("train", "validation", "test"):
         path = getattr(config, role)
         if path is not None:
-            documents = read_documents(path, config, role=role)
+            documents = read_documents(path, config, role=role, teachers=teachers if role == "train" else None)
             splits[role] = tokenize_documents(documents, tokenizer, config, progress=progress)
             logger.info("%s %s: %s", role, path, splits[role].describe())
     if "test" not in splits and config.test_fraction is not None:

@@ -17,11 +17,17 @@ the first record has                        every record is                   ``
 Nothing is turned into text that is not text (a number or a list where a string belongs is an
 error), a key given twice in one object is an error, and every problem names its file and line
 in one :class:`~kdistill.errors.DataError`.
+
+Under ``objective.teachers.combine: route`` each training record also names its teacher
+(``data.teacher_field``, :attr:`Documents.routes`). Only records that become one example each
+can route (prompt/completion and conversations): text is packed into blocks across records, so
+a block has no one teacher, and routed text is refused.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,12 +53,15 @@ class Documents:
         source: the file, for messages.
         places: where each record is in the file (``"line 7"``, ``"record 3"``, ``"the file"``),
             for messages about one record.
+        routes: under ``combine: route``, the teacher each record names (``data.teacher_field``),
+            one per record; None otherwise.
     """
 
     kind: DocumentKind
     records: list[Any]
     source: str
     places: list[str] = field(default_factory=list)
+    routes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -197,19 +206,59 @@ def _conversation(record: dict[str, Any], key: str, where: str) -> list[dict[str
     return [dict(message) for message in value]
 
 
-def read_documents(path: str | Path, config: LMDataConfig, *, role: str = "train") -> Documents:
+def _route(record: dict[str, Any], key: str, teachers: Sequence[str], where: str) -> str:
+    """The teacher a record names (``data.teacher_field``), one of ``teachers``."""
+    if key not in record:
+        raise DataError(
+            f"{where} has no {key!r} (data.teacher_field): under combine: route every training record names its "
+            f"teacher (one of {', '.join(teachers)})"
+        )
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(
+            f"{where}: {key!r} (data.teacher_field) is {_describe(value)}, not a string; give the name of its "
+            f"teacher (one of {', '.join(teachers)})"
+        )
+    if value not in teachers:
+        raise DataError(
+            f"{where}: {key!r} (data.teacher_field) names teacher {value!r}, but the teachers are "
+            f"{', '.join(teachers)}: fix the record, or add that teacher"
+        )
+    return value
+
+
+def _refuse_packed_routes(source: str) -> DataError:
+    return DataError(
+        f"data.teacher_field routes each record to a teacher, but {source!r} holds text, which is packed into "
+        "blocks of data.max_length tokens across documents (a block may hold several records' tokens, so no "
+        "block has one teacher): give prompt/completion or chat records (one example each), or combine the "
+        "teachers another way (objective.teachers.combine: mixture, logit_mean, confidence or entropy) without "
+        "data.teacher_field"
+    )
+
+
+def read_documents(
+    path: str | Path, config: LMDataConfig, *, role: str = "train", teachers: Sequence[str] | None = None
+) -> Documents:
     """Read one data file into documents, as its format and its first record say.
 
     Args:
         path: a text file (one document) or a JSONL file (a ``.json`` array of objects too).
         config: the ``data:`` section (format, encoding, the keys of the records).
         role: the option that named the file (``train``, ``validation``, ``test``), for messages.
+        teachers: under ``combine: route``, the names of the teachers: each record's teacher
+            (``data.teacher_field``) is read into :attr:`Documents.routes` and must be one of
+            them. None (or no ``data.teacher_field``): no routes are read.
 
     Raises:
         DataError: the file is missing, empty or not in ``data.encoding``; a line is not a JSON
             object (or names a key twice); the first record has none of the keys kdistill reads;
-            a later record lacks the first one's keys, or a value is not a string.
+            a later record lacks the first one's keys, or a value is not a string; with
+            ``teachers``: text to be packed, a record without its teacher, a teacher that is not
+            a string or not one of ``teachers``.
     """
+    route_key = config.teacher_field if teachers is not None else None  # the key of each record's teacher
+    names = list(teachers or ())
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -220,6 +269,8 @@ def read_documents(path: str | Path, config: LMDataConfig, *, role: str = "train
     if not text.strip():
         raise DataError(f"data.{role} {source!r} is empty (or only whitespace); give a file with text in it")
     if kind == "text":
+        if route_key is not None:
+            raise _refuse_packed_routes(source)
         return Documents("text", [text], source, ["the file"])
 
     records, places = _json_records(text, source)
@@ -233,9 +284,14 @@ def read_documents(path: str | Path, config: LMDataConfig, *, role: str = "train
         raise DataError(f"data.{role} {source!r} holds no records (an empty JSON array); give one object per document")
     first_where = f"{source!r} {places[0]}"
     document_kind = _kind_of(records[0], config, first_where)
+    if route_key is not None and document_kind == "text":
+        raise _refuse_packed_routes(source)
     documents: list[Any] = []
+    routes: list[str] = []
     for record, place in zip(records, places):
         where = f"{source!r} {place}"
+        if route_key is not None:
+            routes.append(_route(record, route_key, names, where))
         if document_kind == "messages":
             if config.messages_field not in record:
                 raise DataError(
@@ -260,4 +316,4 @@ def read_documents(path: str | Path, config: LMDataConfig, *, role: str = "train
                     f"{places[0]} has"
                 )
             documents.append(_string(record, config.text_field, "text_field", where))
-    return Documents(document_kind, documents, source, places)
+    return Documents(document_kind, documents, source, places, routes if route_key is not None else None)

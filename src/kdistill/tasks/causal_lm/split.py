@@ -45,6 +45,8 @@ class LMSplit:
             ``max_length``, and the tokens cut off), ``left_out`` (examples a token budget left out).
         document_spans: per example, the first and last document it holds tokens of.
         cut_off: per example, the tokens cut off its end (0 when whole).
+        routes: under ``combine: route``, the teacher each example's record names, in order
+            (examples of one record each only); None otherwise.
     """
 
     dataset: TokenizedDataset
@@ -54,6 +56,7 @@ class LMSplit:
     stats: dict[str, int]
     document_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
     cut_off: list[int] = field(default_factory=list, repr=False)
+    routes: list[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -104,13 +107,13 @@ class LMSplit:
         columns = {key: [values[i] for i in indices] for key, values in self.dataset.columns.items()}
         spans = [self.document_spans[i] for i in indices]
         cut_off = [self.cut_off[i] for i in indices]
+        routes = [self.routes[i] for i in indices] if self.routes is not None else None
         stats = split_stats(columns, spans, cut_off)
         if keep_dropped:
             stats["dropped"], stats["dropped_tokens"] = self.stats["dropped"], self.stats["dropped_tokens"]
             stats["left_out"] = self.stats.get("left_out", 0)
-        return LMSplit(
-            TokenizedDataset(columns, None, source), self.kind, self.max_length, source, stats, spans, cut_off
-        )
+        dataset = TokenizedDataset(columns, None, source)
+        return LMSplit(dataset, self.kind, self.max_length, source, stats, spans, cut_off, routes)
 
 
 def split_stats(
@@ -144,12 +147,16 @@ def document_split(
     dropped: int,
     dropped_tokens: int,
 ) -> LMSplit:
-    """An :class:`LMSplit` of one example per document (prompt/completion or chat), with its counts."""
+    """An :class:`LMSplit` of one example per document (prompt/completion or chat), with its counts and,
+    where the documents name their teachers, each example's (that of the document it came from)."""
     columns = {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids], "labels": labels}
     stats = split_stats(columns, spans, cut_off)
     stats.update(documents=len(documents), dropped=dropped, dropped_tokens=dropped_tokens)
     dataset = TokenizedDataset(columns, None, documents.source)
-    return LMSplit(dataset, kind, max_length, documents.source, stats, spans, cut_off)
+    named = documents.routes
+    # an example's span is (its document, its document): dropped documents leave no route behind
+    routes = [named[first] for first, _ in spans] if named is not None else None
+    return LMSplit(dataset, kind, max_length, documents.source, stats, spans, cut_off, routes)
 
 
 def eos_id(tokenizer: Any, why: str) -> int:

@@ -103,9 +103,11 @@ class CausalLM(Task):
         )
 
     def prepare(self, data: LMDataConfig, raw: Any, models: Models, *, progress: bool) -> TaskData:
-        readers = [("teacher", models.teacher)] + ([("student", models.student)] if models.student is not None else [])
+        readers = _readers(models)
         check_max_length(data.max_length, readers)
-        splits = prepare_splits(data, models.tokenizer, progress=progress)
+        # combine: route: the training records name their teachers (data.teacher_field)
+        teachers = list(models.teachers) if data.teacher_field is not None and models.teachers else None
+        splits = prepare_splits(data, models.tokenizer, progress=progress, teachers=teachers)
         for split in splits.values():
             for role, model in readers:
                 check_token_ids(split.dataset.columns["input_ids"], model, role, f"the {role}'s tokenizer")
@@ -123,6 +125,7 @@ class CausalLM(Task):
             sizes=sizes,
             description=train.describe(),
             details={"train": train.describe(), "target_tokens": train.stats["target_tokens"]},
+            routes=train.routes,
         )
 
     def preset_objective(self, preset: str, temperature: float, alpha: float) -> Objective | None:
@@ -145,11 +148,13 @@ class CausalLM(Task):
         sequence and the teacher scores it), and a ``prompt_tokens`` no prompt is cut by."""
         sequence_kd = getattr(objective, "sequence_kd", None)
         on_policy = getattr(objective, "on_policy", None)
+        if data.routes is not None:
+            _check_routes_kept(sequence_kd, on_policy)
         if (sequence_kd is None and on_policy is None) or models.student is None:
             return
         train = data.train
         assert isinstance(train, TokenizedDataset)
-        readers = [("teacher", models.teacher), ("student", models.student)]
+        readers = _readers(models)
         own = None
         if sequence_kd is not None:
             own = longest_prompt(train, sequence_kd.prompt_tokens)
@@ -273,6 +278,33 @@ class CausalLM(Task):
             distill=dataset,
             collate=PaddingCollator(pad_token_id=pad),
             sizes={"test": len(dataset)},
+        )
+
+
+def _readers(models: Models) -> list[tuple[str, nn.Module]]:
+    """Every model that reads the run's tokens, by role (several teachers: each by name)."""
+    teachers = [(f"teacher {name}", model) for name, model in models.teachers.items()]
+    readers = teachers or [("teacher", models.teacher)]
+    return readers + ([("student", models.student)] if models.student is not None else [])
+
+
+def _check_routes_kept(sequence_kd: Any, on_policy: Any) -> None:
+    """Refuse what would lose each training example's teacher under ``combine: route``: sequence-level
+    KD trains on continuations one teacher writes (the primary, whatever teacher the example names),
+    and on-policy batches are rebuilt from the student's samples without the examples' teachers."""
+    if sequence_kd is not None:
+        raise ConfigError(
+            "objective.sequence_kd trains on continuations written by one teacher (the primary one: "
+            "student.from_teacher.teacher, default the first), so the teacher each record names "
+            "(data.teacher_field, combine: route) would not be the one that wrote its text: remove "
+            "objective.sequence_kd, or combine the teachers another way (mixture, logit_mean, confidence, entropy) "
+            "without data.teacher_field"
+        )
+    if on_policy is not None:
+        raise ConfigError(
+            "objective.on_policy rebuilds batches from the student's samples, which lose the teacher each record "
+            "names (data.teacher_field, combine: route): remove objective.on_policy, or combine the teachers "
+            "another way (mixture, logit_mean, confidence, entropy) without data.teacher_field"
         )
 
 
