@@ -413,3 +413,13 @@ def test_the_teacher_field_is_a_key_of_its_own() -> None:
         LMDataConfig(train="train.jsonl", teacher_field="prompt")
     assert LMDataConfig(train="train.jsonl", teacher_field="who").route_field == "who"
     assert LMDataConfig(train="train.jsonl").route_field is None
+
+
+def test_the_smollm2_two_teacher_example_is_a_valid_config() -> None:
+    from kdistill.app.config_loading import load_config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "multi_teacher" / "smollm2_two_teachers.yaml"
+    config = load_config(example)
+    assert list(config.teachers) == ["tuned", "untuned"] and config.primary_teacher == "tuned"
+    assert config.objective.teachers.combine == "mixture"
+    assert config.teachers["tuned"].weight == 3.0 and config.teachers["untuned"].gguf_file
