@@ -42,3 +42,21 @@ def test_results_files_have_the_promised_shape(path: Path) -> None:
         assert 0.0 <= row["metric_mean"] <= 1.0 and row["metric_std"] >= 0.0
     for student in {row["student"] for row in rows} - {"teacher"}:
         assert any(row["student"] == student and row["recipe"] == "no_teacher" for row in rows), student
+
+
+MULTI_TEACHER = sorted((ROOT / "benchmarks" / "results").glob("multi_teacher_*.json"))
+
+
+@pytest.mark.parametrize("path", MULTI_TEACHER, ids=lambda p: p.name)
+def test_the_several_teachers_table_matches_its_results_file(path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("multi_teacher", ROOT / "benchmarks" / "multi_teacher.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = json.loads(path.read_text(encoding="utf-8"))
+    name = path.stem
+    document = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    found = re.search(rf"<!-- table {name} -->\n(.*?)\n<!-- /table {name} -->", document, re.DOTALL)
+    assert found, f"docs/results.md has no table for {name}"
+    assert found.group(1).strip() == script.markdown_table(results).strip(), (
+        "regenerate it: python benchmarks/multi_teacher.py ../shared/data --table"
+    )
