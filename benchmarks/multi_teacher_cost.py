@@ -252,6 +252,8 @@ def main() -> None:
         for _ in range(repeats):
             for mode in modes:
                 runs[mode].append(_subprocess(["--mode", mode, "--caches", json.dumps(caches), *common]))
+    load_after = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
     result = {
         "modes": summary(runs),
         "runs": runs,
@@ -268,9 +270,11 @@ def main() -> None:
             "quick": args.quick,
         },
         "machine": {
-            "cpus": os.cpu_count(),
+            "cpus": cpus,
             "load_average_before": round(load_before, 2),
-            "load_average_after": round(os.getloadavg()[0], 2),
+            "load_average_after": round(load_after, 2),
+            # other work shared the cores: trust the CPU times (step_cpu_s) over the wall clock
+            "busy": max(load_before, load_after) > cpus,
             "python": platform.python_version(),
             "torch": torch.__version__,
             "processor": platform.machine(),
