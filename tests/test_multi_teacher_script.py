@@ -328,7 +328,8 @@ ARMS = ("best_single", "mixture", "logit_mean", "confidence")
 def test_every_arm_has_a_config_of_the_hinton_recipe() -> None:
     module = _script()
     assert tuple(module.ARMS) == ARMS
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(ARMS)
+    # beside the arms, the causal-LM example of two teachers (tests/test_multi_teacher_lm.py checks it)
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted([*ARMS, "smollm2_two_teachers"])
     hinton = yaml.safe_load((ROOT / "examples" / "quality" / "hinton.yaml").read_text(encoding="utf-8"))
     for arm in ARMS:
         config = yaml.safe_load((CONFIGS / f"{arm}.yaml").read_text(encoding="utf-8"))
