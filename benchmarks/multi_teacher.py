@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -522,16 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         # each run's CPU work (tokenising, evaluation) gets its share of the cores, not all of them
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(start, *job): job for job in pending}
-        try:
-            for future in as_completed(futures):
-                error = future.exception()
-                if error is not None and not isinstance(error, RuntimeError):
-                    raise error  # a bug in this script, not a failed run
-                record(*futures[future], error or future.result())
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # an interrupted grid starts no further runs
-            raise
+        quality.collect(pool, {pool.submit(start, *job): job for job in pending}, record)
 
     measured, _ = teacher_metrics(results)
     if any(combine not in measured for combine in PREDICTORS):

@@ -208,6 +208,20 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def collect(pool: ThreadPoolExecutor, futures: dict[Any, tuple[Any, ...]], record: Any) -> None:
+    """``record(*job, outcome)`` for each run as it finishes (its metrics, or the RuntimeError of a
+    failed run); a bug in the script stops the grid, and an interrupted grid starts no further runs."""
+    try:
+        for future in as_completed(futures):
+            error = future.exception()
+            if error is not None and not isinstance(error, RuntimeError):
+                raise error  # a bug in this script, not a failed run
+            record(*futures[future], error or future.result())
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+
+
 def machine() -> dict[str, Any]:
     """Where the runs of this invocation train: the platform, its CPUs and its GPU if any."""
     import torch
@@ -398,16 +412,7 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for job in pending:
             submitted[job] = pool.submit(start, *job)
-        futures = {future: job for job, future in submitted.items()}
-        try:
-            for future in as_completed(futures):
-                error = future.exception()
-                if error is not None and not isinstance(error, RuntimeError):
-                    raise error  # a bug in this script, not a failed run
-                record(*futures[future], error or future.result())
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # an interrupted grid starts no further runs
-            raise
+        collect(pool, {future: job for job, future in submitted.items()}, record)
     print(json.dumps({"task": task, "metric": metric, "rows": results["rows"]}, indent=1))
 
 
