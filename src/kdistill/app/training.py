@@ -206,11 +206,8 @@ def finetune_teachers(run: Any, folder: RunFolder, resume: bool, progress: bool)
         if section.finetune is None:
             continue
         model = models.teachers.get(name, models.teacher)
-        where = f"{TEACHERS_DIR}/{name}" if config.several_teachers else TEACHER_DIR
-        stage = f"{TEACHER_STAGE} ({name})" if config.several_teachers else TEACHER_STAGE
-        history = finetune_teacher(
-            run, folder, resume, progress, section=section, model=model, where=where, stage=stage
-        )
+        named = name if config.several_teachers else None
+        history = finetune_teacher(run, folder, resume, progress, section=section, model=model, name=named)
         if history is not None:
             found[name] = history
     return found
@@ -224,13 +221,15 @@ def finetune_teacher(
     *,
     section: Any,
     model: nn.Module,
-    where: str = TEACHER_DIR,
-    stage: str = TEACHER_STAGE,
+    name: str | None = None,
 ) -> History | None:
-    """Fine-tune one teacher (its ``finetune``) and save it to ``where`` in the run folder, or read it
-    back on a resume."""
+    """Fine-tune one teacher (its ``finetune``) and save it to ``teacher/`` in the run folder (one of
+    several, ``name``: ``teachers/<name>/``), or read it back on a resume."""
     from transformers import set_seed
 
+    where = TEACHER_DIR if name is None else f"{TEACHERS_DIR}/{name}"
+    stage = TEACHER_STAGE if name is None else f"{TEACHER_STAGE} ({name})"
+    who = "the teacher" if name is None else f"teacher {name}"
     models, data = run.models, run.data
     finetune, training, saved = section.finetune, run.config.training, folder.path / where
     if finetune is None:
@@ -239,10 +238,9 @@ def finetune_teacher(
     if resume and (saved / "config.json").is_file():
         # written whole or not at all (renamed into place), so a teacher/ folder is complete
         run.task.read_weights(teacher, saved)
-        logger.info("%s was fine-tuned before the interruption: read back from %s", where, saved)
+        logger.info("%s was fine-tuned before the interruption: read back from %s", who, saved)
         history_file = saved / "training_history.json"
         return History(**json.loads(history_file.read_text(encoding="utf-8"))) if history_file.is_file() else None
-    who = "the teacher" if stage == TEACHER_STAGE else f"teacher {stage.split('(')[-1].rstrip(')')}"
     logger.info("fine-tuning %s for %d epoch(s)", who, finetune.epochs)
     loader = make_loader(
         data.train,
