@@ -36,6 +36,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_classifier(root / "b", seed=2, id2label=LABELS)
     save_classifier(root / "three", seed=3, num_labels=3)
     save_classifier(root / "swapped", seed=4, id2label={0: "pos", 1: "neg"})
+    save_classifier(root / "short", seed=5, id2label=LABELS, positions=8)
     rows = sentences(48, seed=0, labels=("neg", "pos"))
     write_csv(root / "train.csv", rows)
     write_csv(root / "test.csv", sentences(16, seed=1, labels=("neg", "pos")))
@@ -185,6 +186,11 @@ CASES = {
         ["teachers.student.path={ws}/b"],
         "config: teachers: 'student' cannot name a teacher (letters, digits, _ . -, at most 64, not teacher, student, "
         "combined, teachers)",
+    ),
+    "short-positions": (
+        ["teachers.b.path={ws}/short"],
+        "data.max_length 16 is more than the teacher b's 8 token positions: it would fail on the first text that "
+        "long; set data.max_length to 8 or less",
     ),
     "tinybert": (
         ["objective.preset=tinybert", "objective.temperature=null", "objective.alpha=null"],

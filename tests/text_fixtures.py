@@ -41,6 +41,7 @@ def save_classifier(
     id2label: dict[int, str] | None = None,
     tokenizer_extra: tuple[str, ...] = (),
     dropout: float = 0.0,
+    positions: int = 64,
 ) -> Path:
     """A ``BertForSequenceClassification`` from a config, saved with its tokenizer to ``folder``
     (without dropout unless asked: most tests compare numbers exactly)."""
@@ -54,7 +55,7 @@ def save_classifier(
         num_hidden_layers=num_layers,
         num_attention_heads=heads,
         intermediate_size=hidden * 2,
-        max_position_embeddings=64,
+        max_position_embeddings=positions,
         num_labels=num_labels,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,

@@ -137,7 +137,10 @@ class TextClassification(Task):
 
     def prepare(self, data: DataConfig, raw: _Tables, models: Models, *, progress: bool) -> TaskData:
         assert raw.label_names is not None, "load_models() names the classes"
-        readers = [("teacher", models.teacher)] + ([("student", models.student)] if models.student is not None else [])
+        # every teacher of several reads the same token ids as the one the student was built from
+        teachers = [(f"teacher {name}", model) for name, model in models.teachers.items()]
+        teachers = teachers or [("teacher", models.teacher)]
+        readers = teachers + ([("student", models.student)] if models.student is not None else [])
         check_max_length(data.max_length, readers)
         prepared = prepare_data(
             data,
@@ -153,7 +156,8 @@ class TextClassification(Task):
             if models.student is not None:
                 check_token_ids(split.columns["input_ids"], models.student, "student", "the student's tokenizer")
             teacher_ids = split.columns.get(f"{TEACHER_PREFIX}input_ids", split.columns["input_ids"])
-            check_token_ids(teacher_ids, models.teacher, "teacher", "the teacher's tokenizer")
+            for role, model in teachers:
+                check_token_ids(teacher_ids, model, role, "the teacher's tokenizer")
         collator = PaddingCollator(
             pad_token_id=models.tokenizer.pad_token_id or 0,
             teacher_pad_token_id=getattr(models.teacher.config, "pad_token_id", None) or 0,
