@@ -1,4 +1,5 @@
-"""The teacher's stored outputs for a run's stages: one cache per distinct need, built once.
+"""The teacher's stored outputs for a run's stages: one cache per distinct need, built once (with
+several teachers, one set of them per teacher: :class:`TeacherCaches`).
 
 A stage whose teacher terms need only logits and hidden states (or, for token-level terms, each
 token's top-k or ids drawn from the teacher) reads them from a :class:`~kdistill.cache.TeacherCache`;
@@ -21,7 +22,12 @@ from kdistill.losses import Objective
 from kdistill.losses.token_terms import TokenKD
 from kdistill.tasks.base import TaskData
 
-__all__ = ["StageCaches", "check_sampled_cache", "shared_vocab"]
+__all__ = [
+    "StageCaches",
+    "TeacherCaches",
+    "check_sampled_cache",
+    "shared_vocab",
+]
 
 logger = logging.getLogger("kdistill.run")
 
@@ -160,3 +166,17 @@ class StageCaches:
                 key=(fingerprint, parts),
             )
         return self.built[spec]
+
+
+class TeacherCaches:
+    """Several teachers' caches: one :class:`StageCaches` per teacher, by name."""
+
+    def __init__(self, caches: dict[str, StageCaches]) -> None:
+        self.caches = caches
+
+    def for_objective(self, objective: Objective, stage: str) -> dict[str, TeacherCache | None]:
+        """Each teacher's cache for ``objective`` (None: that teacher runs online)."""
+        return {
+            name: caches.for_objective(objective, f"{stage} ({name})", teacher=name)
+            for name, caches in self.caches.items()
+        }

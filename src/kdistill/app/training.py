@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from kdistill.app.run_folder import (
     TEACHERS_DIR,
     RunFolder,
 )
-from kdistill.app.stage_caches import StageCaches, shared_vocab
+from kdistill.app.stage_caches import StageCaches, TeacherCaches, shared_vocab
 from kdistill.app.stages import Stage, optimizer_and_scheduler
 from kdistill.data.batch import with_example_index, with_routes
 from kdistill.data.datasets import Routed, make_loader
@@ -42,10 +42,7 @@ from kdistill.tasks.base import Models, Task, TaskData
 from kdistill.train.checkpoint import CheckpointError, find_resumable, load_checkpoint
 from kdistill.train.loop import History, distill
 
-if TYPE_CHECKING:
-    from kdistill.cache import TeacherCache
-
-__all__ = ["Loaders", "TeacherCaches", "Trained", "save_student", "teacher_side", "train", "uses_cache"]
+__all__ = ["Loaders", "Trained", "save_student", "teacher_side", "train", "uses_cache"]
 
 logger = logging.getLogger("kdistill.run")
 
@@ -484,20 +481,6 @@ def train(run: Any, folder: RunFolder, loaders: Loaders, *, resume: bool, progre
 def uses_cache(config: Any) -> bool:
     """Whether some teacher of the run reads from a cache (training examples then carry their index)."""
     return any(section.cache is not None for section in config.teacher_sections.values())
-
-
-class TeacherCaches:
-    """Several teachers' caches: one :class:`StageCaches` per teacher, by name."""
-
-    def __init__(self, caches: dict[str, StageCaches]) -> None:
-        self.caches = caches
-
-    def for_objective(self, objective: Objective, stage: str) -> dict[str, TeacherCache | None]:
-        """Each teacher's cache for ``objective`` (None: that teacher runs online)."""
-        return {
-            name: caches.for_objective(objective, f"{stage} ({name})", teacher=name)
-            for name, caches in self.caches.items()
-        }
 
 
 def _caches(run: Any, teacher: nn.Module, progress: bool) -> StageCaches | TeacherCaches:
