@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kdistill.losses.combine import target_logits
+from kdistill.losses.heads import BlendedHeads, check_blend, check_head, flat_blend, logits_into
 from kdistill.losses.sampled import check_sampled, sampled_forward_kl, sampled_kind_error
 from kdistill.losses.tokens import (
     check_ce_targets,
@@ -137,12 +137,6 @@ class _Workspace:
 
     def mask(self, rows: int) -> Tensor:
         return self._take("mask", rows, torch.bool)
-
-
-def _logits_into(out: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    if bias is None:
-        return torch.mm(hidden, weight.t(), out=out)
-    return torch.addmm(bias, hidden, weight.t(), out=out)
 
 
 def _log_probs_into(ws: _Workspace, raw: Tensor, temperature: float, out: int, scratch: int) -> Tensor:
@@ -267,7 +261,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         sampled_log_probs: Tensor | None,
         sampled_indices: Tensor | None,
         sampled_counts: Tensor | None,
-        blend: _Blend | None,
+        blend: BlendedHeads | None,
         targets: Tensor,
         settings: _Settings,
     ) -> Tensor:
@@ -291,11 +285,11 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], settings.chunk_size):
             chunk = slice(start, start + settings.chunk_size)
             h = hidden[chunk]
-            student = _logits_into(ws.raw("student", h.shape[0], weight.dtype), h, weight, bias)
+            student = logits_into(ws.raw("student", h.shape[0], weight.dtype), h, weight, bias)
             teacher: dict[str, object] = {}
             if teacher_weight is not None:
                 out = ws.raw("teacher", h.shape[0], teacher_weight.dtype)
-                teacher["teacher_logits"] = _logits_into(out, teacher_hidden[chunk], teacher_weight, teacher_bias)
+                teacher["teacher_logits"] = logits_into(out, teacher_hidden[chunk], teacher_weight, teacher_bias)
             elif blend is not None:
                 teacher["teacher_logits"] = blend.logits(chunk, size, settings.temperature)
             elif top is not None:
@@ -322,39 +316,6 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         # in place: these buffers belong to this call only, and a copy would double the weight gradient
         scaled = [None if g is None else g.mul_(grad_output.to(g.dtype)) for g in grads]
         return (*scaled, *([None] * 12))
-
-
-@dataclass(frozen=True)
-class _Blend:
-    """Several teachers' heads and their weights at each counted position (``(n, N)``)."""
-
-    heads: tuple[tuple[Tensor, Tensor, Tensor | None] | None, ...]
-    weights: Tensor
-    combine: str
-
-    def rows(self, rows: Tensor | None) -> _Blend:
-        if rows is None:
-            return self
-        heads = tuple(None if h is None else (h[0].index_select(0, rows), h[1], h[2]) for h in self.heads)
-        return _Blend(heads, self.weights.index_select(1, rows), self.combine)
-
-    def logits(self, chunk: slice, size: int, temperature: float) -> Tensor:
-        """The chunk's combined target as logits at ``temperature`` (float32), over the first ``size`` ids."""
-        found = []
-        for head in self.heads:
-            if head is None:
-                found.append(None)
-                continue
-            hidden, weight, bias = head
-            found.append(
-                _logits_into(
-                    hidden.new_empty((hidden[chunk].shape[0], size)),
-                    hidden[chunk],
-                    weight[:size],
-                    None if bias is None else bias[:size],
-                )
-            )
-        return target_logits(found, self.weights[:, chunk], self.combine, temperature)
 
 
 class _Gradients:
@@ -392,24 +353,6 @@ class _Gradients:
         weight = None if self.weight is None else self.weight.to(self.weight_like.dtype)
         bias = None if self.bias is None else self.bias.to(self.bias_like.dtype)
         return hidden, weight, bias
-
-
-def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None, who: str) -> None:
-    if not isinstance(hidden, Tensor) or hidden.dim() < 2:
-        shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
-        raise ValueError(f"{who}_hidden must have shape (N, H) or (B, L, H), got {shape}")
-    if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(
-            f"{who}_weight must have shape (V, {hidden.shape[-1]}) (the output embedding, as lm_head.weight), "
-            f"got {shape}"
-        )
-    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],)):
-        raise ValueError(f"{who}_bias must have shape ({weight.shape[0]},) or be None")
-    if weight.dtype != hidden.dtype or (bias is not None and bias.dtype != weight.dtype):
-        raise ValueError(
-            f"the {who}'s hidden states ({hidden.dtype}), weight ({weight.dtype}) and bias must share a dtype"
-        )
 
 
 def chunked_token_loss(
@@ -461,14 +404,14 @@ def chunked_token_loss(
         A scalar (float32; float64 for float64 inputs): the loss summed over counted tokens.
     """
     temperature, beta, alpha = check_loss_args(kind, temperature, beta, alpha)
-    _check_head(student_hidden, student_weight, student_bias, "student")
+    check_head(student_hidden, student_weight, student_bias, "student")
     check_targets(targets, student_hidden.shape[:-1], ignore_index)
     if kind == "ce":
         check_ce_targets(targets, student_weight.shape[0], ignore_index)
         teacher_hidden = teacher_weight = teacher_bias = teacher_topk = teacher_sampled = teacher_blend = None
         compared = student_weight.shape[0]
     elif teacher_blend is not None:
-        compared = _check_blend(student_hidden, student_weight, teacher_blend, vocab_size)
+        compared = check_blend(student_hidden, student_weight, teacher_blend, vocab_size)
     elif teacher_sampled is not None:
         if kind != "forward_kl":
             raise ValueError(sampled_kind_error(kind))
@@ -510,7 +453,7 @@ def chunked_token_loss(
         flat(indices),
         flat(rest),
         *(flat(tensor) for tensor in drawn),
-        None if teacher_blend is None else _flat_blend(teacher_blend, device),
+        None if teacher_blend is None else flat_blend(teacher_blend, device),
         targets.reshape(-1).to(device),
         settings,
     )
@@ -534,51 +477,10 @@ def _check_teacher(
         return compared, check_topk(teacher_topk, student_hidden.shape[:-1], compared)
     if teacher_hidden is None or teacher_weight is None:
         raise ValueError("a divergence needs teacher_hidden and teacher_weight, or teacher_topk")
-    _check_head(teacher_hidden, teacher_weight, teacher_bias, "teacher")
+    check_head(teacher_hidden, teacher_weight, teacher_bias, "teacher")
     if teacher_hidden.shape[:-1] != student_hidden.shape[:-1]:
         raise ValueError(
             f"teacher_hidden {tuple(teacher_hidden.shape)} and student_hidden {tuple(student_hidden.shape)} "
             "must have the same positions"
         )
     return resolve_vocab_size(student_size, teacher_weight.shape[0], vocab_size), None
-
-
-def _check_blend(
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    blend: tuple[Sequence[tuple[Tensor, Tensor, Tensor | None] | None], Tensor, str],
-    vocab_size: int | None,
-) -> int:
-    """Check several teachers' heads against the student; return the number of ids compared."""
-    heads, weights, _ = blend
-    present = [head for head in heads if head is not None]
-    if not present:
-        raise ValueError("teacher_blend holds no teacher")
-    lead = tuple(student_hidden.shape[:-1])
-    if tuple(weights.shape) != (len(heads), *lead):
-        raise ValueError(f"teacher_blend weights must have shape {(len(heads), *lead)}, got {tuple(weights.shape)}")
-    for hidden, weight, bias in present:
-        _check_head(hidden, weight, bias, "teacher")
-        if tuple(hidden.shape[:-1]) != lead:
-            raise ValueError(
-                f"a blended teacher's hidden states {tuple(hidden.shape)} do not fit the student's {lead}"
-            )
-    shared = min(student_weight.shape[0], *(weight.shape[0] for _, weight, _ in present))
-    return shared if vocab_size is None else min(shared, vocab_size)
-
-
-def _flat_blend(
-    blend: tuple[Sequence[tuple[Tensor, Tensor, Tensor | None] | None], Tensor, str], device: torch.device
-) -> _Blend:
-    heads, weights, combine = blend
-    flat = tuple(
-        None
-        if head is None
-        else (
-            head[0].detach().to(device).reshape(-1, head[0].shape[-1]),
-            head[1].detach(),
-            None if head[2] is None else head[2].detach(),
-        )
-        for head in heads
-    )
-    return _Blend(flat, weights.detach().to(device).reshape(len(heads), -1).float(), combine)
