@@ -18,7 +18,9 @@ repeat any of them:
 Each finished run is saved into the results JSON at once and skipped when the script runs again;
 a run folder without metrics.json is started again, unless another process is writing it (its
 lock is held, or its run.log changed in the last 10 minutes): then the script waits for it.
-The table compares each arm with ``best_single``: accuracy in points, the share of the best
+The ``_augmented`` arms train on the transfer set of ``examples/quality/kd_augmented.yaml``
+(8 augmented copies of each sentence, labelled by the teachers; 2 epochs). The table compares
+each arm with the one-teacher arm of the same data (``best_single`` or ``best_single_augmented``): accuracy in points, the share of the best
 single teacher's accuracy it keeps, and the seconds an epoch takes (three cached teachers
 against one).
 
@@ -56,7 +58,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "multi_teacher_sst2.json"
 TASK, METRIC = "sst2", "accuracy"
 #: the fine-tuned teachers by name, and the seed each is fine-tuned with
 TEACHERS = {"s0": 0, "s1": 1, "s2": 2}
-ARMS = ("best_single", "mixture", "logit_mean", "confidence")
+ARMS = ("best_single", "mixture", "logit_mean", "confidence", "best_single_augmented", "mixture_augmented")
+#: the arms of one teacher, and the one each arm is compared with (the same data, one teacher)
+SINGLE = ("best_single", "best_single_augmented")
+BASELINE = {arm: "best_single_augmented" if arm.endswith("_augmented") else "best_single" for arm in ARMS}
 #: the combinations that predict on their own (confidence weighs teachers by the gold label)
 PREDICTORS = ("mixture", "logit_mean")
 STUDENT_LAYERS = 2
@@ -165,7 +170,7 @@ def student_overrides(arm: str, best: str, teachers: Mapping[str, Path], seed: i
         teachers: each teacher's model folder.
         seed: the run's seed.
     """
-    if arm == "best_single":
+    if arm in SINGLE:
         return [f"teacher.path={shown(teachers[best])}", f"training.seed={seed}"]
     return [
         *(f"teachers.{name}.path={shown(folder)}" for name, folder in teachers.items()),
@@ -306,7 +311,7 @@ def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             {
                 "student": "a",
                 "recipe": arm,
-                "teachers": [best] if arm == "best_single" else list(TEACHERS),
+                "teachers": [best] if arm in SINGLE else list(TEACHERS),
                 "metric_mean": mean,
                 "metric_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                 "seeds": len(scores),
@@ -316,8 +321,9 @@ def summarise(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "retention": mean / reference,
             }
         )
-    base = next((row for row in rows if row["recipe"] == "best_single"), None)
+    by_arm = {row["recipe"]: row for row in rows}
     for row in rows:
+        base = by_arm.get(BASELINE[row["recipe"]])
         row["delta"] = row["metric_mean"] - base["metric_mean"] if base else None
         both = base is not None and row["epoch_seconds"] is not None and base["epoch_seconds"]
         row["epoch_ratio"] = row["epoch_seconds"] / base["epoch_seconds"] if both else None
@@ -333,7 +339,7 @@ def arms_block(results: Mapping[str, Any], rows: list[dict[str, Any]]) -> dict[s
         combination = arm_config(arm).get("objective", {}).get("teachers")
         row = by_arm.get(arm)
         block[arm] = {
-            "teachers": [best] if arm == "best_single" else list(TEACHERS),
+            "teachers": [best] if arm in SINGLE else list(TEACHERS),
             "student_from": best,
             "combination": combination,
             "config": f"examples/multi_teacher/{arm}.yaml",
@@ -365,7 +371,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     measured = results.get("teacher_metrics", {})
     names = ", ".join(TEACHERS)
     lines = [
-        "| model | accuracy (mean ± std) | seeds | Δ vs best_single | retention | s / epoch | epoch vs best_single |",
+        "| model | accuracy (mean ± std) | seeds | Δ vs one teacher | retention | s / epoch | epoch vs one teacher |",
         "|---|---|---|---|---|---|---|",
     ]
     teacher_lines = [(f"teacher {name}" + (" (best single)" if name == best else ""), name) for name in TEACHERS]
@@ -374,8 +380,8 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         score = measured.get(key)
         lines.append(f"| {label} | {_cell(None if score is None else 100 * score, '.2f')} | - | - | - | - | - |")
     for row in results.get("rows", []):
-        label = f"student a, {row['recipe']}" + (f" ({best})" if row["recipe"] == "best_single" else "")
-        delta = "-" if row["recipe"] == "best_single" or row["delta"] is None else f"{100 * row['delta']:+.2f}"
+        label = f"student a, {row['recipe']}" + (f" ({best})" if row["recipe"] in SINGLE else "")
+        delta = "-" if row["recipe"] in SINGLE or row["delta"] is None else f"{100 * row['delta']:+.2f}"
         lines.append(
             f"| {label} | {100 * row['metric_mean']:.2f} ± {100 * row['metric_std']:.2f} | {row['seeds']} "
             f"| {delta} | {100 * row['retention']:.1f}% | {_cell(row['epoch_seconds'], '.0f')} "

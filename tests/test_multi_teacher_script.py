@@ -106,12 +106,16 @@ def test_pending_runs_go_seed_by_seed_and_skip_finished_ones() -> None:
     assert module.pending_runs(arms, 1, ["best_single/0", "mixture/0", "confidence/0"]) == []
 
 
+#: the arms on the original sentences (the augmented ones train for long: tested by their summary)
+FOUR = ("--arms", "best_single,mixture,logit_mean,confidence")
+
+
 def test_the_runs_are_given_their_teachers_student_and_seed_and_resume(tmp_path, monkeypatch) -> None:
     module = _script()
     measured: list = []
     monkeypatch.setattr(module, "measure_teachers", _measured(measured))
     output = tmp_path / "results.json"
-    runs = _main(module, monkeypatch, tmp_path, "--seeds", "2", "--output", str(output))
+    runs = _main(module, monkeypatch, tmp_path, "--seeds", "2", "--output", str(output), *FOUR)
     data = [
         f"data.{split}={(tmp_path / 'data' / 'sst2' / name).resolve()}"
         for split, name in (("train", "train.csv"), ("validation", "dev.csv"), ("test", "test.csv"))
@@ -150,7 +154,7 @@ def test_the_runs_are_given_their_teachers_student_and_seed_and_resume(tmp_path,
     assert set(results) >= {"rows", "teachers", "teacher_metrics", "machine", "commands", "code", "epoch_seconds"}
 
     # a second invocation runs nothing (each run reads its saved metrics; the teachers' too)
-    again = _main(module, monkeypatch, tmp_path, "--seeds", "2", "--output", str(output))
+    again = _main(module, monkeypatch, tmp_path, "--seeds", "2", "--output", str(output), *FOUR)
     assert [call[0] for call in again.calls] == ["teacher.yaml"] * 3
     assert json.loads(output.read_text())["runs"] == results["runs"]
     assert len(measured) == 1  # the measured logit mean is kept
@@ -161,7 +165,7 @@ def test_quick_never_writes_the_real_results_file(tmp_path, monkeypatch) -> None
     real = tmp_path / "benchmarks" / "results" / "multi_teacher_sst2.json"
     monkeypatch.setattr(module, "RESULTS", real)
     monkeypatch.setattr(module, "measure_teachers", _measured([]))
-    runs = _main(module, monkeypatch, tmp_path, "--quick")
+    runs = _main(module, monkeypatch, tmp_path, "--quick", *FOUR)
     assert not real.exists()
     quick = tmp_path / "runs" / "sst2-quick"
     results = json.loads((quick / "multi_teacher.json").read_text())
@@ -215,7 +219,7 @@ def test_the_table_has_a_line_per_teacher_then_per_arm() -> None:
     results = _fabricated()
     results["rows"] = module.summarise(results)
     lines = module.markdown_table(results).splitlines()
-    assert lines[0].startswith("| model | accuracy (mean ± std) | seeds | Δ vs best_single | retention |")
+    assert lines[0].startswith("| model | accuracy (mean ± std) | seeds | Δ vs one teacher | retention |")
     assert lines[2] == "| teacher s0 (best single) | 90.00 | - | - | - | - | - |"
     assert lines[4] == "| teacher s2 | 86.00 | - | - | - | - | - |"
     assert lines[5] == "| mixture of s0, s1, s2 | 91.00 | - | - | - | - | - |"
@@ -322,7 +326,7 @@ def test_a_folder_another_process_writes_is_waited_for_not_deleted(tmp_path, mon
     assert not module.sibling_just_finished(tmp_path / "teacher-s2", set())
 
 
-ARMS = ("best_single", "mixture", "logit_mean", "confidence")
+ARMS = ("best_single", "mixture", "logit_mean", "confidence", "best_single_augmented", "mixture_augmented")
 
 
 def test_every_arm_has_a_config_of_the_hinton_recipe() -> None:
@@ -331,15 +335,18 @@ def test_every_arm_has_a_config_of_the_hinton_recipe() -> None:
     # beside the arms, the causal-LM example of two teachers (tests/test_multi_teacher_lm.py checks it)
     assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted([*ARMS, "smollm2_two_teachers"])
     hinton = yaml.safe_load((ROOT / "examples" / "quality" / "hinton.yaml").read_text(encoding="utf-8"))
+    augmented = yaml.safe_load((ROOT / "examples" / "quality" / "kd_augmented.yaml").read_text(encoding="utf-8"))
     for arm in ARMS:
         config = yaml.safe_load((CONFIGS / f"{arm}.yaml").read_text(encoding="utf-8"))
         objective = dict(config["objective"])
         combination = objective.pop("teachers", None)
         assert objective == hinton["objective"] == {"preset": "hinton", "temperature": 4.0, "alpha": 0.7}, arm
-        assert config["training"] == hinton["training"] and config["data"] == hinton["data"], arm
+        # the augmented arms: kd_augmented's recipe (its transfer set, 2 epochs), the others hinton's
+        recipe = augmented if arm.endswith("_augmented") else hinton
+        assert config["training"] == recipe["training"] and config["data"] == recipe["data"], arm
         assert config["training"]["lr"] == 1.0e-4 and config["training"]["warmup_ratio"] == 0.1, arm
         assert config["output"]["dir"] == f"runs/multi_teacher/sst2/a-{arm}-s0", arm
-        if arm == "best_single":
+        if arm in ("best_single", "best_single_augmented"):
             assert "teachers" not in config and combination is None
             assert config["teacher"] == {"path": "runs/multi_teacher/sst2/teacher-s0/teacher", "cache": True}
             assert config["student"] == {"from_teacher": {"num_layers": 2}}
@@ -349,7 +356,7 @@ def test_every_arm_has_a_config_of_the_hinton_recipe() -> None:
             f"s{s}": {"path": f"runs/multi_teacher/sst2/teacher-s{s}/teacher", "cache": True} for s in range(3)
         }
         assert config["student"] == {"from_teacher": {"num_layers": 2, "teacher": "s0"}}
-        assert combination["combine"] == arm
+        assert combination["combine"] == arm.removesuffix("_augmented")
     assert yaml.safe_load((CONFIGS / "confidence.yaml").read_text())["objective"]["teachers"]["temperature"] == 1.0
 
 
@@ -361,7 +368,7 @@ def test_the_single_teacher_config_loads() -> None:
     assert config.training.epochs == 3 and config.training.seed == 0
 
 
-@pytest.mark.parametrize("arm", ARMS[1:])
+@pytest.mark.parametrize("arm", [arm for arm in ARMS if not arm.startswith("best_single")])
 def test_the_several_teacher_configs_load(arm: str) -> None:
     from kdistill.app.config import RunConfig
     from kdistill.app.config_loading import load_config
@@ -372,8 +379,32 @@ def test_the_several_teacher_configs_load(arm: str) -> None:
         )
     config = load_config(CONFIGS / f"{arm}.yaml", ["student.from_teacher={num_layers: 2, teacher: s1}"])
     assert sorted(config.teachers) == ["s0", "s1", "s2"]
-    assert config.objective.teachers.combine == arm
+    assert config.objective.teachers.combine == arm.removesuffix("_augmented")
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_augmented_arms_are_compared_with_one_teacher_on_the_same_augmented_data() -> None:
+    module = _script()
+
+    def run(score: float, epoch: float) -> dict[str, Any]:
+        return {"metric": score, "seconds": 10 * epoch, "epoch_seconds": epoch}
+
+    results = {
+        "best_single": "s0",
+        "fine_tuned": {"s0": {"accuracy": 0.9}},
+        "runs": {
+            "best_single/0": run(0.80, 20.0),
+            "best_single_augmented/0": run(0.85, 100.0),
+            "mixture_augmented/0": run(0.86, 105.0),
+        },
+    }
+    rows = {row["recipe"]: row for row in module.summarise(results)}
+    assert rows["mixture_augmented"]["delta"] == pytest.approx(0.01)  # not 0.06: against the augmented single
+    assert rows["mixture_augmented"]["epoch_ratio"] == pytest.approx(1.05)
+    assert rows["best_single_augmented"]["teachers"] == ["s0"] and rows["best_single_augmented"]["delta"] == 0.0
+    table = module.markdown_table({**results, "rows": list(rows.values())})
+    assert "| student a, best_single_augmented (s0) | 85.00 ± 0.00 | 1 | - |" in table
+    assert "| student a, mixture_augmented | 86.00 ± 0.00 | 1 | +1.00 |" in table
