@@ -20,9 +20,9 @@ a run folder without metrics.json is started again, unless another process is wr
 lock is held, or its run.log changed in the last 10 minutes): then the script waits for it.
 The ``_augmented`` arms train on the transfer set of ``examples/quality/kd_augmented.yaml``
 (8 augmented copies of each sentence, labelled by the teachers; 2 epochs). The table compares
-each arm with the one-teacher arm of the same data (``best_single`` or ``best_single_augmented``): accuracy in points, the share of the best
-single teacher's accuracy it keeps, and the seconds an epoch takes (three cached teachers
-against one).
+each arm with the one-teacher arm of the same data (``best_single`` or
+``best_single_augmented``): accuracy in points, the share of the best single teacher's accuracy
+it keeps, and the seconds an epoch takes (three cached teachers against one).
 
     python benchmarks/multi_teacher.py ../shared/data --seeds 3
     python benchmarks/multi_teacher.py ../shared/data --quick          # a smoke test, minutes
